@@ -1,0 +1,48 @@
+# cdc-sync: `make demo` shows live sync on throwaway servers; `make test` runs the whole suite.
+# Both install what they need: the venv, the Python packages, and mariadb-server / redis-server via apt
+# when their binaries are missing.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: setup servers test unit lint demo consistency clean
+
+setup: servers $(STAMP)
+
+# Install the server binaries only when they are missing.
+servers:
+	@missing=""; \
+	{ command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ]; } || missing="$$missing mariadb-server"; \
+	{ command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ]; } || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: setup
+	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check cdc_sync tests tools
+	$(BIN)/ruff format --check cdc_sync tests tools
+	$(BIN)/mypy --strict cdc_sync
+
+demo: setup
+	$(BIN)/python tools/demo.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

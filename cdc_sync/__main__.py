@@ -1,0 +1,5 @@
+"""``python -m cdc_sync``."""
+
+from cdc_sync.cli import main
+
+main()

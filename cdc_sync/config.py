@@ -1,0 +1,375 @@
+"""Configuration: one TOML file, loaded once into frozen dataclasses and validated.
+
+Every error names the exact field (``tables[1].key: ...``); the CLI exits 2 on a ConfigError.
+Secrets (the MySQL password, a Redis URL that may carry one) are ``repr=False`` and never logged.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from cdc_sync.errors import ConfigError
+from cdc_sync.keys import KeyTemplate
+
+DEFAULT_PATH = "cdc-sync.toml"
+ENV_CONFIG = "CDC_SYNC_CONFIG"
+ENV_MYSQL_PASSWORD = "CDC_SYNC_MYSQL_PASSWORD"  # noqa: S105 - a variable name, not a secret
+ENV_REDIS_URL = "CDC_SYNC_REDIS_URL"
+
+
+@dataclass(frozen=True)
+class MySQLConfig:
+    """The binlog connection."""
+
+    host: str = "127.0.0.1"
+    port: int = 3306
+    user: str = "root"
+    password: str = field(default="", repr=False)  # from password / password_file / env
+    server_id: int = 4242  # replica id of the binlog connection; unique among replicas
+    start: str = "current"  # with no checkpoint: "current" (server's end) or "earliest" (oldest binlog)
+    position_mode: str = "auto"  # "auto" (GTID when the server has GTIDs), "gtid" or "file"
+    heartbeat_s: float = 1.0  # server heartbeat period while idle; also bounds stall detection
+    connect_timeout_s: float = 10.0
+    ssl_ca: str | None = None  # TLS: CA file; setting any ssl_* turns TLS on
+    ssl_cert: str | None = None
+    ssl_key: str | None = None
+    ssl_verify_identity: bool = False  # check the server's host name against its certificate
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.ssl_ca or self.ssl_cert or self.ssl_key)
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """The Redis server that holds the cache and the worker's state."""
+
+    url: str = field(default="redis://127.0.0.1:6379/0", repr=False)  # may carry a password
+    namespace: str = "cdc"  # prefix of the worker's own keys
+    ssl_ca_certs: str | None = None  # CA file for rediss:// URLs
+    socket_timeout_s: float = 10.0
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password replaced by ``***`` (for logs and status)."""
+        return redact_url(self.url)
+
+
+@dataclass(frozen=True)
+class TableRule:
+    """How one MySQL table maps to Redis keys."""
+
+    index: int  # position in [[tables]], for messages
+    schema: str
+    table: str
+    key: KeyTemplate
+    also: tuple[KeyTemplate, ...] = ()
+    mode: str = "evict"  # "evict" (DEL) or "update" (write the row)
+    format: str = "json"  # update mode: "json" (string) or "hash"
+    columns: tuple[str, ...] | None = None  # None: every column (minus exclude)
+    exclude: tuple[str, ...] = ()
+    ttl: int = 0  # seconds; 0 = no expiry
+
+    @property
+    def name(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+    @property
+    def templates(self) -> tuple[KeyTemplate, ...]:
+        return (self.key, *self.also)
+
+    def where(self, name: str) -> str:
+        return f"tables[{self.index}].{name}"
+
+    def value_columns(self, row_columns: list[str]) -> list[str]:
+        """The columns an update-mode value holds, given the row's columns in table order."""
+        if self.columns is not None:
+            return list(self.columns)
+        return [c for c in row_columns if c not in self.exclude]
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Tuning of the sync loop."""
+
+    batch_max_rows: int = 2000  # rows per atomic Redis step (whole transactions are never split...)
+    queue_max_transactions: int = 2000  # decoded transactions waiting for Redis (back-pressure)
+    retry_initial_s: float = 0.1  # backoff for Redis and MySQL reconnects
+    retry_max_s: float = 5.0
+    shutdown_timeout_s: float = 4.0  # SIGTERM: time to finish the transaction in hand
+    holdoff_ms: int = 1000  # hold-off marker left by each eviction (see the reader)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "auto"  # "auto" (JSON unless stdout is a TTY), "json" or "console"
+
+
+@dataclass(frozen=True)
+class Config:
+    mysql: MySQLConfig
+    redis: RedisConfig
+    tables: tuple[TableRule, ...]
+    worker: WorkerConfig = WorkerConfig()
+    log: LogConfig = LogConfig()
+    path: str = ""
+
+    def rule_for(self, schema: str, table: str) -> TableRule | None:
+        for rule in self.tables:
+            if rule.schema == schema and rule.table == table:
+                return rule
+        return None
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+
+
+# ---- loading -------------------------------------------------------------------------------------
+
+
+def resolve_path(cli_path: str | None) -> Path:
+    """--config PATH, else $CDC_SYNC_CONFIG, else ./cdc-sync.toml."""
+    return Path(cli_path or os.environ.get(ENV_CONFIG) or DEFAULT_PATH)
+
+
+def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the TOML file at ``path``."""
+    env = os.environ if env is None else env
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+    return from_dict(raw, env=env, path=str(p))
+
+
+class _Section:
+    """Typed access to one TOML table that records which keys were used."""
+
+    def __init__(self, data: object, where: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: must be a table")
+        self.data: dict[str, Any] = data
+        self.where = where
+        self.used: set[str] = set()
+
+    def _get(self, key: str, types: type | tuple[type, ...], default: Any, tname: str) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+            raise ConfigError(f"{self.at(key)}: must be {tname}, not a boolean")
+        if not isinstance(value, types):
+            raise ConfigError(f"{self.at(key)}: must be {tname}, not {type(value).__name__}")
+        return value
+
+    def at(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def str_(self, key: str, default: str | None) -> Any:
+        return self._get(key, str, default, "a string")
+
+    def int_(self, key: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+        value: int = self._get(key, int, default, "an integer")
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise ConfigError(f"{self.at(key)}: must be {bound}, got {value}")
+        return value
+
+    def float_(self, key: str, default: float, minimum: float = 0.0) -> float:
+        value = self._get(key, (int, float), default, "a number")
+        if value < minimum:
+            raise ConfigError(f"{self.at(key)}: must be >= {minimum}, got {value}")
+        return float(value)
+
+    def bool_(self, key: str, default: bool) -> bool:
+        value: bool = self._get(key, bool, default, "true or false")
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value: str = self.str_(key, default)
+        if value not in choices:
+            raise ConfigError(f"{self.at(key)}: must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def strs(self, key: str) -> tuple[str, ...] | None:
+        value = self._get(key, list, None, "a list of strings")
+        if value is None:
+            return None
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ConfigError(f"{self.at(key)}[{i}]: must be a string")
+        return tuple(value)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise ConfigError(f"{self.at(unknown[0])}: unknown setting")
+
+
+def _mysql(raw: object, env: Mapping[str, str]) -> MySQLConfig:
+    s = _Section(raw, "mysql")
+    password = s.str_("password", "")
+    password_file = s.str_("password_file", None)
+    if password_file:
+        try:
+            password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"mysql.password_file: cannot read {password_file}: {exc.strerror}") from None
+    if ENV_MYSQL_PASSWORD in env:
+        password = env[ENV_MYSQL_PASSWORD]
+    cfg = MySQLConfig(
+        host=s.str_("host", "127.0.0.1"),
+        port=s.int_("port", 3306, 1, 65535),
+        user=s.str_("user", "root"),
+        password=password,
+        server_id=s.int_("server_id", 4242, 1, 2**32 - 1),
+        start=s.choice("start", "current", ("current", "earliest")),
+        position_mode=s.choice("position_mode", "auto", ("auto", "gtid", "file")),
+        heartbeat_s=s.float_("heartbeat_s", 1.0, 0.1),
+        connect_timeout_s=s.float_("connect_timeout_s", 10.0, 0.1),
+        ssl_ca=s.str_("ssl_ca", None),
+        ssl_cert=s.str_("ssl_cert", None),
+        ssl_key=s.str_("ssl_key", None),
+        ssl_verify_identity=s.bool_("ssl_verify_identity", False),
+    )
+    s.finish()
+    if not cfg.host:
+        raise ConfigError("mysql.host: must not be empty")
+    return cfg
+
+
+def _redis(raw: object, env: Mapping[str, str]) -> RedisConfig:
+    s = _Section(raw, "redis")
+    url = s.str_("url", "redis://127.0.0.1:6379/0")
+    if ENV_REDIS_URL in env:
+        url = env[ENV_REDIS_URL]
+    scheme = urlsplit(url).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"redis.url: scheme must be redis://, rediss:// or unix://; got {redact_url(url)!r}")
+    namespace = s.str_("namespace", "cdc")
+    if not namespace or any(c in namespace for c in " {}*?[]\\") or ":" in namespace:
+        raise ConfigError(f"redis.namespace: {namespace!r} must be non-empty, without ':', spaces, braces or globs")
+    cfg = RedisConfig(
+        url=url,
+        namespace=namespace,
+        ssl_ca_certs=s.str_("ssl_ca_certs", None),
+        socket_timeout_s=s.float_("socket_timeout_s", 10.0, 0.1),
+    )
+    s.finish()
+    return cfg
+
+
+def _rule(raw: object, index: int) -> TableRule:
+    s = _Section(raw, f"tables[{index}]")
+    name = s.str_("table", None)
+    if not name:
+        raise ConfigError(f'{s.at("table")}: required ("schema.table")')
+    schema, dot, table = name.partition(".")
+    if not dot or not schema or not table or "." in table:
+        raise ConfigError(f'{s.at("table")}: must be "schema.table"; got {name!r}')
+    key_src = s.str_("key", None)
+    if not key_src:
+        raise ConfigError(f'{s.at("key")}: required (a template such as "user:{{id}}")')
+    key = KeyTemplate.parse(key_src, s.at("key"))
+    also = tuple(KeyTemplate.parse(t, f"{s.at('also')}[{i}]") for i, t in enumerate(s.strs("also") or ()))
+    mode = s.choice("mode", "evict", ("evict", "update"))
+    fmt = s.choice("format", "json", ("json", "hash"))
+    columns = s.strs("columns")
+    exclude = s.strs("exclude") or ()
+    if columns is not None and exclude:
+        raise ConfigError(f"{s.at('exclude')}: give either columns or exclude, not both")
+    if columns is not None and not columns:
+        raise ConfigError(f"{s.at('columns')}: must not be empty")
+    for label, names in (("columns", columns or ()), ("exclude", exclude)):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"{s.at(label)}: column {dupes[0]!r} listed twice")
+    rule = TableRule(
+        index=index,
+        schema=schema,
+        table=table,
+        key=key,
+        also=also,
+        mode=mode,
+        format=fmt,
+        columns=columns,
+        exclude=exclude,
+        ttl=s.int_("ttl", 0, 0, 10 * 365 * 86400),
+    )
+    s.finish()
+    return rule
+
+
+def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path: str = "") -> Config:
+    """Validate an already-parsed TOML document."""
+    env = os.environ if env is None else env
+    top = _Section(dict(raw), "")
+    mysql = _mysql(top._get("mysql", dict, {}, "a table"), env)
+    redis_cfg = _redis(top._get("redis", dict, {}, "a table"), env)
+    tables_raw = top._get("tables", list, None, "an array of tables ([[tables]])")
+    if not tables_raw:
+        raise ConfigError("tables: at least one [[tables]] entry is required")
+    rules = tuple(_rule(t, i) for i, t in enumerate(tables_raw))
+    seen: dict[str, int] = {}
+    for rule in rules:
+        if rule.name in seen:
+            raise ConfigError(f"{rule.where('table')}: {rule.name} is already mapped by tables[{seen[rule.name]}]")
+        seen[rule.name] = rule.index
+    w = _Section(top._get("worker", dict, {}, "a table"), "worker")
+    worker = WorkerConfig(
+        batch_max_rows=w.int_("batch_max_rows", 2000, 1, 1_000_000),
+        queue_max_transactions=w.int_("queue_max_transactions", 2000, 1, 1_000_000),
+        retry_initial_s=w.float_("retry_initial_s", 0.1, 0.001),
+        retry_max_s=w.float_("retry_max_s", 5.0, 0.001),
+        shutdown_timeout_s=w.float_("shutdown_timeout_s", 4.0, 0.1),
+        holdoff_ms=w.int_("holdoff_ms", 1000, 0, 3_600_000),
+    )
+    w.finish()
+    lg = _Section(top._get("log", dict, {}, "a table"), "log")
+    log = LogConfig(
+        level=lg.choice("level", "info", ("debug", "info", "warning", "error")),
+        format=lg.choice("format", "auto", ("auto", "json", "console")),
+    )
+    lg.finish()
+    top.finish()
+    return Config(mysql=mysql, redis=redis_cfg, tables=rules, worker=worker, log=log, path=path)
+
+
+def check_against_schema(config: Config, columns_of: Mapping[str, list[str]]) -> None:
+    """Check every rule against the live table columns (``columns_of["schema.table"]``).
+
+    Raises ConfigError naming the field: ``tables[1].key: unknown column 'emial' in shop.users``.
+    """
+    for rule in config.tables:
+        cols = columns_of.get(rule.name)
+        if cols is None:
+            raise ConfigError(f"{rule.where('table')}: table {rule.name} does not exist")
+        known = set(cols)
+        checks: list[tuple[str, tuple[str, ...]]] = [("key", rule.key.fields)]
+        checks += [(f"also[{i}]", t.fields) for i, t in enumerate(rule.also)]
+        checks += [("columns", rule.columns or ()), ("exclude", rule.exclude)]
+        for label, names in checks:
+            for name in names:
+                if name not in known:
+                    raise ConfigError(f"{rule.where(label)}: unknown column {name!r} in {rule.name}")

@@ -1,0 +1,175 @@
+"""Throwaway local MariaDB and Redis servers for tests, the demo and benchmarks.
+
+Each server lives in its own temporary directory, listens on a free loopback port and is
+stopped (and its directory removed) by :meth:`stop`. Nothing here is used by the worker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cdc_sync.errors import CdcSyncError
+
+MARIADB_BINLOG_ARGS = (
+    "--log-bin=bin",
+    "--binlog-format=ROW",
+    "--binlog-row-image=FULL",
+    "--binlog-row-metadata=FULL",
+    "--server-id=1",
+)
+
+
+class ServerStartError(CdcSyncError):
+    """A throwaway server could not be started."""
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _which(*names: str) -> str:
+    for name in names:
+        for folder in (None, "/usr/sbin", "/usr/local/sbin", "/usr/bin"):
+            found = shutil.which(name, path=folder)
+            if found:
+                return found
+    raise ServerStartError(f"none of {', '.join(names)} is installed (run 'make setup')")
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise ServerStartError(f"server exited with {proc.returncode}: {tail}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise ServerStartError(f"server did not listen on port {port} within {timeout}s")
+
+
+@dataclass
+class LocalServer:
+    """A running server process and the directory that holds its data."""
+
+    name: str
+    port: int
+    directory: Path
+    proc: subprocess.Popen[bytes]
+    keep_dir: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL) and remove its directory."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if not self.keep_dir:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_mariadb(extra_args: tuple[str, ...] = (), timeout: float = 60.0) -> LocalServer:
+    """Start a private mariadbd with ROW binlog, FULL image/metadata and GTIDs."""
+    mariadbd = _which("mariadbd", "mysqld")
+    install_db = _which("mariadb-install-db", "mysql_install_db")
+    directory = Path(tempfile.mkdtemp(prefix="cdc-sync-mariadb-"))
+    datadir = directory / "data"
+    log = directory / "error.log"
+    subprocess.run(
+        [
+            install_db,
+            "--no-defaults",
+            f"--datadir={datadir}",
+            "--user=root",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    port = free_port()
+    args = [
+        mariadbd,
+        "--no-defaults",
+        f"--datadir={datadir}",
+        f"--socket={directory / 's.sock'}",
+        f"--port={port}",
+        "--bind-address=127.0.0.1",
+        "--user=root",
+        f"--log-error={log}",
+        "--log-basename=cdc",
+        "--character-set-server=utf8mb4",
+        "--collation-server=utf8mb4_general_ci",
+        "--innodb-buffer-pool-size=64M",
+        "--innodb-log-file-size=32M",
+        "--innodb-flush-log-at-trx-commit=2",
+        "--sync-binlog=0",
+        "--skip-name-resolve",
+        *MARIADB_BINLOG_ARGS,
+        *extra_args,
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = LocalServer("mariadb", port, directory, proc)
+    try:
+        _wait_port(port, proc, log, timeout)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def start_redis(timeout: float = 20.0) -> LocalServer:
+    """Start a private redis-server that keeps nothing on disk."""
+    redis_server = _which("redis-server")
+    directory = Path(tempfile.mkdtemp(prefix="cdc-sync-redis-"))
+    port = free_port()
+    log = directory / "redis.log"
+    proc = subprocess.Popen(
+        [
+            redis_server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(directory),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--logfile",
+            str(log),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server = LocalServer("redis", port, directory, proc)
+    try:
+        _wait_port(port, proc, log, timeout)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def env_flag(name: str) -> bool:
+    """True when the environment variable is set to a truthy value."""
+    return os.environ.get(name, "").lower() in {"1", "true", "yes", "on"}

@@ -1,0 +1,54 @@
+"""The project's exception tree.
+
+CdcSyncError
+├── ConfigError            bad configuration; the CLI exits 2
+│   └── ServerConfigError  the MySQL server lacks a required binlog setting
+├── SourceError            the binlog source failed (connection, protocol)
+│   ├── PositionLostError  the start position is no longer on the server (purged)
+│   └── DecodeError        an event could not be decoded
+├── SinkError              Redis failed
+│   └── SinkUnavailable    Redis could not be reached (retryable)
+└── RewindRequired         Redis holds a checkpoint other than the one the worker wrote
+"""
+
+from __future__ import annotations
+
+
+class CdcSyncError(Exception):
+    """Root of every error cdc-sync raises on purpose."""
+
+
+class ConfigError(CdcSyncError):
+    """The configuration is invalid; the message names the field."""
+
+
+class SourceError(CdcSyncError):
+    """The binlog source failed."""
+
+
+class PositionLostError(SourceError):
+    """The requested binlog position is not on the server any more."""
+
+
+class DecodeError(SourceError):
+    """A binlog event could not be decoded."""
+
+
+class SinkError(CdcSyncError):
+    """The Redis side failed."""
+
+
+class SinkUnavailable(SinkError):
+    """Redis could not be reached; the step can be retried."""
+
+
+class RewindRequired(CdcSyncError):
+    """Redis's checkpoint differs from the one this worker last wrote."""
+
+    def __init__(self, stored: str | None) -> None:
+        super().__init__(f"stored checkpoint is {stored!r}")
+        self.stored = stored
+
+
+class ServerConfigError(ConfigError):
+    """The MySQL server is not set up for row-based change capture (log_bin, ROW, FULL image/metadata)."""

@@ -1,0 +1,125 @@
+"""Plain value types that flow from the source to the sink. No I/O, no third-party imports."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class Op(enum.Enum):
+    """Kind of a row change."""
+
+    INSERT = "insert"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+Row = Mapping[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    """One committed row change: ``before`` is None for inserts, ``after`` for deletes."""
+
+    op: Op
+    schema: str
+    table: str
+    before: Row | None
+    after: Row | None
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """Invalidate a mapped table wholesale (``table`` None: every mapped table)."""
+
+    reason: str
+    schema: str | None = None
+    table: str | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """A committed transaction with the checkpoint position that follows it."""
+
+    position: str
+    changes: tuple[RowChange, ...] = ()
+    flushes: tuple[Flush, ...] = ()
+    timestamp: int = 0  # binlog event time, seconds since the epoch
+    gtid: str | None = None
+    evict_only: bool = False  # True for a ROLLBACK group: evict, never write values
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """The server had nothing more to send at the time of this event: the stream is caught up."""
+
+
+# --- raw events: what the source adapter emits, one per binlog event of interest ----------------
+
+
+@dataclass(frozen=True, slots=True)
+class RawBegin:
+    """Start of a transaction (GTID event or ``BEGIN``)."""
+
+    gtid: str | None = None
+    opens: bool = False  # True: statements that follow belong to this transaction
+
+
+@dataclass(frozen=True, slots=True)
+class RawRows:
+    """Row changes of one rows event."""
+
+    changes: tuple[RowChange, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RawCommit:
+    """End of a transaction: XID, ``COMMIT`` or ``ROLLBACK``; ``file``/``pos`` point past it."""
+
+    file: str
+    pos: int
+    timestamp: int
+    rollback: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RawQuery:
+    """A statement that is neither BEGIN nor COMMIT (DDL, statement-format DML)."""
+
+    sql: str
+    schema: str
+    file: str
+    pos: int
+    timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class RawUnknown:
+    """An event the library could not decode or does not know."""
+
+    event_type: int
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RawHeartbeat:
+    """Server heartbeat: nothing more to send right now."""
+
+
+RawEvent = RawBegin | RawRows | RawCommit | RawQuery | RawUnknown | RawHeartbeat
+StreamItem = Transaction | Heartbeat
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """What the worker needs to know about the MySQL server it reads."""
+
+    flavor: str  # "mariadb" | "mysql"
+    version: str
+    gtid_position: str  # current GTID state ("" when the server has none)
+    file_position: str  # current "file:pos"
+    first_file: str  # oldest binlog file on the server
+    server_uuid: str = ""
+    variables: dict[str, str] = field(default_factory=dict)

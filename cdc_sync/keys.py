@@ -1,0 +1,117 @@
+"""Key templates: parsing, rendering, escaping and SCAN patterns.
+
+A template such as ``item:{shop_id}:{sku}`` is literal text with ``{column}`` fields (``{{`` and ``}}``
+stand for literal braces). The worker and the reader render keys with the same functions, so any app
+that follows these rules can build the same keys.
+
+Value encoding (``escape``), chosen so that two different rows can never render the same key:
+
+* ``%``, ``:``, ``{``, ``}``, control characters (U+0000-U+001F, U+007F) and space are written as
+  ``%XX``, the upper-case hex of their UTF-8 byte; every other character is kept as it is.
+* ``bytes`` values: every byte outside printable ASCII, and the characters above, as ``%XX``.
+* integers in decimal; ``bool`` as ``0``/``1``; ``Decimal`` with ``str()``; date and time values in ISO 8601
+  (``2024-01-02T03:04:05``) and then escaped like text (so ``:`` becomes ``%3A``).
+* ``NULL``: a template with a NULL field renders no key at all (a NULL is not a lookup value and many
+  rows may share it).
+
+Because ``:`` is always escaped inside values, a template must have ``:`` in the literal text between
+any two fields; then the rendered key splits back into its values unambiguously.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+
+from cdc_sync.errors import ConfigError
+
+_FIELD_NAME = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*\Z")
+_ESCAPED_CHARS = frozenset("%:{} ") | {chr(c) for c in range(0x20)} | {"\x7f"}
+_ESCAPE_TABLE = {ord(c): f"%{ord(c):02X}" for c in _ESCAPED_CHARS}
+_SAFE_BYTES = frozenset(range(0x21, 0x7F)) - {ord(c) for c in "%:{}"}
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+def escape(value: object) -> str:
+    """Render one non-NULL column value for use inside a key (see the module docstring)."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return value.translate(_ESCAPE_TABLE)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "".join(chr(b) if b in _SAFE_BYTES else f"%{b:02X}" for b in bytes(value))
+    if isinstance(value, Decimal | float):
+        return str(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat().translate(_ESCAPE_TABLE)
+    return str(value).translate(_ESCAPE_TABLE)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyTemplate:
+    """A parsed key template: literal parts interleaved with field names."""
+
+    source: str
+    literals: tuple[str, ...]  # len(fields) + 1 parts
+    fields: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, source: str, where: str) -> KeyTemplate:
+        """Parse ``source``; ``where`` names the config field in error messages."""
+        literals: list[str] = []
+        fields: list[str] = []
+        buf: list[str] = []
+        i = 0
+        while i < len(source):
+            ch = source[i]
+            if ch in "{}" and source[i : i + 2] in ("{{", "}}"):
+                buf.append(ch)
+                i += 2
+                continue
+            if ch == "}":
+                raise ConfigError(f"{where}: unmatched '}}' in template {source!r}")
+            if ch == "{":
+                end = source.find("}", i)
+                if end < 0:
+                    raise ConfigError(f"{where}: unclosed '{{' in template {source!r}")
+                name = source[i + 1 : end]
+                if not _FIELD_NAME.match(name):
+                    raise ConfigError(f"{where}: bad column name {name!r} in template {source!r}")
+                literals.append("".join(buf))
+                buf = []
+                fields.append(name)
+                i = end + 1
+                continue
+            buf.append(ch)
+            i += 1
+        literals.append("".join(buf))
+        if not fields:
+            raise ConfigError(f"{where}: template {source!r} has no {{column}} field")
+        for between in literals[1:-1]:
+            if ":" not in between:
+                raise ConfigError(f"{where}: fields in template {source!r} must be separated by text containing ':'")
+        return cls(source, tuple(literals), tuple(fields))
+
+    def render(self, row: Mapping[str, object]) -> str | None:
+        """Render the key for ``row``, or None when a field is NULL. Raises KeyError for a missing column."""
+        parts = [self.literals[0]]
+        for name, literal in zip(self.fields, self.literals[1:], strict=True):
+            value = row[name]
+            if value is None:
+                return None
+            parts.append(escape(value))
+            parts.append(literal)
+        return "".join(parts)
+
+    def pattern(self) -> str:
+        """A Redis SCAN/KEYS glob that matches every key this template can render (and few others)."""
+        parts = [_GLOB_SPECIAL.sub(r"\\\1", self.literals[0])]
+        for literal in self.literals[1:]:
+            parts.append("*")
+            parts.append(_GLOB_SPECIAL.sub(r"\\\1", literal))
+        return "".join(parts)

@@ -1,0 +1,29 @@
+"""Prometheus metrics of the worker (prometheus-client). Names are stable; see the README."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CHANGES_APPLIED = Counter("cdc_sync_changes_applied", "Row changes applied to Redis", ["table", "op"])
+TRANSACTIONS_APPLIED = Counter("cdc_sync_transactions_applied", "Transactions applied (checkpoint moved past them)")
+TRANSACTIONS_SKIPPED = Counter(
+    "cdc_sync_transactions_skipped", "Transactions skipped because the checkpoint already covered them (replays)"
+)
+BATCHES = Counter("cdc_sync_batches", "Atomic Redis apply steps")
+BATCH_ROWS = Histogram(
+    "cdc_sync_batch_rows", "Row changes per apply step", buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 20000)
+)
+APPLY_SECONDS = Histogram(
+    "cdc_sync_apply_seconds",
+    "Duration of one atomic apply step",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+FLUSHES = Counter("cdc_sync_flushes", "Wholesale invalidations of a table's keys", ["table", "reason"])
+REWINDS = Counter("cdc_sync_rewinds", "Replays from Redis's stored checkpoint", ["reason"])
+UNKNOWN_EVENTS = Counter("cdc_sync_unknown_events", "Binlog events not understood (each flushes)", ["event_type"])
+SOURCE_ERRORS = Counter("cdc_sync_source_errors", "Binlog connection failures (each reconnects)", ["kind"])
+SINK_ERRORS = Counter("cdc_sync_sink_errors", "Redis failures (each retried)", ["kind"])
+PLAN_ERRORS = Counter("cdc_sync_plan_errors", "Row changes that could not be planned (each flushes)", ["table"])
+LAG_SECONDS = Gauge("cdc_sync_lag_seconds", "Now minus the binlog time of the last applied transaction")
+LAST_APPLIED_TIMESTAMP = Gauge("cdc_sync_last_applied_timestamp_seconds", "Binlog time of the last applied transaction")
+HEARTBEATS = Counter("cdc_sync_heartbeats", "Heartbeats written to Redis while caught up")

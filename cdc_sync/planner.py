@@ -1,0 +1,131 @@
+"""Pure planning: row changes × table rules → Redis operations. No I/O.
+
+Evict mode deletes every key of the before and the after image. Update mode writes the after image
+under its keys and deletes the keys that only the before image had (a changed primary key or ``also``
+column leaves no orphan). Deletes, and every change of a rolled-back group, only evict.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from cdc_sync.codec import encode_hash, encode_json
+from cdc_sync.config import TableRule
+from cdc_sync.events import Flush, Op, Row, RowChange
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """DEL the key (and its lease) and leave a hold-off marker."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetJson:
+    """SET the key to a JSON value (PX ttl when ttl_ms > 0) and drop its lease."""
+
+    key: str
+    value: bytes
+    ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetHash:
+    """Replace the key with a hash of the given fields (PEXPIRE when ttl_ms > 0) and drop its lease."""
+
+    key: str
+    fields: tuple[str, ...]
+    ttl_ms: int
+
+
+RedisOp = Delete | SetJson | SetHash
+
+
+class MissingColumn(Exception):
+    """A row lacks a column that a key template or the value needs (e.g. after a DROP COLUMN)."""
+
+
+def keys_of(rule: TableRule, row: Row) -> list[str]:
+    """Every key the row renders under the rule (NULL fields render none)."""
+    out: list[str] = []
+    for template in rule.templates:
+        try:
+            key = template.render(row)
+        except KeyError as exc:
+            raise MissingColumn(f"{rule.name} row has no column {exc.args[0]!r}") from None
+        if key is not None and key not in out:
+            out.append(key)
+    return out
+
+
+def plan_change(change: RowChange, rule: TableRule, evict_only: bool = False) -> list[RedisOp]:
+    """Operations for one row change. Raises MissingColumn when a needed column is absent."""
+    before = keys_of(rule, change.before) if change.before is not None else []
+    after = keys_of(rule, change.after) if change.after is not None else []
+    if rule.mode == "evict" or evict_only or change.op is Op.DELETE or change.after is None:
+        return [Delete(k) for k in _union(before, after)]
+    row = change.after
+    columns = rule.value_columns(list(row))
+    missing = [c for c in columns if c not in row]
+    if missing:
+        raise MissingColumn(f"{rule.name} row has no column {missing[0]!r}")
+    ops: list[RedisOp] = [Delete(k) for k in before if k not in after]
+    ttl_ms = rule.ttl * 1000
+    if rule.format == "json":
+        value = encode_json(row, columns)
+        ops.extend(SetJson(k, value, ttl_ms) for k in after)
+    else:
+        fields = tuple(encode_hash(row, columns))
+        if not fields:  # an empty hash cannot exist in Redis: evict instead
+            ops.extend(Delete(k) for k in after)
+        else:
+            ops.extend(SetHash(k, fields, ttl_ms) for k in after)
+    return ops
+
+
+def _union(a: Sequence[str], b: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys([*a, *b]))
+
+
+# ---- statements: which mapped tables does a query touch? --------------------------------------
+
+_COMMENT = re.compile(r"/\*.*?\*/|--[^\n]*|#[^\n]*", re.S)
+_IDENT = re.compile(r"`((?:[^`]|``)+)`|([A-Za-z0-9_$]+)")
+_TXN_CONTROL = re.compile(
+    r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE\s+SAVEPOINT|XA\s+(START|BEGIN|END|PREPARE))\b", re.I
+)
+_XA_COMMIT = re.compile(r"^\s*XA\s+(COMMIT|ROLLBACK)\b", re.I)
+_DATABASE_DDL = re.compile(r"^\s*(DROP|ALTER|CREATE\s+OR\s+REPLACE)\s+(DATABASE|SCHEMA)\b", re.I)
+
+
+def is_txn_control(sql: str) -> bool:
+    """BEGIN/COMMIT/... statements that change no table."""
+    return bool(_TXN_CONTROL.match(_COMMENT.sub(" ", sql)))
+
+
+def statement_flushes(sql: str, rules: Iterable[TableRule]) -> list[Flush]:
+    """Flushes for a statement that arrived as a query event (DDL or statement-format DML).
+
+    Deliberately broad: any mention of a mapped table's name flushes it (a needless flush costs a cache
+    refill; a missed one serves stale data). ``XA COMMIT`` flushes every mapped table because its rows
+    were seen at ``XA PREPARE``.
+    """
+    text = _COMMENT.sub(" ", sql)
+    rules = list(rules)
+    if _XA_COMMIT.match(text):
+        return [Flush("xa_commit", r.schema, r.table, detail=sql[:200]) for r in rules]
+    tokens = {(m.group(1) or m.group(2)).replace("``", "`").lower() for m in _IDENT.finditer(text)}
+    database_ddl = bool(_DATABASE_DDL.match(text))
+    out: list[Flush] = []
+    for rule in rules:
+        if rule.table.lower() in tokens or (database_ddl and rule.schema.lower() in tokens):
+            out.append(Flush("statement", rule.schema, rule.table, detail=sql[:200]))
+    return out
+
+
+def merge_row(columns: Sequence[str], values: Sequence[object]) -> Mapping[str, object]:
+    """Helper for tests and loaders: zip column names and values into a row."""
+    return dict(zip(columns, values, strict=True))

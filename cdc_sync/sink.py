@@ -1,0 +1,208 @@
+"""Redis side: the atomic apply step (Lua), checkpoint, heartbeat and wholesale flushes.
+
+The only module besides the reader that imports redis. Every redis-py error is translated here into
+SinkUnavailable (retryable) or RewindRequired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import redis
+from redis.commands.core import Script
+
+from cdc_sync.config import RedisConfig, TableRule
+from cdc_sync.errors import RewindRequired, SinkUnavailable
+from cdc_sync.planner import Delete, RedisOp, SetHash, SetJson
+
+# KEYS: none (the keys are data-dependent; a Redis Cluster deployment needs hash-tagged templates).
+# ARGV: namespace, expected checkpoint, has_expected (0/1), new checkpoint, holdoff ms, heartbeat (0/1),
+#       then the operations:  D key | J key value ttl_ms | H key ttl_ms nfields f1 v1 ...
+# Reply: {'OK'} | {'DUP'} (this very step was applied already) | {'REWIND', stored} | {'LOST'}
+APPLY_LUA = r"""
+local ns, expected, has_expected, new = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4]
+local holdoff, beat = tonumber(ARGV[5]), ARGV[6] == '1'
+local ck = ns .. ':checkpoint'
+local cur = redis.call('GET', ck)
+if has_expected then
+  if cur ~= expected then
+    if cur == new then return {'DUP'} end
+    if cur then return {'REWIND', cur} end
+    return {'LOST'}
+  end
+elseif cur then
+  if cur == new then return {'DUP'} end
+  return {'REWIND', cur}
+end
+local i, n = 7, #ARGV
+while i <= n do
+  local op, k = ARGV[i], ARGV[i + 1]
+  local lease = ns .. ':lease:' .. k
+  if op == 'D' then
+    redis.call('DEL', k, lease)
+    if holdoff > 0 then redis.call('SET', ns .. ':inv:' .. k, '1', 'PX', holdoff) end
+    i = i + 2
+  elseif op == 'J' then
+    local ttl = tonumber(ARGV[i + 3])
+    if ttl > 0 then redis.call('SET', k, ARGV[i + 2], 'PX', ttl) else redis.call('SET', k, ARGV[i + 2]) end
+    redis.call('DEL', lease)
+    i = i + 4
+  elseif op == 'H' then
+    local ttl, nf = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+    redis.call('DEL', k, lease)
+    local j = i + 4
+    local last = i + 3 + nf * 2
+    while j <= last do
+      local stop = math.min(j + 999, last)
+      redis.call('HSET', k, unpack(ARGV, j, stop))
+      j = stop + 1
+    end
+    if ttl > 0 then redis.call('PEXPIRE', k, ttl) end
+    i = last + 1
+  else
+    return redis.error_reply('cdc-sync: unknown op ' .. tostring(op))
+  end
+end
+redis.call('SET', ck, new)
+if beat then
+  local t = redis.call('TIME')
+  redis.call('SET', ns .. ':heartbeat', tostring(t[1] * 1000 + math.floor(t[2] / 1000)))
+end
+return {'OK'}
+"""
+
+# Heartbeat only while the checkpoint is still the one this worker wrote.
+HEARTBEAT_LUA = r"""
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local t = redis.call('TIME')
+redis.call('SET', KEYS[2], tostring(t[1] * 1000 + math.floor(t[2] / 1000)))
+return 1
+"""
+
+FLUSH_MARKER_TTL_MS = 600_000  # a crashed flush leaves the marker at most this long (replay redoes it)
+
+
+def make_client(cfg: RedisConfig) -> redis.Redis:
+    """A redis-py client for ``cfg`` (TLS with rediss:// URLs; ssl_ca_certs when set)."""
+    kwargs: dict[str, Any] = {"socket_timeout": cfg.socket_timeout_s, "socket_connect_timeout": cfg.socket_timeout_s}
+    if cfg.ssl_ca_certs:
+        kwargs["ssl_ca_certs"] = cfg.ssl_ca_certs
+    return redis.Redis.from_url(cfg.url, **kwargs)
+
+
+def encode_ops(ops: Iterable[RedisOp]) -> list[bytes | str | int]:
+    """Flatten planner operations into the script's ARGV tail."""
+    out: list[bytes | str | int] = []
+    for op in ops:
+        if isinstance(op, Delete):
+            out += ("D", op.key)
+        elif isinstance(op, SetJson):
+            out += ("J", op.key, op.value, op.ttl_ms)
+        else:
+            assert isinstance(op, SetHash)
+            out += ("H", op.key, op.ttl_ms, len(op.fields) // 2, *op.fields)
+    return out
+
+
+class RedisSink:
+    """Applies planned operations atomically and keeps the checkpoint."""
+
+    def __init__(self, cfg: RedisConfig, holdoff_ms: int, client: redis.Redis | None = None) -> None:
+        self.cfg = cfg
+        self.ns = cfg.namespace
+        self.holdoff_ms = holdoff_ms
+        self.client = client if client is not None else make_client(cfg)
+        self._apply: Script = self.client.register_script(APPLY_LUA)
+        self._beat: Script = self.client.register_script(HEARTBEAT_LUA)
+
+    @property
+    def checkpoint_key(self) -> str:
+        return f"{self.ns}:checkpoint"
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as exc:
+            raise SinkUnavailable(f"redis {what}: {type(exc).__name__}: {exc}") from exc
+
+    def load_checkpoint(self) -> str | None:
+        value = self._call("GET checkpoint", self.client.get, self.checkpoint_key)
+        return value.decode() if value is not None else None
+
+    def set_checkpoint(self, position: str) -> None:
+        self._call("SET checkpoint", self.client.set, self.checkpoint_key, position)
+
+    def apply(self, ops: Sequence[RedisOp], expected: str | None, new: str, heartbeat: bool = False) -> bool:
+        """One atomic step: check ``expected``, apply ``ops``, set the checkpoint to ``new``.
+
+        Returns False when Redis already holds ``new`` (a step whose reply was lost). Raises
+        RewindRequired when Redis holds another checkpoint (stored=None: it holds none at all).
+        """
+        args: list[bytes | str | int] = [
+            self.ns,
+            expected or "",
+            "1" if expected is not None else "0",
+            new,
+            self.holdoff_ms,
+            "1" if heartbeat else "0",
+        ]
+        args += encode_ops(ops)
+        reply = self._call("apply", self._apply, keys=[], args=args)
+        status = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        if status == "OK":
+            return True
+        if status == "DUP":
+            return False
+        if status == "REWIND":
+            raise RewindRequired(reply[1].decode())
+        raise RewindRequired(None)
+
+    def heartbeat(self, expected: str | None) -> bool:
+        """Set ``<ns>:heartbeat`` to Redis time, if the checkpoint is still ``expected``."""
+        if expected is None:
+            return False
+        keys = [self.checkpoint_key, f"{self.ns}:heartbeat"]
+        return bool(self._call("heartbeat", self._beat, keys=keys, args=[expected]))
+
+    def _scan(self, pattern: str) -> Iterator[list[bytes]]:
+        """SCAN in pages; each page's keys as a list (errors translated)."""
+        cursor = 0
+        while True:
+            cursor, keys = self._call("SCAN", self.client.scan, cursor, match=pattern, count=1000)
+            if keys:
+                yield list(keys)
+            if cursor == 0:
+                return
+
+    def count_keys(self, rules: Sequence[TableRule], limit: int = 1) -> int:
+        """How many keys the rules' patterns match (stops once ``limit`` is reached)."""
+        found = 0
+        for rule in rules:
+            for template in rule.templates:
+                for page in self._scan(template.pattern()):
+                    found += len(page)
+                    if found >= limit:
+                        return found
+        return found
+
+    def flush(self, rule: TableRule) -> int:
+        """Invalidate every key of ``rule``'s table, and every lease on one; returns the keys deleted.
+
+        Readers bypass the cache while ``<ns>:flushing:<schema.table>`` exists; deleting the leases makes
+        any fill that loaded the table before the flush fail.
+        """
+        marker = f"{self.ns}:flushing:{rule.name}"
+        self._call("SET flushing", self.client.set, marker, "1", px=FLUSH_MARKER_TTL_MS)
+        deleted = 0
+        for template in rule.templates:
+            pattern = template.pattern()
+            for page in self._scan(pattern):
+                deleted += int(self._call("UNLINK", self.client.unlink, *page))
+            for page in self._scan(f"{self.ns}:lease:{pattern}"):
+                self._call("UNLINK", self.client.unlink, *page)
+        self._call("DEL flushing", self.client.delete, marker)
+        return deleted
+
+    def close(self) -> None:
+        self.client.close()

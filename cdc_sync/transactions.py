@@ -1,0 +1,115 @@
+"""Group raw binlog events into committed transactions with checkpoint positions. Pure code.
+
+Boundaries, as both servers write them:
+
+* MariaDB row transaction: GTID event (not standalone), table maps and rows, XID (or ``COMMIT`` for
+  non-transactional engines).
+* MariaDB DDL: GTID event (standalone flag), then the statement itself, which commits.
+* MySQL: GTID (or anonymous GTID) event, ``BEGIN``, rows, XID; DDL: GTID, then the statement.
+
+A ``ROLLBACK`` group (non-transactional rows inside a rolled-back transaction) and an XA PREPARE
+group are kept as evict-only transactions: an eviction is always safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from cdc_sync.config import TableRule
+from cdc_sync.events import (
+    Flush,
+    Heartbeat,
+    RawBegin,
+    RawCommit,
+    RawEvent,
+    RawHeartbeat,
+    RawQuery,
+    RawRows,
+    RawUnknown,
+    RowChange,
+    StreamItem,
+    Transaction,
+)
+from cdc_sync.planner import is_txn_control, statement_flushes
+from cdc_sync.positions import PositionTracker
+
+# Event types the library does not decode but that change no data:
+# 0x22 anonymous GTID (MySQL without GTIDs), 0x24 transaction context, 0x25 view change,
+# 0x1C ignorable, 0x29 heartbeat v2, 0xA4 MariaDB start encryption.
+BENIGN_UNKNOWN_TYPES = frozenset({0x1C, 0x22, 0x24, 0x25, 0x29, 0xA4})
+
+
+class Assembler:
+    """Feeds on RawEvents and yields Transactions (and Heartbeats when idle)."""
+
+    def __init__(
+        self,
+        tracker: PositionTracker,
+        rules: Sequence[TableRule],
+        on_skip: Callable[[Transaction], None] | None = None,
+    ) -> None:
+        self.tracker = tracker
+        self.rules = list(rules)
+        self._on_skip = on_skip
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget a partly read transaction (after a reconnect)."""
+        self.in_txn = False
+        self._open = False  # inside BEGIN..COMMIT (statements do not commit by themselves)
+        self._gtid: str | None = None
+        self._changes: list[RowChange] = []
+        self._flushes: list[Flush] = []
+
+    def feed(self, ev: RawEvent) -> StreamItem | None:
+        if isinstance(ev, RawRows):
+            self.in_txn = True
+            self._open = True
+            self._changes.extend(ev.changes)
+            return None
+        if isinstance(ev, RawBegin):
+            if ev.gtid is not None:
+                self._gtid = ev.gtid
+            self.in_txn = True
+            self._open = self._open or ev.opens
+            return None
+        if isinstance(ev, RawCommit):
+            return self._commit(ev.file, ev.pos, ev.timestamp, evict_only=ev.rollback)
+        if isinstance(ev, RawQuery):
+            if is_txn_control(ev.sql):
+                return None
+            self._flushes.extend(statement_flushes(ev.sql, self.rules))
+            if self._open:
+                return None  # a statement inside BEGIN..COMMIT: the XID/COMMIT ends it
+            return self._commit(ev.file, ev.pos, ev.timestamp, evict_only=False)
+        if isinstance(ev, RawUnknown):
+            if ev.event_type in BENIGN_UNKNOWN_TYPES:
+                return None
+            flushes = [
+                Flush("unknown_event", r.schema, r.table, detail=f"type=0x{ev.event_type:02x} {ev.detail}")
+                for r in self.rules
+            ]
+            if self.in_txn:
+                self._flushes.extend(flushes)
+                return None
+            return Transaction(position=self.tracker.render(), flushes=tuple(flushes))
+        if isinstance(ev, RawHeartbeat):
+            return None if self.in_txn else Heartbeat()
+        raise TypeError(f"unexpected event {ev!r}")
+
+    def _commit(self, file: str, pos: int, timestamp: int, evict_only: bool) -> Transaction | None:
+        txn_changes, flushes, gtid = tuple(self._changes), tuple(self._flushes), self._gtid
+        self.reset()
+        if self.tracker.covers(gtid, file, pos):
+            if self._on_skip is not None:
+                self._on_skip(Transaction(position=f"{file}:{pos}", gtid=gtid))
+            return None
+        self.tracker.advance(gtid, file, pos)
+        return Transaction(
+            position=self.tracker.render(),
+            changes=txn_changes,
+            flushes=flushes,
+            timestamp=timestamp,
+            gtid=gtid,
+            evict_only=evict_only,
+        )
