@@ -175,6 +175,14 @@ class Worker:
             # Keys without a checkpoint were written by nobody we can vouch for: an empty cache is correct.
             log.error("sync.no_checkpoint_with_keys", action="flush")
             self._flush([Flush("no_checkpoint", r.schema, r.table) for r in self.rules])
+        # Record the start at once, so a restart before the first change resumes from here.
+        try:
+            self._retry_sink("checkpoint", lambda: self._sink.apply([], None, start))
+        except RewindRequired as exc:  # another worker wrote one meanwhile: follow it
+            if exc.stored is None:
+                raise
+            start = exc.stored
+        self._expected = start
         log.info("sync.fresh_start", start=start, mode=self.config.mysql.start, flavor=info.flavor)
         return start
 

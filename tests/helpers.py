@@ -1,0 +1,165 @@
+"""Helpers for end-to-end tests: config files, the worker process, waiting for catch-up."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import redis
+
+from tests.servers import MySQLTarget, RedisTarget
+
+
+def connect(mysql: MySQLTarget, db: str | None = None, **kwargs: Any) -> pymysql.Connection:  # type: ignore[type-arg]
+    return pymysql.connect(host=mysql.host, port=mysql.port, user=mysql.user, password=mysql.password,
+                           database=db, autocommit=True, charset="utf8mb4", **kwargs)
+
+
+def server_position(conn: pymysql.Connection, flavor: str) -> str:  # type: ignore[type-arg]
+    """The server's current GTID position (what a caught-up worker's checkpoint equals)."""
+    with conn.cursor() as cur:
+        if flavor == "mariadb":
+            cur.execute("SELECT @@global.gtid_binlog_pos")
+        else:
+            cur.execute("SELECT @@global.gtid_executed")
+        return str(cur.fetchone()[0]).replace("\n", "")
+
+
+def file_position(conn: pymysql.Connection) -> str:  # type: ignore[type-arg]
+    with conn.cursor() as cur:
+        cur.execute("SHOW MASTER STATUS")
+        row = cur.fetchone()
+        return f"{row[0]}:{row[1]}"
+
+
+def write_config(path: Path, mysql: MySQLTarget, redis_t: RedisTarget, tables: str, *, namespace: str = "cdc",
+                 extra_mysql: str = "", extra: str = "", user: str | None = None, password: str | None = None,
+                 server_id: int = 4242) -> Path:
+    path.write_text(
+        f"""
+[mysql]
+host = "{mysql.host}"
+port = {mysql.port}
+user = "{user or mysql.user}"
+password = "{mysql.password if password is None else password}"
+server_id = {server_id}
+heartbeat_s = 0.5
+{extra_mysql}
+
+[redis]
+url = "{redis_t.url}"
+namespace = "{namespace}"
+
+[worker]
+retry_initial_s = 0.05
+retry_max_s = 0.5
+
+[log]
+level = "debug"
+format = "json"
+
+{extra}
+
+{tables}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class WorkerProcess:
+    """``python -m cdc_sync run`` as a child process, its JSON log captured to a file."""
+
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cdc_sync", "run", "--config", str(self.config)],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env,
+        )
+        log.close()
+        return self
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_text().splitlines():
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+        return out
+
+    def event_names(self) -> list[str]:
+        return [e.get("event", "") for e in self.events()]
+
+
+def checkpoint(r: redis.Redis, namespace: str = "cdc") -> str | None:
+    value = r.get(f"{namespace}:checkpoint")
+    return value.decode() if value is not None else None
+
+
+def wait_caught_up(r: redis.Redis, conn: pymysql.Connection, flavor: str, worker: WorkerProcess | None = None,  # type: ignore[type-arg]
+                   namespace: str = "cdc", timeout: float = 60.0) -> str:
+    """Wait until the worker's checkpoint equals the server's current position."""
+    target = server_position(conn, flavor)
+
+    def done() -> bool:
+        if worker is not None and not worker.alive():
+            raise AssertionError(f"worker exited with {worker.proc.returncode if worker.proc else None}:\n"
+                                 f"{worker.log_text()[-4000:]}")
+        return checkpoint(r, namespace) == target
+
+    wait_for(done, timeout, f"checkpoint {target}")
+    return target
