@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,8 +20,16 @@ from tests.servers import MySQLTarget, RedisTarget
 
 
 def connect(mysql: MySQLTarget, db: str | None = None, **kwargs: Any) -> pymysql.Connection:  # type: ignore[type-arg]
-    return pymysql.connect(host=mysql.host, port=mysql.port, user=mysql.user, password=mysql.password,
-                           database=db, autocommit=True, charset="utf8mb4", **kwargs)
+    return pymysql.connect(
+        host=mysql.host,
+        port=mysql.port,
+        user=mysql.user,
+        password=mysql.password,
+        database=db,
+        autocommit=True,
+        charset="utf8mb4",
+        **kwargs,
+    )
 
 
 def server_position(conn: pymysql.Connection, flavor: str) -> str:  # type: ignore[type-arg]
@@ -40,9 +49,19 @@ def file_position(conn: pymysql.Connection) -> str:  # type: ignore[type-arg]
         return f"{row[0]}:{row[1]}"
 
 
-def write_config(path: Path, mysql: MySQLTarget, redis_t: RedisTarget, tables: str, *, namespace: str = "cdc",
-                 extra_mysql: str = "", extra: str = "", user: str | None = None, password: str | None = None,
-                 server_id: int = 4242) -> Path:
+def write_config(
+    path: Path,
+    mysql: MySQLTarget,
+    redis_t: RedisTarget,
+    tables: str,
+    *,
+    namespace: str = "cdc",
+    extra_mysql: str = "",
+    extra: str = "",
+    user: str | None = None,
+    password: str | None = None,
+    server_id: int = 4242,
+) -> Path:
     path.write_text(
         f"""
 [mysql]
@@ -99,7 +118,9 @@ class WorkerProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cdc_sync", "run", "--config", str(self.config)],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
         )
         log.close()
         return self
@@ -135,10 +156,8 @@ class WorkerProcess:
         for line in self.log_text().splitlines():
             line = line.strip()
             if line.startswith("{"):
-                try:
+                with contextlib.suppress(ValueError):
                     out.append(json.loads(line))
-                except ValueError:
-                    pass
         return out
 
     def event_names(self) -> list[str]:
@@ -150,15 +169,22 @@ def checkpoint(r: redis.Redis, namespace: str = "cdc") -> str | None:
     return value.decode() if value is not None else None
 
 
-def wait_caught_up(r: redis.Redis, conn: pymysql.Connection, flavor: str, worker: WorkerProcess | None = None,  # type: ignore[type-arg]
-                   namespace: str = "cdc", timeout: float = 60.0) -> str:
+def wait_caught_up(
+    r: redis.Redis,
+    conn: pymysql.Connection,
+    flavor: str,
+    worker: WorkerProcess | None = None,  # type: ignore[type-arg]
+    namespace: str = "cdc",
+    timeout: float = 60.0,
+) -> str:
     """Wait until the worker's checkpoint equals the server's current position."""
     target = server_position(conn, flavor)
 
     def done() -> bool:
         if worker is not None and not worker.alive():
-            raise AssertionError(f"worker exited with {worker.proc.returncode if worker.proc else None}:\n"
-                                 f"{worker.log_text()[-4000:]}")
+            raise AssertionError(
+                f"worker exited with {worker.proc.returncode if worker.proc else None}:\n{worker.log_text()[-4000:]}"
+            )
         return checkpoint(r, namespace) == target
 
     wait_for(done, timeout, f"checkpoint {target}")

@@ -67,8 +67,9 @@ def mysql_target() -> MySQLTarget:
     if url:
         parts = urlsplit(url)
         flavor = os.environ.get("CDC_SYNC_TEST_MYSQL_FLAVOR", "mariadb")
-        return MySQLTarget(parts.hostname or "127.0.0.1", parts.port or 3306, parts.username or "root",
-                           parts.password or "", flavor)
+        return MySQLTarget(
+            parts.hostname or "127.0.0.1", parts.port or 3306, parts.username or "root", parts.password or "", flavor
+        )
     if backend() == "docker":
         from testcontainers.mysql import MySqlContainer  # type: ignore[import-not-found]
 
@@ -77,8 +78,14 @@ def mysql_target() -> MySQLTarget:
             "--server-id=1 --gtid-mode=ON --enforce-gtid-consistency=ON"
         )
         container.start()
-        return MySQLTarget(container.get_container_host_ip(), int(container.get_exposed_port(3306)), "root",
-                           "root", "mysql", stop=container.stop)
+        return MySQLTarget(
+            container.get_container_host_ip(),
+            int(container.get_exposed_port(3306)),
+            "root",
+            "root",
+            "mysql",
+            stop=container.stop,
+        )
     server = start_mariadb()
     return MySQLTarget("127.0.0.1", server.port, "root", "", "mariadb", stop=server.stop)
 
@@ -93,7 +100,8 @@ def redis_target() -> RedisTarget:
 
         container = RedisContainer("redis:7")
         container.start()
-        return RedisTarget(container.get_container_host_ip(), int(container.get_exposed_port(6379)),
-                           stop=container.stop)
+        return RedisTarget(
+            container.get_container_host_ip(), int(container.get_exposed_port(6379)), stop=container.stop
+        )
     server = start_redis()
     return RedisTarget("127.0.0.1", server.port, stop=server.stop)

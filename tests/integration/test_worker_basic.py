@@ -3,42 +3,28 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from pathlib import Path
 
 import pymysql
 import redis
 
-from tests.helpers import WorkerProcess, connect, wait_caught_up, write_config
-from tests.servers import MySQLTarget, RedisTarget
-
-Start = Callable[..., WorkerProcess]
-
-
-def _start(tmp_path: Path, mysql: MySQLTarget, redis_t: RedisTarget, workers: list[WorkerProcess],
-           tables: str, **kwargs: object) -> WorkerProcess:
-    cfg = write_config(tmp_path / "cdc-sync.toml", mysql, redis_t, tables, **kwargs)  # type: ignore[arg-type]
-    w = WorkerProcess(cfg, tmp_path / "worker.log").start()
-    workers.append(w)
-    r = redis.Redis(host=redis_t.host, port=redis_t.port, db=redis_t.db)
-    with connect(mysql) as conn:
-        wait_caught_up(r, conn, mysql.flavor, w)  # started from "current": changes from here on count
-    r.close()
-    return w
+from tests.helpers import wait_caught_up
+from tests.integration.conftest import StartWorker
+from tests.servers import MySQLTarget
 
 
 def _users(sql: pymysql.Connection) -> None:  # type: ignore[type-arg]
     with sql.cursor() as cur:
-        cur.execute("CREATE TABLE users (id INT PRIMARY KEY, email VARCHAR(100), name VARCHAR(100), "
-                    "password_hash VARCHAR(100))")
+        cur.execute(
+            "CREATE TABLE users (id INT PRIMARY KEY, email VARCHAR(100), name VARCHAR(100), password_hash VARCHAR(100))"
+        )
 
 
-def test_evict_mode_deletes_keys_on_insert_update_delete(tmp_path: Path, mysql_server: MySQLTarget,
-                                                          redis_server: RedisTarget, workers: list[WorkerProcess],
-                                                          db: str, sql: pymysql.Connection, r: redis.Redis) -> None:  # type: ignore[type-arg]
+def test_evict_mode_deletes_keys_on_insert_update_delete(
+    start_worker: StartWorker, mysql_server: MySQLTarget, db: str, sql: pymysql.Connection, r: redis.Redis
+) -> None:  # type: ignore[type-arg]  # type: ignore[type-arg]
     """Evict mode: every committed change deletes the row's keys (primary and `also`)."""
     _users(sql)
-    w = _start(tmp_path, mysql_server, redis_server, workers, f"""
+    w = start_worker(f"""
 [[tables]]
 table = "{db}.users"
 key = "user:{{id}}"
@@ -64,12 +50,12 @@ also = ["user:email:{{email}}"]
     assert r.get("user:1") is None
 
 
-def test_update_mode_writes_json_and_deletes(tmp_path: Path, mysql_server: MySQLTarget, redis_server: RedisTarget,
-                                             workers: list[WorkerProcess], db: str, sql: pymysql.Connection,  # type: ignore[type-arg]
-                                             r: redis.Redis) -> None:
+def test_update_mode_writes_json_and_deletes(
+    start_worker: StartWorker, mysql_server: MySQLTarget, db: str, sql: pymysql.Connection, r: redis.Redis
+) -> None:  # type: ignore[type-arg]
     """Update mode writes the selected columns as JSON with the TTL, and deletes on delete."""
     _users(sql)
-    w = _start(tmp_path, mysql_server, redis_server, workers, f"""
+    w = start_worker(f"""
 [[tables]]
 table = "{db}.users"
 key = "user:{{id}}"
@@ -93,13 +79,12 @@ ttl = 3600
     assert r.exists("user:1") == 0
 
 
-def test_primary_key_and_also_column_change_leave_no_orphans(tmp_path: Path, mysql_server: MySQLTarget,
-                                                             redis_server: RedisTarget, workers: list[WorkerProcess],
-                                                             db: str, sql: pymysql.Connection,  # type: ignore[type-arg]
-                                                             r: redis.Redis) -> None:
+def test_primary_key_and_also_column_change_leave_no_orphans(
+    start_worker: StartWorker, mysql_server: MySQLTarget, db: str, sql: pymysql.Connection, r: redis.Redis
+) -> None:  # type: ignore[type-arg]
     """Changing the primary key or an `also` column removes the keys of the before image."""
     _users(sql)
-    w = _start(tmp_path, mysql_server, redis_server, workers, f"""
+    w = start_worker(f"""
 [[tables]]
 table = "{db}.users"
 key = "user:{{id}}"
@@ -124,12 +109,12 @@ columns = ["id", "email", "name"]
     assert sorted(k.decode() for k in r.scan_iter("user:*")) == ["user:2", "user:email:b@x"]
 
 
-def test_multi_statement_transaction_and_rollback(tmp_path: Path, mysql_server: MySQLTarget,
-                                                  redis_server: RedisTarget, workers: list[WorkerProcess], db: str,
-                                                  sql: pymysql.Connection, r: redis.Redis) -> None:  # type: ignore[type-arg]
+def test_multi_statement_transaction_and_rollback(
+    start_worker: StartWorker, mysql_server: MySQLTarget, db: str, sql: pymysql.Connection, r: redis.Redis
+) -> None:  # type: ignore[type-arg]  # type: ignore[type-arg]
     """A committed multi-statement transaction applies entirely; a rolled-back one changes nothing."""
     _users(sql)
-    w = _start(tmp_path, mysql_server, redis_server, workers, f"""
+    w = start_worker(f"""
 [[tables]]
 table = "{db}.users"
 key = "user:{{id}}"
@@ -158,12 +143,12 @@ columns = ["id", "name"]
     assert r.exists("user:4") == 1
 
 
-def test_sigterm_exits_zero_promptly(tmp_path: Path, mysql_server: MySQLTarget, redis_server: RedisTarget,
-                                     workers: list[WorkerProcess], db: str, sql: pymysql.Connection,  # type: ignore[type-arg]
-                                     r: redis.Redis) -> None:
+def test_sigterm_exits_zero_promptly(
+    start_worker: StartWorker, mysql_server: MySQLTarget, db: str, sql: pymysql.Connection, r: redis.Redis
+) -> None:  # type: ignore[type-arg]
     """SIGTERM: the worker finishes, logs worker.stopped and exits 0."""
     _users(sql)
-    w = _start(tmp_path, mysql_server, redis_server, workers, f"""
+    w = start_worker(f"""
 [[tables]]
 table = "{db}.users"
 key = "user:{{id}}"
