@@ -1,0 +1,214 @@
+"""`make demo`: live sync on throwaway servers.
+
+Starts a private MariaDB and Redis, creates a small shop schema, runs the real worker
+(`python -m cdc_sync run`) and a writer that inserts, updates and deletes, and shows the table and
+the Redis keys side by side every second. Ctrl-C stops everything and leaves nothing running.
+`--duration N` stops by itself after N seconds (used by the test suite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pymysql
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cdc_sync.devservers import LocalServer, start_mariadb, start_redis
+
+NAMES = ["ada", "linus", "grace", "alan", "barbara", "ken", "margaret", "dennis", "edsger", "frances"]
+
+
+def _config(mysql_port: int, redis_port: int) -> str:
+    return f"""
+[mysql]
+host = "127.0.0.1"
+port = {mysql_port}
+user = "root"
+server_id = 4242
+start = "current"
+
+[redis]
+url = "redis://127.0.0.1:{redis_port}/0"
+namespace = "cdc"
+
+[[tables]]
+table = "shop.users"
+key = "user:{{id}}"
+also = ["user:email:{{email}}"]
+mode = "update"
+format = "json"
+exclude = ["password_hash"]
+ttl = 3600
+
+[[tables]]
+table = "shop.orders"
+key = "order:{{id}}"
+mode = "evict"
+
+[log]
+format = "json"
+"""
+
+
+def _writer(port: int, stop: threading.Event, stats: dict[str, int]) -> None:
+    rng = random.Random(42)
+    conn = pymysql.connect(host="127.0.0.1", port=port, user="root", database="shop", autocommit=True)
+    with conn.cursor() as cur:
+        while not stop.is_set():
+            uid = rng.randrange(1, 9)
+            action = rng.random()
+            name = rng.choice(NAMES)
+            if action < 0.45:
+                cur.execute(
+                    "INSERT INTO users (id, email, name, balance, password_hash) VALUES (%s, %s, %s, %s, 'x') "
+                    "ON DUPLICATE KEY UPDATE name = VALUES(name), balance = balance + 1",
+                    (uid, f"{name}{uid}@example.com", name.title(), f"{rng.randrange(10000) / 100:.2f}"),
+                )
+                stats["upserts"] += 1
+            elif action < 0.75:
+                cur.execute("UPDATE users SET balance = balance + %s WHERE id = %s", (rng.randrange(1, 50), uid))
+                stats["updates"] += 1
+            elif action < 0.85:
+                cur.execute("DELETE FROM users WHERE id = %s", (uid,))
+                stats["deletes"] += 1
+            else:
+                cur.execute("INSERT INTO orders (user_id, total) VALUES (%s, %s)", (uid, rng.randrange(100, 9999)))
+                stats["orders"] += 1
+            stop.wait(0.4)
+    conn.close()
+
+
+def _snapshot(port: int, r: redis.Redis) -> tuple[list[str], bool]:
+    conn = pymysql.connect(host="127.0.0.1", port=port, user="root", database="shop", autocommit=True)
+    with conn.cursor(pymysql.cursors.DictCursor) as cur:
+        cur.execute("SELECT id, email, name, balance FROM users ORDER BY id")
+        rows = cur.fetchall()
+    conn.close()
+    lines = [f"{'MariaDB shop.users':<52} | Redis", "-" * 52 + "-+-" + "-" * 60]
+    all_equal = True
+    db_keys = set()
+    for row in rows:
+        key = f"user:{row['id']}"
+        db_keys.add(key)
+        raw = r.get(key)
+        cached = json.loads(raw) if raw else None
+        expected = {"id": row["id"], "email": row["email"], "name": row["name"], "balance": str(row["balance"])}
+        ok = cached == expected
+        all_equal &= ok
+        left = f"{row['id']:>2} {row['email']:<28} {row['name']:<9} {row['balance']!s:>9}"
+        right = f"{key} = {raw.decode() if raw else '(missing)'}"
+        lines.append(f"{left:<52} | {right}  {'in sync' if ok else 'DIFFERENT'}")
+    extra = sorted(k.decode() for k in r.scan_iter("user:[0-9]*") if k.decode() not in db_keys)
+    for key in extra:
+        all_equal = False
+        lines.append(f"{'(no row)':<52} | {key} = stale!")
+    checkpoint = r.get("cdc:checkpoint")
+    lines.append("")
+    lines.append(
+        f"checkpoint: {checkpoint.decode() if checkpoint else '-'}    "
+        f"keys: {r.dbsize()}    {'cache == database' if all_equal else 'catching up...'}"
+    )
+    return lines, all_equal
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=0, help="stop after N seconds (0: until Ctrl-C)")
+    args = parser.parse_args()
+    servers: list[LocalServer] = []
+    worker: subprocess.Popen[bytes] | None = None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    workdir = Path(tempfile.mkdtemp(prefix="cdc-sync-demo-"))
+    try:
+        print("starting a throwaway MariaDB and Redis ...", flush=True)
+        mariadb = start_mariadb()
+        servers.append(mariadb)
+        redis_srv = start_redis()
+        servers.append(redis_srv)
+        conn = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", autocommit=True)
+        with conn.cursor() as cur:
+            cur.execute("CREATE DATABASE shop")
+            cur.execute(
+                "CREATE TABLE shop.users (id INT PRIMARY KEY, email VARCHAR(100) UNIQUE, name VARCHAR(50), "
+                "balance DECIMAL(10,2), password_hash VARCHAR(100))"
+            )
+            cur.execute("CREATE TABLE shop.orders (id INT AUTO_INCREMENT PRIMARY KEY, user_id INT, total INT)")
+        conn.close()
+        cfg = workdir / "cdc-sync.toml"
+        cfg.write_text(_config(mariadb.port, redis_srv.port))
+        log_path = workdir / "worker.log"
+        print(f"config: {cfg}\nworker log: {log_path}", flush=True)
+        with log_path.open("wb") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "cdc_sync", "run", "--config", str(cfg)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ},
+            )
+        r = redis.Redis(port=redis_srv.port)
+        deadline = time.monotonic() + 30
+        while r.get("cdc:checkpoint") is None:
+            if worker.poll() is not None or time.monotonic() > deadline:
+                print(log_path.read_text(), file=sys.stderr)
+                return 1
+            time.sleep(0.1)
+        stats = {"upserts": 0, "updates": 0, "deletes": 0, "orders": 0}
+        writer = threading.Thread(target=_writer, args=(mariadb.port, stop, stats), daemon=True)
+        writer.start()
+        started = time.monotonic()
+        tty = sys.stdout.isatty()
+        in_sync_seen = 0
+        while not stop.is_set():
+            if args.duration and time.monotonic() - started >= args.duration:
+                break
+            if worker.poll() is not None:
+                print("worker exited unexpectedly:\n" + log_path.read_text()[-3000:], file=sys.stderr)
+                return 1
+            lines, ok = _snapshot(mariadb.port, r)
+            in_sync_seen += ok
+            header = (
+                f"cdc-sync demo - writer: {stats['upserts']} upserts, {stats['updates']} updates, "
+                f"{stats['deletes']} deletes, {stats['orders']} orders   (Ctrl-C to stop)"
+            )
+            if tty:
+                sys.stdout.write("\x1b[H\x1b[2J")
+            print(header + "\n\n" + "\n".join(lines) + ("" if tty else "\n"), flush=True)
+            stop.wait(1.0)
+        stop.set()
+        writer.join(5)
+        # let the worker apply the last writes, then show the final state
+        time.sleep(1.5)
+        lines, ok = _snapshot(mariadb.port, r)
+        print("\nfinal state:\n" + "\n".join(lines), flush=True)
+        print(f"snapshots in sync: {in_sync_seen}; final: {'in sync' if ok else 'NOT in sync'}", flush=True)
+        return 0 if ok else 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop.set()
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(10)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        for server in reversed(servers):
+            server.stop()
+        print("demo stopped: worker and servers are down", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
