@@ -62,6 +62,9 @@ def run(config: Config) -> int:
         log.error("worker.config_error", error=str(exc))
         return EXIT_CONFIG
     except CdcSyncError as exc:
+        if worker.stopping:  # asked to stop while still connecting: not a failure
+            log.info("worker.stopped", during="start-up", error=str(exc))
+            return EXIT_OK
         log.error("worker.failed", error=str(exc), error_type=type(exc).__name__)
         return EXIT_FAILURE
     return EXIT_OK

@@ -27,6 +27,7 @@ class MySQLTarget:
     user: str
     password: str
     flavor: str  # "mariadb" | "mysql"
+    pid: int | None = None  # the server process, when it runs on this machine under our control
     stop: Callable[[], None] = field(default=lambda: None, repr=False)
 
 
@@ -87,7 +88,7 @@ def mysql_target() -> MySQLTarget:
             stop=container.stop,
         )
     server = start_mariadb()
-    return MySQLTarget("127.0.0.1", server.port, "root", "", "mariadb", stop=server.stop)
+    return MySQLTarget("127.0.0.1", server.port, "root", "", "mariadb", pid=server.proc.pid, stop=server.stop)
 
 
 def redis_target() -> RedisTarget:

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pymysql
+import pytest
 import redis
 
-from tests.helpers import WorkerProcess, checkpoint, connect, file_position, wait_caught_up, wait_for, write_config
+from tests.helpers import WorkerProcess, checkpoint, file_position, wait_caught_up, wait_for, write_config
 from tests.integration.conftest import StartWorker
 from tests.servers import MySQLTarget, RedisTarget
 
@@ -253,4 +254,30 @@ def test_file_position_mode(
     start_worker("", wait=False)
     wait_for(lambda: checkpoint(r) == file_position(sql), 30, "file checkpoint after restart")
     assert json.loads(r.get("user:2") or b"")["name"] == "B2"
-    _ = connect
+
+
+def test_stalled_server_is_detected_and_the_worker_recovers(
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+) -> None:
+    """A server that stops answering (SIGSTOP) is noticed by the read timeout, not waited on forever."""
+    import os
+    import signal
+
+    if mysql_server.pid is None:
+        pytest.skip("SIGSTOP needs a server process on this machine (local backend)")
+    _users(sql)
+    w = start_worker(_tables(db))
+    pid = mysql_server.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: "source.disconnected" in w.event_names(), 30, "the stall to be detected")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    with sql.cursor() as cur:
+        cur.execute("INSERT INTO users VALUES (1, 'a@x', 'A')")
+    wait_caught_up(r, sql, mysql_server.flavor, w)
+    assert r.exists("user:1") == 1
