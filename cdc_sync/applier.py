@@ -1,0 +1,290 @@
+"""The applier thread: takes whole transactions off the queue and applies them to Redis.
+
+It takes every transaction that is waiting (up to ``batch_max_rows`` rows), plans it (pure planner) and
+applies it in one atomic step that compare-and-sets the checkpoint, so batches grow by themselves while
+Redis is the bottleneck and decoding overlaps Redis I/O.
+
+* The checkpoint moves only inside the same atomic step as the data it covers, after everything before it.
+* A Redis failure retries the same step with backoff; nothing is skipped and the position stays.
+* Redis holding another checkpoint than the one written last means Redis lost writes: the applier asks the
+  reading side to rewind to the stored position (``rewind_to``) and drops what was queued until then.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+from cdc_sync import logs
+from cdc_sync import metrics as m
+from cdc_sync.config import TableRule, WorkerConfig
+from cdc_sync.errors import RewindRequired, SinkUnavailable
+from cdc_sync.events import Flush, Heartbeat, StreamItem, Transaction
+from cdc_sync.planner import MissingColumn, RedisOp, plan_change
+
+log = logs.get("cdc_sync.applier")
+T = TypeVar("T")
+
+
+class SinkPort(Protocol):
+    def load_checkpoint(self) -> str | None: ...
+    def apply(self, ops: Sequence[RedisOp], expected: str | None, new: str, heartbeat: bool = False) -> bool: ...
+    def heartbeat(self, expected: str | None) -> bool: ...
+    def count_keys(self, rules: Sequence[TableRule], limit: int = 1) -> int: ...
+    def flush(self, rule: TableRule) -> int: ...
+
+
+class Backoff(Protocol):
+    """Retry policy: seconds to wait after ``failures`` consecutive failures (redis-py's backoff objects fit)."""
+
+    def compute(self, failures: int) -> float: ...
+
+
+class _Rewind(Exception):
+    def __init__(self, position: str) -> None:
+        super().__init__(position)
+        self.position = position
+
+
+_STOP = object()
+
+
+class Applier:
+    """Owns the queue between decoding and Redis, and the thread that drains it."""
+
+    def __init__(self, rules: Sequence[TableRule], sink: SinkPort, backoff: Backoff, cfg: WorkerConfig) -> None:
+        self.rules = list(rules)
+        self._rule_by_table = {(r.schema, r.table): r for r in self.rules}
+        self.sink = sink
+        self.backoff = backoff
+        self.cfg = cfg
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=cfg.queue_max_transactions)
+        self.expected: str | None = None  # the checkpoint last written (or found) in Redis
+        self.rewind_to: str | None = None  # set by this thread; the reader rewinds and calls rewound()
+        self.failure: BaseException | None = None
+        self.abort = threading.Event()
+        self._gen = 0  # generation of what the reader queues; bumped on every rewind
+        self._drop_gen = -1  # queued items of this generation or older are dropped
+        self._thread = threading.Thread(target=self._loop, name="cdc-sync-applier", daemon=True)
+        self._last_progress = time.monotonic()
+        self._applied_since = 0
+
+    # ---- called from the reading (main) thread -----------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, item: StreamItem) -> None:
+        """Queue an item (blocks while the queue is full); raises the applier's failure if it died."""
+        while True:
+            self.raise_failure()
+            try:
+                self.queue.put((self._gen, item), timeout=0.2)
+                return
+            except queue.Full:
+                if self.rewind_to is not None:
+                    return  # this generation is dropped anyway
+
+    def rewound(self) -> str:
+        """The reader has restarted at ``rewind_to``: start a new generation; returns the position."""
+        target = self.rewind_to
+        assert target is not None
+        self._gen += 1
+        self.rewind_to = None
+        return target
+
+    def raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def drain(self) -> None:
+        """Wait until everything queued so far is applied."""
+        while self.queue.unfinished_tasks and self.failure is None:
+            time.sleep(0.02)
+        self.raise_failure()
+
+    def stop(self, timeout: float) -> bool:
+        """Apply what is queued and stop the thread; False if it did not finish within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while self._thread.is_alive():
+            try:
+                self.queue.put(_STOP, timeout=0.1)
+                break
+            except queue.Full:
+                if time.monotonic() > deadline:
+                    break
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            self.abort.set()
+            return False
+        return True
+
+    def retry(self, what: str, fn: Callable[[], T], give_up: Callable[[], bool] | None = None) -> T:
+        """Call ``fn`` until Redis answers, with backoff; re-raise when aborted or ``give_up()``."""
+        failures = 0
+        while True:
+            try:
+                return fn()
+            except SinkUnavailable as exc:
+                m.SINK_ERRORS.labels(kind="unavailable").inc()
+                delay = self.backoff.compute(failures)
+                log.warning(
+                    "sink.unavailable", step=what, error=str(exc), retry_in_s=round(delay, 3), attempt=failures + 1
+                )
+                if self.abort.is_set() or (give_up is not None and give_up()):
+                    raise
+                failures += 1
+                time.sleep(delay)
+
+    def flush(self, flushes: Sequence[Flush]) -> None:
+        """Invalidate the tables named by ``flushes`` (each table once), logged and counted."""
+        seen: set[str] = set()
+        for f in flushes:
+            for rule in self.rules:
+                if rule.name in seen or (f.table is not None and (rule.schema, rule.table) != (f.schema, f.table)):
+                    continue
+                seen.add(rule.name)
+                deleted = self.retry("flush", lambda rule=rule: self.sink.flush(rule))  # type: ignore[misc]
+                m.FLUSHES.labels(table=rule.name, reason=f.reason).inc()
+                log.warning("sync.table_flushed", table=rule.name, reason=f.reason, keys=deleted, detail=f.detail)
+            if f.reason == "unknown_event":
+                m.UNKNOWN_EVENTS.labels(event_type=f.detail.split(" ", 1)[0]).inc()
+
+    # ---- the thread --------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            while not self.abort.is_set():
+                items, stop = self._take_batch()
+                try:
+                    if items:
+                        self._apply_batch(items)
+                except _Rewind as rw:
+                    self.expected = rw.position
+                    self._drop_gen = self._gen
+                    self.rewind_to = rw.position
+                finally:
+                    for _ in range(len(items) + (1 if stop else 0)):
+                        self.queue.task_done()
+                if stop:
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the reading thread, which raises it
+            log.error("sync.applier_failed", error=repr(exc))
+            self.failure = exc
+
+    def _take_batch(self) -> tuple[list[StreamItem], bool]:
+        items: list[StreamItem] = []
+        rows = 0
+        block = True
+        while rows < self.cfg.batch_max_rows:
+            try:
+                entry = self.queue.get(block=block, timeout=0.5 if block else None)
+            except queue.Empty:
+                if block and not items:
+                    if self.abort.is_set():
+                        return items, True
+                    continue
+                break
+            block = False
+            if entry is _STOP:
+                return items, True
+            gen, item = entry
+            if gen <= self._drop_gen:
+                self.queue.task_done()
+                continue
+            items.append(item)
+            if isinstance(item, Transaction):
+                rows += len(item.changes)
+        return items, False
+
+    def _apply_batch(self, items: list[StreamItem]) -> None:
+        ops: list[RedisOp] = []
+        done: list[Transaction] = []
+        for item in items:
+            if isinstance(item, Heartbeat):
+                continue
+            planned, flushes = self._plan(item)
+            if flushes:  # a barrier: what came before is applied, then the flush, then the rest
+                if done:
+                    self._apply_step(ops, done, heartbeat=False)
+                    ops, done = [], []
+                self.flush(flushes)
+            ops.extend(planned)
+            done.append(item)
+        caught_up = isinstance(items[-1], Heartbeat)
+        if done:
+            self._apply_step(ops, done, heartbeat=caught_up)
+        elif caught_up and self.retry("heartbeat", lambda: self.sink.heartbeat(self.expected)):
+            m.HEARTBEATS.inc()
+        if caught_up:
+            m.LAG_SECONDS.set(0)
+
+    def _plan(self, txn: Transaction) -> tuple[list[RedisOp], list[Flush]]:
+        ops: list[RedisOp] = []
+        flushes = list(txn.flushes)
+        broken: set[tuple[str, str]] = set()
+        for change in txn.changes:
+            table = (change.schema, change.table)
+            rule = self._rule_by_table.get(table)
+            if rule is None or table in broken:
+                continue
+            try:
+                ops.extend(plan_change(change, rule, evict_only=txn.evict_only))
+            except MissingColumn as exc:
+                m.PLAN_ERRORS.labels(table=rule.name).inc()
+                log.error("sync.plan_failed", table=rule.name, error=str(exc), action="flush")
+                broken.add(table)
+                flushes.append(Flush("plan_error", rule.schema, rule.table, detail=str(exc)))
+        return ops, flushes
+
+    def _apply_step(self, ops: list[RedisOp], txns: list[Transaction], heartbeat: bool) -> None:
+        new = txns[-1].position
+        while True:
+            started = time.perf_counter()
+            try:
+                # Checkpoint only here, in the same atomic step as the data, after Redis acknowledged it.
+                self.retry("apply", lambda: self.sink.apply(ops, self.expected, new, heartbeat))
+            except RewindRequired as exc:
+                if exc.stored is not None:
+                    m.REWINDS.labels(reason="checkpoint_mismatch").inc()
+                    log.error("sync.rewind", expected=self.expected, stored=exc.stored)
+                    raise _Rewind(exc.stored) from None
+                # Redis holds no checkpoint at all (emptied): nothing it holds can be vouched for.
+                m.REWINDS.labels(reason="checkpoint_lost").inc()
+                log.error("sync.checkpoint_lost", expected=self.expected, action="flush_all")
+                self.flush([Flush("checkpoint_lost")])
+                self.expected = None
+                continue
+            break
+        self.expected = new
+        self._record(ops, txns, time.perf_counter() - started, heartbeat)
+
+    def _record(self, ops: list[RedisOp], txns: list[Transaction], seconds: float, heartbeat: bool) -> None:
+        tally: Tally[tuple[str, str]] = Tally()
+        for txn in txns:
+            for change in txn.changes:
+                tally[(f"{change.schema}.{change.table}", change.op.value)] += 1
+        for (table, op), count in tally.items():
+            m.CHANGES_APPLIED.labels(table=table, op=op).inc(count)
+        rows = sum(tally.values())
+        m.BATCHES.inc()
+        m.BATCH_ROWS.observe(rows)
+        m.APPLY_SECONDS.observe(seconds)
+        m.TRANSACTIONS_APPLIED.inc(len(txns))
+        if heartbeat:
+            m.HEARTBEATS.inc()
+        stamp = max((t.timestamp for t in txns), default=0)
+        if stamp:
+            m.LAST_APPLIED_TIMESTAMP.set(stamp)
+            m.LAG_SECONDS.set(max(0.0, time.time() - stamp))
+        log.debug("sync.batch_applied", transactions=len(txns), rows=rows, ops=len(ops), checkpoint=self.expected)
+        self._applied_since += rows
+        now = time.monotonic()
+        if now - self._last_progress >= 30:
+            seconds_since = round(now - self._last_progress, 1)
+            log.info("sync.progress", rows=self._applied_since, seconds=seconds_since, checkpoint=self.expected)
+            self._last_progress, self._applied_since = now, 0

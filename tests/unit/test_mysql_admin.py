@@ -1,0 +1,149 @@
+"""MySQL vs MariaDB server queries, checked without a server (the SQL answers are scripted)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from cdc_sync.config import MySQLConfig
+from cdc_sync.errors import PositionLostError, SourceError
+from cdc_sync.source import MySQLAdmin, _translate, connection_settings
+
+MYSQL8_VARS = {
+    "version": "8.4.3",
+    "version_comment": "MySQL Community Server - GPL",
+    "log_bin": "ON",
+    "binlog_format": "ROW",
+    "binlog_row_image": "FULL",
+    "binlog_row_metadata": "FULL",
+    "gtid_mode": "ON",
+    "gtid_executed": "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-77,\n4e11fa47-71ca-11e1-9e33-c80aa9429562:1-5",
+    "server_uuid": "3e11fa47-71ca-11e1-9e33-c80aa9429562",
+}
+
+
+class ScriptedAdmin(MySQLAdmin):
+    """MySQLAdmin whose SQL is answered from a script; unknown statements raise like a server would."""
+
+    def __init__(self, variables: dict[str, str], statements: dict[str, list[dict[str, Any]] | Exception]) -> None:
+        super().__init__(MySQLConfig())
+        self.variables = variables
+        self.statements = statements
+        self.seen: list[str] = []
+
+    def _query(self, sql: str, args: Sequence[object] = ()) -> list[dict[str, Any]]:
+        self.seen.append(sql)
+        if sql.startswith("SHOW GLOBAL VARIABLES"):
+            return [{"Variable_name": k, "Value": v} for k, v in self.variables.items()]
+        answer = self.statements.get(sql)
+        if answer is None:
+            raise SourceError(f"{sql.split()[0]}: MySQL error 1064: syntax")
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_mysql84_uses_show_binary_log_status_and_gtid_executed() -> None:
+    """MySQL 8.4: SHOW BINARY LOG STATUS for the file position, gtid_executed (newlines removed) for GTIDs."""
+    admin = ScriptedAdmin(
+        MYSQL8_VARS,
+        {
+            "SHOW BINARY LOG STATUS": [{"File": "binlog.000007", "Position": 1234}],
+            "SHOW BINARY LOGS": [{"Log_name": "binlog.000003"}, {"Log_name": "binlog.000007"}],
+        },
+    )
+    info = admin.server_info()
+    assert info.flavor == "mysql"
+    assert info.file_position == "binlog.000007:1234"
+    assert info.first_file == "binlog.000003"
+    assert info.gtid_position == ("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-77,4e11fa47-71ca-11e1-9e33-c80aa9429562:1-5")
+    assert "SHOW MASTER STATUS" not in admin.seen
+
+
+def test_older_mysql_falls_back_to_show_master_status() -> None:
+    """MySQL before 8.2 has no SHOW BINARY LOG STATUS: SHOW MASTER STATUS answers instead."""
+    admin = ScriptedAdmin(
+        {**MYSQL8_VARS, "version": "8.0.36"},
+        {
+            "SHOW MASTER STATUS": [{"File": "mysql-bin.000002", "Position": 99}],
+            "SHOW BINARY LOGS": [{"Log_name": "mysql-bin.000001"}],
+        },
+    )
+    assert admin.server_info().file_position == "mysql-bin.000002:99"
+    assert admin.seen.index("SHOW BINARY LOG STATUS") < admin.seen.index("SHOW MASTER STATUS")
+
+
+def test_mysql_without_gtid_mode_has_no_gtid_position() -> None:
+    """gtid_mode=OFF: no GTID position, so the worker falls back to file positions."""
+    admin = ScriptedAdmin(
+        {**MYSQL8_VARS, "gtid_mode": "OFF"},
+        {
+            "SHOW BINARY LOG STATUS": [{"File": "binlog.000001", "Position": 4}],
+            "SHOW BINARY LOGS": [{"Log_name": "binlog.000001"}],
+        },
+    )
+    assert admin.server_info().gtid_position == ""
+
+
+def test_mariadb_uses_gtid_binlog_pos_and_show_master_status() -> None:
+    """MariaDB: gtid_binlog_pos and SHOW MASTER STATUS."""
+    admin = ScriptedAdmin(
+        {"version": "10.11.19-MariaDB-0+deb12u1-log", "log_bin": "ON", "gtid_binlog_pos": "0-1-42"},
+        {
+            "SHOW MASTER STATUS": [{"File": "cdc-bin.000001", "Position": 777}],
+            "SHOW BINARY LOGS": [{"Log_name": "cdc-bin.000001"}],
+        },
+    )
+    info = admin.server_info()
+    assert (info.flavor, info.gtid_position, info.file_position) == ("mariadb", "0-1-42", "cdc-bin.000001:777")
+    assert "SHOW BINARY LOG STATUS" not in admin.seen
+
+
+def test_error_1236_becomes_position_lost() -> None:
+    """The server's 'could not find first log file' (1236) maps to PositionLostError."""
+    import pymysql
+
+    exc = pymysql.err.OperationalError(1236, "Could not find first log file name in binary log index file")
+    assert isinstance(_translate(exc, "binlog stream"), PositionLostError)
+    other = _translate(pymysql.err.OperationalError(2013, "Lost connection"), "binlog stream")
+    assert type(other) is SourceError
+
+
+def test_connection_settings_turn_tls_on_only_when_configured(tmp_path: Any) -> None:
+    """No ssl_* setting: no TLS context; any ssl_* setting: an SSLContext is passed to PyMySQL."""
+    assert "ssl" not in connection_settings(MySQLConfig(password="pw"))
+    import ssl
+    import subprocess
+
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    settings = connection_settings(MySQLConfig(ssl_ca=str(cert), ssl_verify_identity=True))
+    assert isinstance(settings["ssl"], ssl.SSLContext)
+    assert settings["ssl"].check_hostname is True
+
+
+@pytest.mark.parametrize("secret", ["hunter2-Secret"])
+def test_mysql_config_repr_hides_password(secret: str) -> None:
+    """The password is repr=False: it never shows up in a repr (and so in no log of the config)."""
+    assert secret not in repr(MySQLConfig(password=secret))
