@@ -33,7 +33,6 @@ T = TypeVar("T")
 class SinkPort(Protocol):
     def load_checkpoint(self) -> str | None: ...
     def apply(self, ops: Sequence[RedisOp], expected: str | None, new: str, heartbeat: bool = False) -> bool: ...
-    def heartbeat(self, expected: str | None) -> bool: ...
     def count_keys(self, rules: Sequence[TableRule], limit: int = 1) -> int: ...
     def flush(self, rule: TableRule) -> int: ...
 
@@ -206,6 +205,8 @@ class Applier:
         done: list[Transaction] = []
         for item in items:
             if isinstance(item, Heartbeat):
+                if item.position:
+                    done.append(Transaction(position=item.position))
                 continue
             planned, flushes = self._plan(item)
             if flushes:  # a barrier: what came before is applied, then the flush, then the rest
@@ -216,10 +217,10 @@ class Applier:
             ops.extend(planned)
             done.append(item)
         caught_up = isinstance(items[-1], Heartbeat)
-        if done:
+        if done or caught_up:
+            # A heartbeat alone is an empty step: it still checks the checkpoint, so an idle worker
+            # notices a Redis rollback within one heartbeat period.
             self._apply_step(ops, done, heartbeat=caught_up)
-        elif caught_up and self.retry("heartbeat", lambda: self.sink.heartbeat(self.expected)):
-            m.HEARTBEATS.inc()
         if caught_up:
             m.LAG_SECONDS.set(0)
 
@@ -242,7 +243,8 @@ class Applier:
         return ops, flushes
 
     def _apply_step(self, ops: list[RedisOp], txns: list[Transaction], heartbeat: bool) -> None:
-        new = txns[-1].position
+        new = txns[-1].position if txns else self.expected
+        assert new is not None, "the checkpoint is known from start-up on"
         while True:
             started = time.perf_counter()
             try:

@@ -34,7 +34,8 @@ from decimal import Decimal
 import orjson
 
 
-def _time_text(value: dt.timedelta) -> str:
+def time_text(value: dt.timedelta) -> str:
+    """MySQL TIME as ``[-]HH:MM:SS[.ffffff]`` (hours may exceed 24)."""
     micros = value.days * 86_400_000_000 + value.seconds * 1_000_000 + value.microseconds
     sign = "-" if micros < 0 else ""
     micros = abs(micros)
@@ -51,7 +52,7 @@ def _default(value: object) -> object:
     if isinstance(value, bytes | bytearray | memoryview):
         return base64.b64encode(bytes(value)).decode("ascii")
     if isinstance(value, dt.timedelta):
-        return _time_text(value)
+        return time_text(value)
     if isinstance(value, set | frozenset):
         return sorted(str(v) for v in value)
     raise TypeError(f"cannot encode {type(value).__name__}")

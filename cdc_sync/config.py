@@ -7,6 +7,7 @@ Secrets (the MySQL password, a Redis URL that may carry one) are ``repr=False`` 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -128,15 +129,22 @@ class Config:
         return None
 
 
+_QUERY_SECRET = re.compile(r"(?i)((?:^|&)(?:password|passwd|pass|pwd)=)[^&]*")
+
+
 def redact_url(url: str) -> str:
+    """The URL with the password of its user part and any ``password=`` query value replaced by ``***``.
+
+    Works on the text, never raising, whatever the URL holds (a bad port, an IPv6 host).
+    """
     parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{hostport}" if (":" in userinfo or not user) else f"***@{hostport}"
+    query = _QUERY_SECRET.sub(r"\1***", parts.query)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 # ---- loading -------------------------------------------------------------------------------------
@@ -267,6 +275,10 @@ def _redis(raw: object, env: Mapping[str, str]) -> RedisConfig:
     scheme = urlsplit(url).scheme
     if scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(f"redis.url: scheme must be redis://, rediss:// or unix://; got {redact_url(url)!r}")
+    try:
+        urlsplit(url).port  # noqa: B018 - parsing it validates it
+    except ValueError:
+        raise ConfigError(f"redis.url: bad port in {redact_url(url)!r}") from None
     namespace = s.str_("namespace", "cdc")
     if not namespace or any(c in namespace for c in " {}*?[]\\") or ":" in namespace:
         raise ConfigError(f"redis.namespace: {namespace!r} must be non-empty, without ':', spaces, braces or globs")

@@ -53,7 +53,13 @@ class Transaction:
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
-    """The server had nothing more to send at the time of this event: the stream is caught up."""
+    """The server had nothing more to send at the time of this event: the stream is caught up.
+
+    ``position`` is the checkpoint to record (in file mode the server's binlog end, which moves past
+    non-transaction events such as MariaDB's binlog checkpoints); empty: the current one.
+    """
+
+    position: str = ""
 
 
 # --- raw events: what the source adapter emits, one per binlog event of interest ----------------
@@ -105,7 +111,10 @@ class RawUnknown:
 
 @dataclass(frozen=True, slots=True)
 class RawHeartbeat:
-    """Server heartbeat: nothing more to send right now."""
+    """Server heartbeat: nothing more to send right now; ``file``/``pos``: the server's binlog end."""
+
+    file: str = ""
+    pos: int = 0
 
 
 RawEvent = RawBegin | RawRows | RawCommit | RawQuery | RawUnknown | RawHeartbeat

@@ -10,7 +10,7 @@ Value encoding (``escape``), chosen so that two different rows can never render 
   ``%XX``, the upper-case hex of their UTF-8 byte; every other character is kept as it is.
 * ``bytes`` values: every byte outside printable ASCII, and the characters above, as ``%XX``.
 * integers in decimal; ``bool`` as ``0``/``1``; ``Decimal`` with ``str()``; date and time values in ISO 8601
-  (``2024-01-02T03:04:05``) and then escaped like text (so ``:`` becomes ``%3A``).
+  (``2024-01-02T03:04:05``), TIME as ``[-]HH:MM:SS[.ffffff]``, then escaped like text (``:`` becomes ``%3A``).
 * ``NULL``: a template with a NULL field renders no key at all (a NULL is not a lookup value and many
   rows may share it).
 
@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
+from cdc_sync.codec import time_text
 from cdc_sync.errors import ConfigError
 
 _FIELD_NAME = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*\Z")
@@ -49,6 +50,8 @@ def escape(value: object) -> str:
         return str(value)
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat().translate(_ESCAPE_TABLE)
+    if isinstance(value, dt.timedelta):  # MySQL TIME, rendered as the values are
+        return time_text(value).translate(_ESCAPE_TABLE)
     return str(value).translate(_ESCAPE_TABLE)
 
 

@@ -93,7 +93,7 @@ def _union(a: Sequence[str], b: Sequence[str]) -> list[str]:
 # ---- statements: which mapped tables does a query touch? --------------------------------------
 
 _COMMENT = re.compile(r"/\*.*?\*/|--[^\n]*|#[^\n]*", re.S)
-_IDENT = re.compile(r"`((?:[^`]|``)+)`|([A-Za-z0-9_$]+)")
+_IDENT = re.compile(r"`((?:[^`]|``)+)`|([\w$]+)")
 _TXN_CONTROL = re.compile(
     r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE\s+SAVEPOINT|XA\s+(START|BEGIN|END|PREPARE))\b", re.I
 )
@@ -110,14 +110,15 @@ def statement_flushes(sql: str, rules: Iterable[TableRule]) -> list[Flush]:
     """Flushes for a statement that arrived as a query event (DDL or statement-format DML).
 
     Deliberately broad: any mention of a mapped table's name flushes it (a needless flush costs a cache
-    refill; a missed one serves stale data). ``XA COMMIT`` flushes every mapped table because its rows
-    were seen at ``XA PREPARE``.
+    refill; a missed one serves stale data). Names are looked for in the whole text, comments and string
+    literals included, so executable comments (``/*! ... */``) and odd quoting cannot hide one.
+    ``XA COMMIT`` flushes every mapped table because its rows were seen at ``XA PREPARE``.
     """
-    text = _COMMENT.sub(" ", sql)
+    text = _COMMENT.sub(" ", sql)  # only for the statement's leading keywords
     rules = list(rules)
     if _XA_COMMIT.match(text):
         return [Flush("xa_commit", r.schema, r.table, detail=sql[:200]) for r in rules]
-    tokens = {(m.group(1) or m.group(2)).replace("``", "`").lower() for m in _IDENT.finditer(text)}
+    tokens = {(m.group(1) or m.group(2)).replace("``", "`").lower() for m in _IDENT.finditer(sql)}
     database_ddl = bool(_DATABASE_DDL.match(text))
     out: list[Flush] = []
     for rule in rules:

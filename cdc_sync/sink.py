@@ -72,14 +72,6 @@ end
 return {'OK'}
 """
 
-# Heartbeat only while the checkpoint is still the one this worker wrote.
-HEARTBEAT_LUA = r"""
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local t = redis.call('TIME')
-redis.call('SET', KEYS[2], tostring(t[1] * 1000 + math.floor(t[2] / 1000)))
-return 1
-"""
-
 FLUSH_MARKER_TTL_MS = 600_000  # a crashed flush leaves the marker at most this long (replay redoes it)
 
 
@@ -114,7 +106,6 @@ class RedisSink:
         self.holdoff_ms = holdoff_ms
         self.client = client if client is not None else make_client(cfg)
         self._apply: Script = self.client.register_script(APPLY_LUA)
-        self._beat: Script = self.client.register_script(HEARTBEAT_LUA)
 
     @property
     def checkpoint_key(self) -> str:
@@ -157,13 +148,6 @@ class RedisSink:
         if status == "REWIND":
             raise RewindRequired(reply[1].decode())
         raise RewindRequired(None)
-
-    def heartbeat(self, expected: str | None) -> bool:
-        """Set ``<ns>:heartbeat`` to Redis time, if the checkpoint is still ``expected``."""
-        if expected is None:
-            return False
-        keys = [self.checkpoint_key, f"{self.ns}:heartbeat"]
-        return bool(self._call("heartbeat", self._beat, keys=keys, args=[expected]))
 
     def _scan(self, pattern: str) -> Iterator[list[bytes]]:
         """SCAN in pages; each page's keys as a list (errors translated)."""

@@ -315,7 +315,7 @@ class BinlogSource:
         if isinstance(event, XAPrepareEvent):
             return RawCommit(stream.log_file, stream.log_pos, event.timestamp, rollback=True)
         if isinstance(event, HeartbeatLogEvent):
-            return RawHeartbeat()
+            return RawHeartbeat(stream.log_file or "", int(stream.log_pos or 0))
         if isinstance(event, NotImplementedEvent):
             return RawUnknown(int(event.event_type))
         return None  # rotate, format description, table map, GTID lists, checkpoints, intvar...

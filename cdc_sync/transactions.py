@@ -85,16 +85,20 @@ class Assembler:
         if isinstance(ev, RawUnknown):
             if ev.event_type in BENIGN_UNKNOWN_TYPES:
                 return None
-            flushes = [
-                Flush("unknown_event", r.schema, r.table, detail=f"type=0x{ev.event_type:02x} {ev.detail}")
-                for r in self.rules
-            ]
+            label = "decode_error" if ev.event_type < 0 else f"type=0x{ev.event_type:02x}"
+            flushes = [Flush("unknown_event", r.schema, r.table, detail=f"{label} {ev.detail}") for r in self.rules]
             if self.in_txn:
                 self._flushes.extend(flushes)
                 return None
             return Transaction(position=self.tracker.render(), flushes=tuple(flushes))
         if isinstance(ev, RawHeartbeat):
-            return None if self.in_txn else Heartbeat()
+            if self.in_txn:
+                return None
+            if self.tracker.kind == "file" and ev.file and not self.tracker.covers(None, ev.file, ev.pos):
+                # Between transactions any event boundary is a sound resume point: follow the server's end.
+                self.tracker.advance(None, ev.file, ev.pos)
+                return Heartbeat(self.tracker.render())
+            return Heartbeat()
         raise TypeError(f"unexpected event {ev!r}")
 
     def _commit(self, file: str, pos: int, timestamp: int, evict_only: bool) -> Transaction | None:

@@ -1,0 +1,111 @@
+"""In-memory twins of the worker's ports (source, admin, sink) for unit tests of the sync loop.
+
+FakeSink keeps the apply script's semantics (compare-and-set of the checkpoint, then the operations,
+then the new checkpoint) over a dict, and can be told to fail or to lose replies.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from cdc_sync.config import TableRule
+from cdc_sync.errors import RewindRequired, SinkUnavailable
+from cdc_sync.events import RawEvent, RawHeartbeat, ServerInfo
+from cdc_sync.planner import Delete, RedisOp, SetHash, SetJson
+
+ROW_SETTINGS = {"log_bin": "ON", "binlog_format": "ROW", "binlog_row_image": "FULL", "binlog_row_metadata": "FULL"}
+
+
+@dataclass
+class FakeAdmin:
+    columns: dict[str, list[str]]
+    gtid_position: str = "0-1-1"
+    variables: dict[str, str] = field(default_factory=lambda: dict(ROW_SETTINGS))
+
+    def server_info(self) -> ServerInfo:
+        return ServerInfo(
+            "mariadb", "10.11-fake", self.gtid_position, "bin.000001:4", "bin.000001", variables=self.variables
+        )
+
+    def table_columns(self, names: Sequence[str]) -> dict[str, list[str]]:
+        return {n: c for n, c in self.columns.items() if n in names}
+
+
+class FakeSource:
+    """Replays a scripted list of raw events for each start position, then idles with heartbeats."""
+
+    def __init__(self, script: dict[str, list[RawEvent]], idle: threading.Event) -> None:
+        self.script = script
+        self.idle = idle  # set once the source has delivered everything for its start position
+        self.starts: list[str] = []
+
+    def __call__(self) -> FakeSource:  # used as the worker's source_factory
+        return self
+
+    def events(self, start: str) -> Iterator[RawEvent]:
+        self.starts.append(start)
+        self.idle.clear()
+        yield from self.script.get(start, [])
+        while True:
+            self.idle.set()
+            threading.Event().wait(0.01)
+            yield RawHeartbeat()
+
+    def close(self) -> None:
+        pass
+
+
+class FakeSink:
+    def __init__(self) -> None:
+        self.store: dict[str, object] = {}
+        self.fail_next = 0  # raise SinkUnavailable before applying, this many times
+        self.lose_reply_next = 0  # apply, then raise SinkUnavailable (the reply was lost), this many times
+        self.applied_steps: list[str] = []
+        self.flushed: list[str] = []
+        self.lock = threading.Lock()
+
+    def load_checkpoint(self) -> str | None:
+        value = self.store.get("cdc:checkpoint")
+        return None if value is None else str(value)
+
+    def apply(self, ops: Sequence[RedisOp], expected: str | None, new: str, heartbeat: bool = False) -> bool:
+        with self.lock:
+            if self.fail_next:
+                self.fail_next -= 1
+                raise SinkUnavailable("fake: connection refused")
+            cur = self.store.get("cdc:checkpoint")
+            if cur != expected:
+                if cur == new:
+                    return False
+                raise RewindRequired(None if cur is None else str(cur))
+            for op in ops:
+                if isinstance(op, Delete):
+                    self.store.pop(op.key, None)
+                elif isinstance(op, SetJson):
+                    self.store[op.key] = op.value
+                elif isinstance(op, SetHash):
+                    self.store[op.key] = op.fields
+            self.store["cdc:checkpoint"] = new
+            self.applied_steps.append(new)
+            if self.lose_reply_next:
+                self.lose_reply_next -= 1
+                raise SinkUnavailable("fake: timeout reading reply")
+            return True
+
+    def count_keys(self, rules: Sequence[TableRule], limit: int = 1) -> int:
+        return sum(1 for k in self.store if not k.startswith("cdc:"))
+
+    def flush(self, rule: TableRule) -> int:
+        self.flushed.append(rule.name)
+        prefixes = tuple(t.literals[0] for t in rule.templates)
+        doomed = [k for k in self.store if k.startswith(prefixes)]
+        for k in doomed:
+            del self.store[k]
+        return len(doomed)
+
+
+class NoBackoff:
+    def compute(self, failures: int) -> float:
+        return 0.0

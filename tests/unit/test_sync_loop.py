@@ -1,0 +1,156 @@
+"""The sync loop's policies (retry, lost replies, rewinds, flushes) over in-memory ports."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import orjson
+from structlog.testing import capture_logs
+
+from cdc_sync.events import Op, RawBegin, RawCommit, RawEvent, RawQuery, RawRows, RowChange, Transaction
+from cdc_sync.sync import Worker
+from tests.fakes.ports import FakeAdmin, FakeSink, FakeSource, NoBackoff
+from tests.unit.factories import make_config
+
+CONFIG = make_config({"table": "shop.users", "key": "user:{id}", "mode": "update"})
+COLUMNS = {"shop.users": ["id", "name"]}
+
+
+def txn(seq: int, *changes: RowChange) -> list[RawEvent]:
+    return [RawBegin(gtid=f"0-1-{seq}", opens=True), RawRows(changes), RawCommit("bin.000001", 100 + seq, 0)]
+
+
+def ins(i: int, name: str) -> RowChange:
+    return RowChange(Op.INSERT, "shop", "users", None, {"id": i, "name": name})
+
+
+def upd(i: int, before: str, after: str) -> RowChange:
+    return RowChange(Op.UPDATE, "shop", "users", {"id": i, "name": before}, {"id": i, "name": after})
+
+
+@contextmanager
+def running(worker: Worker) -> Iterator[threading.Thread]:
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        worker.stop()
+        thread.join(10)
+        assert not thread.is_alive()
+
+
+def wait_until(predicate: object, timeout: float = 10.0) -> None:
+    done = threading.Event()
+    for _ in range(int(timeout / 0.01)):
+        if predicate():  # type: ignore[operator]
+            return
+        done.wait(0.01)
+    raise AssertionError("condition not reached")
+
+
+def make(script: dict[str, list[RawEvent]], sink: FakeSink | None = None) -> tuple[Worker, FakeSource, FakeSink]:
+    sink = sink or FakeSink()
+    source = FakeSource(script, threading.Event())
+    return Worker(CONFIG, source, FakeAdmin(COLUMNS), sink, NoBackoff()), source, sink
+
+
+def value(sink: FakeSink, key: str) -> object:
+    raw = sink.store.get(key)
+    return None if raw is None else orjson.loads(raw)  # type: ignore[arg-type]
+
+
+def test_transactions_apply_in_order_and_checkpoint_follows() -> None:
+    """Each transaction's changes land and the checkpoint ends at the last GTID."""
+    worker, source, sink = make({"0-1-1": [*txn(2, ins(1, "a")), *txn(3, upd(1, "a", "b"), ins(2, "c"))]})
+    with running(worker):
+        wait_until(lambda: sink.load_checkpoint() == "0-1-3")
+    assert value(sink, "user:1") == {"id": 1, "name": "b"}
+    assert value(sink, "user:2") == {"id": 2, "name": "c"}
+    assert source.starts == ["0-1-1"]
+
+
+def test_redis_failures_retry_the_same_step_without_skipping() -> None:
+    """SinkUnavailable three times: the step is retried, logged each time, and nothing is lost."""
+    sink = FakeSink()
+    sink.store["cdc:checkpoint"] = "0-1-1"
+    worker, _source, sink = make({"0-1-1": txn(2, ins(1, "a"))}, sink)
+    sink.fail_next = 3
+    with capture_logs() as logs, running(worker):
+        wait_until(lambda: sink.load_checkpoint() == "0-1-2")
+    assert value(sink, "user:1") == {"id": 1, "name": "a"}
+    assert [e["event"] for e in logs].count("sink.unavailable") == 3
+
+
+def test_lost_reply_is_recognised_and_not_applied_twice() -> None:
+    """The step applied but its reply was lost: the retry sees its own checkpoint and moves on."""
+    sink = FakeSink()
+    sink.store["cdc:checkpoint"] = "0-1-1"
+    worker, _source, sink = make({"0-1-1": [*txn(2, ins(1, "a")), *txn(3, ins(2, "b"))]}, sink)
+    sink.lose_reply_next = 1
+    with running(worker):
+        wait_until(lambda: sink.load_checkpoint() == "0-1-3")
+    assert sink.applied_steps.count("0-1-2") <= 1
+    assert value(sink, "user:2") == {"id": 2, "name": "b"}
+
+
+def test_older_checkpoint_in_redis_rewinds_the_reader_and_replays() -> None:
+    """Redis went back to an older checkpoint: the worker restarts reading there and replays."""
+    sink = FakeSink()
+    sink.store["cdc:checkpoint"] = "0-1-1"
+    script = {"0-1-1": [*txn(2, ins(1, "a")), *txn(3, upd(1, "a", "b"))]}
+    worker, source, sink = make(script, sink)
+    with capture_logs() as logs, running(worker):
+        wait_until(lambda: sink.load_checkpoint() == "0-1-3" and source.idle.is_set())
+        sink.store["cdc:checkpoint"] = "0-1-2"  # the "snapshot" restore
+        sink.store["user:1"] = orjson.dumps({"id": 1, "name": "a"})
+        script["0-1-2"] = txn(3, upd(1, "a", "b"))
+        script["0-1-3"] = txn(4, ins(9, "z"))  # what comes next, once caught up
+        wait_until(lambda: "0-1-2" in source.starts and sink.load_checkpoint() == "0-1-3")
+    assert value(sink, "user:1") == {"id": 1, "name": "b"}
+    assert "sync.rewind" in [e["event"] for e in logs]
+
+
+def test_missing_checkpoint_flushes_and_continues() -> None:
+    """Redis emptied under the worker: every mapped table is flushed and the worker goes on."""
+    sink = FakeSink()
+    sink.store["cdc:checkpoint"] = "0-1-1"
+    script = {"0-1-1": txn(2, ins(1, "a"))}
+    worker, source, sink = make(script, sink)
+    with capture_logs() as logs, running(worker):
+        wait_until(lambda: sink.load_checkpoint() == "0-1-2" and source.idle.is_set())
+        sink.store.clear()
+        sink.store["user:7"] = b"filled by a reader after the restart"
+        worker.applier.put(Transaction(position="0-1-3"))
+        wait_until(lambda: sink.load_checkpoint() == "0-1-3")
+    assert "user:7" not in sink.store
+    assert sink.flushed == ["shop.users"]
+    assert "sync.checkpoint_lost" in [e["event"] for e in logs]
+
+
+def test_ddl_on_a_mapped_table_flushes_before_later_changes() -> None:
+    """TRUNCATE flushes the table's keys; changes after it land afterwards."""
+    sink = FakeSink()
+    sink.store["cdc:checkpoint"] = "0-1-1"
+    ddl: list[RawEvent] = [
+        RawBegin(gtid="0-1-3", opens=False),
+        RawQuery("TRUNCATE shop.users", "", "bin.000001", 200, 0),
+    ]
+    worker, _source, sink = make({"0-1-1": [*txn(2, ins(1, "a")), *ddl, *txn(4, ins(2, "b"))]}, sink)
+    with running(worker):
+        wait_until(lambda: sink.load_checkpoint() == "0-1-4")
+    assert "user:1" not in sink.store
+    assert value(sink, "user:2") == {"id": 2, "name": "b"}
+    assert sink.flushed == ["shop.users"]
+
+
+def test_fresh_start_records_the_start_position_and_flushes_unvouched_keys() -> None:
+    """No checkpoint: keys already present are flushed and the start position is written at once."""
+    sink = FakeSink()
+    sink.store["user:1"] = b"from nobody we know"
+    worker, _source, sink = make({}, sink)
+    with running(worker):
+        wait_until(lambda: sink.load_checkpoint() == "0-1-1")
+    assert "user:1" not in sink.store
