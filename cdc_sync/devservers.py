@@ -126,7 +126,8 @@ def start_mariadb(extra_args: tuple[str, ...] = (), timeout: float = 60.0) -> Lo
         *MARIADB_BINLOG_ARGS,
         *extra_args,
     ]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # own session: a Ctrl-C meant for the caller (demo, pytest) must not kill the server under it
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     server = LocalServer("mariadb", port, directory, proc)
     try:
         _wait_port(port, proc, log, timeout)
@@ -160,6 +161,7 @@ def start_redis(timeout: float = 20.0) -> LocalServer:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     server = LocalServer("redis", port, directory, proc)
     try:

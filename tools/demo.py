@@ -157,6 +157,7 @@ def main() -> int:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ},
+                start_new_session=True,  # Ctrl-C reaches only this script, which stops the worker with SIGTERM
             )
         r = redis.Redis(port=redis_srv.port)
         deadline = time.monotonic() + 30
