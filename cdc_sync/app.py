@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterable
 from types import FrameType
 
 from redis.backoff import ExponentialWithJitterBackoff
@@ -14,8 +15,10 @@ from redis.backoff import ExponentialWithJitterBackoff
 from cdc_sync import logs
 from cdc_sync.config import Config
 from cdc_sync.errors import CdcSyncError, ConfigError
+from cdc_sync.heartbeat import Prober
+from cdc_sync.mysql import MySQLAdmin
 from cdc_sync.sink import RedisSink
-from cdc_sync.source import BinlogSource, MySQLAdmin
+from cdc_sync.source import BinlogSource
 from cdc_sync.sync import Worker
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -23,23 +26,46 @@ EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 log = logs.get("cdc_sync.app")
 
 
-def build_worker(config: Config) -> Worker:
-    """Wire the real adapters around a Worker."""
-    admin = MySQLAdmin(config.mysql)
-    sink = RedisSink(config.redis, holdoff_ms=config.worker.holdoff_ms)
+class Service:
+    """The worker with its adapters and the heartbeat prober, wired together."""
 
-    def source_factory() -> BinlogSource:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.sink = RedisSink(config.redis, holdoff_ms=config.reader.holdoff_ms)
+        backoff = ExponentialWithJitterBackoff(cap=config.worker.retry_max_s, base=config.worker.retry_initial_s)
+        self.worker = Worker(config, self._source, MySQLAdmin(config.mysql), self.sink, backoff, rules_store=self.sink)
+        self.prober: Prober | None = None
+
+    def _source(self, tables: Iterable[tuple[str, str]]) -> BinlogSource:
         # prepare() has read the server's flavor before the first stream is opened
-        return BinlogSource(config.mysql, config.tables, worker.info.flavor if worker.info else "mysql")
+        flavor = self.worker.info.flavor if self.worker.info else "mysql"
+        return BinlogSource(self.config.mysql, tables, flavor)
 
-    backoff = ExponentialWithJitterBackoff(cap=config.worker.retry_max_s, base=config.worker.retry_initial_s)
-    worker = Worker(config, source_factory, admin, sink, backoff)
-    return worker
+    def _start_prober(self) -> None:
+        flavor = self.worker.info.flavor if self.worker.info else "mysql"
+        applier = self.worker.applier
+        self.prober = Prober(
+            self.sink,
+            MySQLAdmin(self.config.mysql),
+            flavor,
+            lambda: applier.expected,
+            interval_s=self.config.worker.heartbeat_interval_ms / 1000,
+        )
+        self.prober.start()
+
+    def run(self) -> None:
+        try:
+            self.worker.run(on_ready=self._start_prober)
+        finally:
+            if self.prober is not None:
+                self.prober.stop()
+            self.sink.close()
 
 
 def run(config: Config) -> int:
     """Run the worker until SIGTERM/SIGINT; return the process exit code."""
-    worker = build_worker(config)
+    service = Service(config)
+    worker = service.worker
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("worker.signal", signal=signal.Signals(signum).name)
@@ -57,7 +83,7 @@ def run(config: Config) -> int:
         tables=[r.name for r in config.tables],
     )
     try:
-        worker.run()
+        service.run()
     except ConfigError as exc:
         log.error("worker.config_error", error=str(exc))
         return EXIT_CONFIG
@@ -66,5 +92,8 @@ def run(config: Config) -> int:
             log.info("worker.stopped", during="start-up", error=str(exc))
             return EXIT_OK
         log.error("worker.failed", error=str(exc), error_type=type(exc).__name__)
+        return EXIT_FAILURE
+    except Exception as exc:  # a bug: say so loudly, exit non-zero so the supervisor restarts us
+        log.exception("worker.crashed", error=repr(exc))
         return EXIT_FAILURE
     return EXIT_OK

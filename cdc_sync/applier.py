@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 from cdc_sync import logs
 from cdc_sync import metrics as m
+from cdc_sync.cascades import CascadeWatch, flushes_for
 from cdc_sync.config import TableRule, WorkerConfig
 from cdc_sync.errors import RewindRequired, SinkUnavailable
 from cdc_sync.events import Flush, Heartbeat, StreamItem, Transaction
@@ -32,7 +33,7 @@ T = TypeVar("T")
 
 class SinkPort(Protocol):
     def load_checkpoint(self) -> str | None: ...
-    def apply(self, ops: Sequence[RedisOp], expected: str | None, new: str, heartbeat: bool = False) -> bool: ...
+    def apply(self, ops: Sequence[RedisOp], expected: str | None, new: str) -> bool: ...
     def count_keys(self, rules: Sequence[TableRule], limit: int = 1) -> int: ...
     def flush(self, rule: TableRule) -> int: ...
 
@@ -68,25 +69,36 @@ class Applier:
         self.abort = threading.Event()
         self._gen = 0  # generation of what the reader queues; bumped on every rewind
         self._drop_gen = -1  # queued items of this generation or older are dropped
+        self._watches: dict[tuple[str, str], list[CascadeWatch]] = {}
         self._thread = threading.Thread(target=self._loop, name="cdc-sync-applier", daemon=True)
         self._last_progress = time.monotonic()
         self._applied_since = 0
 
     # ---- called from the reading (main) thread -----------------------------------------------------
 
+    def set_cascades(self, watches: Sequence[CascadeWatch]) -> None:
+        """Parent tables whose deletes/updates flush mapped children (see cascades.py); before start()."""
+        self._watches = {}
+        for w in watches:
+            self._watches.setdefault(w.parent, []).append(w)
+
     def start(self) -> None:
         self._thread.start()
 
-    def put(self, item: StreamItem) -> None:
-        """Queue an item (blocks while the queue is full); raises the applier's failure if it died."""
+    def put(self, item: StreamItem, give_up: Callable[[], bool] | None = None) -> None:
+        """Queue an item (blocks while the queue is full); raises the applier's failure if it died.
+
+        Returns without queueing once ``give_up()`` is true (shutting down: the item stays unapplied and
+        its position unrecorded, so it is read again after the restart).
+        """
         while True:
             self.raise_failure()
             try:
                 self.queue.put((self._gen, item), timeout=0.2)
                 return
             except queue.Full:
-                if self.rewind_to is not None:
-                    return  # this generation is dropped anyway
+                if self.rewind_to is not None or (give_up is not None and give_up()):
+                    return  # this generation is dropped anyway, or we are stopping
 
     def rewound(self) -> str:
         """The reader has restarted at ``rewind_to``: start a new generation; returns the position."""
@@ -100,9 +112,9 @@ class Applier:
         if self.failure is not None:
             raise self.failure
 
-    def drain(self) -> None:
-        """Wait until everything queued so far is applied."""
-        while self.queue.unfinished_tasks and self.failure is None:
+    def drain(self, give_up: Callable[[], bool] | None = None) -> None:
+        """Wait until everything queued so far is applied (or ``give_up()``)."""
+        while self.queue.unfinished_tasks and self.failure is None and not (give_up is not None and give_up()):
             time.sleep(0.02)
         self.raise_failure()
 
@@ -137,7 +149,7 @@ class Applier:
                 if self.abort.is_set() or (give_up is not None and give_up()):
                     raise
                 failures += 1
-                time.sleep(delay)
+                self.abort.wait(delay)
 
     def flush(self, flushes: Sequence[Flush]) -> None:
         """Invalidate the tables named by ``flushes`` (each table once), logged and counted."""
@@ -172,7 +184,10 @@ class Applier:
                 if stop:
                     return
         except BaseException as exc:  # noqa: BLE001 - handed to the reading thread, which raises it
-            log.error("sync.applier_failed", error=repr(exc))
+            if self.abort.is_set():
+                log.warning("sync.applier_aborted", error=repr(exc), checkpoint=self.expected)
+            else:
+                log.error("sync.applier_failed", error=repr(exc))
             self.failure = exc
 
     def _take_batch(self) -> tuple[list[StreamItem], bool]:
@@ -211,7 +226,7 @@ class Applier:
             planned, flushes = self._plan(item)
             if flushes:  # a barrier: what came before is applied, then the flush, then the rest
                 if done:
-                    self._apply_step(ops, done, heartbeat=False)
+                    self._apply_step(ops, done)
                     ops, done = [], []
                 self.flush(flushes)
             ops.extend(planned)
@@ -219,8 +234,8 @@ class Applier:
         caught_up = isinstance(items[-1], Heartbeat)
         if done or caught_up:
             # A heartbeat alone is an empty step: it still checks the checkpoint, so an idle worker
-            # notices a Redis rollback within one heartbeat period.
-            self._apply_step(ops, done, heartbeat=caught_up)
+            # notices a Redis rollback within one server heartbeat period.
+            self._apply_step(ops, done)
         if caught_up:
             m.LAG_SECONDS.set(0)
 
@@ -230,26 +245,29 @@ class Applier:
         broken: set[tuple[str, str]] = set()
         for change in txn.changes:
             table = (change.schema, change.table)
+            watches = self._watches.get(table)
+            if watches:
+                flushes.extend(flushes_for(change, watches))
             rule = self._rule_by_table.get(table)
             if rule is None or table in broken:
                 continue
             try:
                 ops.extend(plan_change(change, rule, evict_only=txn.evict_only))
-            except MissingColumn as exc:
+            except (MissingColumn, TypeError, ValueError) as exc:  # a value that cannot be keyed or encoded
                 m.PLAN_ERRORS.labels(table=rule.name).inc()
-                log.error("sync.plan_failed", table=rule.name, error=str(exc), action="flush")
+                log.error("sync.plan_failed", table=rule.name, error=repr(exc), action="flush")
                 broken.add(table)
-                flushes.append(Flush("plan_error", rule.schema, rule.table, detail=str(exc)))
+                flushes.append(Flush("plan_error", rule.schema, rule.table, detail=repr(exc)[:200]))
         return ops, flushes
 
-    def _apply_step(self, ops: list[RedisOp], txns: list[Transaction], heartbeat: bool) -> None:
+    def _apply_step(self, ops: list[RedisOp], txns: list[Transaction]) -> None:
         new = txns[-1].position if txns else self.expected
         assert new is not None, "the checkpoint is known from start-up on"
         while True:
             started = time.perf_counter()
             try:
                 # Checkpoint only here, in the same atomic step as the data, after Redis acknowledged it.
-                self.retry("apply", lambda: self.sink.apply(ops, self.expected, new, heartbeat))
+                self.retry("apply", lambda: self.sink.apply(ops, self.expected, new))
             except RewindRequired as exc:
                 if exc.stored is not None:
                     m.REWINDS.labels(reason="checkpoint_mismatch").inc()
@@ -263,9 +281,9 @@ class Applier:
                 continue
             break
         self.expected = new
-        self._record(ops, txns, time.perf_counter() - started, heartbeat)
+        self._record(ops, txns, time.perf_counter() - started)
 
-    def _record(self, ops: list[RedisOp], txns: list[Transaction], seconds: float, heartbeat: bool) -> None:
+    def _record(self, ops: list[RedisOp], txns: list[Transaction], seconds: float) -> None:
         tally: Tally[tuple[str, str]] = Tally()
         for txn in txns:
             for change in txn.changes:
@@ -277,8 +295,6 @@ class Applier:
         m.BATCH_ROWS.observe(rows)
         m.APPLY_SECONDS.observe(seconds)
         m.TRANSACTIONS_APPLIED.inc(len(txns))
-        if heartbeat:
-            m.HEARTBEATS.inc()
         stamp = max((t.timestamp for t in txns), default=0)
         if stamp:
             m.LAST_APPLIED_TIMESTAMP.set(stamp)

@@ -6,6 +6,7 @@ Secrets (the MySQL password, a Redis URL that may carry one) are ``repr=False`` 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -76,6 +77,7 @@ class TableRule:
     columns: tuple[str, ...] | None = None  # None: every column (minus exclude)
     exclude: tuple[str, ...] = ()
     ttl: int = 0  # seconds; 0 = no expiry
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)  # as written
 
     @property
     def name(self) -> str:
@@ -104,7 +106,21 @@ class WorkerConfig:
     retry_initial_s: float = 0.1  # backoff for Redis and MySQL reconnects
     retry_max_s: float = 5.0
     shutdown_timeout_s: float = 4.0  # SIGTERM: time to finish the transaction in hand
-    holdoff_ms: int = 1000  # hold-off marker left by each eviction (see the reader)
+    heartbeat_interval_ms: int = 500  # how often the freshness heartbeat is probed and moved (heartbeat.py)
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    """Readers (cdc_sync.CacheReader); ``holdoff_ms`` is also what the worker's hold-off markers last."""
+
+    max_staleness_ms: int = 5000  # bypass the cache when the worker's heartbeat is older than this
+    holdoff_ms: int = 1000  # after an eviction, readers do not fill the key for this long
+    lease_ttl_ms: int = 3000  # a fill lease expires after this (a crashed reader blocks no one longer)
+    lease_wait_ms: int = 200  # a reader that finds another's lease waits this long for its fill
+    ttl_jitter: float = 0.1  # fills use ttl * (1 - jitter*random) so keys do not all expire together
+    negative_ttl: int = 0  # seconds to cache "row absent"; 0 = never
+    pool_size: int = 4  # MySQL connections of the built-in loader
+    strict: bool = False  # raise CacheUnavailable when Redis fails, instead of reading MySQL
 
 
 @dataclass(frozen=True)
@@ -119,6 +135,7 @@ class Config:
     redis: RedisConfig
     tables: tuple[TableRule, ...]
     worker: WorkerConfig = WorkerConfig()
+    reader: ReaderConfig = ReaderConfig()
     log: LogConfig = LogConfig()
     path: str = ""
 
@@ -328,9 +345,28 @@ def _rule(raw: object, index: int) -> TableRule:
         columns=columns,
         exclude=exclude,
         ttl=s.int_("ttl", 0, 0, 10 * 365 * 86400),
+        raw=dict(s.data),
     )
     s.finish()
     return rule
+
+
+# Settings that change what a cached value or key looks like; a change of any of them flushes the table.
+_SHAPE_SETTINGS = ("table", "key", "also", "mode", "format", "columns", "exclude", "tags")
+
+
+def rule_fingerprint(rule: TableRule) -> str:
+    """The rule's key- and value-shaping settings as canonical JSON (stored in ``<ns>:rules``)."""
+    shape = {k: rule.raw[k] for k in _SHAPE_SETTINGS if k in rule.raw}
+    return json.dumps(shape, sort_keys=True, separators=(",", ":"))
+
+
+def rule_from_fingerprint(text: str) -> TableRule:
+    """Rebuild a rule from its fingerprint (to flush the keys of a rule no longer configured)."""
+    try:
+        return _rule(json.loads(text), -1)
+    except (ValueError, ConfigError) as exc:
+        raise ConfigError(f"stored rule {text[:100]!r} is unreadable: {exc}") from None
 
 
 def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path: str = "") -> Config:
@@ -355,9 +391,23 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path
         retry_initial_s=w.float_("retry_initial_s", 0.1, 0.001),
         retry_max_s=w.float_("retry_max_s", 5.0, 0.001),
         shutdown_timeout_s=w.float_("shutdown_timeout_s", 4.0, 0.1),
-        holdoff_ms=w.int_("holdoff_ms", 1000, 0, 3_600_000),
+        heartbeat_interval_ms=w.int_("heartbeat_interval_ms", 500, 10, 60_000),
     )
     w.finish()
+    rd = _Section(top._get("reader", dict, {}, "a table"), "reader")
+    reader = ReaderConfig(
+        max_staleness_ms=rd.int_("max_staleness_ms", 5000, 1, 86_400_000),
+        holdoff_ms=rd.int_("holdoff_ms", 1000, 0, 3_600_000),
+        lease_ttl_ms=rd.int_("lease_ttl_ms", 3000, 1, 3_600_000),
+        lease_wait_ms=rd.int_("lease_wait_ms", 200, 0, 3_600_000),
+        ttl_jitter=rd.float_("ttl_jitter", 0.1, 0.0),
+        negative_ttl=rd.int_("negative_ttl", 0, 0, 10 * 365 * 86400),
+        pool_size=rd.int_("pool_size", 4, 1, 1000),
+        strict=rd.bool_("strict", False),
+    )
+    if reader.ttl_jitter >= 1:
+        raise ConfigError(f"reader.ttl_jitter: must be below 1, got {reader.ttl_jitter}")
+    rd.finish()
     lg = _Section(top._get("log", dict, {}, "a table"), "log")
     log = LogConfig(
         level=lg.choice("level", "info", ("debug", "info", "warning", "error")),
@@ -365,7 +415,7 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path
     )
     lg.finish()
     top.finish()
-    return Config(mysql=mysql, redis=redis_cfg, tables=rules, worker=worker, log=log, path=path)
+    return Config(mysql=mysql, redis=redis_cfg, tables=rules, worker=worker, reader=reader, log=log, path=path)
 
 
 def check_against_schema(config: Config, columns_of: Mapping[str, list[str]]) -> None:

@@ -75,9 +75,10 @@ class RawBegin:
 
 @dataclass(frozen=True, slots=True)
 class RawRows:
-    """Row changes of one rows event."""
+    """Row changes of one rows event (``evict_only``: the images are incomplete, e.g. a partial JSON update)."""
 
     changes: tuple[RowChange, ...]
+    evict_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +104,12 @@ class RawQuery:
 
 @dataclass(frozen=True, slots=True)
 class RawUnknown:
-    """An event the library could not decode or does not know."""
+    """An event the library could not decode (type -1) or does not know; ``file``/``pos`` point past it."""
 
     event_type: int
     detail: str = ""
+    file: str = ""
+    pos: int = 0
 
 
 @dataclass(frozen=True, slots=True)

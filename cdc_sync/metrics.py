@@ -26,4 +26,6 @@ SINK_ERRORS = Counter("cdc_sync_sink_errors", "Redis failures (each retried)", [
 PLAN_ERRORS = Counter("cdc_sync_plan_errors", "Row changes that could not be planned (each flushes)", ["table"])
 LAG_SECONDS = Gauge("cdc_sync_lag_seconds", "Now minus the binlog time of the last applied transaction")
 LAST_APPLIED_TIMESTAMP = Gauge("cdc_sync_last_applied_timestamp_seconds", "Binlog time of the last applied transaction")
-HEARTBEATS = Counter("cdc_sync_heartbeats", "Heartbeats written to Redis while caught up")
+HEARTBEATS = Counter("cdc_sync_heartbeats", "Freshness heartbeats moved forward in Redis")
+HEARTBEAT_ERRORS = Counter("cdc_sync_heartbeat_errors", "Failed freshness probes (the heartbeat ages meanwhile)")
+HEARTBEAT_LAG_SECONDS = Gauge("cdc_sync_heartbeat_lag_seconds", "Age of the heartbeat just written (apply lag)")

@@ -154,3 +154,26 @@ class PositionTracker:
         if self.kind == "mariadb":
             return render_mariadb(self._maria)
         return render_mysql(self._mysql)
+
+
+def reached(applied: str, target: str) -> bool:
+    """True when position ``applied`` includes everything up to ``target`` (both of one form).
+
+    File positions compare in order; a MariaDB state reaches another when every domain's sequence
+    number is at least the target's; a MySQL GTID set when it contains the target set.
+    """
+    kind = kind_of(applied)
+    if kind != kind_of(target):
+        raise PositionError(f"cannot compare {applied!r} with {target!r}")
+    if kind == "file":
+        return FilePos.parse(target) <= FilePos.parse(applied)
+    if kind == "mariadb":
+        have = parse_mariadb(applied)
+        return all(d in have and have[d][1] >= seq for d, (_s, seq) in parse_mariadb(target).items())
+    have_sets = parse_mysql(applied)
+    for uuid, ranges in parse_mysql(target).items():
+        mine = have_sets.get(uuid, [])
+        for lo, hi in ranges:
+            if not any(a <= lo and hi <= b for a, b in mine):
+                return False
+    return True

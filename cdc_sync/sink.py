@@ -6,7 +6,7 @@ SinkUnavailable (retryable) or RewindRequired.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -17,12 +17,12 @@ from cdc_sync.errors import RewindRequired, SinkUnavailable
 from cdc_sync.planner import Delete, RedisOp, SetHash, SetJson
 
 # KEYS: none (the keys are data-dependent; a Redis Cluster deployment needs hash-tagged templates).
-# ARGV: namespace, expected checkpoint, has_expected (0/1), new checkpoint, holdoff ms, heartbeat (0/1),
+# ARGV: namespace, expected checkpoint, has_expected (0/1), new checkpoint, holdoff ms,
 #       then the operations:  D key | J key value ttl_ms | H key ttl_ms nfields f1 v1 ...
 # Reply: {'OK'} | {'DUP'} (this very step was applied already) | {'REWIND', stored} | {'LOST'}
 APPLY_LUA = r"""
 local ns, expected, has_expected, new = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4]
-local holdoff, beat = tonumber(ARGV[5]), ARGV[6] == '1'
+local holdoff = tonumber(ARGV[5])
 local ck = ns .. ':checkpoint'
 local cur = redis.call('GET', ck)
 if has_expected then
@@ -35,7 +35,7 @@ elseif cur then
   if cur == new then return {'DUP'} end
   return {'REWIND', cur}
 end
-local i, n = 7, #ARGV
+local i, n = 6, #ARGV
 while i <= n do
   local op, k = ARGV[i], ARGV[i + 1]
   local lease = ns .. ':lease:' .. k
@@ -65,11 +65,16 @@ while i <= n do
   end
 end
 redis.call('SET', ck, new)
-if beat then
-  local t = redis.call('TIME')
-  redis.call('SET', ns .. ':heartbeat', tostring(t[1] * 1000 + math.floor(t[2] / 1000)))
-end
 return {'OK'}
+"""
+
+# KEYS: checkpoint, heartbeat. ARGV: expected checkpoint, time (ms). Only moves forward, and only while
+# the checkpoint is still the one this worker wrote (a rewound or replaced worker vouches for nothing).
+HEARTBEAT_LUA = r"""
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
+if cur < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
+return 1
 """
 
 FLUSH_MARKER_TTL_MS = 600_000  # a crashed flush leaves the marker at most this long (replay redoes it)
@@ -106,6 +111,7 @@ class RedisSink:
         self.holdoff_ms = holdoff_ms
         self.client = client if client is not None else make_client(cfg)
         self._apply: Script = self.client.register_script(APPLY_LUA)
+        self._beat: Script = self.client.register_script(HEARTBEAT_LUA)
 
     @property
     def checkpoint_key(self) -> str:
@@ -124,7 +130,7 @@ class RedisSink:
     def set_checkpoint(self, position: str) -> None:
         self._call("SET checkpoint", self.client.set, self.checkpoint_key, position)
 
-    def apply(self, ops: Sequence[RedisOp], expected: str | None, new: str, heartbeat: bool = False) -> bool:
+    def apply(self, ops: Sequence[RedisOp], expected: str | None, new: str) -> bool:
         """One atomic step: check ``expected``, apply ``ops``, set the checkpoint to ``new``.
 
         Returns False when Redis already holds ``new`` (a step whose reply was lost). Raises
@@ -136,7 +142,6 @@ class RedisSink:
             "1" if expected is not None else "0",
             new,
             self.holdoff_ms,
-            "1" if heartbeat else "0",
         ]
         args += encode_ops(ops)
         reply = self._call("apply", self._apply, keys=[], args=args)
@@ -148,6 +153,30 @@ class RedisSink:
         if status == "REWIND":
             raise RewindRequired(reply[1].decode())
         raise RewindRequired(None)
+
+    def time_ms(self) -> int:
+        """Redis server time in milliseconds (the clock readers compare the heartbeat with)."""
+        seconds, micros = self._call("TIME", self.client.time)
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    def set_heartbeat(self, ms: int, expected: str) -> bool:
+        """Move ``<ns>:heartbeat`` forward to ``ms`` if the checkpoint is still ``expected``."""
+        keys = [self.checkpoint_key, f"{self.ns}:heartbeat"]
+        return bool(self._call("heartbeat", self._beat, keys=keys, args=[expected, ms]))
+
+    def rule_fingerprints(self) -> dict[str, str]:
+        """What ``<ns>:rules`` records of the rules the cache was last filled under (table → JSON)."""
+        raw = self._call("HGETALL rules", self.client.hgetall, f"{self.ns}:rules")
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def save_rule_fingerprints(self, fingerprints: Mapping[str, str]) -> None:
+        """Replace ``<ns>:rules`` with ``fingerprints`` in one step."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(f"{self.ns}:rules")
+        if fingerprints:
+            mapping: dict[str | bytes, str | bytes] = {k: v for k, v in fingerprints.items()}
+            pipe.hset(f"{self.ns}:rules", mapping=mapping)  # type: ignore[arg-type]
+        self._call("save rules", pipe.execute)
 
     def _scan(self, pattern: str) -> Iterator[list[bytes]]:
         """SCAN in pages; each page's keys as a list (errors translated)."""
@@ -179,12 +208,13 @@ class RedisSink:
         marker = f"{self.ns}:flushing:{rule.name}"
         self._call("SET flushing", self.client.set, marker, "1", px=FLUSH_MARKER_TTL_MS)
         deleted = 0
+        # Leases first: a fill that loaded before the flush must find its lease gone, whichever key it is.
         for template in rule.templates:
-            pattern = template.pattern()
-            for page in self._scan(pattern):
-                deleted += int(self._call("UNLINK", self.client.unlink, *page))
-            for page in self._scan(f"{self.ns}:lease:{pattern}"):
+            for page in self._scan(f"{self.ns}:lease:{template.pattern()}"):
                 self._call("UNLINK", self.client.unlink, *page)
+        for template in rule.templates:
+            for page in self._scan(template.pattern()):
+                deleted += int(self._call("UNLINK", self.client.unlink, *page))
         self._call("DEL flushing", self.client.delete, marker)
         return deleted
 

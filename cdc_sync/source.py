@@ -1,22 +1,27 @@
-"""The binlog source: the only module that imports pymysqlreplication (and pymysql for streaming).
+"""The binlog stream: the only module that imports pymysqlreplication.
 
-It turns the library's events into the project's RawEvents, translates its errors into the project's
-error tree, and owns reconnection: the library's own silent reconnect (which, on MariaDB GTID, replays
-from the original start) is refused, so the worker reconnects from its own position.
+It turns the library's events into the project's RawEvents and its errors into the project's error tree,
+and it owns reconnection: the library's own silent reconnect (which, on MariaDB GTID, replays from the
+original start) is refused, so the worker reconnects from its own position.
+
+Values are fixed up here so that they equal what a ``SELECT`` through PyMySQL returns (the reader fills
+from SELECTs, the worker from the binlog; both must write the same bytes): BIT as an integer, SET as a
+set (the empty set included), BINARY(n) padded to n bytes, FLOAT as its shortest float32 text, and MySQL
+JSON documents with text instead of bytes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ssl
-from collections.abc import Iterator, Mapping, Sequence
+import struct
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import pymysql
-import pymysql.cursors
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.constants import FIELD_TYPE
 from pymysqlreplication.event import (
+    ExecuteLoadQueryEvent,
     GtidEvent,
     HeartbeatLogEvent,
     MariadbGtidEvent,
@@ -25,10 +30,16 @@ from pymysqlreplication.event import (
     XAPrepareEvent,
     XidEvent,
 )
-from pymysqlreplication.row_event import DeleteRowsEvent, RowsEvent, UpdateRowsEvent, WriteRowsEvent
+from pymysqlreplication.row_event import (
+    DeleteRowsEvent,
+    PartialUpdateRowsEvent,
+    RowsEvent,
+    UpdateRowsEvent,
+    WriteRowsEvent,
+)
 
-from cdc_sync.config import MySQLConfig, TableRule
-from cdc_sync.errors import ConfigError, DecodeError, PositionLostError, SourceError
+from cdc_sync.config import MySQLConfig
+from cdc_sync.errors import ConfigError, SourceError
 from cdc_sync.events import (
     Op,
     RawBegin,
@@ -39,188 +50,120 @@ from cdc_sync.events import (
     RawRows,
     RawUnknown,
     RowChange,
-    ServerInfo,
 )
+from cdc_sync.mysql import connection_settings, translate_error
 from cdc_sync.positions import kind_of
 
-ER_MASTER_FATAL_ERROR_READING_BINLOG = 1236
 _MARIADB_GTID_STANDALONE = 0x01
-_DECODE_ERRORS = (UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError, NotImplementedError, AssertionError)
+# What the library (or a fix-up below) raises for bytes it cannot decode. Such an event is reported as
+# RawUnknown, so the worker flushes what it may have changed instead of dying on it at every restart.
+_DECODE_ERRORS = (
+    UnicodeDecodeError,
+    LookupError,
+    ValueError,
+    IndexError,
+    TypeError,
+    NotImplementedError,
+    AssertionError,
+    struct.error,
+)
 
 
 class _LibraryReconnect(Exception):
     """Raised inside the library when it tries to reconnect the stream by itself."""
 
 
-def connection_settings(cfg: MySQLConfig) -> dict[str, Any]:
-    """PyMySQL keyword arguments for ``cfg`` (TLS included). Holds the password: never log it."""
-    settings: dict[str, Any] = {
-        "host": cfg.host,
-        "port": cfg.port,
-        "user": cfg.user,
-        "passwd": cfg.password,
-        "connect_timeout": cfg.connect_timeout_s,
-        "charset": "utf8mb4",
-    }
-    if cfg.tls:
-        ctx = ssl.create_default_context(cafile=cfg.ssl_ca)
-        ctx.check_hostname = cfg.ssl_verify_identity
-        if cfg.ssl_cert:
-            ctx.load_cert_chain(cfg.ssl_cert, cfg.ssl_key)
-        settings["ssl"] = ctx
-    return settings
+class _MissingMetadata(ValueError):
+    """Column names are missing: binlog_row_metadata is not FULL for this event."""
 
 
-def _translate(exc: BaseException, what: str) -> SourceError:
-    """Map a PyMySQL error to the project's tree (the message never holds the password)."""
-    if isinstance(exc, pymysql.err.OperationalError | pymysql.err.InternalError) and exc.args:
-        code = exc.args[0]
-        text = str(exc.args[1]) if len(exc.args) > 1 else ""
-        if code == ER_MASTER_FATAL_ERROR_READING_BINLOG:
-            return PositionLostError(f"{what}: server error {code}: {text}")
-        return SourceError(f"{what}: MySQL error {code}: {text}")
-    return SourceError(f"{what}: {type(exc).__name__}: {exc}")
+def float32_text(value: float) -> float:
+    """The shortest decimal that reads back as the same float32: what MySQL prints for a FLOAT."""
+    single = struct.unpack("<f", struct.pack("<f", value))[0]
+    for digits in range(6, 10):
+        candidate = float(f"{single:.{digits}g}")
+        if struct.unpack("<f", struct.pack("<f", candidate))[0] == single:
+            return candidate
+    return float(single)
 
 
-class MySQLAdmin:
-    """Short queries over an ordinary connection: server identity, positions, table columns."""
-
-    def __init__(self, cfg: MySQLConfig) -> None:
-        self.cfg = cfg
-
-    def _query(self, sql: str, args: Sequence[object] = ()) -> list[dict[str, Any]]:
-        try:
-            conn = pymysql.connect(**connection_settings(self.cfg), cursorclass=pymysql.cursors.DictCursor)
-        except pymysql.MySQLError as exc:
-            raise _translate(exc, f"connect to {self.cfg.host}:{self.cfg.port}") from exc
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, args)
-                return list(cur.fetchall())
-        except pymysql.MySQLError as exc:
-            raise _translate(exc, sql.split()[0]) from exc
-        finally:
-            conn.close()
-
-    def server_info(self) -> ServerInfo:
-        """Flavor, version, current GTID and file positions, oldest binlog, key variables."""
-        rows = self._query(
-            "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('version', 'version_comment', 'log_bin', "
-            "'binlog_format', 'binlog_row_image', 'binlog_row_metadata', 'gtid_mode', 'gtid_binlog_pos', "
-            "'gtid_executed', 'server_uuid', 'server_id', 'gtid_domain_id', 'log_bin_compress', "
-            "'binlog_transaction_compression')"
-        )
-        variables = {r["Variable_name"].lower(): str(r["Value"]) for r in rows}
-        flavor = (
-            "mariadb"
-            if "mariadb" in (variables.get("version", "") + variables.get("version_comment", "")).lower()
-            else "mysql"
-        )
-        if flavor == "mariadb":
-            gtid = variables.get("gtid_binlog_pos", "")
-        else:
-            gtid = variables.get("gtid_executed", "") if variables.get("gtid_mode", "OFF").upper() == "ON" else ""
-        status = self._binlog_status(flavor)
-        logs = self._query("SHOW BINARY LOGS") if variables.get("log_bin", "OFF").upper() == "ON" else []
-        first = str(logs[0]["Log_name"]) if logs else ""
-        return ServerInfo(
-            flavor=flavor,
-            version=variables.get("version", ""),
-            gtid_position=gtid.replace("\n", ""),
-            file_position=status,
-            first_file=first,
-            server_uuid=variables.get("server_uuid", ""),
-            variables=variables,
-        )
-
-    def _binlog_status(self, flavor: str) -> str:
-        """``file:pos`` of the server's binlog end: SHOW BINARY LOG STATUS (MySQL 8.2+), else SHOW MASTER STATUS."""
-        statements = ["SHOW MASTER STATUS"] if flavor == "mariadb" else ["SHOW BINARY LOG STATUS", "SHOW MASTER STATUS"]
-        for i, sql in enumerate(statements):
-            try:
-                rows = self._query(sql)
-            except SourceError:
-                if i + 1 < len(statements):
-                    continue
-                raise
-            return f"{rows[0]['File']}:{rows[0]['Position']}" if rows else ""
-        return ""
-
-    def table_columns(self, names: Sequence[str]) -> dict[str, list[str]]:
-        """Columns in table order for each ``schema.table`` that exists."""
-        out: dict[str, list[str]] = {}
-        for name in names:
-            schema, _, table = name.partition(".")
-            rows = self._query(
-                "SELECT COLUMN_NAME AS c FROM information_schema.COLUMNS "
-                "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
-                (schema, table),
-            )
-            if rows:
-                out[name] = [str(r["c"]) for r in rows]
-        return out
+def _json_text(value: Any) -> Any:
+    """MySQL binary JSON as the library decodes it (bytes keys and strings) → plain JSON values."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, dict):
+        return {_json_text(k): _json_text(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_text(v) for v in value]
+    return value
 
 
 def _fixers(event: RowsEvent) -> list[tuple[str, Any]]:
-    """Per-column value fixes so binlog values match what a SELECT returns (see codec.py)."""
+    """Per-column value fixes for this event's table (see the module docstring)."""
     fixes: list[tuple[str, Any]] = []
     for col in event.columns:
         if col.type == FIELD_TYPE.BIT:
             fixes.append((col.name, "bit"))
         elif col.type == FIELD_TYPE.SET:
             fixes.append((col.name, "set"))
+        elif col.type == FIELD_TYPE.FLOAT:
+            fixes.append((col.name, "float"))
+        elif col.type == FIELD_TYPE.JSON:
+            fixes.append((col.name, "json"))
         elif col.type == FIELD_TYPE.STRING and (col.character_set_name or "").lower() == "binary":
             fixes.append((col.name, ("pad", getattr(col, "max_length", 0))))
     return fixes
 
 
 def _fix_row(values: dict[str, Any], nones: Mapping[str, str], fixes: list[tuple[str, Any]]) -> dict[str, Any]:
+    if any(str(k).startswith("UNKNOWN_COL") for k in values):
+        raise _MissingMetadata("column names missing: binlog_row_metadata is not FULL")
     for name, fix in fixes:
         value = values.get(name)
-        if fix == "bit":
-            if isinstance(value, str):
-                values[name] = int(value, 2) if value else 0
-        elif fix == "set":
-            if value is None and nones.get(name) == "empty set":
+        if value is None:
+            if fix == "set" and nones.get(name) == "empty set":
                 values[name] = set()
-        elif isinstance(value, bytes) and len(value) < fix[1]:
+        elif fix == "bit":
+            values[name] = int(value, 2) if isinstance(value, str) and value else int(value or 0)
+        elif fix == "float":
+            values[name] = float32_text(value)
+        elif fix == "json":
+            values[name] = _json_text(value)
+        elif fix != "set" and isinstance(value, bytes) and len(value) < fix[1]:
             values[name] = value.ljust(fix[1], b"\0")
     return values
 
 
 def _changes(event: RowsEvent) -> tuple[RowChange, ...]:
+    """Decode every row of the event (the library decodes lazily, on ``event.rows``)."""
     schema, table = event.schema, event.table
     fixes = _fixers(event)
     out: list[RowChange] = []
+    rows: Iterable[dict[str, Any]] = event.rows
     if isinstance(event, WriteRowsEvent):
-        for row in event.rows:
+        for row in rows:
             after = _fix_row(row["values"], row.get("none_sources", {}), fixes)
             out.append(RowChange(Op.INSERT, schema, table, None, after))
     elif isinstance(event, UpdateRowsEvent):
-        for row in event.rows:
+        for row in rows:
             before = _fix_row(row["before_values"], row.get("before_none_sources", {}), fixes)
             after = _fix_row(row["after_values"], row.get("after_none_sources", {}), fixes)
             out.append(RowChange(Op.UPDATE, schema, table, before, after))
     elif isinstance(event, DeleteRowsEvent):
-        for row in event.rows:
+        for row in rows:
             before = _fix_row(row["values"], row.get("none_sources", {}), fixes)
             out.append(RowChange(Op.DELETE, schema, table, before, None))
-    for change in out:
-        image = change.after if change.after is not None else change.before
-        if image is not None and any(str(k).startswith("UNKNOWN_COL") for k in image):
-            raise DecodeError(f"{schema}.{table}: column names missing (binlog_row_metadata is not FULL)")
     return tuple(out)
 
 
 class BinlogSource:
-    """Streams RawEvents from a position; one instance per connection attempt."""
+    """Streams RawEvents of the given tables from a position; one instance per connection attempt."""
 
-    def __init__(self, cfg: MySQLConfig, rules: Sequence[TableRule], flavor: str) -> None:
+    def __init__(self, cfg: MySQLConfig, tables: Iterable[tuple[str, str]], flavor: str) -> None:
         self.cfg = cfg
-        self.rules = list(rules)
+        self.tables = set(tables)  # (schema, table) pairs whose row events are decoded
         self.flavor = flavor
         self._stream: BinLogStreamReader | None = None
-        self._mapped = {(r.schema, r.table) for r in self.rules}
 
     def _wrapper(self) -> Any:
         stream_connects = 0
@@ -238,8 +181,8 @@ class BinlogSource:
     def events(self, start: str) -> Iterator[RawEvent]:
         """Yield RawEvents from ``start`` (a position string) until the connection fails.
 
-        Raises SourceError (PositionLostError for a purged position) and DecodeError never: an event that
-        cannot be decoded is yielded as RawUnknown so the worker can flush what it may have changed.
+        Raises SourceError (PositionLostError for a purged position). An event that cannot be decoded is
+        yielded as RawUnknown so the worker can flush what it may have changed.
         """
         kind = kind_of(start)  # raises PositionError for an unparseable position: never stream from ""
         settings = connection_settings(self.cfg)
@@ -258,8 +201,8 @@ class BinlogSource:
             server_id=self.cfg.server_id,
             blocking=True,
             slave_heartbeat=self.cfg.heartbeat_s,
-            only_schemas=sorted({r.schema for r in self.rules}),
-            only_tables=sorted({r.table for r in self.rules}),
+            only_schemas=sorted({s for s, _ in self.tables}),
+            only_tables=sorted({t for _, t in self.tables}),
             filter_non_implemented_events=False,
             enable_logging=False,
             pymysql_wrapper=self._wrapper(),
@@ -269,31 +212,30 @@ class BinlogSource:
             while True:
                 try:
                     event = stream.fetchone()
+                    raw = self._translate(event, stream) if event is not None else None
                 except _LibraryReconnect as exc:
                     raise SourceError("binlog connection lost") from exc
                 except pymysql.MySQLError as exc:
-                    raise _translate(exc, "binlog stream") from exc
+                    raise translate_error(exc, "binlog stream") from exc
                 except (OSError, EOFError) as exc:
                     raise SourceError(f"binlog stream: {type(exc).__name__}: {exc}") from exc
                 except _DECODE_ERRORS as exc:
-                    yield RawUnknown(-1, detail=f"decode error: {type(exc).__name__}: {exc}"[:300])
+                    detail = f"decode error: {type(exc).__name__}: {exc}"[:300]
+                    yield RawUnknown(-1, detail, stream.log_file or "", int(stream.log_pos or 0))
                     continue
                 if event is None:
                     raise SourceError("binlog stream ended")
-                raw = self._translate_event(event, stream)
                 if raw is not None:
                     yield raw
         finally:
             self.close()
 
-    def _translate_event(self, event: Any, stream: BinLogStreamReader) -> RawEvent | None:
+    def _translate(self, event: Any, stream: BinLogStreamReader) -> RawEvent | None:
         if isinstance(event, RowsEvent):
-            if (event.schema, event.table) not in self._mapped:
+            if (event.schema, event.table) not in self.tables:
                 return None
-            try:
-                return RawRows(_changes(event))
-            except DecodeError as exc:
-                return RawUnknown(-1, detail=str(exc))
+            # A partial JSON update carries a diff, not the value: evict instead of writing.
+            return RawRows(_changes(event), evict_only=isinstance(event, PartialUpdateRowsEvent))
         if isinstance(event, XidEvent):
             return RawCommit(stream.log_file, stream.log_pos, event.timestamp)
         if isinstance(event, MariadbGtidEvent):
@@ -301,10 +243,10 @@ class BinlogSource:
             return RawBegin(gtid=event.gtid, opens=not standalone)
         if isinstance(event, GtidEvent):
             return RawBegin(gtid=event.gtid, opens=False)
-        if isinstance(event, QueryEvent):
+        if isinstance(event, QueryEvent | ExecuteLoadQueryEvent):
             sql = event.query.strip()
             head = sql[:16].upper()
-            if head.startswith("BEGIN") or head.startswith("XA START") or head.startswith("XA BEGIN"):
+            if head.startswith(("BEGIN", "XA START", "XA BEGIN")):
                 return RawBegin(opens=True)
             if head.startswith("COMMIT"):
                 return RawCommit(stream.log_file, stream.log_pos, event.timestamp)
@@ -317,8 +259,8 @@ class BinlogSource:
         if isinstance(event, HeartbeatLogEvent):
             return RawHeartbeat(stream.log_file or "", int(stream.log_pos or 0))
         if isinstance(event, NotImplementedEvent):
-            return RawUnknown(int(event.event_type))
-        return None  # rotate, format description, table map, GTID lists, checkpoints, intvar...
+            return RawUnknown(int(event.event_type), "", stream.log_file or "", int(stream.log_pos or 0))
+        return None  # rotate, format description, table map, GTID lists, binlog checkpoints, intvar...
 
     def close(self) -> None:
         if self._stream is not None:

@@ -1,7 +1,8 @@
 """The sync loop: binlog → transactions → planned operations → one atomic Redis step per batch.
 
-Two threads. This module's Worker reads and decodes the binlog on the main thread and queues whole
-transactions; the applier thread (applier.py) batches and applies them to Redis.
+Three threads. The Worker reads and decodes the binlog on the main thread and queues whole transactions;
+the applier thread (applier.py) batches and applies them to Redis; the heartbeat prober (heartbeat.py)
+keeps ``<ns>:heartbeat`` truthful for readers.
 
 Rules this module keeps:
 * The checkpoint moves only in the same atomic step as the data it covers, and only after Redis
@@ -10,20 +11,23 @@ Rules this module keeps:
   from the position of the last transaction queued; a change that cannot be planned flushes its table.
 * If Redis holds a checkpoint other than the one this worker wrote (Redis lost writes), the worker
   rewinds to the stored position and replays; replays are harmless.
+* What the cache holds was written under the configured rules: a rule added, changed or removed since
+  the last run flushes its table before anything else happens.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol, TypeVar
 
-from cdc_sync import logs
+from cdc_sync import cascades, logs
 from cdc_sync import metrics as m
 from cdc_sync.applier import Applier, Backoff, SinkPort
-from cdc_sync.config import Config, check_against_schema
+from cdc_sync.config import Config, TableRule, check_against_schema, rule_fingerprint, rule_from_fingerprint
 from cdc_sync.errors import ConfigError, PositionLostError, RewindRequired, ServerConfigError, SourceError
 from cdc_sync.events import Flush, RawEvent, ServerInfo, Transaction
+from cdc_sync.mysql import CascadeEdge
 from cdc_sync.positions import PositionError, PositionTracker
 from cdc_sync.transactions import Assembler
 
@@ -39,7 +43,15 @@ class SourcePort(Protocol):
 class AdminPort(Protocol):
     def server_info(self) -> ServerInfo: ...
     def table_columns(self, names: Sequence[str]) -> dict[str, list[str]]: ...
+    def cascade_edges(self) -> list[CascadeEdge]: ...
 
+
+class RulesPort(Protocol):
+    def rule_fingerprints(self) -> dict[str, str]: ...
+    def save_rule_fingerprints(self, fingerprints: dict[str, str]) -> None: ...
+
+
+SourceFactory = Callable[[Iterable[tuple[str, str]]], SourcePort]
 
 REQUIRED_SETTINGS = {
     "log_bin": "ON",
@@ -47,6 +59,12 @@ REQUIRED_SETTINGS = {
     "binlog_row_image": "FULL",
     "binlog_row_metadata": "FULL",
 }
+# (variable, value that is refused, why)
+REFUSED_SETTINGS = (
+    ("log_bin_compress", "ON", "compressed MariaDB binlog events cannot be decoded"),
+    ("binlog_transaction_compression", "ON", "compressed MySQL transactions cannot be decoded"),
+    ("binlog_row_value_options", "PARTIAL_JSON", "partial JSON updates carry diffs, not values"),
+)
 
 
 def check_server(info: ServerInfo) -> None:
@@ -55,6 +73,9 @@ def check_server(info: ServerInfo) -> None:
         have = info.variables.get(name, "(missing)").upper()
         if have != want:
             raise ServerConfigError(f"MySQL {name} is {have}; cdc-sync needs {name}={want}")
+    for name, refused, why in REFUSED_SETTINGS:
+        if info.variables.get(name, "").upper() == refused:
+            raise ServerConfigError(f"MySQL {name} is {refused}: {why}; turn it off")
 
 
 def initial_position(info: ServerInfo, start: str, mode: str) -> str:
@@ -80,26 +101,38 @@ class Worker:
     def __init__(
         self,
         config: Config,
-        source_factory: Callable[[], SourcePort],
+        source_factory: SourceFactory,
         admin: AdminPort,
         sink: SinkPort,
         backoff: Backoff,
+        rules_store: RulesPort | None = None,
     ) -> None:
         self.config = config
         self.rules = list(config.tables)
         self._source_factory = source_factory
         self._admin = admin
         self._sink = sink
+        self._rules_store = rules_store
         self._backoff = backoff
         self._stop = threading.Event()
         self.applier = Applier(self.rules, sink, backoff, config.worker)
         self.info: ServerInfo | None = None
+        self.tables: set[tuple[str, str]] = {(r.schema, r.table) for r in self.rules}
 
     # ---- control ---------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask the loop to finish the transaction in hand, apply what is queued and return."""
+        """Finish the transaction in hand, apply what is queued, and return from run().
+
+        If Redis does not take it within ``shutdown_timeout_s`` the applier is aborted: what it held is
+        not checkpointed and is read again after the restart.
+        """
+        if self._stop.is_set():
+            return
         self._stop.set()
+        timer = threading.Timer(self.config.worker.shutdown_timeout_s, self.applier.abort.set)
+        timer.daemon = True
+        timer.start()
 
     @property
     def stopping(self) -> bool:
@@ -108,12 +141,13 @@ class Worker:
     # ---- start-up --------------------------------------------------------------------------------
 
     def prepare(self) -> str:
-        """Check the server and the rules, load the checkpoint; return the start position."""
+        """Check the server and the rules, reconcile the cache with them; return the start position."""
         info = self._retry_source("server_info", self._admin.server_info)
         self.info = info
         check_server(info)
         names = [r.name for r in self.rules]
         check_against_schema(self.config, self._retry_source("table_columns", lambda: self._admin.table_columns(names)))
+        self._watch_cascades(self._retry_source("foreign keys", self._admin.cascade_edges))
         checkpoint = self._retry_sink("load_checkpoint", self._sink.load_checkpoint)
         if checkpoint is not None:
             try:
@@ -121,6 +155,7 @@ class Worker:
             except PositionError as exc:
                 raise ConfigError(f"Redis key {self.config.redis.namespace}:checkpoint holds {exc}") from None
             self.applier.expected = checkpoint
+            self._reconcile_rules(fresh=False)
             log.info("sync.resume", checkpoint=checkpoint, flavor=info.flavor, server_version=info.version)
             return checkpoint
         start = initial_position(info, self.config.mysql.start, self.config.mysql.position_mode)
@@ -128,6 +163,7 @@ class Worker:
             # Keys without a checkpoint were written by nobody we can vouch for: an empty cache is correct.
             log.error("sync.no_checkpoint_with_keys", action="flush")
             self.applier.flush([Flush("no_checkpoint", r.schema, r.table) for r in self.rules])
+        self._reconcile_rules(fresh=True)
         # Record the start at once, so a restart before the first change resumes from here.
         try:
             self._retry_sink("checkpoint", lambda: self._sink.apply([], None, start))
@@ -138,6 +174,47 @@ class Worker:
         self.applier.expected = start
         log.info("sync.fresh_start", start=start, mode=self.config.mysql.start, flavor=info.flavor)
         return start
+
+    def _watch_cascades(self, edges: list[CascadeEdge]) -> None:
+        watches = cascades.watches(edges, self.rules)
+        self.applier.set_cascades(watches)
+        for w in watches:
+            self.tables.add(w.parent)
+            log.warning(
+                "sync.cascade_watched",
+                parent=".".join(w.parent),
+                children=[t.name for t in w.targets],
+                on_delete=w.on_delete,
+                on_update=w.on_update,
+                note="foreign-key actions are not in the binlog: these parent changes flush the children",
+            )
+
+    def _reconcile_rules(self, fresh: bool) -> None:
+        """Flush tables whose rule was added, changed or removed since the cache was last written.
+
+        On a fresh start the configured tables were just dealt with (no checkpoint: flushed if they had keys).
+        """
+        if self._rules_store is None:
+            return
+        store = self._rules_store
+        stored = self._retry_sink("rules", store.rule_fingerprints)
+        current = {r.name: rule_fingerprint(r) for r in self.rules}
+        flushes: list[tuple[TableRule, str]] = []
+        for rule in [] if fresh else self.rules:
+            if stored.get(rule.name) != current[rule.name]:
+                flushes.append((rule, "rule_changed" if rule.name in stored else "rule_added"))
+        for name, text in stored.items():
+            if name not in current:
+                try:
+                    flushes.append((rule_from_fingerprint(text), "rule_removed"))
+                except ConfigError as exc:
+                    log.error("sync.stored_rule_unreadable", table=name, error=str(exc))
+        for rule, reason in flushes:
+            deleted = self._retry_sink("flush", lambda rule=rule: self._sink.flush(rule))  # type: ignore[misc]
+            m.FLUSHES.labels(table=rule.name, reason=reason).inc()
+            log.warning("sync.table_flushed", table=rule.name, reason=reason, keys=deleted)
+        if flushes or stored != current:
+            self._retry_sink("rules", lambda: store.save_rule_fingerprints(current))
 
     def _retry_source(self, what: str, fn: Callable[[], T]) -> T:
         failures = 0
@@ -157,24 +234,26 @@ class Worker:
 
     # ---- main loop -------------------------------------------------------------------------------
 
-    def run(self) -> None:
+    def run(self, on_ready: Callable[[], None] | None = None) -> None:
         """Run until stopped. Raises CdcSyncError on a fatal problem."""
         start = self.prepare()
         assembler = self._assembler(start)
         self.applier.start()
+        if on_ready is not None:
+            on_ready()
         failures = 0
         try:
             while not self.stopping:
                 self.applier.raise_failure()
                 position = assembler.tracker.render()
-                source = self._source_factory()
+                source = self._source_factory(self.tables)
                 log.info("source.connecting", position=position)
                 try:
                     for raw in source.events(position):
                         failures = 0
                         item = assembler.feed(raw)
                         if item is not None:
-                            self.applier.put(item)
+                            self.applier.put(item, give_up=lambda: self.stopping)
                         if self.applier.rewind_to is not None:
                             target = self.applier.rewound()
                             log.warning("sync.rewound", position=target)
@@ -194,12 +273,11 @@ class Worker:
                     source.close()
                     assembler.reset()
         finally:
-            if self.applier.stop(self.config.worker.shutdown_timeout_s):
+            if self.applier.stop(self.config.worker.shutdown_timeout_s) and self.applier.failure is None:
                 log.info("worker.stopped", checkpoint=self.applier.expected)
             else:
-                log.warning(
-                    "worker.shutdown_incomplete", queued=self.applier.queue.qsize(), checkpoint=self.applier.expected
-                )
+                queued = self.applier.queue.qsize()
+                log.warning("worker.shutdown_incomplete", queued=queued, checkpoint=self.applier.expected)
 
     def _assembler(self, position: str) -> Assembler:
         return Assembler(PositionTracker(position), self.rules, on_skip=self._on_skip)
@@ -208,11 +286,11 @@ class Worker:
         """The position is gone from the server: drain, flush everything, restart at the server's end."""
         log.error("source.position_lost", error=str(exc), position=assembler.tracker.render(), action="flush_all")
         m.SOURCE_ERRORS.labels(kind="PositionLostError").inc()
-        self.applier.drain()
+        self.applier.drain(give_up=lambda: self.stopping)
         info = self._retry_source("server_info", self._admin.server_info)
         start = initial_position(info, "current", self.config.mysql.position_mode)
         flushes = tuple(Flush("position_lost", r.schema, r.table) for r in self.rules)
-        self.applier.put(Transaction(position=start, flushes=flushes))
+        self.applier.put(Transaction(position=start, flushes=flushes), give_up=lambda: self.stopping)
         return self._assembler(start)
 
     def _on_skip(self, txn: Transaction) -> None:

@@ -37,6 +37,9 @@ from cdc_sync.positions import PositionTracker
 # 0x22 anonymous GTID (MySQL without GTIDs), 0x24 transaction context, 0x25 view change,
 # 0x1C ignorable, 0x29 heartbeat v2, 0xA4 MariaDB start encryption.
 BENIGN_UNKNOWN_TYPES = frozenset({0x1C, 0x22, 0x24, 0x25, 0x29, 0xA4})
+# Unknown event types that are a whole transaction or statement by themselves (no XID follows):
+# 0x28 MySQL transaction payload (compressed transaction), 0xA5 MariaDB compressed query.
+SELF_COMMITTING_UNKNOWN_TYPES = frozenset({0x28, 0xA5})
 
 
 class Assembler:
@@ -60,12 +63,14 @@ class Assembler:
         self._gtid: str | None = None
         self._changes: list[RowChange] = []
         self._flushes: list[Flush] = []
+        self._evict_only = False
 
     def feed(self, ev: RawEvent) -> StreamItem | None:
         if isinstance(ev, RawRows):
             self.in_txn = True
             self._open = True
             self._changes.extend(ev.changes)
+            self._evict_only = self._evict_only or ev.evict_only
             return None
         if isinstance(ev, RawBegin):
             if ev.gtid is not None:
@@ -87,6 +92,9 @@ class Assembler:
                 return None
             label = "decode_error" if ev.event_type < 0 else f"type=0x{ev.event_type:02x}"
             flushes = [Flush("unknown_event", r.schema, r.table, detail=f"{label} {ev.detail}") for r in self.rules]
+            if ev.event_type in SELF_COMMITTING_UNKNOWN_TYPES and ev.file:
+                self._flushes.extend(flushes)
+                return self._commit(ev.file, ev.pos, 0, evict_only=True)
             if self.in_txn:
                 self._flushes.extend(flushes)
                 return None
@@ -103,6 +111,7 @@ class Assembler:
 
     def _commit(self, file: str, pos: int, timestamp: int, evict_only: bool) -> Transaction | None:
         txn_changes, flushes, gtid = tuple(self._changes), tuple(self._flushes), self._gtid
+        evict_only = evict_only or self._evict_only
         self.reset()
         if self.tracker.covers(gtid, file, pos):
             if self._on_skip is not None:

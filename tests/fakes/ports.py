@@ -7,12 +7,13 @@ then the new checkpoint) over a dict, and can be told to fail or to lose replies
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from cdc_sync.config import TableRule
 from cdc_sync.errors import RewindRequired, SinkUnavailable
 from cdc_sync.events import RawEvent, RawHeartbeat, ServerInfo
+from cdc_sync.mysql import CascadeEdge
 from cdc_sync.planner import Delete, RedisOp, SetHash, SetJson
 
 ROW_SETTINGS = {"log_bin": "ON", "binlog_format": "ROW", "binlog_row_image": "FULL", "binlog_row_metadata": "FULL"}
@@ -22,6 +23,7 @@ ROW_SETTINGS = {"log_bin": "ON", "binlog_format": "ROW", "binlog_row_image": "FU
 class FakeAdmin:
     columns: dict[str, list[str]]
     gtid_position: str = "0-1-1"
+    edges: list[CascadeEdge] = field(default_factory=list)
     variables: dict[str, str] = field(default_factory=lambda: dict(ROW_SETTINGS))
 
     def server_info(self) -> ServerInfo:
@@ -32,6 +34,9 @@ class FakeAdmin:
     def table_columns(self, names: Sequence[str]) -> dict[str, list[str]]:
         return {n: c for n, c in self.columns.items() if n in names}
 
+    def cascade_edges(self) -> list[CascadeEdge]:
+        return list(self.edges)
+
 
 class FakeSource:
     """Replays a scripted list of raw events for each start position, then idles with heartbeats."""
@@ -40,8 +45,10 @@ class FakeSource:
         self.script = script
         self.idle = idle  # set once the source has delivered everything for its start position
         self.starts: list[str] = []
+        self.tables: set[tuple[str, str]] = set()
 
-    def __call__(self) -> FakeSource:  # used as the worker's source_factory
+    def __call__(self, tables: Iterable[tuple[str, str]]) -> FakeSource:  # used as the worker's source_factory
+        self.tables = set(tables)
         return self
 
     def events(self, start: str) -> Iterator[RawEvent]:
@@ -70,7 +77,7 @@ class FakeSink:
         value = self.store.get("cdc:checkpoint")
         return None if value is None else str(value)
 
-    def apply(self, ops: Sequence[RedisOp], expected: str | None, new: str, heartbeat: bool = False) -> bool:
+    def apply(self, ops: Sequence[RedisOp], expected: str | None, new: str) -> bool:
         with self.lock:
             if self.fail_next:
                 self.fail_next -= 1

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.helpers import WorkerProcess, connect, wait_caught_up, write_config
+from tests.helpers import WorkerProcess, connect, wait_caught_up, wait_for, write_config
 from tests.servers import MySQLTarget, RedisTarget
 
 StartWorker = Callable[..., WorkerProcess]
@@ -30,6 +30,8 @@ def start_worker(
         w = WorkerProcess(cfg, tmp_path / f"{name}.log", env=env).start()
         workers.append(w)
         if wait:
+            # ready = past start-up (rules reconciled, checkpoint recorded), then caught up
+            wait_for(lambda: "source.connecting" in w.event_names() or not w.alive(), 60, "worker start-up")
             r = redis.Redis(host=redis_server.host, port=redis_server.port, db=redis_server.db)
             with connect(mysql_server) as conn:
                 wait_caught_up(r, conn, mysql_server.flavor, w, namespace=kwargs.get("namespace", "cdc"))

@@ -9,7 +9,8 @@ import pytest
 
 from cdc_sync.config import MySQLConfig
 from cdc_sync.errors import PositionLostError, SourceError
-from cdc_sync.source import MySQLAdmin, _translate, connection_settings
+from cdc_sync.mysql import MySQLAdmin, connection_settings
+from cdc_sync.mysql import translate_error as _translate
 
 MYSQL8_VARS = {
     "version": "8.4.3",
@@ -147,3 +148,17 @@ def test_connection_settings_turn_tls_on_only_when_configured(tmp_path: Any) -> 
 def test_mysql_config_repr_hides_password(secret: str) -> None:
     """The password is repr=False: it never shows up in a repr (and so in no log of the config)."""
     assert secret not in repr(MySQLConfig(password=secret))
+
+
+def test_duplicate_server_id_is_not_a_lost_position() -> None:
+    """Error 1236 for a duplicate server_id is retried like any disconnect, never treated as purged."""
+    import pymysql
+
+    exc = pymysql.err.OperationalError(
+        1236, "A slave with the same server_uuid/server_id as this slave has connected to the master"
+    )
+    assert type(_translate(exc, "binlog stream")) is SourceError
+    gtid = pymysql.err.OperationalError(
+        1236, "Error: connecting slave requested to start from GTID 0-1-5, which is not in the master's binlog"
+    )
+    assert isinstance(_translate(gtid, "binlog stream"), PositionLostError)

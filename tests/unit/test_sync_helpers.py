@@ -129,3 +129,17 @@ def test_no_position_at_all(mode: str) -> None:
 def test_initial_position_is_parseable(start: str, mode: str) -> None:
     """Whatever initial_position returns is a valid position string."""
     assert kind_of(initial_position(_info(), start, mode)) in ("file", "mariadb")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("log_bin_compress", "ON"),
+        ("binlog_transaction_compression", "ON"),
+        ("binlog_row_value_options", "PARTIAL_JSON"),
+    ],
+)
+def test_check_server_refuses_settings_that_hide_changes(name: str, value: str) -> None:
+    """Compressed binlogs and partial JSON updates are refused at start, naming the variable."""
+    with pytest.raises(ServerConfigError, match=name):
+        check_server(_info(variables={**GOOD_VARS, name: value}))

@@ -154,3 +154,38 @@ def test_fresh_start_records_the_start_position_and_flushes_unvouched_keys() -> 
     with running(worker):
         wait_until(lambda: sink.load_checkpoint() == "0-1-1")
     assert "user:1" not in sink.store
+
+
+def test_a_value_that_cannot_be_encoded_flushes_instead_of_killing_the_worker() -> None:
+    """An unencodable value (here an object) is a plan error: the table is flushed and the loop goes on."""
+    sink = FakeSink()
+    sink.store["cdc:checkpoint"] = "0-1-1"
+    bad = RowChange(Op.INSERT, "shop", "users", None, {"id": 1, "name": object()})
+    worker, _source, sink = make({"0-1-1": [*txn(2, bad), *txn(3, ins(2, "b"))]}, sink)
+    with capture_logs() as logs, running(worker):
+        wait_until(lambda: sink.load_checkpoint() == "0-1-3")
+    assert "user:1" not in sink.store
+    assert value(sink, "user:2") == {"id": 2, "name": "b"}
+    assert "sync.plan_failed" in [e["event"] for e in logs]
+    assert sink.flushed == ["shop.users"]
+
+
+def test_stop_returns_even_while_redis_is_down() -> None:
+    """SIGTERM with Redis unreachable and the queue full: run() still returns within the shutdown bound."""
+    sink = FakeSink()
+    sink.store["cdc:checkpoint"] = "0-1-1"
+    events = [e for i in range(2, 40) for e in txn(i, ins(i, "x"))]
+    config = make_config(
+        {"table": "shop.users", "key": "user:{id}", "mode": "update"},
+        worker={"queue_max_transactions": 2, "shutdown_timeout_s": 0.5},
+    )
+    source = FakeSource({"0-1-1": events}, threading.Event())
+    worker = Worker(config, source, FakeAdmin(COLUMNS), sink, NoBackoff())
+    sink.fail_next = 10**9
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    wait_until(lambda: worker.applier.queue.full())
+    worker.stop()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert sink.load_checkpoint() == "0-1-1", "nothing was recorded as applied"

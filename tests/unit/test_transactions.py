@@ -331,3 +331,22 @@ def test_decode_error_is_labelled_as_such() -> None:
     txn = asm.feed(RawUnknown(-1, "decode error: UnicodeDecodeError"))
     assert isinstance(txn, Transaction)
     assert {f.detail.split(" ", 1)[0] for f in txn.flushes} == {"decode_error"}
+
+
+def test_mysql_transaction_payload_commits_and_flushes() -> None:
+    """A compressed MySQL transaction (GTID + payload 0x28, no XID) closes at once and flushes every table."""
+    asm, _ = _assembler(f"{U1}:1-3")
+    assert asm.feed(RawBegin(f"{U1}:4", opens=False)) is None
+    txn = asm.feed(RawUnknown(0x28, "", "binlog.000002", 900))
+    assert isinstance(txn, Transaction)
+    assert txn.position == f"{U1}:1-4"
+    assert txn.evict_only
+    assert {(f.schema, f.table) for f in txn.flushes} == {("shop", "users"), ("shop", "orders")}
+    assert not asm.in_txn
+
+
+def test_partial_rows_make_the_transaction_evict_only() -> None:
+    """Rows flagged evict_only (partial JSON images) turn the whole transaction into evictions."""
+    asm, _ = _assembler("0-1-5")
+    txn = _only(_feed(asm, [RawBegin("0-1-6", opens=True), RawRows((ROW,), evict_only=True), RawCommit("b.1", 9, TS)]))
+    assert txn.evict_only

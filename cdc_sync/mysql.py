@@ -1,0 +1,203 @@
+"""MySQL/MariaDB over ordinary connections (PyMySQL): settings, error translation and admin queries.
+
+Used by the worker (server identity, positions, table columns, foreign keys) and, later, by readers.
+The binlog stream itself lives in source.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pymysql
+import pymysql.cursors
+
+from cdc_sync.config import MySQLConfig
+from cdc_sync.errors import PositionLostError, SourceError
+from cdc_sync.events import ServerInfo
+
+ER_MASTER_FATAL_ERROR_READING_BINLOG = 1236
+# Error 1236 means a lost position only with these texts; otherwise (a duplicate server_id, say) it is an
+# ordinary connection failure, retried.
+_POSITION_LOST_TEXTS = (
+    "could not find first log file",
+    "purged binary logs",
+    "not in the master's binlog",
+    "could not find gtid state",
+)
+
+
+def connection_settings(cfg: MySQLConfig) -> dict[str, Any]:
+    """PyMySQL keyword arguments for ``cfg`` (TLS included). Holds the password: never log it."""
+    settings: dict[str, Any] = {
+        "host": cfg.host,
+        "port": cfg.port,
+        "user": cfg.user,
+        "passwd": cfg.password,
+        "connect_timeout": cfg.connect_timeout_s,
+        "charset": "utf8mb4",
+    }
+    if cfg.tls:
+        ctx = ssl.create_default_context(cafile=cfg.ssl_ca)
+        ctx.check_hostname = cfg.ssl_verify_identity
+        if cfg.ssl_cert:
+            ctx.load_cert_chain(cfg.ssl_cert, cfg.ssl_key)
+        settings["ssl"] = ctx
+    return settings
+
+
+def translate_error(exc: BaseException, what: str) -> SourceError:
+    """Map a PyMySQL error to the project's tree (the message never holds the password)."""
+    if isinstance(exc, pymysql.err.OperationalError | pymysql.err.InternalError) and exc.args:
+        code = exc.args[0]
+        text = str(exc.args[1]) if len(exc.args) > 1 else ""
+        if code == ER_MASTER_FATAL_ERROR_READING_BINLOG and any(t in text.lower() for t in _POSITION_LOST_TEXTS):
+            return PositionLostError(f"{what}: server error {code}: {text}")
+        return SourceError(f"{what}: MySQL error {code}: {text}")
+    return SourceError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+@dataclass(frozen=True, slots=True)
+class CascadeEdge:
+    """A foreign key whose ON DELETE/ON UPDATE action changes child rows without any binlog row event."""
+
+    parent: str  # schema.table
+    child: str  # schema.table
+    parent_columns: tuple[str, ...]  # the referenced columns
+    on_delete: bool  # CASCADE / SET NULL / SET DEFAULT on delete
+    on_update: bool  # ... on update of the referenced columns
+
+
+class MySQLAdmin:
+    """Short queries over an ordinary connection: server identity, positions, table columns, foreign keys."""
+
+    def __init__(self, cfg: MySQLConfig) -> None:
+        self.cfg = cfg
+        self._conn: pymysql.connections.Connection[Any] | None = None
+        self._lock = threading.Lock()
+
+    def _query(self, sql: str, args: Sequence[object] = ()) -> list[dict[str, Any]]:
+        """Run one statement on a kept-open connection (reopened after any failure)."""
+        with self._lock:
+            try:
+                if self._conn is None:
+                    self._conn = pymysql.connect(
+                        **connection_settings(self.cfg), cursorclass=pymysql.cursors.DictCursor, autocommit=True
+                    )
+                with self._conn.cursor() as cur:
+                    cur.execute(sql, args)
+                    return list(cur.fetchall())
+            except pymysql.MySQLError as exc:
+                if not isinstance(exc, pymysql.err.ProgrammingError):
+                    self._close()
+                raise translate_error(exc, sql.split()[0]) from exc
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(pymysql.MySQLError, OSError):
+                self._conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def server_info(self) -> ServerInfo:
+        """Flavor, version, current GTID and file positions, oldest binlog, key variables."""
+        rows = self._query(
+            "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('version', 'version_comment', 'log_bin', "
+            "'binlog_format', 'binlog_row_image', 'binlog_row_metadata', 'gtid_mode', 'gtid_binlog_pos', "
+            "'gtid_executed', 'server_uuid', 'server_id', 'gtid_domain_id', 'log_bin_compress', "
+            "'binlog_transaction_compression', 'binlog_row_value_options')"
+        )
+        variables = {r["Variable_name"].lower(): str(r["Value"]) for r in rows}
+        names = (variables.get("version", "") + variables.get("version_comment", "")).lower()
+        flavor = "mariadb" if "mariadb" in names else "mysql"
+        status = self._binlog_status(flavor)
+        logs = self._query("SHOW BINARY LOGS") if variables.get("log_bin", "OFF").upper() == "ON" else []
+        return ServerInfo(
+            flavor=flavor,
+            version=variables.get("version", ""),
+            gtid_position=self._gtid(flavor, variables),
+            file_position=status,
+            first_file=str(logs[0]["Log_name"]) if logs else "",
+            server_uuid=variables.get("server_uuid", ""),
+            variables=variables,
+        )
+
+    @staticmethod
+    def _gtid(flavor: str, variables: dict[str, str]) -> str:
+        if flavor == "mariadb":
+            return variables.get("gtid_binlog_pos", "")
+        if variables.get("gtid_mode", "OFF").upper() != "ON":
+            return ""
+        return variables.get("gtid_executed", "").replace("\n", "")
+
+    def current_position(self, flavor: str, kind: str) -> str:
+        """The server's binlog end, in the form of ``kind`` ("file", "mariadb" or "mysql")."""
+        if kind == "file":
+            return self._binlog_status(flavor)
+        var = "gtid_binlog_pos" if kind == "mariadb" else "gtid_executed"
+        rows = self._query(f"SELECT @@global.{var} AS p")
+        return str(rows[0]["p"] or "").replace("\n", "")
+
+    def _binlog_status(self, flavor: str) -> str:
+        """``file:pos`` of the server's binlog end: SHOW BINARY LOG STATUS (MySQL 8.2+), else SHOW MASTER STATUS."""
+        statements = ["SHOW MASTER STATUS"] if flavor == "mariadb" else ["SHOW BINARY LOG STATUS", "SHOW MASTER STATUS"]
+        for i, sql in enumerate(statements):
+            try:
+                rows = self._query(sql)
+            except SourceError:
+                if i + 1 < len(statements):
+                    continue
+                raise
+            return f"{rows[0]['File']}:{rows[0]['Position']}" if rows else ""
+        return ""
+
+    def table_columns(self, names: Sequence[str]) -> dict[str, list[str]]:
+        """Columns in table order for each ``schema.table`` that exists."""
+        out: dict[str, list[str]] = {}
+        for name in names:
+            schema, _, table = name.partition(".")
+            rows = self._query(
+                "SELECT COLUMN_NAME AS c FROM information_schema.COLUMNS "
+                "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
+                (schema, table),
+            )
+            if rows:
+                out[name] = [str(r["c"]) for r in rows]
+        return out
+
+    def cascade_edges(self) -> list[CascadeEdge]:
+        """Every foreign key whose action rewrites child rows (those changes never reach the binlog)."""
+        rows = self._query(
+            "SELECT rc.CONSTRAINT_SCHEMA AS cs, rc.TABLE_NAME AS ct, rc.UNIQUE_CONSTRAINT_SCHEMA AS ps, "
+            "rc.REFERENCED_TABLE_NAME AS pt, rc.UPDATE_RULE AS ur, rc.DELETE_RULE AS dr, "
+            "kcu.REFERENCED_COLUMN_NAME AS pc, rc.CONSTRAINT_NAME AS n "
+            "FROM information_schema.REFERENTIAL_CONSTRAINTS rc "
+            "JOIN information_schema.KEY_COLUMN_USAGE kcu ON kcu.CONSTRAINT_SCHEMA = rc.CONSTRAINT_SCHEMA "
+            "AND kcu.CONSTRAINT_NAME = rc.CONSTRAINT_NAME AND kcu.TABLE_NAME = rc.TABLE_NAME "
+            "WHERE rc.UPDATE_RULE NOT IN ('RESTRICT', 'NO ACTION') OR rc.DELETE_RULE NOT IN ('RESTRICT', 'NO ACTION') "
+            "ORDER BY rc.CONSTRAINT_SCHEMA, rc.TABLE_NAME, rc.CONSTRAINT_NAME, kcu.ORDINAL_POSITION"
+        )
+        grouped: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        for r in rows:
+            grouped.setdefault((str(r["cs"]), str(r["ct"]), str(r["n"])), []).append(r)
+        acting = ("CASCADE", "SET NULL", "SET DEFAULT")
+        edges: list[CascadeEdge] = []
+        for (schema, table, _name), cols in grouped.items():
+            first = cols[0]
+            edges.append(
+                CascadeEdge(
+                    parent=f"{first['ps']}.{first['pt']}",
+                    child=f"{schema}.{table}",
+                    parent_columns=tuple(str(c["pc"]) for c in cols),
+                    on_delete=str(first["dr"]).upper() in acting,
+                    on_update=str(first["ur"]).upper() in acting,
+                )
+            )
+        return edges

@@ -1,0 +1,202 @@
+"""Hazards found in review: undecodable rows, foreign-key cascades, rule changes, compressed events,
+shutdown while Redis is down, and the freshness heartbeat."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pymysql
+import redis
+
+from cdc_sync.devservers import start_redis
+from tests.helpers import WorkerProcess, wait_caught_up, wait_for, write_config
+from tests.integration.conftest import StartWorker
+from tests.servers import MySQLTarget, RedisTarget
+
+
+def _tables(db: str, table: str = "users", mode: str = "update", extra: str = "") -> str:
+    return f"""
+[[tables]]
+table = "{db}.{table}"
+key = "{table}:{{id}}"
+mode = "{mode}"
+{extra}
+"""
+
+
+def test_undecodable_row_flushes_and_the_worker_goes_on(
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+) -> None:
+    """A row the library cannot decode (latin1 byte 0x81) flushes the tables and later changes still land."""
+    with sql.cursor() as cur:
+        cur.execute("CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(20) CHARACTER SET latin1)")
+    w = start_worker(_tables(db))
+    r.set("users:7", "stale")
+    with sql.cursor() as cur:
+        cur.execute("INSERT INTO users VALUES (1, x'81')")
+        cur.execute("INSERT INTO users VALUES (2, 'fine')")
+    wait_caught_up(r, sql, mysql_server.flavor, w)
+    assert r.exists("users:7") == 0, "the undecodable event flushed the table"
+    assert json.loads(r.get("users:2") or b"") == {"id": 2, "name": "fine"}
+    flushes = [e for e in w.events() if e.get("event") == "sync.table_flushed" and e["reason"] == "unknown_event"]
+    assert flushes and flushes[0]["detail"].startswith("decode_error")
+    assert w.alive()
+
+
+def test_foreign_key_cascade_flushes_the_mapped_child(
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+) -> None:
+    """ON DELETE CASCADE rewrites child rows with no row events: the parent's delete flushes the child."""
+    with sql.cursor() as cur:
+        cur.execute("CREATE TABLE parents (id INT PRIMARY KEY, name VARCHAR(20)) ENGINE=InnoDB")
+        cur.execute(
+            "CREATE TABLE orders (id INT PRIMARY KEY, parent_id INT, total INT, "
+            "FOREIGN KEY (parent_id) REFERENCES parents(id) ON DELETE CASCADE) ENGINE=InnoDB"
+        )
+    w = start_worker(_tables(db, "orders"))
+    with sql.cursor() as cur:
+        cur.execute("INSERT INTO parents VALUES (1, 'p')")
+        cur.execute("INSERT INTO orders VALUES (10, 1, 99)")
+        cur.execute("UPDATE parents SET name = 'q' WHERE id = 1")  # no action: the child stays cached
+    wait_caught_up(r, sql, mysql_server.flavor, w)
+    assert json.loads(r.get("orders:10") or b"")["total"] == 99
+    with sql.cursor() as cur:
+        cur.execute("DELETE FROM parents WHERE id = 1")
+        cur.execute("SELECT COUNT(*) FROM orders")
+        assert cur.fetchone()[0] == 0
+    wait_caught_up(r, sql, mysql_server.flavor, w)
+    assert r.exists("orders:10") == 0
+    assert "sync.cascade_watched" in w.event_names()
+    flushes = [e for e in w.events() if e.get("event") == "sync.table_flushed" and e["reason"] == "fk_cascade"]
+    assert len(flushes) == 1
+
+
+def test_changed_and_removed_rules_flush_their_tables_on_restart(
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+) -> None:
+    """Values written under old rules never outlive them: a changed rule and a removed rule are flushed."""
+    with sql.cursor() as cur:
+        cur.execute("CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(20), secret VARCHAR(20))")
+        cur.execute("CREATE TABLE pets (id INT PRIMARY KEY, name VARCHAR(20))")
+    w = start_worker(_tables(db) + _tables(db, "pets"))
+    with sql.cursor() as cur:
+        cur.execute("INSERT INTO users VALUES (1, 'a', 's3cret')")
+        cur.execute("INSERT INTO pets VALUES (1, 'rex')")
+    wait_caught_up(r, sql, mysql_server.flavor, w)
+    assert "secret" in json.loads(r.get("users:1") or b"")
+    assert w.terminate() == 0
+    w2 = start_worker(_tables(db, extra='exclude = ["secret"]'), name="w2")
+    assert r.exists("users:1", "pets:1") == 0
+    reasons = {e["table"].split(".")[1]: e["reason"] for e in w2.events() if e.get("event") == "sync.table_flushed"}
+    assert reasons == {"users": "rule_changed", "pets": "rule_removed"}
+
+
+def test_compressed_binlog_events_flush_instead_of_vanishing(
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+) -> None:
+    """MariaDB compressed events (log_bin_compress turned on at run time) cannot be decoded: they flush."""
+    with sql.cursor() as cur:
+        cur.execute("CREATE TABLE users (id INT PRIMARY KEY, name TEXT)")
+    w = start_worker(_tables(db))
+    with sql.cursor() as cur:
+        cur.execute("INSERT INTO users VALUES (1, 'plain')")
+    wait_caught_up(r, sql, mysql_server.flavor, w)
+    assert r.exists("users:1") == 1
+    try:
+        with sql.cursor() as cur:
+            cur.execute("SET GLOBAL log_bin_compress = ON")
+            cur.execute("SET GLOBAL log_bin_compress_min_len = 10")
+        conn = pymysql.connect(
+            host=mysql_server.host,
+            port=mysql_server.port,
+            user=mysql_server.user,
+            password=mysql_server.password,
+            database=db,
+            autocommit=True,
+        )
+        with conn.cursor() as cur:  # a new session picks the setting up
+            cur.execute("UPDATE users SET name = %s WHERE id = 1", ("compressed " * 50,))
+        conn.close()
+    finally:
+        with sql.cursor() as cur:
+            cur.execute("SET GLOBAL log_bin_compress = OFF")
+    wait_caught_up(r, sql, mysql_server.flavor, w)
+    assert r.get("users:1") is None or json.loads(r.get("users:1") or b"")["name"].startswith("compressed")
+    flushes = [e for e in w.events() if e.get("event") == "sync.table_flushed" and e["reason"] == "unknown_event"]
+    assert flushes, "the compressed event was not silently dropped"
+
+
+def test_sigterm_while_redis_is_down_exits_within_the_shutdown_bound(
+    tmp_path: Path,
+    mysql_server: MySQLTarget,
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    workers: list[WorkerProcess],
+) -> None:
+    """Redis gone, writes pending, SIGTERM: the worker still exits 0 (nothing unapplied is checkpointed)."""
+    with sql.cursor() as cur:
+        cur.execute("CREATE TABLE users (id INT PRIMARY KEY, name TEXT)")
+    server = start_redis()
+    try:
+        cfg = write_config(tmp_path / "c.toml", mysql_server, RedisTarget("127.0.0.1", server.port), _tables(db))
+        w = WorkerProcess(cfg, tmp_path / "w.log").start()
+        workers.append(w)
+        r = redis.Redis(port=server.port)
+        wait_caught_up(r, sql, mysql_server.flavor, w)
+        server.stop()
+        with sql.cursor() as cur:
+            for i in range(20):
+                cur.execute("INSERT INTO users VALUES (%s, 'x')", (i,))
+        wait_for(lambda: "sink.unavailable" in w.event_names(), 30, "Redis failure noticed")
+        assert w.terminate(timeout=30) == 0
+        assert "worker.shutdown_incomplete" in w.event_names()
+    finally:
+        server.stop()
+
+
+def test_heartbeat_follows_the_worker_and_stops_with_it(
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+) -> None:
+    """<ns>:heartbeat trails Redis time while the worker runs, and stops moving when it stops."""
+    with sql.cursor() as cur:
+        cur.execute("CREATE TABLE users (id INT PRIMARY KEY, name TEXT)")
+    w = start_worker(_tables(db))
+
+    def now_ms() -> int:
+        s, us = r.time()
+        return int(s) * 1000 + int(us) // 1000
+
+    wait_for(lambda: r.get("cdc:heartbeat") is not None, 30, "a first heartbeat")
+    first = int(r.get("cdc:heartbeat") or 0)
+    with sql.cursor() as cur:
+        for i in range(50):
+            cur.execute("INSERT INTO users VALUES (%s, 'x')", (i,))
+    wait_for(lambda: int(r.get("cdc:heartbeat") or 0) > first, 30, "the heartbeat to move")
+    assert int(r.get("cdc:heartbeat") or 0) <= now_ms()
+    assert w.terminate() == 0
+    stopped_at = int(r.get("cdc:heartbeat") or 0)
+    time.sleep(1.5)
+    assert int(r.get("cdc:heartbeat") or 0) == stopped_at
+    assert now_ms() - stopped_at >= 1500
