@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from cdc_sync.reader import AsyncCacheReader, CacheReader, CacheUnavailable, ReaderStats
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["AsyncCacheReader", "CacheReader", "CacheUnavailable", "ReaderStats", "__version__"]

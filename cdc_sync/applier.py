@@ -25,7 +25,7 @@ from cdc_sync.cascades import CascadeWatch, flushes_for
 from cdc_sync.config import TableRule, WorkerConfig
 from cdc_sync.errors import RewindRequired, SinkUnavailable
 from cdc_sync.events import Flush, Heartbeat, StreamItem, Transaction
-from cdc_sync.planner import MissingColumn, RedisOp, plan_change
+from cdc_sync.planner import EvictTag, MissingColumn, RedisOp, plan_change, tags_of
 
 log = logs.get("cdc_sync.applier")
 T = TypeVar("T")
@@ -217,30 +217,33 @@ class Applier:
 
     def _apply_batch(self, items: list[StreamItem]) -> None:
         ops: list[RedisOp] = []
+        tags: dict[str, None] = {}  # dependency tags hit in this step, evicted once at its end
         done: list[Transaction] = []
         for item in items:
             if isinstance(item, Heartbeat):
                 if item.position:
                     done.append(Transaction(position=item.position))
                 continue
-            planned, flushes = self._plan(item)
+            planned, hit, flushes = self._plan(item)
             if flushes:  # a barrier: what came before is applied, then the flush, then the rest
                 if done:
-                    self._apply_step(ops, done)
-                    ops, done = [], []
+                    self._apply_step(ops, tags, done)
+                    ops, tags, done = [], {}, []
                 self.flush(flushes)
             ops.extend(planned)
+            tags.update(dict.fromkeys(hit))
             done.append(item)
         caught_up = isinstance(items[-1], Heartbeat)
         if done or caught_up:
             # A heartbeat alone is an empty step: it still checks the checkpoint, so an idle worker
             # notices a Redis rollback within one server heartbeat period.
-            self._apply_step(ops, done)
+            self._apply_step(ops, tags, done)
         if caught_up:
             m.LAG_SECONDS.set(0)
 
-    def _plan(self, txn: Transaction) -> tuple[list[RedisOp], list[Flush]]:
+    def _plan(self, txn: Transaction) -> tuple[list[RedisOp], list[str], list[Flush]]:
         ops: list[RedisOp] = []
+        tags: list[str] = []
         flushes = list(txn.flushes)
         broken: set[tuple[str, str]] = set()
         for change in txn.changes:
@@ -253,14 +256,16 @@ class Applier:
                 continue
             try:
                 ops.extend(plan_change(change, rule, evict_only=txn.evict_only))
+                tags.extend(tags_of(rule, change))
             except (MissingColumn, TypeError, ValueError) as exc:  # a value that cannot be keyed or encoded
                 m.PLAN_ERRORS.labels(table=rule.name).inc()
                 log.error("sync.plan_failed", table=rule.name, error=repr(exc), action="flush")
                 broken.add(table)
                 flushes.append(Flush("plan_error", rule.schema, rule.table, detail=repr(exc)[:200]))
-        return ops, flushes
+        return ops, tags, flushes
 
-    def _apply_step(self, ops: list[RedisOp], txns: list[Transaction]) -> None:
+    def _apply_step(self, ops: list[RedisOp], tags: dict[str, None], txns: list[Transaction]) -> None:
+        ops = ops + [EvictTag(t) for t in tags]
         new = txns[-1].position if txns else self.expected
         assert new is not None, "the checkpoint is known from start-up on"
         while True:

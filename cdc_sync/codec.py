@@ -46,7 +46,8 @@ def time_text(value: dt.timedelta) -> str:
     return f"{text}.{frac:06d}" if frac else text
 
 
-def _default(value: object) -> object:
+def json_default(value: object) -> object:
+    """orjson ``default=``: Decimal, bytes, TIME and SET values as documented above."""
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, bytes | bytearray | memoryview):
@@ -60,7 +61,7 @@ def _default(value: object) -> object:
 
 def encode_json(row: Mapping[str, object], columns: Iterable[str]) -> bytes:
     """Encode the given columns of ``row`` as one JSON object."""
-    return orjson.dumps({c: row[c] for c in columns}, default=_default)
+    return orjson.dumps({c: row[c] for c in columns}, default=json_default)
 
 
 def text_value(value: object) -> str:
@@ -74,8 +75,8 @@ def text_value(value: object) -> str:
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, list | dict | set | frozenset):
-        return orjson.dumps(value, default=_default).decode()
-    encoded = _default(value)
+        return orjson.dumps(value, default=json_default).decode()
+    encoded = json_default(value)
     assert isinstance(encoded, str)
     return encoded
 

@@ -70,13 +70,14 @@ class TableRule:
     index: int  # position in [[tables]], for messages
     schema: str
     table: str
-    key: KeyTemplate
+    key: KeyTemplate | None  # None: the table is mapped only for reader dependencies (tags)
     also: tuple[KeyTemplate, ...] = ()
     mode: str = "evict"  # "evict" (DEL) or "update" (write the row)
     format: str = "json"  # update mode: "json" (string) or "hash"
     columns: tuple[str, ...] | None = None  # None: every column (minus exclude)
     exclude: tuple[str, ...] = ()
     ttl: int = 0  # seconds; 0 = no expiry
+    tags: tuple[tuple[str, ...], ...] = ()  # column sets readers may depend on (reader.fetch depends_on)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)  # as written
 
     @property
@@ -85,7 +86,7 @@ class TableRule:
 
     @property
     def templates(self) -> tuple[KeyTemplate, ...]:
-        return (self.key, *self.also)
+        return (self.key, *self.also) if self.key is not None else ()
 
     def where(self, name: str) -> str:
         return f"tables[{self.index}].{name}"
@@ -120,6 +121,7 @@ class ReaderConfig:
     ttl_jitter: float = 0.1  # fills use ttl * (1 - jitter*random) so keys do not all expire together
     negative_ttl: int = 0  # seconds to cache "row absent"; 0 = never
     pool_size: int = 4  # MySQL connections of the built-in loader
+    redis_max_connections: int = 64  # Redis connections per reader; more concurrent lookups wait for one
     strict: bool = False  # raise CacheUnavailable when Redis fails, instead of reading MySQL
 
 
@@ -317,11 +319,14 @@ def _rule(raw: object, index: int) -> TableRule:
     schema, dot, table = name.partition(".")
     if not dot or not schema or not table or "." in table:
         raise ConfigError(f'{s.at("table")}: must be "schema.table"; got {name!r}')
+    tags = _tags(s)
     key_src = s.str_("key", None)
-    if not key_src:
-        raise ConfigError(f'{s.at("key")}: required (a template such as "user:{{id}}")')
-    key = KeyTemplate.parse(key_src, s.at("key"))
+    if not key_src and not tags:
+        raise ConfigError(f'{s.at("key")}: required (a template such as "user:{{id}}"), unless the table has tags')
+    key = KeyTemplate.parse(key_src, s.at("key")) if key_src else None
     also = tuple(KeyTemplate.parse(t, f"{s.at('also')}[{i}]") for i, t in enumerate(s.strs("also") or ()))
+    if also and key is None:
+        raise ConfigError(f"{s.at('also')}: needs a key")
     mode = s.choice("mode", "evict", ("evict", "update"))
     fmt = s.choice("format", "json", ("json", "hash"))
     columns = s.strs("columns")
@@ -345,10 +350,28 @@ def _rule(raw: object, index: int) -> TableRule:
         columns=columns,
         exclude=exclude,
         ttl=s.int_("ttl", 0, 0, 10 * 365 * 86400),
+        tags=tags,
         raw=dict(s.data),
     )
     s.finish()
     return rule
+
+
+def _tags(s: _Section) -> tuple[tuple[str, ...], ...]:
+    """``tags = ["user_id", ["shop_id", "sku"]]``: single columns or column sets."""
+    raw = s._get("tags", list, [], "a list of column names (or lists of them)")
+    out: list[tuple[str, ...]] = []
+    for i, item in enumerate(raw):
+        where = f"{s.at('tags')}[{i}]"
+        cols = (item,) if isinstance(item, str) else item
+        if not isinstance(cols, list | tuple) or not cols or not all(isinstance(c, str) and c for c in cols):
+            raise ConfigError(f"{where}: must be a column name or a non-empty list of column names")
+        if len(set(cols)) != len(cols):
+            raise ConfigError(f"{where}: a column is listed twice")
+        if any(set(cols) == set(prev) for prev in out):
+            raise ConfigError(f"{where}: the same column set is already a tag")
+        out.append(tuple(cols))
+    return tuple(out)
 
 
 # Settings that change what a cached value or key looks like; a change of any of them flushes the table.
@@ -403,6 +426,7 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path
         ttl_jitter=rd.float_("ttl_jitter", 0.1, 0.0),
         negative_ttl=rd.int_("negative_ttl", 0, 0, 10 * 365 * 86400),
         pool_size=rd.int_("pool_size", 4, 1, 1000),
+        redis_max_connections=rd.int_("redis_max_connections", 64, 1, 100_000),
         strict=rd.bool_("strict", False),
     )
     if reader.ttl_jitter >= 1:
@@ -428,8 +452,9 @@ def check_against_schema(config: Config, columns_of: Mapping[str, list[str]]) ->
         if cols is None:
             raise ConfigError(f"{rule.where('table')}: table {rule.name} does not exist")
         known = set(cols)
-        checks: list[tuple[str, tuple[str, ...]]] = [("key", rule.key.fields)]
+        checks: list[tuple[str, tuple[str, ...]]] = [("key", rule.key.fields)] if rule.key is not None else []
         checks += [(f"also[{i}]", t.fields) for i, t in enumerate(rule.also)]
+        checks += [(f"tags[{i}]", cols) for i, cols in enumerate(rule.tags)]
         checks += [("columns", rule.columns or ()), ("exclude", rule.exclude)]
         for label, names in checks:
             for name in names:

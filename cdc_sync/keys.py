@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -113,8 +113,29 @@ class KeyTemplate:
 
     def pattern(self) -> str:
         """A Redis SCAN/KEYS glob that matches every key this template can render (and few others)."""
-        parts = [_GLOB_SPECIAL.sub(r"\\\1", self.literals[0])]
+        parts = [glob_escape(self.literals[0])]
         for literal in self.literals[1:]:
             parts.append("*")
-            parts.append(_GLOB_SPECIAL.sub(r"\\\1", literal))
+            parts.append(glob_escape(literal))
         return "".join(parts)
+
+
+def glob_escape(text: str) -> str:
+    """Escape Redis glob specials so that ``text`` matches only itself in SCAN MATCH."""
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+def tag_suffix(table: str, columns: Sequence[str] = (), row: Mapping[str, object] | None = None) -> str:
+    """The name of a dependency tag, below ``<ns>:tag:``: ``schema.table`` or ``schema.table:col=val:...``.
+
+    Values are escaped like key values (so ``:`` cannot appear inside one); NULL renders as ``%N``, which no
+    escaped value can produce.
+    """
+    if not columns:
+        return table
+    assert row is not None
+    parts = [table]
+    for col in columns:
+        value = row[col]
+        parts.append(f"{col}={'%N' if value is None else escape(value)}")
+    return ":".join(parts)

@@ -29,3 +29,10 @@ LAST_APPLIED_TIMESTAMP = Gauge("cdc_sync_last_applied_timestamp_seconds", "Binlo
 HEARTBEATS = Counter("cdc_sync_heartbeats", "Freshness heartbeats moved forward in Redis")
 HEARTBEAT_ERRORS = Counter("cdc_sync_heartbeat_errors", "Failed freshness probes (the heartbeat ages meanwhile)")
 HEARTBEAT_LAG_SECONDS = Gauge("cdc_sync_heartbeat_lag_seconds", "Age of the heartbeat just written (apply lag)")
+
+READER_LOOKUPS = Counter("cdc_sync_reader_lookups", "Reader lookups by result", ["result"])
+READER_BYPASSES = Counter("cdc_sync_reader_bypasses", "Reader lookups that read MySQL without filling", ["reason"])
+READER_LEASE_WAITS = Counter("cdc_sync_reader_lease_waits", "Reader lookups that waited for another's fill")
+READER_FILLS = Counter("cdc_sync_reader_fills", "Reader fills: stored, or lost to a change", ["result"])
+READER_LOADER_ERRORS = Counter("cdc_sync_reader_loader_errors", "Loader calls that raised")
+READER_REDIS_ERRORS = Counter("cdc_sync_reader_redis_errors", "Reader Redis failures (fell back to MySQL)")

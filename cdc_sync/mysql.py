@@ -7,6 +7,8 @@ The binlog stream itself lives in source.py.
 from __future__ import annotations
 
 import contextlib
+import json
+import queue
 import ssl
 import threading
 from collections.abc import Sequence
@@ -37,7 +39,7 @@ def connection_settings(cfg: MySQLConfig) -> dict[str, Any]:
         "host": cfg.host,
         "port": cfg.port,
         "user": cfg.user,
-        "passwd": cfg.password,
+        "password": cfg.password,
         "connect_timeout": cfg.connect_timeout_s,
         "charset": "utf8mb4",
     }
@@ -201,3 +203,100 @@ class MySQLAdmin:
                 )
             )
         return edges
+
+
+# ---- reading rows the way the worker sees them (for reader fills) -----------------------------------
+
+
+def _quote(identifier: str) -> str:
+    return "`" + identifier.replace("`", "``") + "`"
+
+
+def normalize_row(row: dict[str, Any], kinds: dict[str, str]) -> dict[str, Any]:
+    """Make a PyMySQL row equal to the binlog's view of it (see source.py's fix-ups).
+
+    ``kinds`` maps column → information_schema DATA_TYPE. SET arrives as ``'a,c'``, BIT as bytes, MySQL JSON
+    as text, and zero dates as strings; the binlog gives a set, an int, a JSON value and NULL.
+    """
+    for col, kind in kinds.items():
+        value = row.get(col)
+        if value is None:
+            continue
+        if kind == "set" and isinstance(value, str):
+            row[col] = set(value.split(",")) if value else set()
+        elif kind == "bit" and isinstance(value, bytes):
+            row[col] = int.from_bytes(value, "big")
+        elif kind == "json" and isinstance(value, str | bytes):
+            row[col] = json.loads(value)
+        elif kind in ("date", "datetime", "timestamp") and isinstance(value, str) and value.startswith("0000-00-00"):
+            row[col] = None
+    return row
+
+
+class RowLoader:
+    """Loads one row by key columns over a small pool of PyMySQL connections (time zone UTC)."""
+
+    def __init__(self, cfg: MySQLConfig, pool_size: int) -> None:
+        self.cfg = cfg
+        self._pool: queue.LifoQueue[pymysql.connections.Connection[Any]] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(pool_size)
+        self._kinds: dict[str, dict[str, str]] = {}
+
+    def _connect(self) -> pymysql.connections.Connection[Any]:
+        return pymysql.connect(
+            **connection_settings(self.cfg),
+            cursorclass=pymysql.cursors.DictCursor,
+            autocommit=True,
+            init_command="SET time_zone = '+00:00'",
+        )
+
+    def _run(self, sql: str, args: Sequence[object]) -> list[dict[str, Any]]:
+        with self._slots:
+            try:
+                conn = self._pool.get_nowait()
+            except queue.Empty:
+                conn = None
+            try:
+                if conn is None:
+                    conn = self._connect()
+                with conn.cursor() as cur:
+                    cur.execute(sql, args)
+                    rows = list(cur.fetchall())
+            except pymysql.MySQLError:
+                if conn is not None:
+                    with contextlib.suppress(pymysql.MySQLError, OSError):
+                        conn.close()
+                raise
+            self._pool.put(conn)
+            return rows
+
+    def kinds(self, table: str) -> dict[str, str]:
+        """Column → DATA_TYPE for ``schema.table`` (cached)."""
+        if table not in self._kinds:
+            schema, _, name = table.partition(".")
+            rows = self._run(
+                "SELECT COLUMN_NAME AS c, DATA_TYPE AS t FROM information_schema.COLUMNS "
+                "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+                (schema, name),
+            )
+            self._kinds[table] = {str(r["c"]): str(r["t"]).lower() for r in rows}
+        return self._kinds[table]
+
+    def load(self, table: str, where: dict[str, object]) -> dict[str, Any] | None:
+        """The row of ``table`` whose columns equal ``where`` (None when absent), normalized."""
+        schema, _, name = table.partition(".")
+        cond = " AND ".join(f"{_quote(c)} <=> %s" for c in where)
+        sql = f"SELECT * FROM {_quote(schema)}.{_quote(name)} WHERE {cond} LIMIT 2"  # noqa: S608 - quoted names
+        rows = self._run(sql, list(where.values()))
+        if len(rows) > 1:
+            raise SourceError(f"{table}: {sorted(where)} matches more than one row; key templates need unique columns")
+        return normalize_row(rows[0], self.kinds(table)) if rows else None
+
+    def close(self) -> None:
+        while True:
+            try:
+                conn = self._pool.get_nowait()
+            except queue.Empty:
+                return
+            with contextlib.suppress(pymysql.MySQLError, OSError):
+                conn.close()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from cdc_sync.codec import encode_hash, encode_json
 from cdc_sync.config import TableRule
 from cdc_sync.events import Flush, Op, Row, RowChange
+from cdc_sync.keys import tag_suffix
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +42,15 @@ class SetHash:
     ttl_ms: int
 
 
-RedisOp = Delete | SetJson | SetHash
+@dataclass(frozen=True, slots=True)
+class EvictTag:
+    """Evict every key that depends on the tag ``<ns>:tag:<suffix>`` (as Delete does), drop the tag, and
+    leave a hold-off marker on the tag itself (``<ns>:tinv:<suffix>``) for readers about to depend on it."""
+
+    suffix: str
+
+
+RedisOp = Delete | SetJson | SetHash | EvictTag
 
 
 class MissingColumn(Exception):
@@ -58,6 +67,22 @@ def keys_of(rule: TableRule, row: Row) -> list[str]:
             raise MissingColumn(f"{rule.name} row has no column {exc.args[0]!r}") from None
         if key is not None and key not in out:
             out.append(key)
+    return out
+
+
+def tags_of(rule: TableRule, change: RowChange) -> list[str]:
+    """The dependency tags a change hits: the whole table, and each tag's values in either image."""
+    out = [rule.name]
+    for image in (change.before, change.after):
+        if image is None:
+            continue
+        for cols in rule.tags:
+            try:
+                suffix = tag_suffix(rule.name, cols, image)
+            except KeyError as exc:
+                raise MissingColumn(f"{rule.name} row has no column {exc.args[0]!r}") from None
+            if suffix not in out:
+                out.append(suffix)
     return out
 
 

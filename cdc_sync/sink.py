@@ -14,11 +14,12 @@ from redis.commands.core import Script
 
 from cdc_sync.config import RedisConfig, TableRule
 from cdc_sync.errors import RewindRequired, SinkUnavailable
-from cdc_sync.planner import Delete, RedisOp, SetHash, SetJson
+from cdc_sync.keys import glob_escape
+from cdc_sync.planner import Delete, EvictTag, RedisOp, SetHash, SetJson
 
 # KEYS: none (the keys are data-dependent; a Redis Cluster deployment needs hash-tagged templates).
 # ARGV: namespace, expected checkpoint, has_expected (0/1), new checkpoint, holdoff ms,
-#       then the operations:  D key | J key value ttl_ms | H key ttl_ms nfields f1 v1 ...
+#       then the operations:  D key | J key value ttl_ms | H key ttl_ms nfields f1 v1 ... | T tag-suffix
 # Reply: {'OK'} | {'DUP'} (this very step was applied already) | {'REWIND', stored} | {'LOST'}
 APPLY_LUA = r"""
 local ns, expected, has_expected, new = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4]
@@ -60,6 +61,15 @@ while i <= n do
     end
     if ttl > 0 then redis.call('PEXPIRE', k, ttl) end
     i = last + 1
+  elseif op == 'T' then
+    local tag = ns .. ':tag:' .. k
+    for _, member in ipairs(redis.call('SMEMBERS', tag)) do
+      redis.call('DEL', member, ns .. ':lease:' .. member)
+      if holdoff > 0 then redis.call('SET', ns .. ':inv:' .. member, '1', 'PX', holdoff) end
+    end
+    redis.call('DEL', tag)
+    if holdoff > 0 then redis.call('SET', ns .. ':tinv:' .. k, '1', 'PX', holdoff) end
+    i = i + 2
   else
     return redis.error_reply('cdc-sync: unknown op ' .. tostring(op))
   end
@@ -75,6 +85,22 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
 if cur < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
 return 1
+"""
+
+# ARGV: namespace, holdoff ms, then T ops. Evicts the members of each tag (for a flush); returns how many.
+EVICT_TAGS_LUA = r"""
+local ns, holdoff, n = ARGV[1], tonumber(ARGV[2]), 0
+for i = 4, #ARGV, 2 do
+  local tag = ns .. ':tag:' .. ARGV[i]
+  for _, member in ipairs(redis.call('SMEMBERS', tag)) do
+    redis.call('DEL', member, ns .. ':lease:' .. member)
+    if holdoff > 0 then redis.call('SET', ns .. ':inv:' .. member, '1', 'PX', holdoff) end
+    n = n + 1
+  end
+  redis.call('DEL', tag)
+  if holdoff > 0 then redis.call('SET', ns .. ':tinv:' .. ARGV[i], '1', 'PX', holdoff) end
+end
+return n
 """
 
 FLUSH_MARKER_TTL_MS = 600_000  # a crashed flush leaves the marker at most this long (replay redoes it)
@@ -96,9 +122,10 @@ def encode_ops(ops: Iterable[RedisOp]) -> list[bytes | str | int]:
             out += ("D", op.key)
         elif isinstance(op, SetJson):
             out += ("J", op.key, op.value, op.ttl_ms)
-        else:
-            assert isinstance(op, SetHash)
+        elif isinstance(op, SetHash):
             out += ("H", op.key, op.ttl_ms, len(op.fields) // 2, *op.fields)
+        else:
+            out += ("T", op.suffix)
     return out
 
 
@@ -112,6 +139,7 @@ class RedisSink:
         self.client = client if client is not None else make_client(cfg)
         self._apply: Script = self.client.register_script(APPLY_LUA)
         self._beat: Script = self.client.register_script(HEARTBEAT_LUA)
+        self._evict: Script = self.client.register_script(EVICT_TAGS_LUA)
 
     @property
     def checkpoint_key(self) -> str:
@@ -215,6 +243,16 @@ class RedisSink:
         for template in rule.templates:
             for page in self._scan(template.pattern()):
                 deleted += int(self._call("UNLINK", self.client.unlink, *page))
+        # Keys that depend on the table through reader tags: the whole-table tag and every column tag.
+        table_tag = f"{self.ns}:tag:{glob_escape(rule.name)}"
+        tag_suffixes = [rule.name]
+        for page in self._scan(f"{table_tag}:*"):
+            tag_suffixes.extend(k.decode()[len(self.ns) + 5 :] for k in page)
+        for start in range(0, len(tag_suffixes), 500):
+            chunk = [EvictTag(s) for s in tag_suffixes[start : start + 500]]
+            deleted += int(
+                self._call("evict tags", self._evict, keys=[], args=[self.ns, self.holdoff_ms, *encode_ops(chunk)])
+            )
         self._call("DEL flushing", self.client.delete, marker)
         return deleted
 

@@ -1,0 +1,522 @@
+"""Cache-aside reads that cooperate with the worker: leases, hold-off markers and a freshness gate.
+
+One Lua round trip per lookup (``LOOKUP_LUA``) decides, on Redis's own clock:
+
+1. the worker's heartbeat is missing or older than ``max_staleness_ms``, or a table is being flushed
+   → **bypass**: read MySQL, fill nothing;
+2. the value is there → **hit**;
+3. a hold-off marker of the key (or of a tag it depends on) exists → **bypass** (an invalidation just
+   happened; its commit may not be visible to us yet);
+4. ``SET lease NX PX`` succeeds → **lease**: this reader loads and fills; the key joins its tags' sets in
+   the same step; otherwise → **wait** for the holder's fill, then bypass after ``lease_wait_ms``.
+
+A fill lands only while the reader's lease still holds its token (``FILL_LUA``). The worker deletes the
+lease with every change of the key or of a tag it depends on, so a fill that loaded before a change never
+lands after it. Redis errors fall back to MySQL (logged and counted) unless ``strict`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+import pymysql
+import redis
+import redis.asyncio
+
+from cdc_sync import config as config_mod
+from cdc_sync import logs
+from cdc_sync import metrics as m
+from cdc_sync.codec import encode_hash, encode_json, json_default
+from cdc_sync.config import Config, TableRule
+from cdc_sync.errors import CdcSyncError
+from cdc_sync.keys import KeyTemplate, tag_suffix
+from cdc_sync.mysql import RowLoader, translate_error
+
+log = logs.get("cdc_sync.reader")
+T = TypeVar("T")
+
+# KEYS: key, heartbeat, hold-off of key, lease of key, then nflush flushing markers, then the tags'
+#       hold-off markers and the tag sets (ntags each).
+# ARGV: max_staleness_ms, lease_ttl_ms, token, nflush, format ('j' | 'h'), tag ttl ms (0: no expiry), ntags
+LOOKUP_LUA = r"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local hb = redis.call('GET', KEYS[2])
+if not hb then return {'B', 'no_heartbeat'} end
+if now - tonumber(hb) > tonumber(ARGV[1]) then return {'B', 'stale'} end
+local nflush, ntags = tonumber(ARGV[4]), tonumber(ARGV[7])
+for i = 5, 4 + nflush do
+  if redis.call('EXISTS', KEYS[i]) == 1 then return {'B', 'flushing'} end
+end
+if ARGV[5] == 'h' then
+  local v = redis.call('HGETALL', KEYS[1])
+  if #v > 0 then return {'H', v} end
+else
+  local v = redis.call('GET', KEYS[1])
+  if v then return {'H', v} end
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then return {'B', 'holdoff'} end
+local first_tag = 5 + nflush
+for i = first_tag, first_tag + ntags - 1 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then return {'B', 'holdoff'} end
+end
+if not redis.call('SET', KEYS[4], ARGV[3], 'NX', 'PX', ARGV[2]) then return {'W'} end
+local tag_ttl = tonumber(ARGV[6])
+for i = first_tag + ntags, first_tag + 2 * ntags - 1 do
+  local existed = redis.call('EXISTS', KEYS[i]) == 1
+  redis.call('SADD', KEYS[i], KEYS[1])
+  if tag_ttl == 0 then
+    redis.call('PERSIST', KEYS[i])
+  else
+    local p = redis.call('PTTL', KEYS[i])
+    if (not existed) or (p >= 0 and p < tag_ttl) then redis.call('PEXPIRE', KEYS[i], tag_ttl) end
+  end
+end
+return {'L'}
+"""
+
+# KEYS: key, lease, then flushing markers. ARGV: token, format, ttl_ms, value | field value ...
+FILL_LUA = r"""
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+for i = 3, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
+end
+local ttl = tonumber(ARGV[3])
+if ARGV[2] == 'h' then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+elseif ttl > 0 then
+  redis.call('SET', KEYS[1], ARGV[4], 'PX', ttl)
+else
+  redis.call('SET', KEYS[1], ARGV[4])
+end
+return 1
+"""
+
+# KEYS: lease. ARGV: token. Give a lease back (the loader failed), so waiters need not wait it out.
+RELEASE_LUA = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+ScriptArg = bytes | str | int | float
+NEGATIVE = b"null"  # a cached "row absent" (JSON format only)
+Dependency = str | tuple[str, Mapping[str, object]]
+
+
+class CacheUnavailable(CdcSyncError):
+    """Redis failed and the reader is in strict mode."""
+
+
+class ReaderStats:
+    """Counts of hits, misses, bypasses by reason, lease waits, fills and errors (also exported to Prometheus)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+
+    def add(self, name: str, reason: str = "") -> None:
+        label = f"{name}:{reason}" if reason else name
+        with self._lock:
+            self.counts[label] += 1
+        if name in ("hit", "miss", "bypass"):
+            m.READER_LOOKUPS.labels(result=name).inc()
+            if name == "bypass":
+                m.READER_BYPASSES.labels(reason=reason).inc()
+        elif name == "lease_wait":
+            m.READER_LEASE_WAITS.inc()
+        elif name == "fill":
+            m.READER_FILLS.labels(result=reason).inc()
+        elif name == "loader_error":
+            m.READER_LOADER_ERRORS.inc()
+        elif name == "redis_error":
+            m.READER_REDIS_ERRORS.inc()
+
+    def __getitem__(self, label: str) -> int:
+        with self._lock:
+            return self.counts[label]
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """Everything one lookup needs, built once (pure)."""
+
+    key: str
+    fmt: str  # 'j' (JSON string) or 'h' (hash)
+    tables: tuple[str, ...]  # whose flushing markers gate the lookup
+    tags: tuple[str, ...]  # dependency tag suffixes
+    ttl_ms: int
+    columns: tuple[str, ...] | None = None  # get_row: the value's columns (None: every column minus exclude)
+    exclude: tuple[str, ...] = ()
+
+    def lookup_args(self, ns: str, cfg: config_mod.ReaderConfig, token: str) -> tuple[list[str], list[ScriptArg]]:
+        keys = [self.key, f"{ns}:heartbeat", f"{ns}:inv:{self.key}", f"{ns}:lease:{self.key}"]
+        keys += [f"{ns}:flushing:{t}" for t in self.tables]
+        keys += [f"{ns}:tinv:{t}" for t in self.tags]
+        keys += [f"{ns}:tag:{t}" for t in self.tags]
+        tag_ttl = self.ttl_ms + cfg.lease_ttl_ms if self.ttl_ms else 0
+        args: list[ScriptArg] = [cfg.max_staleness_ms, cfg.lease_ttl_ms, token, len(self.tables), self.fmt, tag_ttl]
+        args.append(len(self.tags))
+        return keys, args
+
+    def fill_args(
+        self, ns: str, token: str, ttl_ms: int, payload: bytes | list[str]
+    ) -> tuple[list[str], list[ScriptArg]]:
+        keys = [self.key, f"{ns}:lease:{self.key}", *(f"{ns}:flushing:{t}" for t in self.tables)]
+        args: list[ScriptArg] = [token, self.fmt, ttl_ms]
+        args.extend(payload if isinstance(payload, list) else [payload])
+        return keys, args
+
+
+class _ReaderBase:
+    """What the sync and async readers share: config, lookups, encoding."""
+
+    def __init__(self, config: Config, loader: RowLoader | None = None) -> None:
+        self.config = config
+        self.cfg = config.reader
+        self.ns = config.redis.namespace
+        self.stats = ReaderStats()
+        self._rules = {r.name: r for r in config.tables}
+        self.row_loader = loader if loader is not None else RowLoader(config.mysql, self.cfg.pool_size)
+
+    # ---- building lookups -----------------------------------------------------------------------
+
+    def rule(self, table: str) -> TableRule:
+        rule = self._rules.get(table)
+        if rule is None:
+            raise ValueError(f"{table} is not a mapped table (add a [[tables]] entry)")
+        return rule
+
+    def row_lookup(self, table: str, where: Mapping[str, object]) -> tuple[Lookup, TableRule]:
+        rule = self.rule(table)
+        template = _template_for(rule, where)
+        key = template.render(where)
+        if key is None:
+            raise ValueError(f"{table}: a key value is NULL")
+        lookup = Lookup(
+            key, "h" if rule.format == "hash" else "j", (table,), (), rule.ttl * 1000, rule.columns, rule.exclude
+        )
+        return lookup, rule
+
+    def fetch_lookup(self, key: str, ttl: float, depends_on: Sequence[Dependency]) -> Lookup:
+        tables: list[str] = []
+        tags: list[str] = []
+        for dep in depends_on:
+            if isinstance(dep, str):
+                self.rule(dep)
+                tables.append(dep)
+                tags.append(tag_suffix(dep))
+                continue
+            table, values = dep
+            rule = self.rule(table)
+            cols = next((c for c in rule.tags if set(c) == set(values)), None)
+            if cols is None:
+                raise ValueError(f"{table}: no tags entry for columns {sorted(values)} (configured: {list(rule.tags)})")
+            tables.append(table)
+            tags.append(tag_suffix(table, cols, values))
+        return Lookup(key, "j", tuple(dict.fromkeys(tables)), tuple(dict.fromkeys(tags)), int(ttl * 1000))
+
+    def jittered(self, ttl_ms: int) -> int:
+        if ttl_ms <= 0 or self.cfg.ttl_jitter <= 0:
+            return ttl_ms
+        return max(1, int(ttl_ms * (1 - self.cfg.ttl_jitter * random.random())))
+
+    # ---- values ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def encode_row(lookup: Lookup, row: Mapping[str, object]) -> bytes | list[str]:
+        cols = list(lookup.columns) if lookup.columns is not None else [c for c in row if c not in lookup.exclude]
+        return encode_hash(row, cols) if lookup.fmt == "h" else encode_json(row, cols)
+
+    @staticmethod
+    def decode(lookup: Lookup, payload: Any) -> Any:
+        if lookup.fmt == "h":
+            items = payload if isinstance(payload, list) else list(payload)
+            return {items[i].decode(): items[i + 1].decode() for i in range(0, len(items), 2)}
+        return orjson.loads(payload)
+
+    def _redis_failed(self, exc: Exception, key: str) -> None:
+        self.stats.add("redis_error")
+        log.warning("reader.redis_error", key=key, error=f"{type(exc).__name__}: {exc}")
+        if self.cfg.strict:
+            raise CacheUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+
+def _template_for(rule: TableRule, where: Mapping[str, object]) -> KeyTemplate:
+    for template in rule.templates:
+        if set(template.fields) == set(where):
+            return template
+    known = [sorted(t.fields) for t in rule.templates]
+    raise ValueError(f"{rule.name}: no key template over {sorted(where)} (templates use {known})")
+
+
+def _payload(lookup: Lookup, value: Any, negative_ttl: int) -> tuple[bytes | list[str] | None, int | None]:
+    """What to fill for a loaded value, and with which TTL (None: fill nothing)."""
+    if value is None:
+        if negative_ttl > 0 and lookup.fmt == "j":
+            return NEGATIVE, negative_ttl * 1000
+        return None, None
+    return value, lookup.ttl_ms
+
+
+class CacheReader(_ReaderBase):
+    """Synchronous reader. Thread-safe; share one per process."""
+
+    def __init__(self, config: Config, client: redis.Redis | None = None, loader: RowLoader | None = None) -> None:
+        super().__init__(config, loader)
+        self.redis = client if client is not None else _client(config)
+        self._lookup_script = self.redis.register_script(LOOKUP_LUA)
+        self._fill_script = self.redis.register_script(FILL_LUA)
+        self._release_script = self.redis.register_script(RELEASE_LUA)
+
+    @classmethod
+    def from_config(cls, path: str | None = None) -> CacheReader:
+        """A reader for the same TOML file as the worker (its ``[reader]`` section)."""
+        return cls(config_mod.load(config_mod.resolve_path(path)))
+
+    def get_row(self, table: str, **where: object) -> dict[str, Any] | None:
+        """The row's cached value (the worker's update-mode format), loading it from MySQL on a miss."""
+        lookup, _rule = self.row_lookup(table, where)
+
+        def load() -> bytes | list[str] | None:
+            try:
+                row = self.row_loader.load(table, dict(where))
+            except pymysql.MySQLError as exc:
+                raise translate_error(exc, f"load {table}") from exc
+            return None if row is None else self.encode_row(lookup, row)
+
+        result = self._get(lookup, load)
+        return None if result is None else dict(result)
+
+    def fetch(self, key: str, loader: Callable[[], T], ttl: float, depends_on: Sequence[Dependency] = ()) -> T:
+        """Any JSON-serialisable result, cached under ``key`` and evicted when a dependency changes."""
+        lookup = self.fetch_lookup(key, ttl, depends_on)
+
+        def load() -> bytes | None:
+            value = loader()
+            return None if value is None else orjson.dumps(value, default=json_default)
+
+        result: T = self._get(lookup, load)
+        return result
+
+    def _get(self, lookup: Lookup, load: Callable[[], bytes | list[str] | None]) -> Any:
+        token = secrets.token_hex(8)
+        keys, args = lookup.lookup_args(self.ns, self.cfg, token)
+        deadline: float | None = None
+        while True:
+            try:
+                reply = self._lookup_script(keys=keys, args=args)
+            except redis.RedisError as exc:
+                self._redis_failed(exc, lookup.key)
+                return self._bypass(lookup, load, "redis_error")
+            kind = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+            if kind == "H":
+                self.stats.add("hit")
+                return None if reply[1] == NEGATIVE else self.decode(lookup, reply[1])
+            if kind == "B":
+                return self._bypass(lookup, load, reply[1].decode())
+            if kind == "L":
+                return self._load_and_fill(lookup, load, token)
+            now = time.monotonic()
+            if deadline is None:
+                self.stats.add("lease_wait")
+                deadline = now + self.cfg.lease_wait_ms / 1000
+            if now >= deadline:
+                return self._bypass(lookup, load, "lease_wait_timeout")
+            time.sleep(min(0.01, deadline - now) * (0.5 + random.random()))
+
+    def _bypass(self, lookup: Lookup, load: Callable[[], bytes | list[str] | None], reason: str) -> Any:
+        self.stats.add("bypass", reason)
+        payload = self._call_loader(load)
+        return None if payload is None else self.decode(lookup, payload)
+
+    def _call_loader(self, load: Callable[[], bytes | list[str] | None]) -> bytes | list[str] | None:
+        try:
+            return load()
+        except Exception:
+            self.stats.add("loader_error")
+            raise
+
+    def _load_and_fill(self, lookup: Lookup, load: Callable[[], bytes | list[str] | None], token: str) -> Any:
+        self.stats.add("miss")
+        try:
+            payload = self._call_loader(load)
+        except BaseException:
+            self._release(lookup, token)
+            raise
+        fill, ttl_ms = _payload(lookup, payload, self.cfg.negative_ttl)
+        if fill is None or ttl_ms is None:
+            self._release(lookup, token)
+        else:
+            keys, args = lookup.fill_args(self.ns, token, self.jittered(ttl_ms), fill)
+            try:
+                stored = self._fill_script(keys=keys, args=args)
+                self.stats.add("fill", "stored" if stored else "lost")
+            except redis.RedisError as exc:
+                self._redis_failed(exc, lookup.key)
+        return None if payload is None else self.decode(lookup, payload)
+
+    def _release(self, lookup: Lookup, token: str) -> None:
+        try:
+            self._release_script(keys=[f"{self.ns}:lease:{lookup.key}"], args=[token])
+        except redis.RedisError as exc:
+            self._redis_failed(exc, lookup.key)
+
+    def close(self) -> None:
+        self.redis.close()
+        self.redis.connection_pool.disconnect()
+        self.row_loader.close()
+
+
+class AsyncCacheReader(_ReaderBase):
+    """asyncio reader with the same semantics; the built-in loader runs PyMySQL in a worker thread."""
+
+    def __init__(
+        self, config: Config, client: redis.asyncio.Redis | None = None, loader: RowLoader | None = None
+    ) -> None:
+        super().__init__(config, loader)
+        self.redis = client if client is not None else _async_client(config)
+        self._lookup_script = self.redis.register_script(LOOKUP_LUA)
+        self._fill_script = self.redis.register_script(FILL_LUA)
+        self._release_script = self.redis.register_script(RELEASE_LUA)
+
+    @classmethod
+    def from_config(cls, path: str | None = None) -> AsyncCacheReader:
+        return cls(config_mod.load(config_mod.resolve_path(path)))
+
+    async def get_row(self, table: str, **where: object) -> dict[str, Any] | None:
+        lookup, _rule = self.row_lookup(table, where)
+
+        async def load() -> bytes | list[str] | None:
+            try:
+                row = await asyncio.to_thread(self.row_loader.load, table, dict(where))
+            except pymysql.MySQLError as exc:
+                raise translate_error(exc, f"load {table}") from exc
+            return None if row is None else self.encode_row(lookup, row)
+
+        result = await self._get(lookup, load)
+        return None if result is None else dict(result)
+
+    async def fetch(
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[T]] | Callable[[], T],
+        ttl: float,
+        depends_on: Sequence[Dependency] = (),
+    ) -> T:
+        lookup = self.fetch_lookup(key, ttl, depends_on)
+
+        async def load() -> bytes | None:
+            value = loader()
+            if inspect.isawaitable(value):
+                value = await value
+            return None if value is None else orjson.dumps(value, default=json_default)
+
+        result: T = await self._get(lookup, load)
+        return result
+
+    async def _get(self, lookup: Lookup, load: Callable[[], Awaitable[bytes | list[str] | None]]) -> Any:
+        token = secrets.token_hex(8)
+        keys, args = lookup.lookup_args(self.ns, self.cfg, token)
+        deadline: float | None = None
+        while True:
+            try:
+                reply = await self._lookup_script(keys=keys, args=args)
+            except redis.RedisError as exc:
+                self._redis_failed(exc, lookup.key)
+                return await self._bypass(lookup, load, "redis_error")
+            kind = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+            if kind == "H":
+                self.stats.add("hit")
+                return None if reply[1] == NEGATIVE else self.decode(lookup, reply[1])
+            if kind == "B":
+                return await self._bypass(lookup, load, reply[1].decode())
+            if kind == "L":
+                return await self._load_and_fill(lookup, load, token)
+            now = time.monotonic()
+            if deadline is None:
+                self.stats.add("lease_wait")
+                deadline = now + self.cfg.lease_wait_ms / 1000
+            if now >= deadline:
+                return await self._bypass(lookup, load, "lease_wait_timeout")
+            await asyncio.sleep(min(0.01, deadline - now) * (0.5 + random.random()))
+
+    async def _bypass(
+        self, lookup: Lookup, load: Callable[[], Awaitable[bytes | list[str] | None]], reason: str
+    ) -> Any:
+        self.stats.add("bypass", reason)
+        payload = await self._call_loader(load)
+        return None if payload is None else self.decode(lookup, payload)
+
+    async def _call_loader(self, load: Callable[[], Awaitable[bytes | list[str] | None]]) -> bytes | list[str] | None:
+        try:
+            return await load()
+        except Exception:
+            self.stats.add("loader_error")
+            raise
+
+    async def _load_and_fill(
+        self, lookup: Lookup, load: Callable[[], Awaitable[bytes | list[str] | None]], token: str
+    ) -> Any:
+        self.stats.add("miss")
+        try:
+            payload = await self._call_loader(load)
+        except BaseException:
+            await self._release(lookup, token)
+            raise
+        fill, ttl_ms = _payload(lookup, payload, self.cfg.negative_ttl)
+        if fill is None or ttl_ms is None:
+            await self._release(lookup, token)
+        else:
+            keys, args = lookup.fill_args(self.ns, token, self.jittered(ttl_ms), fill)
+            try:
+                stored = await self._fill_script(keys=keys, args=args)
+                self.stats.add("fill", "stored" if stored else "lost")
+            except redis.RedisError as exc:
+                self._redis_failed(exc, lookup.key)
+        return None if payload is None else self.decode(lookup, payload)
+
+    async def _release(self, lookup: Lookup, token: str) -> None:
+        try:
+            await self._release_script(keys=[f"{self.ns}:lease:{lookup.key}"], args=[token])
+        except redis.RedisError as exc:
+            self._redis_failed(exc, lookup.key)
+
+    async def close(self) -> None:
+        await self.redis.aclose(close_connection_pool=True)
+        self.row_loader.close()
+
+
+def _client_kwargs(config: Config) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "socket_timeout": config.redis.socket_timeout_s,
+        "socket_connect_timeout": config.redis.socket_timeout_s,
+        # threads wait for a free connection instead of failing when all are busy
+        "max_connections": config.reader.redis_max_connections,
+        "timeout": config.redis.socket_timeout_s,
+    }
+    if config.redis.ssl_ca_certs:
+        kwargs["ssl_ca_certs"] = config.redis.ssl_ca_certs
+    return kwargs
+
+
+def _client(config: Config) -> redis.Redis:
+    pool = redis.BlockingConnectionPool.from_url(config.redis.url, **_client_kwargs(config))
+    return redis.Redis(connection_pool=pool)
+
+
+def _async_client(config: Config) -> redis.asyncio.Redis:
+    pool = redis.asyncio.BlockingConnectionPool.from_url(config.redis.url, **_client_kwargs(config))
+    return redis.asyncio.Redis(connection_pool=pool)

@@ -1,0 +1,441 @@
+"""The reader's guarantees, each forced by a deterministic interleaving against the real worker."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+import redis
+
+from cdc_sync import CacheReader, CacheUnavailable
+from cdc_sync.config import load
+from cdc_sync.mysql import RowLoader
+from tests.helpers import WorkerProcess, wait_caught_up, wait_for, write_config
+from tests.integration.conftest import StartWorker
+from tests.servers import MySQLTarget, RedisTarget
+
+
+class GatedLoader(RowLoader):
+    """Loads the row, then blocks until released: the interleaving point of a racing fill."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.loaded = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+
+    def load(self, table: str, where: dict[str, object]) -> dict[str, Any] | None:
+        row = super().load(table, where)
+        self.calls += 1
+        self.loaded.set()
+        assert self.release.wait(30), "the test never released the loader"
+        return row
+
+
+READER_DEFAULTS = "[reader]\nholdoff_ms = 60000\nmax_staleness_ms = 60000\nlease_wait_ms = 200\n"
+
+
+def _tables(db: str, mode: str = "evict", extra: str = "") -> str:
+    return f"""
+[[tables]]
+table = "{db}.users"
+key = "user:{{id}}"
+mode = "{mode}"
+{extra}
+
+[[tables]]
+table = "{db}.orders"
+tags = ["user_id"]
+"""
+
+
+@pytest.fixture
+def schema(sql: pymysql.Connection) -> None:  # type: ignore[type-arg]
+    with sql.cursor() as cur:
+        cur.execute("CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(40))")
+        cur.execute("CREATE TABLE orders (id INT PRIMARY KEY, user_id INT, total INT)")
+        cur.execute("INSERT INTO users VALUES (1, 'old')")
+        cur.execute("INSERT INTO orders VALUES (1, 5, 10)")
+
+
+@pytest.fixture
+def make_reader(tmp_path: Path) -> Iterator[Callable[..., CacheReader]]:
+    readers: list[CacheReader] = []
+
+    def make(config_name: str = "w", loader: RowLoader | None = None, **overrides: Any) -> CacheReader:
+        cfg = load(tmp_path / f"{config_name}.toml")
+        if overrides:
+            from dataclasses import replace
+
+            cfg = replace(cfg, reader=replace(cfg.reader, **overrides))
+        reader = CacheReader(cfg, loader=loader)
+        readers.append(reader)
+        return reader
+
+    yield make
+    for reader in readers:
+        reader.close()
+
+
+def _heartbeat(r: redis.Redis) -> None:
+    wait_for(lambda: r.get("cdc:heartbeat") is not None, 30, "the worker's first heartbeat")
+
+
+def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+    t = threading.Thread(target=lambda: out.append(fn()))
+    t.start()
+    return t, out
+
+
+def test_miss_fills_and_next_read_hits(
+    start_worker: StartWorker, make_reader: Callable[..., CacheReader], db: str, schema: None, r: redis.Redis
+) -> None:
+    """A miss loads from MySQL and fills; the next read is a hit with the same value."""
+    start_worker(_tables(db), extra=READER_DEFAULTS)
+    _heartbeat(r)
+    reader = make_reader()
+    assert reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "old"}
+    assert json.loads(r.get("user:1") or b"") == {"id": 1, "name": "old"}
+    assert reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "old"}
+    assert (reader.stats["miss"], reader.stats["hit"], reader.stats["fill:stored"]) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("mode", ["evict", "update"])
+def test_fill_started_before_a_change_never_lands_after_it(
+    mode: str,
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    make_reader: Callable[..., CacheReader],
+    db: str,
+    schema: None,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+) -> None:
+    """Reader loads the old row, the change commits and is applied, then the fill is refused."""
+    w = start_worker(_tables(db, mode), extra=READER_DEFAULTS)
+    _heartbeat(r)
+    reader = make_reader()
+    gated = GatedLoader(reader.config.mysql, 2)
+    reader.row_loader = gated
+    t, out = _in_thread(lambda: reader.get_row(f"{db}.users", id=1))
+    assert gated.loaded.wait(30)
+    with sql.cursor() as cur:
+        cur.execute("UPDATE users SET name = 'new' WHERE id = 1")
+    wait_caught_up(r, sql, mysql_server.flavor, w)
+    gated.release.set()
+    t.join(30)
+    assert out == [{"id": 1, "name": "old"}], "the racing read returns what it read"
+    assert reader.stats["fill:lost"] == 1
+    cached = r.get("user:1")
+    if mode == "evict":
+        assert cached is None
+    else:
+        assert json.loads(cached or b"") == {"id": 1, "name": "new"}
+
+
+def test_fill_through_tags_never_lands_after_a_dependency_changes(
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    make_reader: Callable[..., CacheReader],
+    db: str,
+    schema: None,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+) -> None:
+    """fetch() with a column dependency: a change to a matching row refuses a fill that loaded before it."""
+    w = start_worker(_tables(db), extra=READER_DEFAULTS)
+    _heartbeat(r)
+    reader = make_reader()
+    loaded, release = threading.Event(), threading.Event()
+
+    def orders_of_5() -> list[int]:
+        with sql.cursor() as cur:
+            cur.execute("SELECT total FROM orders WHERE user_id = 5 ORDER BY id")
+            totals = [row[0] for row in cur.fetchall()]
+        loaded.set()
+        assert release.wait(30)
+        return totals
+
+    other = pymysql.connect(
+        host=mysql_server.host,
+        port=mysql_server.port,
+        user=mysql_server.user,
+        password=mysql_server.password,
+        database=db,
+        autocommit=True,
+    )
+    deps = [(f"{db}.orders", {"user_id": 5})]
+    t, out = _in_thread(lambda: reader.fetch("orders-of:5", orders_of_5, ttl=60, depends_on=deps))
+    assert loaded.wait(30)
+    with other.cursor() as cur:
+        cur.execute("INSERT INTO orders VALUES (2, 5, 20)")
+    wait_caught_up(r, other, mysql_server.flavor, w)
+    release.set()
+    t.join(30)
+    assert out == [[10]]
+    assert r.get("orders-of:5") is None, "the fill that loaded before the insert was refused"
+    # after the hold-off, a fill lands and a later matching change evicts it; other users' changes do not
+    r.delete("cdc:tinv:" + f"{db}.orders:user_id=5", "cdc:inv:orders-of:5")  # the hold-off markers' expiry
+    assert reader.fetch("orders-of:5", lambda: [10, 20], ttl=60, depends_on=deps) == [10, 20]
+    assert json.loads(r.get("orders-of:5") or b"") == [10, 20]
+    with other.cursor() as cur:
+        cur.execute("INSERT INTO orders VALUES (3, 6, 30)")
+    wait_caught_up(r, other, mysql_server.flavor, w)
+    assert r.get("orders-of:5") is not None, "user 6's order does not touch orders-of:5"
+    with other.cursor() as cur:
+        cur.execute("UPDATE orders SET total = 21 WHERE id = 2")
+    wait_caught_up(r, other, mysql_server.flavor, w)
+    assert r.get("orders-of:5") is None
+    other.close()
+
+
+def test_whole_table_dependency_is_evicted_by_any_change(
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    make_reader: Callable[..., CacheReader],
+    db: str,
+    schema: None,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+) -> None:
+    """depends_on=["schema.table"]: any row change of the table evicts the result."""
+    w = start_worker(_tables(db), extra=READER_DEFAULTS)
+    _heartbeat(r)
+    reader = make_reader()
+    assert reader.fetch("order-count", lambda: 1, ttl=0, depends_on=[f"{db}.orders"]) == 1
+    assert r.get("order-count") == b"1"
+    with sql.cursor() as cur:
+        cur.execute("DELETE FROM orders WHERE id = 1")
+    wait_caught_up(r, sql, mysql_server.flavor, w)
+    assert r.get("order-count") is None
+    assert reader.fetch("order-count", lambda: 0, ttl=0, depends_on=[f"{db}.orders"]) == 0
+    assert reader.stats["bypass:holdoff"] == 1, "within holdoff_ms of the change the result is not filled"
+    assert r.get("order-count") is None
+
+
+def test_no_fill_within_holdoff_after_an_invalidation(
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    make_reader: Callable[..., CacheReader],
+    db: str,
+    schema: None,
+    sql: pymysql.Connection,
+    r: redis.Redis,
+) -> None:  # type: ignore[type-arg]
+    """Right after an eviction readers read MySQL and do not fill; once the marker expires they fill again."""
+    w = start_worker(_tables(db), extra=READER_DEFAULTS)
+    _heartbeat(r)
+    reader = make_reader()
+    with sql.cursor() as cur:
+        cur.execute("UPDATE users SET name = 'new' WHERE id = 1")
+    wait_caught_up(r, sql, mysql_server.flavor, w)
+    assert 0 < r.pttl("cdc:inv:user:1") <= 60000
+    assert reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "new"}
+    assert reader.stats["bypass:holdoff"] == 1
+    assert r.exists("user:1") == 0
+    r.delete("cdc:inv:user:1")  # the marker's expiry
+    assert reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "new"}
+    assert r.exists("user:1") == 1
+
+
+def test_herd_of_200_misses_calls_the_loader_once(
+    start_worker: StartWorker, make_reader: Callable[..., CacheReader], db: str, schema: None, r: redis.Redis
+) -> None:
+    """200 concurrent misses on one key: exactly one loader call; everyone gets the filled value."""
+    start_worker(_tables(db), extra=READER_DEFAULTS)
+    _heartbeat(r)
+    reader = make_reader(lease_wait_ms=30000)
+    calls: list[int] = []
+    release = threading.Event()
+
+    def loader() -> dict[str, int]:
+        calls.append(1)
+        assert release.wait(30)
+        return {"answer": 42}
+
+    threads = [threading.Thread(target=lambda: results.append(reader.fetch("hot", loader, ttl=60))) for _ in range(200)]
+    results: list[Any] = []
+    for t in threads:
+        t.start()
+    wait_for(lambda: reader.stats["lease_wait"] == 199, 60, "199 readers waiting on the lease")
+    release.set()
+    for t in threads:
+        t.join(60)
+    assert len(calls) == 1
+    assert results == [{"answer": 42}] * 200
+
+
+def test_stopped_worker_stops_being_trusted_within_max_staleness(
+    start_worker: StartWorker,
+    make_reader: Callable[..., CacheReader],
+    db: str,
+    schema: None,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+) -> None:
+    """Worker killed, row updated: once the heartbeat is max_staleness_ms old, get_row returns the new row."""
+    w = start_worker(_tables(db), extra="[reader]\nmax_staleness_ms = 1500\n")
+    _heartbeat(r)
+    reader = make_reader()
+    assert reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "old"}
+    w.kill9()
+    with sql.cursor() as cur:
+        cur.execute("UPDATE users SET name = 'new' WHERE id = 1")
+    beat = int(r.get("cdc:heartbeat") or 0)
+
+    def redis_now() -> int:
+        s, us = r.time()
+        return int(s) * 1000 + int(us) // 1000
+
+    wait_for(lambda: redis_now() - beat > 1500, 10, "the heartbeat to age past max_staleness_ms")
+    assert reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "new"}
+    assert reader.stats["bypass:stale"] == 1
+
+
+def test_worker_never_started_means_every_read_goes_to_mysql(
+    tmp_path: Path,
+    mysql_server: MySQLTarget,
+    redis_server: RedisTarget,
+    make_reader: Callable[..., CacheReader],
+    db: str,
+    schema: None,
+    r: redis.Redis,
+) -> None:
+    """No heartbeat at all: reads bypass the cache and fill nothing."""
+    write_config(tmp_path / "w.toml", mysql_server, redis_server, _tables(db))
+    reader = make_reader()
+    for _ in range(2):
+        assert reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "old"}
+    assert reader.stats["bypass:no_heartbeat"] == 2
+    assert r.exists("user:1") == 0
+
+
+def test_redis_down_falls_back_to_mysql_unless_strict(
+    tmp_path: Path, mysql_server: MySQLTarget, make_reader: Callable[..., CacheReader], db: str, schema: None
+) -> None:
+    """Redis unreachable: the row comes from MySQL, counted and logged; strict mode raises CacheUnavailable."""
+    from structlog.testing import capture_logs
+
+    from cdc_sync.devservers import free_port
+
+    write_config(tmp_path / "w.toml", mysql_server, RedisTarget("127.0.0.1", free_port()), _tables(db))
+    reader = make_reader()
+    with capture_logs() as logs:
+        assert reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "old"}
+    assert reader.stats["redis_error"] >= 1 and reader.stats["bypass:redis_error"] == 1
+    assert any(e["event"] == "reader.redis_error" for e in logs)
+    strict = make_reader(strict=True)
+    with pytest.raises(CacheUnavailable):
+        strict.get_row(f"{db}.users", id=1)
+
+
+def test_negative_caching_only_when_configured(
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    make_reader: Callable[..., CacheReader],
+    db: str,
+    schema: None,
+    sql: pymysql.Connection,
+    r: redis.Redis,
+) -> None:  # type: ignore[type-arg]
+    """negative_ttl caches 'absent' as JSON null; the insert's eviction removes it."""
+    w = start_worker(_tables(db), extra=READER_DEFAULTS)
+    _heartbeat(r)
+    assert make_reader().get_row(f"{db}.users", id=9) is None
+    assert r.exists("user:9") == 0, "negative_ttl = 0: absence is not cached"
+    reader = make_reader(negative_ttl=60)
+    assert reader.get_row(f"{db}.users", id=9) is None
+    assert r.get("user:9") == b"null" and 0 < r.ttl("user:9") <= 60
+    assert reader.get_row(f"{db}.users", id=9) is None
+    assert reader.stats["hit"] == 1
+    with sql.cursor() as cur:
+        cur.execute("INSERT INTO users VALUES (9, 'nine')")
+    wait_caught_up(r, sql, mysql_server.flavor, w)
+    assert r.exists("user:9") == 0
+    assert reader.get_row(f"{db}.users", id=9) == {"id": 9, "name": "nine"}
+
+
+def test_reader_fills_exactly_what_the_worker_writes(
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    make_reader: Callable[..., CacheReader],
+    db: str,
+    sql: pymysql.Connection,
+    r: redis.Redis,
+) -> None:  # type: ignore[type-arg]
+    """For every documented type, a reader fill is byte-for-byte the worker's update-mode value."""
+    from tests.integration.test_types import INSERT, TABLE
+
+    with sql.cursor() as cur:
+        cur.execute("SET time_zone = '+00:00'")
+        cur.execute(TABLE)
+    w = start_worker(
+        f'[[tables]]\ntable = "{db}.alltypes"\nkey = "t:{{id}}"\nmode = "update"\n',
+        extra="[reader]\nholdoff_ms = 0\nmax_staleness_ms = 60000\n",
+    )
+    _heartbeat(r)
+    with sql.cursor() as cur:
+        cur.execute(INSERT)
+    wait_caught_up(r, sql, mysql_server.flavor, w)
+    key = "t:18446744073709551615"
+    written = r.get(key)
+    assert written is not None
+    r.delete(key)
+    reader = make_reader()
+    row = reader.get_row(f"{db}.alltypes", id=18446744073709551615)
+    assert r.get(key) == written
+    assert row == json.loads(written)
+
+
+def test_async_reader_has_the_same_semantics(
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    db: str,
+    schema: None,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    """AsyncCacheReader: miss fills, hit returns it, and a fill that raced a change is refused."""
+    import asyncio
+
+    from cdc_sync import AsyncCacheReader
+
+    w = start_worker(_tables(db), extra=READER_DEFAULTS)
+    _heartbeat(r)
+
+    async def scenario() -> None:
+        reader = AsyncCacheReader(load(tmp_path / "w.toml"))
+        assert await reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "old"}
+        assert await reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "old"}
+        loaded, release = asyncio.Event(), asyncio.Event()
+
+        async def orders() -> int:
+            loaded.set()
+            await release.wait()
+            return 1
+
+        task = asyncio.create_task(reader.fetch("n-orders", orders, ttl=60, depends_on=[f"{db}.orders"]))
+        await loaded.wait()
+        await asyncio.to_thread(_insert_and_wait)
+        release.set()
+        assert await task == 1
+        assert r.get("n-orders") is None
+        assert (reader.stats["hit"], reader.stats["fill:stored"], reader.stats["fill:lost"]) == (1, 1, 1)
+        await reader.close()
+
+    def _insert_and_wait() -> None:
+        with sql.cursor() as cur:
+            cur.execute("INSERT INTO orders VALUES (7, 7, 7)")
+        wait_caught_up(r, sql, mysql_server.flavor, w)
+
+    asyncio.run(scenario())
+
+
+_ = WorkerProcess
