@@ -52,6 +52,8 @@ def escape(value: object) -> str:
         return value.isoformat().translate(_ESCAPE_TABLE)
     if isinstance(value, dt.timedelta):  # MySQL TIME, rendered as the values are
         return time_text(value).translate(_ESCAPE_TABLE)
+    if isinstance(value, set | frozenset):  # MySQL SET: members sorted (a set's own order varies by process)
+        return ",".join(sorted(str(v) for v in value)).translate(_ESCAPE_TABLE)
     return str(value).translate(_ESCAPE_TABLE)
 
 

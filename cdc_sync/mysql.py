@@ -228,8 +228,8 @@ def normalize_row(row: dict[str, Any], kinds: dict[str, str]) -> dict[str, Any]:
             row[col] = int.from_bytes(value, "big")
         elif kind == "json" and isinstance(value, str | bytes):
             row[col] = json.loads(value)
-        elif kind in ("date", "datetime", "timestamp") and isinstance(value, str) and value.startswith("0000-00-00"):
-            row[col] = None
+        elif kind in ("date", "datetime", "timestamp") and isinstance(value, str):
+            row[col] = None  # PyMySQL gives text only for dates it cannot parse (zero parts); the binlog gives NULL
     return row
 
 

@@ -264,6 +264,8 @@ def _template_for(rule: TableRule, where: Mapping[str, object]) -> KeyTemplate:
 
 def _payload(lookup: Lookup, value: Any, negative_ttl: int) -> tuple[bytes | list[str] | None, int | None]:
     """What to fill for a loaded value, and with which TTL (None: fill nothing)."""
+    if value == []:  # a hash whose columns are all NULL cannot exist in Redis (the worker evicts it too)
+        return None, None
     if value is None:
         if negative_ttl > 0 and lookup.fmt == "j":
             return NEGATIVE, negative_ttl * 1000

@@ -13,6 +13,7 @@ JSON documents with text instead of bytes.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -69,6 +70,9 @@ _DECODE_ERRORS = (
 )
 
 
+_EPOCH = datetime.datetime(1970, 1, 1)
+
+
 class _LibraryReconnect(Exception):
     """Raised inside the library when it tries to reconnect the stream by itself."""
 
@@ -110,6 +114,8 @@ def _fixers(event: RowsEvent) -> list[tuple[str, Any]]:
             fixes.append((col.name, "float"))
         elif col.type == FIELD_TYPE.JSON:
             fixes.append((col.name, "json"))
+        elif col.type in (FIELD_TYPE.TIMESTAMP, FIELD_TYPE.TIMESTAMP2):
+            fixes.append((col.name, "timestamp"))
         elif col.type == FIELD_TYPE.STRING and (col.character_set_name or "").lower() == "binary":
             fixes.append((col.name, ("pad", getattr(col, "max_length", 0))))
     return fixes
@@ -129,6 +135,9 @@ def _fix_row(values: dict[str, Any], nones: Mapping[str, str], fixes: list[tuple
             values[name] = float32_text(value)
         elif fix == "json":
             values[name] = _json_text(value)
+        elif fix == "timestamp":
+            if value == _EPOCH:  # the zero TIMESTAMP ('0000-00-00 00:00:00') is stored as epoch 0
+                values[name] = None
         elif fix != "set" and isinstance(value, bytes) and len(value) < fix[1]:
             values[name] = value.ljust(fix[1], b"\0")
     return values

@@ -11,7 +11,7 @@ import pymysql
 import redis
 
 from cdc_sync.devservers import start_redis
-from tests.helpers import WorkerProcess, wait_caught_up, wait_for, write_config
+from tests.helpers import WorkerProcess, connect, wait_caught_up, wait_for, write_config
 from tests.integration.conftest import StartWorker
 from tests.servers import MySQLTarget, RedisTarget
 
@@ -124,14 +124,7 @@ def test_compressed_binlog_events_flush_instead_of_vanishing(
         with sql.cursor() as cur:
             cur.execute("SET GLOBAL log_bin_compress = ON")
             cur.execute("SET GLOBAL log_bin_compress_min_len = 10")
-        conn = pymysql.connect(
-            host=mysql_server.host,
-            port=mysql_server.port,
-            user=mysql_server.user,
-            password=mysql_server.password,
-            database=db,
-            autocommit=True,
-        )
+        conn = connect(mysql_server, db)
         with conn.cursor() as cur:  # a new session picks the setting up
             cur.execute("UPDATE users SET name = %s WHERE id = 1", ("compressed " * 50,))
         conn.close()

@@ -15,7 +15,7 @@ import redis
 from cdc_sync import CacheReader, CacheUnavailable
 from cdc_sync.config import load
 from cdc_sync.mysql import RowLoader
-from tests.helpers import WorkerProcess, wait_caught_up, wait_for, write_config
+from tests.helpers import WorkerProcess, connect, wait_caught_up, wait_for, write_config
 from tests.integration.conftest import StartWorker
 from tests.servers import MySQLTarget, RedisTarget
 
@@ -162,14 +162,7 @@ def test_fill_through_tags_never_lands_after_a_dependency_changes(
         assert release.wait(30)
         return totals
 
-    other = pymysql.connect(
-        host=mysql_server.host,
-        port=mysql_server.port,
-        user=mysql_server.user,
-        password=mysql_server.password,
-        database=db,
-        autocommit=True,
-    )
+    other = connect(mysql_server, db)
     deps = [(f"{db}.orders", {"user_id": 5})]
     t, out = _in_thread(lambda: reader.fetch("orders-of:5", orders_of_5, ttl=60, depends_on=deps))
     assert loaded.wait(30)

@@ -1,0 +1,163 @@
+"""Reader overhead, measured side by side in one run on throwaway servers with the real worker running.
+
+* hit: ``CacheReader.get_row`` on a cached row vs raw redis-py ``GET`` of the same key;
+* miss: ``get_row`` on an uncached row (lease, SELECT, fill) vs a naive ``GET`` → ``SELECT`` → ``SET``;
+* herd: 200 threads missing one key at once, with a 50 ms loader: loader calls and wall time, vs naive.
+A/B alternated, medians of ``--runs`` rounds. Prints a table and writes bench/reader.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pymysql
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cdc_sync import CacheReader  # noqa: E402
+from cdc_sync.config import load  # noqa: E402
+from cdc_sync.devservers import start_mariadb, start_redis  # noqa: E402
+
+ROWS = 3000
+
+
+def _per_op_us(fn: Any, keys: list[Any]) -> float:
+    t0 = time.perf_counter()
+    for k in keys:
+        fn(k)
+    return (time.perf_counter() - t0) / len(keys) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    mariadb, redis_srv = start_mariadb(), start_redis()
+    workdir = Path(tempfile.mkdtemp(prefix="cdc-bench-reader-"))
+    worker = None
+    try:
+        conn = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", autocommit=True)
+        with conn.cursor() as cur:
+            cur.execute("CREATE DATABASE b")
+            cur.execute("CREATE TABLE b.users (id INT PRIMARY KEY, email VARCHAR(64), name VARCHAR(64), "
+                        "balance DECIMAL(10,2), updated DATETIME)")
+            for base in range(0, ROWS * 2, 500):
+                cur.executemany("INSERT INTO b.users VALUES (%s, %s, %s, %s, '2024-01-02 03:04:05')",
+                                [(i, f"u{i}@x", f"user {i}", i / 100) for i in range(base, base + 500)])
+        cfg_path = workdir / "cdc-sync.toml"
+        cfg_path.write_text(f"""
+[mysql]
+port = {mariadb.port}
+[redis]
+url = "redis://127.0.0.1:{redis_srv.port}/0"
+[reader]
+max_staleness_ms = 600000
+[[tables]]
+table = "b.users"
+key = "user:{{id}}"
+[log]
+level = "warning"
+format = "json"
+""")
+        worker = subprocess.Popen([sys.executable, "-m", "cdc_sync", "run", "--config", str(cfg_path)], cwd=ROOT)
+        r = redis.Redis(connection_pool=redis.BlockingConnectionPool(port=redis_srv.port, max_connections=64))
+        while r.get("cdc:heartbeat") is None:
+            time.sleep(0.05)
+        reader = CacheReader(load(cfg_path))
+        naive_db = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", database="b", autocommit=True,
+                                   cursorclass=pymysql.cursors.DictCursor)
+
+        def naive_get(i: int) -> Any:
+            raw = r.get(f"naive:{i}")
+            if raw is not None:
+                return orjson.loads(raw)
+            with naive_db.cursor() as cur:
+                cur.execute("SELECT * FROM users WHERE id = %s", (i,))
+                row = cur.fetchone()
+            r.set(f"naive:{i}", orjson.dumps(row, default=str), ex=3600)
+            return row
+
+        hot = list(range(200))
+        for i in hot:  # warm both caches
+            reader.get_row("b.users", id=i)
+            naive_get(i)
+        results: dict[str, list[float]] = {"hit": [], "raw_get": [], "miss": [], "naive_miss": []}
+        for run in range(args.runs):
+            keys = hot * 10
+            results["raw_get"].append(_per_op_us(lambda i: r.get(f"user:{i}"), keys))
+            results["hit"].append(_per_op_us(lambda i: reader.get_row("b.users", id=i), keys))
+            lo = 200 + run * 900
+            cold = list(range(lo, lo + 400))
+            results["naive_miss"].append(_per_op_us(naive_get, cold))
+            results["miss"].append(_per_op_us(lambda i: reader.get_row("b.users", id=i), [c + 400 for c in cold]))
+
+        def herd(use_reader: bool, key_id: int) -> tuple[int, float]:
+            calls: list[int] = []
+
+            def slow_loader() -> dict[str, int]:
+                calls.append(1)
+                time.sleep(0.05)
+                return {"id": key_id}
+
+            def naive() -> None:
+                if r.get(f"naive-herd:{key_id}") is None:
+                    r.set(f"naive-herd:{key_id}", orjson.dumps(slow_loader()))
+
+            def via_reader() -> None:
+                reader.fetch(f"herd:{key_id}", slow_loader, ttl=60)
+
+            threads = [threading.Thread(target=via_reader if use_reader else naive) for _ in range(200)]
+            t0 = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            return len(calls), time.perf_counter() - t0
+
+        herd_reader = [herd(True, k) for k in range(args.runs)]
+        herd_naive = [herd(False, k) for k in range(args.runs)]
+        med = {k: statistics.median(v) for k, v in results.items()}
+        table = [
+            ("hit: get_row", med["hit"], med["hit"] / med["raw_get"], "vs raw GET"),
+            ("raw redis-py GET", med["raw_get"], 1.0, ""),
+            ("miss: get_row (lease+SELECT+fill)", med["miss"], med["miss"] / med["naive_miss"], "vs naive"),
+            ("naive GET->SELECT->SET", med["naive_miss"], 1.0, ""),
+        ]
+        print(f"{'scenario':<36}{'median us/op':>14}{'ratio':>8}")
+        for name, us, ratio, what in table:
+            print(f"{name:<36}{us:>14.1f}{ratio:>8.2f} {what}")
+        rc = statistics.median(c for c, _ in herd_reader)
+        nc = statistics.median(c for c, _ in herd_naive)
+        rw = statistics.median(w for _, w in herd_reader)
+        nw = statistics.median(w for _, w in herd_naive)
+        print(f"herd of 200 on one key: reader {rc:.0f} loader call(s) in {rw * 1000:.0f} ms; "
+              f"naive {nc:.0f} calls in {nw * 1000:.0f} ms")
+        out = {"per_op_us": results, "median_us": med, "herd": {"reader": herd_reader, "naive": herd_naive},
+               "ratios": {"hit_vs_raw_get": med["hit"] / med["raw_get"], "miss_vs_naive": med["miss"] / med["naive_miss"]},
+               "machine": {"python": platform.python_version(), "platform": platform.platform()},
+               "date": time.strftime("%Y-%m-%d")}
+        (ROOT / "bench" / "reader.json").write_text(json.dumps(out, indent=2))
+        reader.close()
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(10)
+        mariadb.stop()
+        redis_srv.stop()
+
+
+if __name__ == "__main__":
+    main()
