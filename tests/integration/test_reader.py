@@ -432,3 +432,16 @@ def test_async_reader_has_the_same_semantics(
 
 
 _ = WorkerProcess
+
+
+def test_script_cache_flushed_lookups_reload_and_still_hit(
+    start_worker: StartWorker, make_reader: Callable[..., CacheReader], db: str, schema: None, r: redis.Redis
+) -> None:
+    """SCRIPT FLUSH (a Redis restart or failover) answers NOSCRIPT once; the script is reloaded transparently."""
+    start_worker(_tables(db), extra=READER_DEFAULTS)
+    _heartbeat(r)
+    reader = make_reader()
+    assert reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "old"}
+    r.script_flush()
+    assert reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "old"}
+    assert (reader.stats["hit"], reader.stats["redis_error"]) == (1, 0)
