@@ -36,6 +36,8 @@ class SinkPort(Protocol):
     def apply(self, ops: Sequence[RedisOp], expected: str | None, new: str) -> bool: ...
     def count_keys(self, rules: Sequence[TableRule], limit: int = 1) -> int: ...
     def flush(self, rule: TableRule) -> int: ...
+    def server_identity(self) -> str | None: ...
+    def save_server_identity(self, identity: str) -> None: ...
 
 
 class Backoff(Protocol):
@@ -70,6 +72,8 @@ class Applier:
         self._gen = 0  # generation of what the reader queues; bumped on every rewind
         self._drop_gen = -1  # queued items of this generation or older are dropped
         self._watches: dict[tuple[str, str], list[CascadeWatch]] = {}
+        self._rows = threading.Condition()  # guards _queued_rows: rows waiting in the queue (memory bound)
+        self._queued_rows = 0
         self._thread = threading.Thread(target=self._loop, name="cdc-sync-applier", daemon=True)
         self._last_progress = time.monotonic()
         self._applied_since = 0
@@ -91,14 +95,21 @@ class Applier:
         Returns without queueing once ``give_up()`` is true (shutting down: the item stays unapplied and
         its position unrecorded, so it is read again after the restart).
         """
+        rows = _rows(item)
         while True:
             self.raise_failure()
+            if self.rewind_to is not None or (give_up is not None and give_up()):
+                return  # this generation is dropped anyway, or we are stopping
+            with self._rows:
+                if self._queued_rows and self._queued_rows + rows > self.cfg.queue_max_rows:
+                    self._rows.wait(0.2)
+                    continue
+                self._queued_rows += rows
             try:
                 self.queue.put((self._gen, item), timeout=0.2)
                 return
             except queue.Full:
-                if self.rewind_to is not None or (give_up is not None and give_up()):
-                    return  # this generation is dropped anyway, or we are stopping
+                self._release_rows(rows)
 
     def rewound(self) -> str:
         """The reader has restarted at ``rewind_to``: start a new generation; returns the position."""
@@ -111,6 +122,11 @@ class Applier:
     def raise_failure(self) -> None:
         if self.failure is not None:
             raise self.failure
+
+    def _release_rows(self, rows: int) -> None:
+        with self._rows:
+            self._queued_rows -= rows
+            self._rows.notify_all()
 
     def drain(self, give_up: Callable[[], bool] | None = None) -> None:
         """Wait until everything queued so far is applied (or ``give_up()``)."""
@@ -179,6 +195,7 @@ class Applier:
                     self._drop_gen = self._gen
                     self.rewind_to = rw.position
                 finally:
+                    self._release_rows(sum(_rows(i) for i in items))
                     for _ in range(len(items) + (1 if stop else 0)):
                         self.queue.task_done()
                 if stop:
@@ -208,6 +225,7 @@ class Applier:
                 return items, True
             gen, item = entry
             if gen <= self._drop_gen:
+                self._release_rows(_rows(item))
                 self.queue.task_done()
                 continue
             items.append(item)
@@ -299,7 +317,10 @@ class Applier:
         m.BATCHES.inc()
         m.BATCH_ROWS.observe(rows)
         m.APPLY_SECONDS.observe(seconds)
-        m.TRANSACTIONS_APPLIED.inc(len(txns))
+        chunks = sum(1 for t in txns if t.partial)
+        m.TRANSACTIONS_APPLIED.inc(len(txns) - chunks)
+        if chunks:
+            m.CHUNKS_APPLIED.inc(chunks)
         stamp = max((t.timestamp for t in txns), default=0)
         if stamp:
             m.LAST_APPLIED_TIMESTAMP.set(stamp)
@@ -311,3 +332,7 @@ class Applier:
             seconds_since = round(now - self._last_progress, 1)
             log.info("sync.progress", rows=self._applied_since, seconds=seconds_since, checkpoint=self.expected)
             self._last_progress, self._applied_since = now, 0
+
+
+def _rows(item: StreamItem) -> int:
+    return len(item.changes) if isinstance(item, Transaction) else 0

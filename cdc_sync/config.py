@@ -102,8 +102,10 @@ class TableRule:
 class WorkerConfig:
     """Tuning of the sync loop."""
 
-    batch_max_rows: int = 2000  # rows per atomic Redis step (whole transactions are never split...)
+    batch_max_rows: int = 2000  # rows per atomic Redis step (several whole transactions, or one chunk)
+    chunk_rows: int = 5000  # a transaction larger than this is applied in chunks (bounded memory)
     queue_max_transactions: int = 2000  # decoded transactions waiting for Redis (back-pressure)
+    queue_max_rows: int = 20000  # ... and their rows: with chunk_rows this bounds the worker's memory
     retry_initial_s: float = 0.1  # backoff for Redis and MySQL reconnects
     retry_max_s: float = 5.0
     shutdown_timeout_s: float = 4.0  # SIGTERM: time to finish the transaction in hand
@@ -410,7 +412,9 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path
     w = _Section(top._get("worker", dict, {}, "a table"), "worker")
     worker = WorkerConfig(
         batch_max_rows=w.int_("batch_max_rows", 2000, 1, 1_000_000),
+        chunk_rows=w.int_("chunk_rows", 5000, 1, 10_000_000),
         queue_max_transactions=w.int_("queue_max_transactions", 2000, 1, 1_000_000),
+        queue_max_rows=w.int_("queue_max_rows", 20000, 1, 100_000_000),
         retry_initial_s=w.float_("retry_initial_s", 0.1, 0.001),
         retry_max_s=w.float_("retry_max_s", 5.0, 0.001),
         shutdown_timeout_s=w.float_("shutdown_timeout_s", 4.0, 0.1),

@@ -70,7 +70,18 @@ class LocalServer:
     directory: Path
     proc: subprocess.Popen[bytes]
     keep_dir: bool = False
-    extra: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)  # the command line, for restart()
+    log: Path | None = None
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Stop the server (keeping its data) and start it again with the same command line and port."""
+        keep, self.keep_dir = self.keep_dir, True
+        self.stop()
+        self.keep_dir = keep
+        self.proc = subprocess.Popen(
+            self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        _wait_port(self.port, self.proc, self.log or self.directory / "none.log", timeout)
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and remove its directory."""
@@ -128,7 +139,7 @@ def start_mariadb(extra_args: tuple[str, ...] = (), timeout: float = 60.0) -> Lo
     ]
     # own session: a Ctrl-C meant for the caller (demo, pytest) must not kill the server under it
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    server = LocalServer("mariadb", port, directory, proc)
+    server = LocalServer("mariadb", port, directory, proc, args=args, log=log)
     try:
         _wait_port(port, proc, log, timeout)
     except BaseException:
@@ -143,27 +154,10 @@ def start_redis(timeout: float = 20.0) -> LocalServer:
     directory = Path(tempfile.mkdtemp(prefix="cdc-sync-redis-"))
     port = free_port()
     log = directory / "redis.log"
-    proc = subprocess.Popen(
-        [
-            redis_server,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(directory),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--logfile",
-            str(log),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    server = LocalServer("redis", port, directory, proc)
+    args = [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
+    args += ["--save", "", "--appendonly", "no", "--logfile", str(log)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = LocalServer("redis", port, directory, proc, args=args, log=log)
     try:
         _wait_port(port, proc, log, timeout)
     except BaseException:

@@ -49,6 +49,7 @@ class Transaction:
     timestamp: int = 0  # binlog event time, seconds since the epoch
     gtid: str | None = None
     evict_only: bool = False  # True for a ROLLBACK group: evict, never write values
+    partial: bool = False  # a chunk of a large transaction still open: the position is the previous one
 
 
 @dataclass(frozen=True, slots=True)

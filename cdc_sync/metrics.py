@@ -6,6 +6,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 CHANGES_APPLIED = Counter("cdc_sync_changes_applied", "Row changes applied to Redis", ["table", "op"])
 TRANSACTIONS_APPLIED = Counter("cdc_sync_transactions_applied", "Transactions applied (checkpoint moved past them)")
+CHUNKS_APPLIED = Counter(
+    "cdc_sync_chunks_applied", "Chunks of large transactions applied (evicted) before their commit"
+)
 TRANSACTIONS_SKIPPED = Counter(
     "cdc_sync_transactions_skipped", "Transactions skipped because the checkpoint already covered them (replays)"
 )

@@ -192,6 +192,14 @@ class RedisSink:
         keys = [self.checkpoint_key, f"{self.ns}:heartbeat"]
         return bool(self._call("heartbeat", self._beat, keys=keys, args=[expected, ms]))
 
+    def server_identity(self) -> str | None:
+        """Which MySQL server the checkpoint was read from (``<ns>:server``)."""
+        value = self._call("GET server", self.client.get, f"{self.ns}:server")
+        return value.decode() if value is not None else None
+
+    def save_server_identity(self, identity: str) -> None:
+        self._call("SET server", self.client.set, f"{self.ns}:server", identity)
+
     def rule_fingerprints(self) -> dict[str, str]:
         """What ``<ns>:rules`` records of the rules the cache was last filled under (table → JSON)."""
         raw = self._call("HGETALL rules", self.client.hgetall, f"{self.ns}:rules")

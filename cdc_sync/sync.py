@@ -28,7 +28,7 @@ from cdc_sync.config import Config, TableRule, check_against_schema, rule_finger
 from cdc_sync.errors import ConfigError, PositionLostError, RewindRequired, ServerConfigError, SourceError
 from cdc_sync.events import Flush, RawEvent, ServerInfo, Transaction
 from cdc_sync.mysql import CascadeEdge
-from cdc_sync.positions import PositionError, PositionTracker
+from cdc_sync.positions import PositionError, PositionTracker, reached
 from cdc_sync.transactions import Assembler
 
 log = logs.get("cdc_sync.sync")
@@ -156,6 +156,7 @@ class Worker:
                 raise ConfigError(f"Redis key {self.config.redis.namespace}:checkpoint holds {exc}") from None
             self.applier.expected = checkpoint
             self._reconcile_rules(fresh=False)
+            checkpoint = self._check_lineage(info, checkpoint)
             log.info("sync.resume", checkpoint=checkpoint, flavor=info.flavor, server_version=info.version)
             return checkpoint
         start = initial_position(info, self.config.mysql.start, self.config.mysql.position_mode)
@@ -164,6 +165,8 @@ class Worker:
             log.error("sync.no_checkpoint_with_keys", action="flush")
             self.applier.flush([Flush("no_checkpoint", r.schema, r.table) for r in self.rules])
         self._reconcile_rules(fresh=True)
+        identity = f"{info.flavor}:{info.server_uuid or info.variables.get('server_id', '')}"
+        self._retry_sink("server identity", lambda: self._sink.save_server_identity(identity))
         # Record the start at once, so a restart before the first change resumes from here.
         try:
             self._retry_sink("checkpoint", lambda: self._sink.apply([], None, start))
@@ -174,6 +177,45 @@ class Worker:
         self.applier.expected = start
         log.info("sync.fresh_start", start=start, mode=self.config.mysql.start, flavor=info.flavor)
         return start
+
+    def _check_lineage(self, info: ServerInfo, checkpoint: str) -> str:
+        """Make sure the server's history contains the checkpoint; if not, flush and start at its end.
+
+        GTID checkpoints: the server's GTID state must include the checkpoint (a server with another
+        lineage, or one restored from an older backup, does not). File checkpoints: the server must be the
+        one that wrote them (same ``server_uuid``/``server_id``), since file offsets mean nothing elsewhere.
+        """
+        identity = f"{info.flavor}:{info.server_uuid or info.variables.get('server_id', '')}"
+        stored = self._retry_sink("server identity", self._sink.server_identity)
+        kind = PositionTracker(checkpoint).kind
+        if kind == "file":
+            changed = stored is not None and stored != identity
+        else:
+            try:
+                changed = not info.gtid_position or not reached(info.gtid_position, checkpoint)
+            except PositionError:
+                changed = True
+        if changed:
+            start = initial_position(info, "current", self.config.mysql.position_mode)
+            m.REWINDS.labels(reason="lineage_changed").inc()
+            log.error(
+                "source.lineage_changed",
+                checkpoint=checkpoint,
+                server_position=info.gtid_position or info.file_position,
+                server=identity,
+                previous_server=stored,
+                action="flush_all",
+                start=start,
+            )
+            self.applier.flush([Flush("lineage_changed", r.schema, r.table) for r in self.rules])
+            try:
+                self._retry_sink("checkpoint", lambda: self._sink.apply([], checkpoint, start))
+            except RewindRequired as exc:
+                raise ConfigError(f"checkpoint changed under the worker during start-up ({exc})") from None
+            self.applier.expected = checkpoint = start
+        if stored != identity:
+            self._retry_sink("server identity", lambda: self._sink.save_server_identity(identity))
+        return checkpoint
 
     def _watch_cascades(self, edges: list[CascadeEdge]) -> None:
         watches = cascades.watches(edges, self.rules)
@@ -280,7 +322,9 @@ class Worker:
                 log.warning("worker.shutdown_incomplete", queued=queued, checkpoint=self.applier.expected)
 
     def _assembler(self, position: str) -> Assembler:
-        return Assembler(PositionTracker(position), self.rules, on_skip=self._on_skip)
+        return Assembler(
+            PositionTracker(position), self.rules, on_skip=self._on_skip, chunk_rows=self.config.worker.chunk_rows
+        )
 
     def _position_lost(self, assembler: Assembler, exc: PositionLostError) -> Assembler:
         """The position is gone from the server: drain, flush everything, restart at the server's end."""

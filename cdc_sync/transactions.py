@@ -50,10 +50,12 @@ class Assembler:
         tracker: PositionTracker,
         rules: Sequence[TableRule],
         on_skip: Callable[[Transaction], None] | None = None,
+        chunk_rows: int = 0,
     ) -> None:
         self.tracker = tracker
         self.rules = list(rules)
         self._on_skip = on_skip
+        self.chunk_rows = chunk_rows  # 0: never split a transaction
         self.reset()
 
     def reset(self) -> None:
@@ -71,6 +73,8 @@ class Assembler:
             self._open = True
             self._changes.extend(ev.changes)
             self._evict_only = self._evict_only or ev.evict_only
+            if self.chunk_rows and len(self._changes) >= self.chunk_rows:
+                return self._chunk()
             return None
         if isinstance(ev, RawBegin):
             if ev.gtid is not None:
@@ -108,6 +112,15 @@ class Assembler:
                 return Heartbeat(self.tracker.render())
             return Heartbeat()
         raise TypeError(f"unexpected event {ev!r}")
+
+    def _chunk(self) -> Transaction:
+        """Hand over the rows read so far of a large transaction, as evictions at the previous position.
+
+        The transaction's end (a commit, or a ROLLBACK of non-transactional rows) is not known yet, so these
+        rows are only evicted, never written; the checkpoint does not move until the commit.
+        """
+        chunk, self._changes = tuple(self._changes), []
+        return Transaction(position=self.tracker.render(), changes=chunk, evict_only=True, partial=True)
 
     def _commit(self, file: str, pos: int, timestamp: int, evict_only: bool) -> Transaction | None:
         txn_changes, flushes, gtid = tuple(self._changes), tuple(self._flushes), self._gtid

@@ -61,6 +61,7 @@ def write_config(
     user: str | None = None,
     password: str | None = None,
     server_id: int = 4242,
+    worker: str = "",
 ) -> Path:
     path.write_text(
         f"""
@@ -80,6 +81,7 @@ namespace = "{namespace}"
 [worker]
 retry_initial_s = 0.05
 retry_max_s = 0.5
+{worker}
 
 [log]
 level = "debug"

@@ -101,6 +101,13 @@ class FakeSink:
                 raise SinkUnavailable("fake: timeout reading reply")
             return True
 
+    def server_identity(self) -> str | None:
+        value = self.store.get("cdc:server")
+        return None if value is None else str(value)
+
+    def save_server_identity(self, identity: str) -> None:
+        self.store["cdc:server"] = identity
+
     def count_keys(self, rules: Sequence[TableRule], limit: int = 1) -> int:
         return sum(1 for k in self.store if not k.startswith("cdc:"))
 

@@ -136,46 +136,20 @@ def test_redis_restart_loses_checkpoint_worker_flushes_and_continues(
             cur.execute("INSERT INTO users VALUES (1, 'a@x', 'A')")
         wait_caught_up(r, sql, mysql_server.flavor, w)
         server.keep_dir = True
-        server.stop()
+        server.stop()  # Redis keeps nothing on disk: it comes back empty
         with sql.cursor() as cur:
             cur.execute("INSERT INTO users VALUES (2, 'b@x', 'B')")
             cur.execute("UPDATE users SET name='A2' WHERE id=1")
         wait_for(lambda: "sink.unavailable" in w.event_names(), 30, "worker to notice Redis is gone")
-        server2 = start_redis_on(server.port, server.directory)
+        server.restart()
         r = redis.Redis(port=server.port)
         wait_caught_up(r, sql, mysql_server.flavor, w)
         assert json.loads(r.get("user:2") or b"")["name"] == "B"
         assert json.loads(r.get("user:1") or b"")["name"] == "A2"
         assert "sync.checkpoint_lost" in w.event_names()
-        server2.stop()
     finally:
         server.keep_dir = False
         server.stop()
-
-
-def start_redis_on(port: int, directory: Path):  # type: ignore[no-untyped-def]
-    """Start redis-server again on the same port (the worker reconnects to the same URL)."""
-    from cdc_sync.devservers import LocalServer, _wait_port
-
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    _wait_port(port, proc, directory / "none.log", 20)
-    return LocalServer("redis", port, directory, proc)
 
 
 def test_redis_rolled_back_to_old_snapshot_rewinds_and_replays(

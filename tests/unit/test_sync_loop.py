@@ -189,3 +189,51 @@ def test_stop_returns_even_while_redis_is_down() -> None:
     thread.join(10)
     assert not thread.is_alive()
     assert sink.load_checkpoint() == "0-1-1", "nothing was recorded as applied"
+
+
+def test_checkpoint_unknown_to_the_server_flushes_and_starts_at_its_end() -> None:
+    """A GTID checkpoint the server's history does not include (another lineage): flush all, start at its end."""
+    sink = FakeSink()
+    sink.store.update({"cdc:checkpoint": "0-1-500", "user:1": b"from the old lineage"})
+    source = FakeSource({}, threading.Event())
+    worker = Worker(CONFIG, source, FakeAdmin(COLUMNS, gtid_position="0-2-10"), sink, NoBackoff())
+    with capture_logs() as logs, running(worker):
+        wait_until(lambda: source.starts == ["0-2-10"])
+    assert sink.load_checkpoint() == "0-2-10"
+    assert "user:1" not in sink.store
+    assert "source.lineage_changed" in [e["event"] for e in logs]
+
+
+def test_file_checkpoint_from_another_server_flushes() -> None:
+    """A file checkpoint written against another server identity is meaningless here: flush, start at the end."""
+    sink = FakeSink()
+    sink.store.update({"cdc:checkpoint": "bin.000009:999", "cdc:server": "mariadb:7", "user:1": b"old"})
+    admin = FakeAdmin(COLUMNS, gtid_position="")
+    admin.variables["server_id"] = "1"
+    source = FakeSource({}, threading.Event())
+    worker = Worker(CONFIG, source, admin, sink, NoBackoff())
+    with running(worker):
+        wait_until(lambda: source.starts == ["bin.000001:4"])
+    assert "user:1" not in sink.store
+    assert sink.store["cdc:server"] == "mariadb:1"
+
+
+def test_large_transaction_is_applied_in_chunks_and_the_checkpoint_waits_for_its_commit() -> None:
+    """A transaction of 25 rows with chunk_rows=10: two chunks evict early at the old checkpoint, the commit lands."""
+    config = make_config(
+        {"table": "shop.users", "key": "user:{id}", "mode": "update"}, worker={"chunk_rows": 10, "batch_max_rows": 10}
+    )
+    sink = FakeSink()
+    sink.store["cdc:checkpoint"] = "0-1-1"
+    for i in range(25):
+        sink.store[f"user:{i}"] = b"stale"
+    big: list[RawEvent] = [RawBegin(gtid="0-1-2", opens=True)]
+    big += [RawRows((ins(i, f"n{i}"),)) for i in range(25)]
+    big.append(RawCommit("bin.000001", 500, 0))
+    source = FakeSource({"0-1-1": big}, threading.Event())
+    worker = Worker(config, source, FakeAdmin(COLUMNS), sink, NoBackoff())
+    with running(worker):
+        wait_until(lambda: sink.load_checkpoint() == "0-1-2")
+    assert sink.applied_steps[:2] == ["0-1-1", "0-1-1"], "chunks keep the old checkpoint"
+    assert all(f"user:{i}" not in sink.store for i in range(20)), "chunked rows are evicted"
+    assert all(value(sink, f"user:{i}") == {"id": i, "name": f"n{i}"} for i in range(20, 25))
