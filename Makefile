@@ -44,5 +44,9 @@ lint: setup
 demo: setup
 	$(BIN)/python tools/demo.py
 
+# The long consistency profile (about 6 minutes, 30 faults); the short one runs in `make test`.
+consistency: setup
+	$(BIN)/python -m tests.consistency.checker --profile long --seed $${SEED:-1}
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -25,7 +25,7 @@ from cdc_sync import cascades, logs
 from cdc_sync import metrics as m
 from cdc_sync.applier import Applier, Backoff, SinkPort
 from cdc_sync.config import Config, TableRule, check_against_schema, rule_fingerprint, rule_from_fingerprint
-from cdc_sync.errors import ConfigError, PositionLostError, RewindRequired, ServerConfigError, SourceError
+from cdc_sync.errors import CdcSyncError, ConfigError, PositionLostError, RewindRequired, ServerConfigError, SourceError
 from cdc_sync.events import Flush, RawEvent, ServerInfo, Transaction
 from cdc_sync.mysql import CascadeEdge
 from cdc_sync.positions import PositionError, PositionTracker, reached
@@ -185,6 +185,8 @@ class Worker:
         lineage, or one restored from an older backup, does not). File checkpoints: the server must be the
         one that wrote them (same ``server_uuid``/``server_id``), since file offsets mean nothing elsewhere.
         """
+        # The server's position now, read after the checkpoint: a single worker's checkpoint cannot be past it.
+        info = self._retry_source("server_info", self._admin.server_info)
         identity = f"{info.flavor}:{info.server_uuid or info.variables.get('server_id', '')}"
         stored = self._retry_sink("server identity", self._sink.server_identity)
         kind = PositionTracker(checkpoint).kind
@@ -211,7 +213,7 @@ class Worker:
             try:
                 self._retry_sink("checkpoint", lambda: self._sink.apply([], checkpoint, start))
             except RewindRequired as exc:
-                raise ConfigError(f"checkpoint changed under the worker during start-up ({exc})") from None
+                raise CdcSyncError(f"another worker is writing this namespace ({exc}); run one per namespace") from None
             self.applier.expected = checkpoint = start
         if stored != identity:
             self._retry_sink("server identity", lambda: self._sink.save_server_identity(identity))
