@@ -21,6 +21,7 @@ any two fields; then the rendered key splits back into its values unambiguously.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ _ESCAPED_CHARS = frozenset("%:{} ") | {chr(c) for c in range(0x20)} | {"\x7f"}
 _ESCAPE_TABLE = {ord(c): f"%{ord(c):02X}" for c in _ESCAPED_CHARS}
 _SAFE_BYTES = frozenset(range(0x21, 0x7F)) - {ord(c) for c in "%:{}"}
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+# One rendered value: characters escape() keeps, or %XX escapes; never ':', '{', '}', '%', space, control chars.
+_VALUE_RE = r"(?:[^:{}% \x00-\x1f\x7f]|%[0-9A-F]{2})+"
 
 
 def escape(value: object) -> str:
@@ -113,6 +116,17 @@ class KeyTemplate:
             parts.append(literal)
         return "".join(parts)
 
+    def matches(self, key: str) -> bool:
+        """True when ``key`` is one this template can render (exact: SCAN patterns are broader)."""
+        return self._regex().fullmatch(key) is not None
+
+    def _regex(self) -> re.Pattern[str]:
+        parts = [re.escape(self.literals[0])]
+        for literal in self.literals[1:]:
+            parts.append(_VALUE_RE)
+            parts.append(re.escape(literal))
+        return re.compile("".join(parts), re.S)
+
     def pattern(self) -> str:
         """A Redis SCAN/KEYS glob that matches every key this template can render (and few others)."""
         parts = [glob_escape(self.literals[0])]
@@ -141,3 +155,38 @@ def tag_suffix(table: str, columns: Sequence[str] = (), row: Mapping[str, object
         value = row[col]
         parts.append(f"{col}={'%N' if value is None else escape(value)}")
     return ":".join(parts)
+
+
+def templates_overlap(a: KeyTemplate, b: KeyTemplate) -> bool:
+    """True when some key could be rendered by both templates (two rules would then share keys).
+
+    Fields never contain ':' (it is always escaped), so a field may stand for any text without ':'; the
+    two patterns are intersected on that basis (conservative: it may report an overlap that would need an
+    empty field value).
+    """
+    if "".join(a.literals).count(":") != "".join(b.literals).count(":"):
+        return False
+    p, q = _glob_tokens(a), _glob_tokens(b)
+
+    @functools.cache
+    def meet(i: int, j: int) -> bool:
+        if i == len(p) and j == len(q):
+            return True
+        if i < len(p) and p[i] is None:  # p's field ends here, or takes one more character of q
+            return meet(i + 1, j) or (j < len(q) and q[j] != ":" and meet(i, j + 1))
+        if j < len(q) and q[j] is None:
+            return meet(i, j + 1) or (i < len(p) and p[i] != ":" and meet(i + 1, j))
+        if i < len(p) and j < len(q):
+            return p[i] == q[j] and meet(i + 1, j + 1)
+        return False
+
+    return meet(0, 0)
+
+
+def _glob_tokens(t: KeyTemplate) -> tuple[str | None, ...]:
+    """Literal characters, with None for each field."""
+    out: list[str | None] = list(t.literals[0])
+    for literal in t.literals[1:]:
+        out.append(None)
+        out.extend(literal)
+    return tuple(out)

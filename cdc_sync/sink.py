@@ -250,7 +250,10 @@ class RedisSink:
                 self._call("UNLINK", self.client.unlink, *page)
         for template in rule.templates:
             for page in self._scan(template.pattern()):
-                deleted += int(self._call("UNLINK", self.client.unlink, *page))
+                # the glob is broader than the template (a field's * also matches ':'): keep only its own keys
+                mine = [k for k in page if template.matches(k.decode(errors="replace"))]
+                if mine:
+                    deleted += int(self._call("UNLINK", self.client.unlink, *mine))
         # Keys that depend on the table through reader tags: the whole-table tag and every column tag.
         table_tag = f"{self.ns}:tag:{glob_escape(rule.name)}"
         tag_suffixes = [rule.name]
