@@ -445,3 +445,18 @@ def test_script_cache_flushed_lookups_reload_and_still_hit(
     r.script_flush()
     assert reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "old"}
     assert (reader.stats["hit"], reader.stats["redis_error"]) == (1, 0)
+
+
+def test_readers_bypass_while_a_table_is_flushed(
+    start_worker: StartWorker, make_reader: Callable[..., CacheReader], db: str, schema: None, r: redis.Redis
+) -> None:
+    """While <ns>:flushing:<table> exists (a DDL flush in progress), reads go to MySQL and fill nothing."""
+    start_worker(_tables(db), extra=READER_DEFAULTS)
+    _heartbeat(r)
+    reader = make_reader()
+    r.set(f"cdc:flushing:{db}.users", "1")
+    assert reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "old"}
+    assert reader.stats["bypass:flushing"] == 1 and r.exists("user:1") == 0
+    r.delete(f"cdc:flushing:{db}.users")
+    reader.get_row(f"{db}.users", id=1)
+    assert r.exists("user:1") == 1
