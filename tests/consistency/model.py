@@ -4,10 +4,12 @@ Every written value is unique, so a read's value names exactly one version. A re
 version after the one it returned had committed more than ``max_staleness_ms`` before the read started; a
 read is a **phantom** when it returns a value that was never committed (or not yet, when the read ended).
 Commit times are taken by the writers: ``t_start`` before COMMIT is sent, ``t_end`` after it returns.
+Reads are judged after the run, when the history is complete (judging does not lock or copy).
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ class Verdict:
 
 
 class History:
-    """Thread-safe record of versions per (table, id)."""
+    """Versions per (table, id); recording is thread-safe, judging expects the history to be complete."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -38,6 +40,8 @@ class History:
         self.by_value: dict[str, tuple[str, int, int]] = {}
         self.rolled_back: set[str] = set()
         self.group_members: dict[int, set[int]] = defaultdict(set)
+        self._starts: dict[tuple[str, int], list[float]] = {}
+        self._last_out: dict[tuple[str, int, int | None], list[int]] = {}
 
     def record(self, table: str, row_id: int, v: str | None, grp: int | None, t_start: float, t_end: float) -> None:
         with self._lock:
@@ -60,52 +64,62 @@ class History:
         with self._lock:
             return self.versions[(table, row_id)][-1]
 
-    @staticmethod
-    def _staleness(versions: list[Version], i: int, rs: float) -> float:
+    # ---- judging (after the run) ----------------------------------------------------------------
+
+    def _staleness(self, key: tuple[str, int], i: int, rs: float) -> float:
         """How long before the read started the next version had surely committed (0 if it had not)."""
+        versions = self.versions[key]
         if i + 1 >= len(versions):
             return 0.0
         return max(0.0, rs - versions[i + 1].t_end)
 
+    def _latest_out(self, key: tuple[str, int], grp: int | None, re: float) -> int | None:
+        """The latest version committed (started) by ``re`` in which the row is absent (or not in ``grp``).
+
+        Later versions have later successors, so the latest candidate is the freshest explanation of an absence.
+        """
+        starts = self._starts.get(key)
+        if starts is None:
+            starts = self._starts[key] = [ver.t_start for ver in self.versions[key]]
+        marks = self._last_out.get((*key, grp))
+        if marks is None:
+            last, marks = -1, []
+            for i, ver in enumerate(self.versions[key]):
+                if ver.v is None or (grp is not None and ver.grp != grp):
+                    last = i
+                marks.append(last)
+            self._last_out[(*key, grp)] = marks
+        k = bisect.bisect_right(starts, re) - 1
+        return None if k < 0 or marks[k] < 0 else marks[k]
+
+    def _found(self, table: str, row_id: int, v: str, re: float) -> int | None:
+        """Index of the version that wrote ``v`` to this row, if it could have been seen by ``re``."""
+        hit = self.by_value.get(v)
+        if v in self.rolled_back or hit is None or hit[:2] != (table, row_id):
+            return None
+        return hit[2] if self.versions[(table, row_id)][hit[2]].t_start <= re else None
+
     def judge_row(self, table: str, row_id: int, value: str | None, rs: float, re: float, max_stale: float) -> Verdict:
-        with self._lock:
-            versions = list(self.versions[(table, row_id)])
-            found = self.by_value.get(value) if value is not None else None
-            rolled_back = value in self.rolled_back if value is not None else False
-        if value is not None:
-            if rolled_back or found is None or found[:2] != (table, row_id) or versions[found[2]].t_start > re:
-                return Verdict("phantom", INF)
-            staleness = self._staleness(versions, found[2], rs)
-        else:
-            candidates = [i for i, ver in enumerate(versions) if ver.v is None and ver.t_start <= re]
-            staleness = min(self._staleness(versions, i, rs) for i in candidates)
+        key = (table, row_id)
+        i = self._found(table, row_id, value, re) if value is not None else self._latest_out(key, None, re)
+        if i is None:
+            return Verdict("phantom", INF)
+        staleness = self._staleness(key, i, rs)
         return Verdict("stale" if staleness > max_stale else "fresh", staleness)
 
     def judge_group(self, grp: int, result: list[tuple[int, str]], rs: float, re: float, max_stale: float) -> Verdict:
         """A group query result: every member's value and every absence must be fresh enough."""
-        with self._lock:
-            members = set(self.group_members[grp])
-            snapshot = {i: list(self.versions[("items", i)]) for i in members | {r for r, _ in result}}
-            found = {v: self.by_value.get(v) for _, v in result}
-            rolled = {v for _, v in result if v in self.rolled_back}
         worst = 0.0
         present = set()
         for row_id, v in result:
             present.add(row_id)
-            hit = found.get(v)
-            versions = snapshot[row_id]
-            if v in rolled or hit is None or hit[:2] != ("items", row_id):
+            i = self._found("items", row_id, v, re)
+            if i is None or self.versions[("items", row_id)][i].grp != grp:
                 return Verdict("phantom", INF)
-            ver = versions[hit[2]]
-            if ver.grp != grp or ver.t_start > re:
-                return Verdict("phantom", INF)
-            worst = max(worst, self._staleness(versions, hit[2], rs))
-        for row_id in members - present:
-            versions = snapshot[row_id]
-            candidates = [
-                i for i, ver in enumerate(versions) if (ver.v is None or ver.grp != grp) and ver.t_start <= re
-            ]
-            if not candidates:
+            worst = max(worst, self._staleness(("items", row_id), i, rs))
+        for row_id in self.group_members[grp] - present:
+            j = self._latest_out(("items", row_id), grp, re)
+            if j is None:
                 return Verdict("stale", INF)
-            worst = max(worst, min(self._staleness(versions, i, rs) for i in candidates))
+            worst = max(worst, self._staleness(("items", row_id), j, rs))
         return Verdict("stale" if worst > max_stale else "fresh", worst)
