@@ -86,6 +86,8 @@ mode = "{mode}"
 [log]
 level = "warning"
 format = "json"
+[metrics]
+listen = "127.0.0.1:0"
 """)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "cdc_sync", "run", "--config", str(cfg)], cwd=ROOT)

@@ -71,6 +71,8 @@ key = "user:{{id}}"
 [log]
 level = "warning"
 format = "json"
+[metrics]
+listen = "127.0.0.1:0"
 """)
         worker = subprocess.Popen([sys.executable, "-m", "cdc_sync", "run", "--config", str(cfg_path)], cwd=ROOT)
         r = redis.Redis(connection_pool=redis.BlockingConnectionPool(port=redis_srv.port, max_connections=64))

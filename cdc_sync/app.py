@@ -15,6 +15,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from cdc_sync import logs
 from cdc_sync.config import Config
 from cdc_sync.errors import CdcSyncError, ConfigError
+from cdc_sync.health import HealthServer
 from cdc_sync.heartbeat import Prober
 from cdc_sync.mysql import MySQLAdmin
 from cdc_sync.sink import RedisSink
@@ -35,6 +36,18 @@ class Service:
         backoff = ExponentialWithJitterBackoff(cap=config.worker.retry_max_s, base=config.worker.retry_initial_s)
         self.worker = Worker(config, self._source, MySQLAdmin(config.mysql), self.sink, backoff, rules_store=self.sink)
         self.prober: Prober | None = None
+        self.http: HealthServer | None = None
+        if config.metrics.listen:
+            ready_lag = config.metrics.ready_max_lag_s
+            try:
+                self.http = HealthServer(
+                    config.metrics.listen, lambda: self.worker.health(self._heartbeat_age, ready_lag)
+                )
+            except OSError as exc:
+                raise ConfigError(f"metrics.listen: cannot listen on {config.metrics.listen}: {exc.strerror}") from None
+
+    def _heartbeat_age(self) -> float | None:
+        return self.prober.heartbeat_age_s() if self.prober is not None else None
 
     def _source(self, tables: Iterable[tuple[str, str]]) -> BinlogSource:
         # prepare() has read the server's flavor before the first stream is opened
@@ -54,17 +67,26 @@ class Service:
         self.prober.start()
 
     def run(self) -> None:
+        if self.http is not None:
+            self.http.start()
+            log.info("worker.http_listening", listen=self.config.metrics.listen, port=self.http.port)
         try:
             self.worker.run(on_ready=self._start_prober)
         finally:
             if self.prober is not None:
                 self.prober.stop()
+            if self.http is not None:
+                self.http.stop()
             self.sink.close()
 
 
 def run(config: Config) -> int:
     """Run the worker until SIGTERM/SIGINT; return the process exit code."""
-    service = Service(config)
+    try:
+        service = Service(config)
+    except ConfigError as exc:
+        log.error("worker.config_error", error=str(exc))
+        return EXIT_CONFIG
     worker = service.worker
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from cdc_sync import logs
@@ -25,7 +25,7 @@ from cdc_sync.cascades import CascadeWatch, flushes_for
 from cdc_sync.config import TableRule, WorkerConfig
 from cdc_sync.errors import RewindRequired, SinkUnavailable
 from cdc_sync.events import Flush, Heartbeat, StreamItem, Transaction
-from cdc_sync.planner import EvictTag, MissingColumn, RedisOp, plan_change, tags_of
+from cdc_sync.planner import Count, EvictTag, MissingColumn, RedisOp, plan_change, tags_of
 
 log = logs.get("cdc_sync.applier")
 T = TypeVar("T")
@@ -38,6 +38,7 @@ class SinkPort(Protocol):
     def flush(self, rule: TableRule) -> int: ...
     def server_identity(self) -> str | None: ...
     def save_server_identity(self, identity: str) -> None: ...
+    def report_status(self, fields: Mapping[str, str | int | float]) -> None: ...
 
 
 class Backoff(Protocol):
@@ -72,6 +73,8 @@ class Applier:
         self._gen = 0  # generation of what the reader queues; bumped on every rewind
         self._drop_gen = -1  # queued items of this generation or older are dropped
         self._watches: dict[tuple[str, str], list[CascadeWatch]] = {}
+        self.last_applied = time.monotonic()  # of the last successful step (for the watchdog)
+        self.lag_s = 0.0  # now minus the binlog time of the last applied transaction
         self._rows = threading.Condition()  # guards _queued_rows: rows waiting in the queue (memory bound)
         self._queued_rows = 0
         self._thread = threading.Thread(target=self._loop, name="cdc-sync-applier", daemon=True)
@@ -257,6 +260,7 @@ class Applier:
             # notices a Redis rollback within one server heartbeat period.
             self._apply_step(ops, tags, done)
         if caught_up:
+            self.lag_s = 0.0
             m.LAG_SECONDS.set(0)
 
     def _plan(self, txn: Transaction) -> tuple[list[RedisOp], list[str], list[Flush]]:
@@ -283,7 +287,8 @@ class Applier:
         return ops, tags, flushes
 
     def _apply_step(self, ops: list[RedisOp], tags: dict[str, None], txns: list[Transaction]) -> None:
-        ops = ops + [EvictTag(t) for t in tags]
+        tally = _tally(txns)
+        ops = ops + [EvictTag(t) for t in tags] + [Count(f"{table}:{op}", n) for (table, op), n in tally.items()]
         new = txns[-1].position if txns else self.expected
         assert new is not None, "the checkpoint is known from start-up on"
         while True:
@@ -304,13 +309,12 @@ class Applier:
                 continue
             break
         self.expected = new
-        self._record(ops, txns, time.perf_counter() - started)
+        self.last_applied = time.monotonic()
+        self._record(ops, txns, tally, time.perf_counter() - started)
 
-    def _record(self, ops: list[RedisOp], txns: list[Transaction], seconds: float) -> None:
-        tally: Tally[tuple[str, str]] = Tally()
-        for txn in txns:
-            for change in txn.changes:
-                tally[(f"{change.schema}.{change.table}", change.op.value)] += 1
+    def _record(
+        self, ops: list[RedisOp], txns: list[Transaction], tally: Tally[tuple[str, str]], seconds: float
+    ) -> None:
         for (table, op), count in tally.items():
             m.CHANGES_APPLIED.labels(table=table, op=op).inc(count)
         rows = sum(tally.values())
@@ -323,8 +327,9 @@ class Applier:
             m.CHUNKS_APPLIED.inc(chunks)
         stamp = max((t.timestamp for t in txns), default=0)
         if stamp:
+            self.lag_s = max(0.0, time.time() - stamp)
             m.LAST_APPLIED_TIMESTAMP.set(stamp)
-            m.LAG_SECONDS.set(max(0.0, time.time() - stamp))
+            m.LAG_SECONDS.set(self.lag_s)
         log.debug("sync.batch_applied", transactions=len(txns), rows=rows, ops=len(ops), checkpoint=self.expected)
         self._applied_since += rows
         now = time.monotonic()
@@ -336,3 +341,11 @@ class Applier:
 
 def _rows(item: StreamItem) -> int:
     return len(item.changes) if isinstance(item, Transaction) else 0
+
+
+def _tally(txns: Sequence[Transaction]) -> Tally[tuple[str, str]]:
+    tally: Tally[tuple[str, str]] = Tally()
+    for txn in txns:
+        for change in txn.changes:
+            tally[(f"{change.schema}.{change.table}", change.op.value)] += 1
+    return tally

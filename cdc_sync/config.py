@@ -128,6 +128,19 @@ class ReaderConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics and health endpoints (/metrics, /healthz, /readyz) of the worker."""
+
+    listen: str = "127.0.0.1:9108"  # host:port; "" turns the HTTP endpoint off
+    ready_max_lag_s: float = 30.0  # /readyz fails when the freshness heartbeat is older than this
+
+
+@dataclass(frozen=True)
+class DoctorConfig:
+    max_downtime_s: int = 86400  # binlogs must be kept at least this long (a worker down longer loses its place)
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "auto"  # "auto" (JSON unless stdout is a TTY), "json" or "console"
@@ -140,6 +153,8 @@ class Config:
     tables: tuple[TableRule, ...]
     worker: WorkerConfig = WorkerConfig()
     reader: ReaderConfig = ReaderConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    doctor: DoctorConfig = DoctorConfig()
     log: LogConfig = LogConfig()
     path: str = ""
 
@@ -442,8 +457,30 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path
         format=lg.choice("format", "auto", ("auto", "json", "console")),
     )
     lg.finish()
+    mt = _Section(top._get("metrics", dict, {}, "a table"), "metrics")
+    metrics = MetricsConfig(
+        listen=mt.str_("listen", "127.0.0.1:9108"), ready_max_lag_s=mt.float_("ready_max_lag_s", 30.0, 0.1)
+    )
+    if metrics.listen:
+        host, _, port = metrics.listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ConfigError(f"metrics.listen: must be host:port (or empty to turn it off); got {metrics.listen!r}")
+    mt.finish()
+    dc = _Section(top._get("doctor", dict, {}, "a table"), "doctor")
+    doctor = DoctorConfig(max_downtime_s=dc.int_("max_downtime_s", 86400, 0, 10 * 365 * 86400))
+    dc.finish()
     top.finish()
-    return Config(mysql=mysql, redis=redis_cfg, tables=rules, worker=worker, reader=reader, log=log, path=path)
+    return Config(
+        mysql=mysql,
+        redis=redis_cfg,
+        tables=rules,
+        worker=worker,
+        reader=reader,
+        metrics=metrics,
+        doctor=doctor,
+        log=log,
+        path=path,
+    )
 
 
 def check_against_schema(config: Config, columns_of: Mapping[str, list[str]]) -> None:

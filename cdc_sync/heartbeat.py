@@ -56,6 +56,11 @@ class Prober:
         self.wait_limit_s = wait_limit_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cdc-sync-heartbeat", daemon=True)
+        self.last_beat_at: float | None = None  # monotonic time of the last heartbeat moved (its T0, roughly)
+
+    def heartbeat_age_s(self) -> float | None:
+        """Roughly how old the heartbeat is (None before the first one): what /readyz compares."""
+        return None if self.last_beat_at is None else time.monotonic() - self.last_beat_at
 
     def start(self) -> None:
         self._thread.start()
@@ -69,6 +74,7 @@ class Prober:
         expected = self.applied()
         if expected is None:
             return False
+        probe_started = time.monotonic()
         t0 = self.sink.time_ms()
         target = self.mysql.current_position(self.flavor, kind_of(expected))
         deadline = time.monotonic() + self.wait_limit_s
@@ -85,6 +91,7 @@ class Prober:
                 return False
         moved = self.sink.set_heartbeat(t0, expected)
         if moved:
+            self.last_beat_at = probe_started
             m.HEARTBEATS.inc()
             m.HEARTBEAT_LAG_SECONDS.set(max(0.0, (self.sink.time_ms() - t0) / 1000))
         return moved

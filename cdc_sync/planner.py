@@ -50,7 +50,15 @@ class EvictTag:
     suffix: str
 
 
-RedisOp = Delete | SetJson | SetHash | EvictTag
+@dataclass(frozen=True, slots=True)
+class Count:
+    """Add ``n`` to field ``name`` of ``<ns>:stats`` (applied changes per table and op, for ``status``)."""
+
+    name: str
+    n: int
+
+
+RedisOp = Delete | SetJson | SetHash | EvictTag | Count
 
 
 class MissingColumn(Exception):

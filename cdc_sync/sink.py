@@ -15,7 +15,7 @@ from redis.commands.core import Script
 from cdc_sync.config import RedisConfig, TableRule
 from cdc_sync.errors import RewindRequired, SinkUnavailable
 from cdc_sync.keys import glob_escape
-from cdc_sync.planner import Delete, EvictTag, RedisOp, SetHash, SetJson
+from cdc_sync.planner import Count, Delete, EvictTag, RedisOp, SetHash, SetJson
 
 # KEYS: none (the keys are data-dependent; a Redis Cluster deployment needs hash-tagged templates).
 # ARGV: namespace, expected checkpoint, has_expected (0/1), new checkpoint, holdoff ms,
@@ -61,6 +61,9 @@ while i <= n do
     end
     if ttl > 0 then redis.call('PEXPIRE', k, ttl) end
     i = last + 1
+  elseif op == 'C' then
+    redis.call('HINCRBY', ns .. ':stats', k, ARGV[i + 2])
+    i = i + 3
   elseif op == 'T' then
     local tag = ns .. ':tag:' .. k
     for _, member in ipairs(redis.call('SMEMBERS', tag)) do
@@ -124,6 +127,8 @@ def encode_ops(ops: Iterable[RedisOp]) -> list[bytes | str | int]:
             out += ("J", op.key, op.value, op.ttl_ms)
         elif isinstance(op, SetHash):
             out += ("H", op.key, op.ttl_ms, len(op.fields) // 2, *op.fields)
+        elif isinstance(op, Count):
+            out += ("C", op.name, op.n)
         else:
             out += ("T", op.suffix)
     return out
@@ -199,6 +204,11 @@ class RedisSink:
 
     def save_server_identity(self, identity: str) -> None:
         self._call("SET server", self.client.set, f"{self.ns}:server", identity)
+
+    def report_status(self, fields: Mapping[str, str | int | float]) -> None:
+        """Best effort: record the worker's state in ``<ns>:status`` for ``cdc-sync status``."""
+        mapping: dict[str | bytes, str | bytes | int | float] = {k: v for k, v in fields.items()}
+        self._call("HSET status", self.client.hset, f"{self.ns}:status", mapping=mapping)
 
     def rule_fingerprints(self) -> dict[str, str]:
         """What ``<ns>:rules`` records of the rules the cache was last filled under (table → JSON)."""

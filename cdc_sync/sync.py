@@ -17,7 +17,11 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol, TypeVar
 
@@ -25,9 +29,19 @@ from cdc_sync import cascades, logs
 from cdc_sync import metrics as m
 from cdc_sync.applier import Applier, Backoff, SinkPort
 from cdc_sync.config import Config, TableRule, check_against_schema, rule_fingerprint, rule_from_fingerprint
-from cdc_sync.errors import CdcSyncError, ConfigError, PositionLostError, RewindRequired, ServerConfigError, SourceError
+from cdc_sync.errors import (
+    CdcSyncError,
+    ConfigError,
+    PositionLostError,
+    RewindRequired,
+    ServerConfigError,
+    SinkUnavailable,
+    SourceError,
+)
 from cdc_sync.events import Flush, RawEvent, ServerInfo, Transaction
+from cdc_sync.health import Health
 from cdc_sync.mysql import CascadeEdge
+from cdc_sync.notify import Notifier
 from cdc_sync.positions import PositionError, PositionTracker, reached
 from cdc_sync.transactions import Assembler
 
@@ -118,6 +132,10 @@ class Worker:
         self.applier = Applier(self.rules, sink, backoff, config.worker)
         self.info: ServerInfo | None = None
         self.tables: set[tuple[str, str]] = {(r.schema, r.table) for r in self.rules}
+        self.notifier = Notifier()
+        self.streaming = False  # the binlog stream is connected and delivering events
+        self.last_tick = time.monotonic()
+        self._ready_sent = False
 
     # ---- control ---------------------------------------------------------------------------------
 
@@ -158,6 +176,7 @@ class Worker:
             self._reconcile_rules(fresh=False)
             checkpoint = self._check_lineage(info, checkpoint)
             log.info("sync.resume", checkpoint=checkpoint, flavor=info.flavor, server_version=info.version)
+            self._report_start(checkpoint)
             return checkpoint
         start = initial_position(info, self.config.mysql.start, self.config.mysql.position_mode)
         if self._retry_sink("scan", lambda: self._sink.count_keys(self.rules)):
@@ -176,7 +195,16 @@ class Worker:
             start = exc.stored
         self.applier.expected = start
         log.info("sync.fresh_start", start=start, mode=self.config.mysql.start, flavor=info.flavor)
+        self._report_start(start)
         return start
+
+    def _report_start(self, position: str) -> None:
+        from cdc_sync import __version__
+
+        host = socket.gethostname()
+        self._report(
+            state="starting", host=host, pid=os.getpid(), version=__version__, started_at=time.time(), start=position
+        )
 
     def _check_lineage(self, info: ServerInfo, checkpoint: str) -> str:
         """Make sure the server's history contains the checkpoint; if not, flush and start at its end.
@@ -271,10 +299,11 @@ class Worker:
                 if self.stopping:
                     raise
                 self._stop.wait(self._backoff.compute(failures))
+                self.tick()
                 failures += 1
 
     def _retry_sink(self, what: str, fn: Callable[[], T]) -> T:
-        return self.applier.retry(what, fn, give_up=lambda: self.stopping)
+        return self.applier.retry(what, fn, give_up=self._waiting)
 
     # ---- main loop -------------------------------------------------------------------------------
 
@@ -295,9 +324,10 @@ class Worker:
                 try:
                     for raw in source.events(position):
                         failures = 0
+                        self._on_event(assembler)
                         item = assembler.feed(raw)
                         if item is not None:
-                            self.applier.put(item, give_up=lambda: self.stopping)
+                            self.applier.put(item, give_up=self._waiting)
                         if self.applier.rewind_to is not None:
                             target = self.applier.rewound()
                             log.warning("sync.rewound", position=target)
@@ -308,20 +338,63 @@ class Worker:
                 except PositionLostError as exc:
                     assembler = self._position_lost(assembler, exc)
                 except SourceError as exc:
+                    self.streaming = False
                     m.SOURCE_ERRORS.labels(kind=type(exc).__name__).inc()
+                    m.RECONNECTS.inc()
                     delay = self._backoff.compute(failures)
                     log.warning("source.disconnected", error=str(exc), retry_in_s=round(delay, 3), attempt=failures + 1)
+                    self.report_error("source", str(exc))
                     failures += 1
                     self._stop.wait(delay)
+                    self.tick()
                 finally:
                     source.close()
                     assembler.reset()
         finally:
+            self.streaming = False
+            self.notifier.send("STOPPING=1")
             if self.applier.stop(self.config.worker.shutdown_timeout_s) and self.applier.failure is None:
                 log.info("worker.stopped", checkpoint=self.applier.expected)
             else:
                 queued = self.applier.queue.qsize()
                 log.warning("worker.shutdown_incomplete", queued=queued, checkpoint=self.applier.expected)
+
+    # ---- liveness, readiness, systemd, status ------------------------------------------------------
+
+    def tick(self) -> None:
+        """The loop is alive (called on every event, retry and wait)."""
+        self.last_tick = time.monotonic()
+
+    def _waiting(self) -> bool:
+        self.tick()
+        return self.stopping
+
+    def _on_event(self, assembler: Assembler) -> None:
+        self.tick()
+        if not self.streaming:
+            self.streaming = True
+            if not self._ready_sent:
+                self._ready_sent = True
+                self.notifier.send("READY=1", f"STATUS=streaming from {assembler.tracker.render()}")
+                self._report(state="streaming")
+        # The watchdog is fed only while Redis takes what is decoded (or nothing waits for it).
+        applier = self.applier
+        if applier.queue.qsize() == 0 or time.monotonic() - applier.last_applied < 30:
+            self.notifier.watchdog(f"streaming; checkpoint {applier.expected}; lag {applier.lag_s:.1f}s")
+
+    def health(self, heartbeat_age_s: Callable[[], float | None], ready_max_lag_s: float) -> Health:
+        alive = time.monotonic() - self.last_tick < 60 and self.applier.failure is None
+        age = heartbeat_age_s()
+        ready = alive and self.streaming and age is not None and age <= ready_max_lag_s
+        detail = {"streaming": self.streaming, "checkpoint": self.applier.expected, "heartbeat_age_s": age}
+        return Health(alive=alive, ready=ready, detail=detail)
+
+    def report_error(self, kind: str, message: str) -> None:
+        self._report(last_error=f"{kind}: {message}"[:500], last_error_at=time.time())
+
+    def _report(self, **fields: str | int | float) -> None:
+        with contextlib.suppress(SinkUnavailable):  # best effort: if Redis is down, the logs have it
+            self._sink.report_status(fields)
 
     def _assembler(self, position: str) -> Assembler:
         return Assembler(
@@ -332,11 +405,11 @@ class Worker:
         """The position is gone from the server: drain, flush everything, restart at the server's end."""
         log.error("source.position_lost", error=str(exc), position=assembler.tracker.render(), action="flush_all")
         m.SOURCE_ERRORS.labels(kind="PositionLostError").inc()
-        self.applier.drain(give_up=lambda: self.stopping)
+        self.applier.drain(give_up=self._waiting)
         info = self._retry_source("server_info", self._admin.server_info)
         start = initial_position(info, "current", self.config.mysql.position_mode)
         flushes = tuple(Flush("position_lost", r.schema, r.table) for r in self.rules)
-        self.applier.put(Transaction(position=start, flushes=flushes), give_up=lambda: self.stopping)
+        self.applier.put(Transaction(position=start, flushes=flushes), give_up=self._waiting)
         return self._assembler(start)
 
     def _on_skip(self, txn: Transaction) -> None:

@@ -87,6 +87,9 @@ retry_max_s = 0.5
 level = "debug"
 format = "json"
 
+[metrics]
+listen = "127.0.0.1:0"
+
 {extra}
 
 {tables}

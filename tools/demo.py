@@ -59,6 +59,9 @@ mode = "evict"
 
 [log]
 format = "json"
+
+[metrics]
+listen = "127.0.0.1:0"
 """
 
 

@@ -170,6 +170,8 @@ holdoff_ms = 500
 lease_wait_ms = 300
 [log]
 format = "json"
+[metrics]
+listen = "127.0.0.1:0"
 [[tables]]
 table = "c.items"
 key = "item:{{id}}"

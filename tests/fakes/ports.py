@@ -108,6 +108,9 @@ class FakeSink:
     def save_server_identity(self, identity: str) -> None:
         self.store["cdc:server"] = identity
 
+    def report_status(self, fields: object) -> None:
+        self.store["cdc:status"] = fields
+
     def count_keys(self, rules: Sequence[TableRule], limit: int = 1) -> int:
         return sum(1 for k in self.store if not k.startswith("cdc:"))
 
