@@ -18,6 +18,7 @@ from cdc_sync.errors import CdcSyncError, ConfigError
 from cdc_sync.health import HealthServer
 from cdc_sync.heartbeat import Prober
 from cdc_sync.mysql import MySQLAdmin
+from cdc_sync.ops import doctor
 from cdc_sync.sink import RedisSink
 from cdc_sync.source import BinlogSource
 from cdc_sync.sync import Worker
@@ -82,6 +83,12 @@ class Service:
 
 def run(config: Config) -> int:
     """Run the worker until SIGTERM/SIGINT; return the process exit code."""
+    # The doctor's checks first: a FAIL that configuration must fix stops here, with the same message.
+    refusals = doctor.blocking_failures(doctor.run(config))
+    for check in refusals:
+        log.error("worker.config_error", error=f"{check.name}: {check.detail}", fix=check.fix)
+    if refusals:
+        return EXIT_CONFIG
     try:
         service = Service(config)
     except ConfigError as exc:

@@ -36,6 +36,7 @@ _ESCAPE_TABLE = {ord(c): f"%{ord(c):02X}" for c in _ESCAPED_CHARS}
 _SAFE_BYTES = frozenset(range(0x21, 0x7F)) - {ord(c) for c in "%:{}"}
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 # One rendered value: characters escape() keeps, or %XX escapes; never ':', '{', '}', '%', space, control chars.
+_PERCENT = re.compile(r"%([0-9A-F]{2})")
 _VALUE_RE = r"(?:[^:{}% \x00-\x1f\x7f]|%[0-9A-F]{2})+"
 
 
@@ -120,10 +121,24 @@ class KeyTemplate:
         """True when ``key`` is one this template can render (exact: SCAN patterns are broader)."""
         return self._regex().fullmatch(key) is not None
 
-    def _regex(self) -> re.Pattern[str]:
+    def parse_key(self, key: str) -> dict[str, str] | None:
+        """The field values a rendered key holds, unescaped (``%XX`` back to its character), or None.
+
+        A bytes value comes back as text whose characters are its bytes (``.encode("latin-1")`` restores it).
+        """
+        m = self._regex(groups=True).fullmatch(key)
+        if m is None:
+            return None
+        return {
+            name: _PERCENT.sub(lambda e: chr(int(e.group(1), 16)), raw)
+            for name, raw in zip(self.fields, m.groups(), strict=True)
+        }
+
+    def _regex(self, groups: bool = False) -> re.Pattern[str]:
+        value = f"({_VALUE_RE})" if groups else _VALUE_RE
         parts = [re.escape(self.literals[0])]
         for literal in self.literals[1:]:
-            parts.append(_VALUE_RE)
+            parts.append(value)
             parts.append(re.escape(literal))
         return re.compile("".join(parts), re.S)
 

@@ -82,7 +82,7 @@ class MySQLAdmin:
         self._conn: pymysql.connections.Connection[Any] | None = None
         self._lock = threading.Lock()
 
-    def _query(self, sql: str, args: Sequence[object] = ()) -> list[dict[str, Any]]:
+    def query(self, sql: str, args: Sequence[object] = ()) -> list[dict[str, Any]]:
         """Run one statement on a kept-open connection (reopened after any failure)."""
         with self._lock:
             try:
@@ -110,7 +110,7 @@ class MySQLAdmin:
 
     def server_info(self) -> ServerInfo:
         """Flavor, version, current GTID and file positions, oldest binlog, key variables."""
-        rows = self._query(
+        rows = self.query(
             "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('version', 'version_comment', 'log_bin', "
             "'binlog_format', 'binlog_row_image', 'binlog_row_metadata', 'gtid_mode', 'gtid_binlog_pos', "
             "'gtid_executed', 'server_uuid', 'server_id', 'gtid_domain_id', 'log_bin_compress', "
@@ -120,7 +120,7 @@ class MySQLAdmin:
         names = (variables.get("version", "") + variables.get("version_comment", "")).lower()
         flavor = "mariadb" if "mariadb" in names else "mysql"
         status = self._binlog_status(flavor)
-        logs = self._query("SHOW BINARY LOGS") if variables.get("log_bin", "OFF").upper() == "ON" else []
+        logs = self.query("SHOW BINARY LOGS") if variables.get("log_bin", "OFF").upper() == "ON" else []
         return ServerInfo(
             flavor=flavor,
             version=variables.get("version", ""),
@@ -144,7 +144,7 @@ class MySQLAdmin:
         if kind == "file":
             return self._binlog_status(flavor)
         var = "gtid_binlog_pos" if kind == "mariadb" else "gtid_executed"
-        rows = self._query(f"SELECT @@global.{var} AS p")
+        rows = self.query(f"SELECT @@global.{var} AS p")
         return str(rows[0]["p"] or "").replace("\n", "")
 
     def _binlog_status(self, flavor: str) -> str:
@@ -152,7 +152,7 @@ class MySQLAdmin:
         statements = ["SHOW MASTER STATUS"] if flavor == "mariadb" else ["SHOW BINARY LOG STATUS", "SHOW MASTER STATUS"]
         for i, sql in enumerate(statements):
             try:
-                rows = self._query(sql)
+                rows = self.query(sql)
             except SourceError:
                 if i + 1 < len(statements):
                     continue
@@ -165,7 +165,7 @@ class MySQLAdmin:
         out: dict[str, list[str]] = {}
         for name in names:
             schema, _, table = name.partition(".")
-            rows = self._query(
+            rows = self.query(
                 "SELECT COLUMN_NAME AS c FROM information_schema.COLUMNS "
                 "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
                 (schema, table),
@@ -176,7 +176,7 @@ class MySQLAdmin:
 
     def cascade_edges(self) -> list[CascadeEdge]:
         """Every foreign key whose action rewrites child rows (those changes never reach the binlog)."""
-        rows = self._query(
+        rows = self.query(
             "SELECT rc.CONSTRAINT_SCHEMA AS cs, rc.TABLE_NAME AS ct, rc.UNIQUE_CONSTRAINT_SCHEMA AS ps, "
             "rc.REFERENCED_TABLE_NAME AS pt, rc.UPDATE_RULE AS ur, rc.DELETE_RULE AS dr, "
             "kcu.REFERENCED_COLUMN_NAME AS pc, rc.CONSTRAINT_NAME AS n "
@@ -281,6 +281,33 @@ class RowLoader:
             )
             self._kinds[table] = {str(r["c"]): str(r["t"]).lower() for r in rows}
         return self._kinds[table]
+
+    def primary_key(self, table: str) -> list[str]:
+        schema, _, name = table.partition(".")
+        rows = self._run(
+            "SELECT COLUMN_NAME AS c FROM information_schema.KEY_COLUMN_USAGE WHERE TABLE_SCHEMA = %s "
+            "AND TABLE_NAME = %s AND CONSTRAINT_NAME = 'PRIMARY' ORDER BY ORDINAL_POSITION",
+            (schema, name),
+        )
+        return [str(r["c"]) for r in rows]
+
+    def estimate_rows(self, table: str) -> int:
+        schema, _, name = table.partition(".")
+        rows = self._run(
+            "SELECT TABLE_ROWS AS n FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+            (schema, name),
+        )
+        return int(rows[0]["n"] or 0) if rows else 0
+
+    def scan(self, table: str, pk: Sequence[str], after: Sequence[object] | None, limit: int) -> list[dict[str, Any]]:
+        """The next ``limit`` rows in primary-key order after the key ``after`` (normalized)."""
+        schema, _, name = table.partition(".")
+        cols = ", ".join(_quote(c) for c in pk)
+        where = f"WHERE ({cols}) > ({', '.join(['%s'] * len(pk))}) " if after is not None else ""
+        sql = f"SELECT * FROM {_quote(schema)}.{_quote(name)} {where}ORDER BY {cols} LIMIT {int(limit)}"  # noqa: S608
+        rows = self._run(sql, list(after) if after is not None else [])
+        kinds = self.kinds(table)
+        return [normalize_row(r, kinds) for r in rows]
 
     def load(self, table: str, where: dict[str, object]) -> dict[str, Any] | None:
         """The row of ``table`` whose columns equal ``where`` (None when absent), normalized."""

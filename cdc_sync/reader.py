@@ -313,6 +313,49 @@ class CacheReader(_ReaderBase):
         result: T = self._get(lookup, load)
         return result
 
+    def fill_rows(self, table: str, rows: Sequence[Mapping[str, object]]) -> tuple[int, int, dict[str, int]]:
+        """Pre-fill rows read from MySQL through the lease protocol, in two pipelined round trips.
+
+        Each key is filled only where a lease is granted now and still held at the fill, so a row changed
+        meanwhile is never overwritten with this (older) copy. Returns (filled, not filled, bypass reasons).
+        """
+        rule = self.rule(table)
+        lookups: list[tuple[Lookup, str, bytes | list[str]]] = []
+        for row in rows:
+            for template in rule.templates:
+                key = template.render(row)
+                if key is None:
+                    continue
+                lookup = Lookup(
+                    key,
+                    "h" if rule.format == "hash" else "j",
+                    (table,),
+                    (),
+                    rule.ttl * 1000,
+                    rule.columns,
+                    rule.exclude,
+                )
+                lookups.append((lookup, secrets.token_hex(8), self.encode_row(lookup, row)))
+        pipe = self.redis.pipeline(transaction=False)
+        for lookup, token, _ in lookups:
+            keys, args = lookup.lookup_args(self.ns, self.cfg, token)
+            self._lookup_script(keys=keys, args=args, client=pipe)
+        replies = pipe.execute()
+        pipe = self.redis.pipeline(transaction=False)
+        leased = 0
+        bypass: Counter[str] = Counter()
+        for (lookup, token, payload), reply in zip(lookups, replies, strict=True):
+            kind = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+            if kind == "B":
+                bypass[reply[1].decode()] += 1
+            if kind != "L" or payload == []:
+                continue
+            keys, args = lookup.fill_args(self.ns, token, self.jittered(lookup.ttl_ms), payload)
+            self._fill_script(keys=keys, args=args, client=pipe)
+            leased += 1
+        filled = sum(1 for stored in pipe.execute() if stored) if leased else 0
+        return filled, len(lookups) - filled, dict(bypass)
+
     def _get(self, lookup: Lookup, load: Callable[[], bytes | list[str] | None]) -> Any:
         token = secrets.token_hex(8)
         keys, args = lookup.lookup_args(self.ns, self.cfg, token)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import socket
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -56,6 +57,7 @@ from cdc_sync.mysql import connection_settings, translate_error
 from cdc_sync.positions import kind_of
 
 _MARIADB_GTID_STANDALONE = 0x01
+REPORT_HOST = f"cdc-sync@{socket.gethostname()}"[:60]
 # What the library (or a fix-up below) raises for bytes it cannot decode. Such an event is reported as
 # RawUnknown, so the worker flushes what it may have changed instead of dying on it at every restart.
 _DECODE_ERRORS = (
@@ -215,6 +217,8 @@ class BinlogSource:
             filter_non_implemented_events=False,
             enable_logging=False,
             pymysql_wrapper=self._wrapper(),
+            # registered, so SHOW SLAVE HOSTS / SHOW REPLICAS (and `cdc-sync doctor`) can see this server_id
+            report_slave=REPORT_HOST,
             **position_args,
         )
         try:

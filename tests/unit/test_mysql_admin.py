@@ -34,7 +34,7 @@ class ScriptedAdmin(MySQLAdmin):
         self.statements = statements
         self.seen: list[str] = []
 
-    def _query(self, sql: str, args: Sequence[object] = ()) -> list[dict[str, Any]]:
+    def query(self, sql: str, args: Sequence[object] = ()) -> list[dict[str, Any]]:
         self.seen.append(sql)
         if sql.startswith("SHOW GLOBAL VARIABLES"):
             return [{"Variable_name": k, "Value": v} for k, v in self.variables.items()]

@@ -1,0 +1,1 @@
+"""Operator commands: doctor, status, checkpoint, warm, verify, flush (one module each)."""

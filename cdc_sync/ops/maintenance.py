@@ -1,0 +1,71 @@
+"""``cdc-sync checkpoint show|set|reset`` and ``cdc-sync flush``: repairs an operator can make safely.
+
+A running worker notices a changed checkpoint at its next step (or within a server heartbeat when idle):
+Redis then holds a checkpoint it did not write, so it rewinds to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cdc_sync.config import Config, TableRule
+from cdc_sync.errors import ConfigError
+from cdc_sync.mysql import MySQLAdmin
+from cdc_sync.positions import PositionError, PositionTracker
+from cdc_sync.sink import RedisSink
+from cdc_sync.sync import initial_position
+
+
+def select_rules(config: Config, tables: Sequence[str]) -> list[TableRule]:
+    """The rules named (all when none are); an unknown name is an error."""
+    if not tables:
+        return list(config.tables)
+    by_name = {r.name: r for r in config.tables}
+    unknown = [t for t in tables if t not in by_name]
+    if unknown:
+        raise ConfigError(f"not a mapped table: {', '.join(unknown)} (mapped: {', '.join(by_name)})")
+    return [by_name[t] for t in tables]
+
+
+def show(config: Config) -> str | None:
+    sink = RedisSink(config.redis, config.reader.holdoff_ms)
+    try:
+        return sink.load_checkpoint()
+    finally:
+        sink.close()
+
+
+def set_position(config: Config, position: str) -> str:
+    """Store ``position`` as the checkpoint (validated first). Returns the previous one."""
+    try:
+        PositionTracker(position)
+    except PositionError as exc:
+        raise ConfigError(str(exc)) from None
+    sink = RedisSink(config.redis, config.reader.holdoff_ms)
+    try:
+        previous = sink.load_checkpoint()
+        sink.set_checkpoint(position)
+        return previous or ""
+    finally:
+        sink.close()
+
+
+def reset(config: Config) -> tuple[str, int]:
+    """Flush every mapped table, then start from the server's current position. Returns (position, keys)."""
+    admin = MySQLAdmin(config.mysql)
+    try:
+        start = initial_position(admin.server_info(), "current", config.mysql.position_mode)
+    finally:
+        admin.close()
+    deleted = flush(config, [])
+    set_position(config, start)
+    return start, deleted
+
+
+def flush(config: Config, tables: Sequence[str]) -> int:
+    """Invalidate the named tables' keys, leases and dependent reader keys, the way DDL does."""
+    sink = RedisSink(config.redis, config.reader.holdoff_ms)
+    try:
+        return sum(sink.flush(rule) for rule in select_rules(config, tables))
+    finally:
+        sink.close()
