@@ -96,8 +96,8 @@ class LocalServer:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def start_mariadb(extra_args: tuple[str, ...] = (), timeout: float = 60.0) -> LocalServer:
-    """Start a private mariadbd with ROW binlog, FULL image/metadata and GTIDs."""
+def start_mariadb(extra_args: tuple[str, ...] = (), timeout: float = 60.0, binlog: bool = True) -> LocalServer:
+    """Start a private mariadbd with ROW binlog, FULL image/metadata and GTIDs (``binlog=False``: none)."""
     mariadbd = _which("mariadbd", "mysqld")
     install_db = _which("mariadb-install-db", "mysql_install_db")
     directory = Path(tempfile.mkdtemp(prefix="cdc-sync-mariadb-"))
@@ -134,7 +134,7 @@ def start_mariadb(extra_args: tuple[str, ...] = (), timeout: float = 60.0) -> Lo
         "--innodb-flush-log-at-trx-commit=2",
         "--sync-binlog=0",
         "--skip-name-resolve",
-        *MARIADB_BINLOG_ARGS,
+        *(MARIADB_BINLOG_ARGS if binlog else ("--server-id=1",)),
         *extra_args,
     ]
     # own session: a Ctrl-C meant for the caller (demo, pytest) must not kill the server under it
