@@ -8,6 +8,7 @@ runtime failure), 2 bad configuration.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -242,18 +243,24 @@ def warm(
 
     cfg = _load(ctx, config_path)
     bars: list[Any] = []
+    counts = {"rows": 0, "started": 0.0}
 
     def on_start(table: str, estimate: int) -> None:
         if bars:
             bars.pop().__exit__(None, None, None)
+        counts.update(rows=0, started=time.monotonic())
         if not as_json:
-            bar = click.progressbar(length=max(estimate, 1), label=table, show_eta=True, show_percent=True)
+            bar = click.progressbar(
+                length=max(estimate, 1), label=table, show_eta=True, show_percent=True, item_show_func=lambda x: x
+            )
             bar.__enter__()
             bars.append(bar)
 
     def on_progress(n: int) -> None:
+        counts["rows"] += n
         if bars:
-            bars[0].update(n)
+            rate = counts["rows"] / max(time.monotonic() - counts["started"], 1e-6)
+            bars[0].update(n, f"{rate:,.0f} rows/s")
 
     def go() -> int:
         try:
