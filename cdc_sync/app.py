@@ -1,4 +1,4 @@
-"""Composition root: config → adapters → worker; signals; exit codes.
+"""Composition root: config → adapters → worker; HA terms; signals; exit codes.
 
 Exit codes: 0 clean stop, 1 runtime failure, 2 bad configuration (or a server not set up for CDC).
 """
@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterable
 from types import FrameType
 
 from redis.backoff import ExponentialWithJitterBackoff
 
 from cdc_sync import logs
+from cdc_sync import metrics as m
 from cdc_sync.config import Config
-from cdc_sync.errors import CdcSyncError, ConfigError
-from cdc_sync.health import HealthServer
+from cdc_sync.errors import CdcSyncError, ConfigError, Fenced, SinkUnavailable
+from cdc_sync.ha import LeaderLease, Renewer
+from cdc_sync.health import Health, HealthServer
 from cdc_sync.heartbeat import Prober
 from cdc_sync.mysql import MySQLAdmin
+from cdc_sync.notify import Notifier
 from cdc_sync.ops import doctor
 from cdc_sync.sink import RedisSink
 from cdc_sync.source import BinlogSource
@@ -29,31 +33,48 @@ log = logs.get("cdc_sync.app")
 
 
 class Service:
-    """The worker with its adapters and the heartbeat prober, wired together."""
+    """The worker with its adapters, the heartbeat prober, the HTTP endpoint and (with HA) the leader lease.
+
+    Without HA it runs one Worker. With HA it waits as a standby until it holds the lease, runs a Worker
+    for that term, and goes back to standby when the lease is lost or its writes are fenced.
+    """
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.sink = RedisSink(config.redis, holdoff_ms=config.reader.holdoff_ms)
-        backoff = ExponentialWithJitterBackoff(cap=config.worker.retry_max_s, base=config.worker.retry_initial_s)
-        self.worker = Worker(config, self._source, MySQLAdmin(config.mysql), self.sink, backoff, rules_store=self.sink)
+        self.backoff = ExponentialWithJitterBackoff(cap=config.worker.retry_max_s, base=config.worker.retry_initial_s)
+        self.worker = self._new_worker()
         self.prober: Prober | None = None
+        self.lease = LeaderLease(self.sink.client, config.redis.namespace, config.ha.lease_ttl_ms)
+        self.notifier = Notifier()
+        self._stop = threading.Event()
+        self.role = "leader" if not config.ha.enabled else "standby"
+        self._standby_tick = time.monotonic()
         self.http: HealthServer | None = None
         if config.metrics.listen:
-            ready_lag = config.metrics.ready_max_lag_s
             try:
-                self.http = HealthServer(
-                    config.metrics.listen, lambda: self.worker.health(self._heartbeat_age, ready_lag)
-                )
+                self.http = HealthServer(config.metrics.listen, self.health)
             except OSError as exc:
                 raise ConfigError(f"metrics.listen: cannot listen on {config.metrics.listen}: {exc.strerror}") from None
 
-    def _heartbeat_age(self) -> float | None:
-        return self.prober.heartbeat_age_s() if self.prober is not None else None
+    def _new_worker(self) -> Worker:
+        admin = MySQLAdmin(self.config.mysql)
+        return Worker(self.config, self._source, admin, self.sink, self.backoff, rules_store=self.sink)
 
     def _source(self, tables: Iterable[tuple[str, str]]) -> BinlogSource:
         # prepare() has read the server's flavor before the first stream is opened
         flavor = self.worker.info.flavor if self.worker.info else "mysql"
         return BinlogSource(self.config.mysql, tables, flavor)
+
+    def _heartbeat_age(self) -> float | None:
+        return self.prober.heartbeat_age_s() if self.prober is not None else None
+
+    def health(self) -> Health:
+        if self.role == "standby":
+            alive = time.monotonic() - self._standby_tick < 60
+            return Health(alive=alive, ready=alive, detail={"role": "standby"})
+        health = self.worker.health(self._heartbeat_age, self.config.metrics.ready_max_lag_s)
+        return Health(health.alive, health.ready, {"role": "leader", **health.detail})
 
     def _start_prober(self) -> None:
         flavor = self.worker.info.flavor if self.worker.info else "mysql"
@@ -67,18 +88,80 @@ class Service:
         )
         self.prober.start()
 
+    def stop(self) -> None:
+        self._stop.set()
+        self.worker.stop()
+
     def run(self) -> None:
         if self.http is not None:
             self.http.start()
             log.info("worker.http_listening", listen=self.config.metrics.listen, port=self.http.port)
         try:
-            self.worker.run(on_ready=self._start_prober)
+            if not self.config.ha.enabled:
+                m.HA_LEADER.set(1)
+                self._term()
+                return
+            while not self._stop.is_set():
+                if not self._wait_for_lease():
+                    return
+                try:
+                    self._term()
+                except Fenced as exc:
+                    m.HA_TRANSITIONS.labels(to="fenced").inc()
+                    log.error("ha.fenced", fence=self.lease.fence, error=str(exc), action="step_down")
+                finally:
+                    m.HA_LEADER.set(0)
+                    self.role = "standby"
+                    self.lease.release()
+                if not self._stop.is_set():
+                    log.warning("ha.stepped_down", fence=self.lease.fence)
+                    self.worker = self._new_worker()
         finally:
-            if self.prober is not None:
-                self.prober.stop()
+            self.notifier.send("STOPPING=1")
             if self.http is not None:
                 self.http.stop()
             self.sink.close()
+
+    def _wait_for_lease(self) -> bool:
+        """Standby: poll for the lease until it is ours (True) or we are stopped (False)."""
+        self.lease.new_term()
+        log.info("ha.standby", holder=self.lease.token)
+        self.notifier.send("READY=1", "STATUS=standby: waiting for the leader lease")
+        poll = max(0.1, self.config.ha.lease_ttl_ms / 10000)
+        while not self._stop.is_set():
+            self._standby_tick = time.monotonic()
+            self.notifier.watchdog("standby: waiting for the leader lease")
+            try:
+                if self.lease.try_acquire():
+                    m.HA_TRANSITIONS.labels(to="leader").inc()
+                    m.HA_LEADER.set(1)
+                    log.info("ha.acquired", fence=self.lease.fence, holder=self.lease.token)
+                    self.role = "leader"
+                    return True
+            except SinkUnavailable as exc:
+                log.warning("ha.acquire_failed", error=str(exc))
+            self._stop.wait(poll)
+        return False
+
+    def _term(self) -> None:
+        """One Worker run (the whole life without HA; one leadership term with it)."""
+        renewer: Renewer | None = None
+        if self.config.ha.enabled:
+            self.sink.leader_token = self.lease.token
+            renewer = Renewer(self.lease, self.worker.stop)
+            renewer.start()
+        try:
+            self.worker.run(on_ready=self._start_prober)
+            if self.worker.applier.failure is not None and isinstance(self.worker.applier.failure, Fenced):
+                raise self.worker.applier.failure
+            if renewer is not None and renewer.lost and not self._stop.is_set():
+                raise Fenced("the leader lease was lost")
+        finally:
+            if renewer is not None:
+                renewer.stop()
+            if self.prober is not None:
+                self.prober.stop()
+                self.prober = None
 
 
 def run(config: Config) -> int:
@@ -94,11 +177,10 @@ def run(config: Config) -> int:
     except ConfigError as exc:
         log.error("worker.config_error", error=str(exc))
         return EXIT_CONFIG
-    worker = service.worker
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("worker.signal", signal=signal.Signals(signum).name)
-        worker.stop()
+        service.stop()
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
@@ -110,6 +192,8 @@ def run(config: Config) -> int:
         redis=config.redis.safe_url,
         namespace=config.redis.namespace,
         tables=[r.name for r in config.tables],
+        server_id=config.mysql.server_id,
+        ha=config.ha.enabled,
     )
     try:
         service.run()
@@ -117,7 +201,7 @@ def run(config: Config) -> int:
         log.error("worker.config_error", error=str(exc))
         return EXIT_CONFIG
     except CdcSyncError as exc:
-        if worker.stopping:  # asked to stop while still connecting: not a failure
+        if service.worker.stopping:  # asked to stop while still connecting: not a failure
             log.info("worker.stopped", during="start-up", error=str(exc))
             return EXIT_OK
         log.error("worker.failed", error=str(exc), error_type=type(exc).__name__)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import tomllib
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,7 @@ class MySQLConfig:
     port: int = 3306
     user: str = "root"
     password: str = field(default="", repr=False)  # from password / password_file / env
-    server_id: int = 4242  # replica id of the binlog connection; unique among replicas
+    server_id: int = 4242  # replica id of the binlog connection, unique among replicas; 0: derived from the host name
     start: str = "current"  # with no checkpoint: "current" (server's end) or "earliest" (oldest binlog)
     position_mode: str = "auto"  # "auto" (GTID when the server has GTIDs), "gtid" or "file"
     heartbeat_s: float = 1.0  # server heartbeat period while idle; also bounds stall detection
@@ -136,6 +138,14 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class HAConfig:
+    """Several workers on one namespace, exactly one applying (see ha.py)."""
+
+    enabled: bool = False
+    lease_ttl_ms: int = 5000  # a leader that stops renewing is replaced after this
+
+
+@dataclass(frozen=True)
 class DoctorConfig:
     max_downtime_s: int = 86400  # binlogs must be kept at least this long (a worker down longer loses its place)
 
@@ -155,6 +165,7 @@ class Config:
     reader: ReaderConfig = ReaderConfig()
     metrics: MetricsConfig = MetricsConfig()
     doctor: DoctorConfig = DoctorConfig()
+    ha: HAConfig = HAConfig()
     log: LogConfig = LogConfig()
     path: str = ""
 
@@ -166,6 +177,15 @@ class Config:
 
 
 _QUERY_SECRET = re.compile(r"(?i)((?:^|&)(?:password|passwd|pass|pwd)=)[^&]*")
+
+
+def derived_server_id(host: str | None = None) -> int:
+    """A server_id from the host (pod) name: stable per host, distinct across hosts with high probability.
+
+    Kept in 1000..2^31 so it stays clear of small hand-picked ids; ``doctor`` checks it is free.
+    """
+    name = host if host is not None else socket.gethostname()
+    return 1000 + zlib.crc32(name.encode()) % (2**31 - 1000)
 
 
 def redact_url(url: str) -> str:
@@ -276,6 +296,7 @@ def _mysql(raw: object, env: Mapping[str, str]) -> MySQLConfig:
     password = s.str_("password", "")
     password_file = s.str_("password_file", None)
     if password_file:
+        password_file = os.path.expandvars(password_file)  # e.g. ${CREDENTIALS_DIRECTORY}/mysql (systemd)
         try:
             password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
@@ -287,7 +308,7 @@ def _mysql(raw: object, env: Mapping[str, str]) -> MySQLConfig:
         port=s.int_("port", 3306, 1, 65535),
         user=s.str_("user", "root"),
         password=password,
-        server_id=s.int_("server_id", 4242, 1, 2**32 - 1),
+        server_id=s.int_("server_id", 4242, 0, 2**32 - 1) or derived_server_id(),
         start=s.choice("start", "current", ("current", "earliest")),
         position_mode=s.choice("position_mode", "auto", ("auto", "gtid", "file")),
         heartbeat_s=s.float_("heartbeat_s", 1.0, 0.1),
@@ -469,6 +490,9 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path
     dc = _Section(top._get("doctor", dict, {}, "a table"), "doctor")
     doctor = DoctorConfig(max_downtime_s=dc.int_("max_downtime_s", 86400, 0, 10 * 365 * 86400))
     dc.finish()
+    hs = _Section(top._get("ha", dict, {}, "a table"), "ha")
+    ha = HAConfig(enabled=hs.bool_("enabled", False), lease_ttl_ms=hs.int_("lease_ttl_ms", 5000, 300, 600_000))
+    hs.finish()
     top.finish()
     return Config(
         mysql=mysql,
@@ -478,6 +502,7 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path
         reader=reader,
         metrics=metrics,
         doctor=doctor,
+        ha=ha,
         log=log,
         path=path,
     )

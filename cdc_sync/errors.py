@@ -8,7 +8,8 @@ CdcSyncError
 │   └── DecodeError        an event could not be decoded
 ├── SinkError              Redis failed
 │   └── SinkUnavailable    Redis could not be reached (retryable)
-└── RewindRequired         Redis holds a checkpoint other than the one the worker wrote
+├── RewindRequired         Redis holds a checkpoint other than the one the worker wrote
+└── Fenced                 HA: another worker holds the leader lease; this one must stop applying
 """
 
 from __future__ import annotations
@@ -52,3 +53,7 @@ class RewindRequired(CdcSyncError):
 
 class ServerConfigError(ConfigError):
     """The MySQL server is not set up for row-based change capture (log_bin, ROW, FULL image/metadata)."""
+
+
+class Fenced(CdcSyncError):
+    """HA: the leader lease belongs to another worker; this one's writes are refused."""

@@ -13,17 +13,18 @@ import redis
 from redis.commands.core import Script
 
 from cdc_sync.config import RedisConfig, TableRule
-from cdc_sync.errors import RewindRequired, SinkUnavailable
+from cdc_sync.errors import Fenced, RewindRequired, SinkUnavailable
 from cdc_sync.keys import glob_escape
 from cdc_sync.planner import Count, Delete, EvictTag, RedisOp, SetHash, SetJson
 
 # KEYS: none (the keys are data-dependent; a Redis Cluster deployment needs hash-tagged templates).
-# ARGV: namespace, expected checkpoint, has_expected (0/1), new checkpoint, holdoff ms,
+# ARGV: namespace, expected checkpoint, has_expected (0/1), new checkpoint, holdoff ms, leader token ('' = HA off),
 #       then the operations:  D key | J key value ttl_ms | H key ttl_ms nfields f1 v1 ... | T tag-suffix
-# Reply: {'OK'} | {'DUP'} (this very step was applied already) | {'REWIND', stored} | {'LOST'}
+# Reply: {'OK'} | {'DUP'} (this very step was applied already) | {'REWIND', stored} | {'LOST'} | {'FENCED'}
 APPLY_LUA = r"""
 local ns, expected, has_expected, new = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4]
-local holdoff = tonumber(ARGV[5])
+local holdoff, token = tonumber(ARGV[5]), ARGV[6]
+if token ~= '' and redis.call('GET', ns .. ':leader') ~= token then return {'FENCED'} end
 local ck = ns .. ':checkpoint'
 local cur = redis.call('GET', ck)
 if has_expected then
@@ -36,7 +37,7 @@ elseif cur then
   if cur == new then return {'DUP'} end
   return {'REWIND', cur}
 end
-local i, n = 6, #ARGV
+local i, n = 7, #ARGV
 while i <= n do
   local op, k = ARGV[i], ARGV[i + 1]
   local lease = ns .. ':lease:' .. k
@@ -81,10 +82,11 @@ redis.call('SET', ck, new)
 return {'OK'}
 """
 
-# KEYS: checkpoint, heartbeat. ARGV: expected checkpoint, time (ms). Only moves forward, and only while
-# the checkpoint is still the one this worker wrote (a rewound or replaced worker vouches for nothing).
+# KEYS: checkpoint, heartbeat, leader. ARGV: expected checkpoint, time (ms), leader token ('' = HA off).
+# Only moves forward, and only while the checkpoint (and lease) is still this worker's.
 HEARTBEAT_LUA = r"""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[3] then return 0 end
 local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
 if cur < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
 return 1
@@ -141,6 +143,7 @@ class RedisSink:
         self.cfg = cfg
         self.ns = cfg.namespace
         self.holdoff_ms = holdoff_ms
+        self.leader_token: str | None = None  # HA: every apply checks that this token still holds <ns>:leader
         self.client = client if client is not None else make_client(cfg)
         self._apply: Script = self.client.register_script(APPLY_LUA)
         self._beat: Script = self.client.register_script(HEARTBEAT_LUA)
@@ -175,6 +178,7 @@ class RedisSink:
             "1" if expected is not None else "0",
             new,
             self.holdoff_ms,
+            self.leader_token or "",
         ]
         args += encode_ops(ops)
         reply = self._call("apply", self._apply, keys=[], args=args)
@@ -185,6 +189,8 @@ class RedisSink:
             return False
         if status == "REWIND":
             raise RewindRequired(reply[1].decode())
+        if status == "FENCED":
+            raise Fenced("another worker holds the leader lease")
         raise RewindRequired(None)
 
     def time_ms(self) -> int:
@@ -194,8 +200,8 @@ class RedisSink:
 
     def set_heartbeat(self, ms: int, expected: str) -> bool:
         """Move ``<ns>:heartbeat`` forward to ``ms`` if the checkpoint is still ``expected``."""
-        keys = [self.checkpoint_key, f"{self.ns}:heartbeat"]
-        return bool(self._call("heartbeat", self._beat, keys=keys, args=[expected, ms]))
+        keys = [self.checkpoint_key, f"{self.ns}:heartbeat", f"{self.ns}:leader"]
+        return bool(self._call("heartbeat", self._beat, keys=keys, args=[expected, ms, self.leader_token or ""]))
 
     def server_identity(self) -> str | None:
         """Which MySQL server the checkpoint was read from (``<ns>:server``)."""

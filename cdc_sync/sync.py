@@ -352,7 +352,6 @@ class Worker:
                     assembler.reset()
         finally:
             self.streaming = False
-            self.notifier.send("STOPPING=1")
             if self.applier.stop(self.config.worker.shutdown_timeout_s) and self.applier.failure is None:
                 log.info("worker.stopped", checkpoint=self.applier.expected)
             else:

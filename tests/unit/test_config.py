@@ -289,7 +289,7 @@ ERROR_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("port string", _raw(mysql={"port": "3306"}), "mysql.port: must be an integer, not str"),
     ("port bool", _raw(mysql={"port": True}), "mysql.port: must be an integer, not a boolean"),
     ("port float", _raw(mysql={"port": 3306.0}), "mysql.port: must be an integer, not float"),
-    ("server_id 0", _raw(mysql={"server_id": 0}), "mysql.server_id: must be between 1 and 4294967295, got 0"),
+    ("server_id -1", _raw(mysql={"server_id": -1}), "mysql.server_id: must be between 0 and 4294967295, got -1"),
     ("ttl bool", _raw(tables=[{**USERS, "ttl": False}]), "tables[0].ttl: must be an integer, not a boolean"),
     ("heartbeat bool", _raw(mysql={"heartbeat_s": True}), "mysql.heartbeat_s: must be a number, not a boolean"),
     ("heartbeat low", _raw(mysql={"heartbeat_s": 0}), "mysql.heartbeat_s: must be >= 0.1, got 0"),
@@ -400,3 +400,13 @@ def test_schema_unknown_column_fields(settings: dict[str, Any], expected: str) -
     with pytest.raises(ConfigError) as info:
         check_against_schema(cfg, {"shop.users": ["id", "name"]})
     assert str(info.value) == expected
+
+
+def test_server_id_zero_is_derived_from_the_host_name() -> None:
+    """server_id = 0: a stable id from the host (pod) name, clear of small hand-picked ids."""
+    from cdc_sync.config import derived_server_id
+
+    cfg = from_dict(_raw(mysql={"server_id": 0}), env={})
+    assert cfg.mysql.server_id == derived_server_id() >= 1000
+    assert derived_server_id("pod-a") != derived_server_id("pod-b")
+    assert derived_server_id("pod-a") == derived_server_id("pod-a")
