@@ -124,8 +124,6 @@ def _fixers(event: RowsEvent) -> list[tuple[str, Any]]:
 
 
 def _fix_row(values: dict[str, Any], nones: Mapping[str, str], fixes: list[tuple[str, Any]]) -> dict[str, Any]:
-    if any(str(k).startswith("UNKNOWN_COL") for k in values):
-        raise _MissingMetadata("column names missing: binlog_row_metadata is not FULL")
     for name, fix in fixes:
         value = values.get(name)
         if value is None:
@@ -148,6 +146,8 @@ def _fix_row(values: dict[str, Any], nones: Mapping[str, str], fixes: list[tuple
 def _changes(event: RowsEvent) -> tuple[RowChange, ...]:
     """Decode every row of the event (the library decodes lazily, on ``event.rows``)."""
     schema, table = event.schema, event.table
+    if any(not col.name for col in event.columns):  # the library would invent UNKNOWN_COL<n> names
+        raise _MissingMetadata(f"{schema}.{table}: column names missing: binlog_row_metadata is not FULL")
     fixes = _fixers(event)
     out: list[RowChange] = []
     rows: Iterable[dict[str, Any]] = event.rows

@@ -34,8 +34,20 @@ def test_fix_row_applies_each_fix() -> None:
 
 
 def test_missing_column_names_are_a_decode_error() -> None:
-    """UNKNOWN_COL names (metadata not FULL) are refused, never cached under wrong names."""
+    """Columns without names (binlog_row_metadata not FULL) are refused before any row is decoded."""
+    from types import SimpleNamespace
+
     import pytest
 
+    from cdc_sync.source import _changes
+
+    class NoRows:
+        schema, table = "s", "t"
+        columns = (SimpleNamespace(name=None, type=3),)
+
+        @property
+        def rows(self) -> list[object]:
+            raise AssertionError("rows must not be decoded")
+
     with pytest.raises(ValueError, match="binlog_row_metadata"):
-        _fix_row({"UNKNOWN_COL0": 1}, {}, [])
+        _changes(NoRows())  # type: ignore[arg-type]
