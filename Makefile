@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup servers test unit lint demo consistency clean
+.PHONY: setup servers test unit lint demo consistency bench clean
 
 setup: servers $(STAMP)
 
@@ -43,6 +43,11 @@ lint: setup
 
 demo: setup
 	$(BIN)/python tools/demo.py
+
+# Benchmarks on throwaway servers (figures printed and written to bench/*.json).
+bench: setup
+	$(BIN)/python bench/catchup.py
+	$(BIN)/python bench/reader.py
 
 # The long consistency profile (about 6 minutes, 30 faults); the short one runs in `make test`.
 consistency: setup
