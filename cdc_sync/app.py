@@ -151,8 +151,13 @@ class Service:
             renewer = Renewer(self.lease, self.worker.stop)
             renewer.start()
         try:
-            self.worker.run(on_ready=self._start_prober)
-            if self.worker.applier.failure is not None and isinstance(self.worker.applier.failure, Fenced):
+            try:
+                self.worker.run(on_ready=self._start_prober)
+            except CdcSyncError as exc:
+                if renewer is not None and renewer.lost and not isinstance(exc, Fenced):
+                    raise Fenced(f"the leader lease was lost ({exc})") from exc  # a step-down, not a failure
+                raise
+            if isinstance(self.worker.applier.failure, Fenced):
                 raise self.worker.applier.failure
             if renewer is not None and renewer.lost and not self._stop.is_set():
                 raise Fenced("the leader lease was lost")
@@ -162,6 +167,7 @@ class Service:
             if self.prober is not None:
                 self.prober.stop()
                 self.prober = None
+            self.worker.close()
 
 
 def run(config: Config) -> int:

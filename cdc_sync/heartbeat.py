@@ -68,6 +68,9 @@ class Prober:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
+        close = getattr(self.mysql, "close", None)
+        if close is not None:
+            close()
 
     def probe_once(self) -> bool:
         """One probe; True when the heartbeat was moved."""

@@ -88,7 +88,11 @@ class MySQLAdmin:
             try:
                 if self._conn is None:
                     self._conn = pymysql.connect(
-                        **connection_settings(self.cfg), cursorclass=pymysql.cursors.DictCursor, autocommit=True
+                        **connection_settings(self.cfg),
+                        cursorclass=pymysql.cursors.DictCursor,
+                        autocommit=True,
+                        read_timeout=30,  # a stalled server must not hang start-up, probes or shutdown
+                        write_timeout=30,
                     )
                 with self._conn.cursor() as cur:
                     cur.execute(sql, args)

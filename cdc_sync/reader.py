@@ -166,7 +166,8 @@ class Lookup:
         keys += [f"{ns}:flushing:{t}" for t in self.tables]
         keys += [f"{ns}:tinv:{t}" for t in self.tags]
         keys += [f"{ns}:tag:{t}" for t in self.tags]
-        tag_ttl = self.ttl_ms + cfg.lease_ttl_ms if self.ttl_ms else 0
+        # the tag sets must outlive whatever this key may be filled with (a value, or a cached absence)
+        tag_ttl = max(self.ttl_ms, cfg.negative_ttl * 1000) + cfg.lease_ttl_ms if self.ttl_ms else 0
         args: list[ScriptArg] = [cfg.max_staleness_ms, cfg.lease_ttl_ms, token, len(self.tables), self.fmt, tag_ttl]
         args.append(len(self.tags))
         return keys, args
@@ -243,8 +244,8 @@ class _ReaderBase:
     @staticmethod
     def decode(lookup: Lookup, payload: Any) -> Any:
         if lookup.fmt == "h":
-            items = payload if isinstance(payload, list) else list(payload)
-            return {items[i].decode(): items[i + 1].decode() for i in range(0, len(items), 2)}
+            items = [i.decode() if isinstance(i, bytes) else str(i) for i in payload]  # Redis bytes or encoded str
+            return {items[i]: items[i + 1] for i in range(0, len(items), 2)}
         return orjson.loads(payload)
 
     def _redis_failed(self, exc: Exception, key: str) -> None:
@@ -313,11 +314,15 @@ class CacheReader(_ReaderBase):
         result: T = self._get(lookup, load)
         return result
 
-    def fill_rows(self, table: str, rows: Sequence[Mapping[str, object]]) -> tuple[int, int, dict[str, int]]:
-        """Pre-fill rows read from MySQL through the lease protocol, in two pipelined round trips.
+    def fill_rows(
+        self, table: str, rows: Sequence[Mapping[str, object]], selected_at: float
+    ) -> tuple[int, int, dict[str, int]]:
+        """Pre-fill rows read from MySQL (at monotonic time ``selected_at``) through the lease protocol.
 
-        Each key is filled only where a lease is granted now and still held at the fill, so a row changed
-        meanwhile is never overwritten with this (older) copy. Returns (filled, not filled, bypass reasons).
+        Two pipelined round trips. A change committed after the SELECT leaves a hold-off marker for
+        ``holdoff_ms`` from when the worker applies it, so leases granted within half that time of the SELECT
+        cannot cover a newer change; if the leases took longer, they are given back and nothing is filled
+        (bypass reason ``slow``: retry with fewer rows). Returns (filled, not filled, bypass reasons).
         """
         rule = self.rule(table)
         lookups: list[tuple[Lookup, str, bytes | list[str]]] = []
@@ -341,6 +346,7 @@ class CacheReader(_ReaderBase):
             keys, args = lookup.lookup_args(self.ns, self.cfg, token)
             self._lookup_script(keys=keys, args=args, client=pipe)
         replies = pipe.execute()
+        too_slow = time.monotonic() - selected_at > self.cfg.holdoff_ms / 2000
         pipe = self.redis.pipeline(transaction=False)
         leased = 0
         bypass: Counter[str] = Counter()
@@ -348,12 +354,17 @@ class CacheReader(_ReaderBase):
             kind = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
             if kind == "B":
                 bypass[reply[1].decode()] += 1
-            if kind != "L" or payload == []:
+            if kind != "L":
+                continue
+            if too_slow or payload == []:
+                self._release_script(keys=[f"{self.ns}:lease:{lookup.key}"], args=[token], client=pipe)
+                bypass["slow" if too_slow else "empty_hash"] += 1
                 continue
             keys, args = lookup.fill_args(self.ns, token, self.jittered(lookup.ttl_ms), payload)
             self._fill_script(keys=keys, args=args, client=pipe)
             leased += 1
-        filled = sum(1 for stored in pipe.execute() if stored) if leased else 0
+        results = pipe.execute()
+        filled = sum(1 for stored in results if stored) if leased and not too_slow else 0
         return filled, len(lookups) - filled, dict(bypass)
 
     def _get(self, lookup: Lookup, load: Callable[[], bytes | list[str] | None]) -> Any:

@@ -95,7 +95,8 @@ return 1
 # ARGV: namespace, holdoff ms, then T ops. Evicts the members of each tag (for a flush); returns how many.
 EVICT_TAGS_LUA = r"""
 local ns, holdoff, n = ARGV[1], tonumber(ARGV[2]), 0
-for i = 4, #ARGV, 2 do
+if ARGV[3] ~= '' and redis.call('GET', ns .. ':leader') ~= ARGV[3] then return -1 end
+for i = 5, #ARGV, 2 do
   local tag = ns .. ':tag:' .. ARGV[i]
   for _, member in ipairs(redis.call('SMEMBERS', tag)) do
     redis.call('DEL', member, ns .. ':lease:' .. member)
@@ -106,6 +107,15 @@ for i = 4, #ARGV, 2 do
   if holdoff > 0 then redis.call('SET', ns .. ':tinv:' .. ARGV[i], '1', 'PX', holdoff) end
 end
 return n
+"""
+
+# One step of a wholesale flush, refused (-1) when HA is on and the lease is not ours.
+# ARGV: namespace, leader token ('' = HA off), op ('mark' | 'unmark' | 'unlink'), marker ttl ms. KEYS: the keys.
+FLUSH_STEP_LUA = r"""
+if ARGV[2] ~= '' and redis.call('GET', ARGV[1] .. ':leader') ~= ARGV[2] then return -1 end
+if ARGV[3] == 'mark' then redis.call('SET', KEYS[1], '1', 'PX', ARGV[4]) return 1 end
+if ARGV[3] == 'unmark' then return redis.call('DEL', KEYS[1]) end
+return redis.call('UNLINK', unpack(KEYS))
 """
 
 FLUSH_MARKER_TTL_MS = 600_000  # a crashed flush leaves the marker at most this long (replay redoes it)
@@ -148,6 +158,7 @@ class RedisSink:
         self._apply: Script = self.client.register_script(APPLY_LUA)
         self._beat: Script = self.client.register_script(HEARTBEAT_LUA)
         self._evict: Script = self.client.register_script(EVICT_TAGS_LUA)
+        self._flush_step: Script = self.client.register_script(FLUSH_STEP_LUA)
 
     @property
     def checkpoint_key(self) -> str:
@@ -164,7 +175,12 @@ class RedisSink:
         return value.decode() if value is not None else None
 
     def set_checkpoint(self, position: str) -> None:
-        self._call("SET checkpoint", self.client.set, self.checkpoint_key, position)
+        """Replace the checkpoint, and drop the heartbeat in the same step: what the cache holds is vouched
+        for again only once the worker has caught up from the new position."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(self.checkpoint_key, position)
+        pipe.delete(f"{self.ns}:heartbeat")
+        self._call("SET checkpoint", pipe.execute)
 
     def apply(self, ops: Sequence[RedisOp], expected: str | None, new: str) -> bool:
         """One atomic step: check ``expected``, apply ``ops``, set the checkpoint to ``new``.
@@ -258,18 +274,18 @@ class RedisSink:
         any fill that loaded the table before the flush fail.
         """
         marker = f"{self.ns}:flushing:{rule.name}"
-        self._call("SET flushing", self.client.set, marker, "1", px=FLUSH_MARKER_TTL_MS)
+        self._step("mark", [marker])
         deleted = 0
         # Leases first: a fill that loaded before the flush must find its lease gone, whichever key it is.
         for template in rule.templates:
             for page in self._scan(f"{self.ns}:lease:{template.pattern()}"):
-                self._call("UNLINK", self.client.unlink, *page)
+                self._step("unlink", page)
         for template in rule.templates:
             for page in self._scan(template.pattern()):
                 # the glob is broader than the template (a field's * also matches ':'): keep only its own keys
                 mine = [k for k in page if template.matches(k.decode(errors="replace"))]
                 if mine:
-                    deleted += int(self._call("UNLINK", self.client.unlink, *mine))
+                    deleted += self._step("unlink", mine)
         # Keys that depend on the table through reader tags: the whole-table tag and every column tag.
         table_tag = f"{self.ns}:tag:{glob_escape(rule.name)}"
         tag_suffixes = [rule.name]
@@ -277,11 +293,21 @@ class RedisSink:
             tag_suffixes.extend(k.decode()[len(self.ns) + 5 :] for k in page)
         for start in range(0, len(tag_suffixes), 500):
             chunk = [EvictTag(s) for s in tag_suffixes[start : start + 500]]
-            deleted += int(
-                self._call("evict tags", self._evict, keys=[], args=[self.ns, self.holdoff_ms, *encode_ops(chunk)])
-            )
-        self._call("DEL flushing", self.client.delete, marker)
+            args = [self.ns, self.holdoff_ms, self.leader_token or "", *encode_ops(chunk)]
+            evicted = int(self._call("evict tags", self._evict, keys=[], args=args))
+            if evicted < 0:
+                raise Fenced("another worker holds the leader lease")
+            deleted += evicted
+        self._step("unmark", [marker])
         return deleted
+
+    def _step(self, op: str, keys: Sequence[bytes | str]) -> int:
+        """One fenced step of a flush (HA: refused once the lease is someone else's)."""
+        args = [self.ns, self.leader_token or "", op, FLUSH_MARKER_TTL_MS]
+        result = int(self._call(f"flush {op}", self._flush_step, keys=list(keys), args=args))
+        if result < 0:
+            raise Fenced("another worker holds the leader lease")
+        return result
 
     def close(self) -> None:
         self.client.close()

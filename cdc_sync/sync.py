@@ -358,6 +358,12 @@ class Worker:
                 queued = self.applier.queue.qsize()
                 log.warning("worker.shutdown_incomplete", queued=queued, checkpoint=self.applier.expected)
 
+    def close(self) -> None:
+        """Release the admin connection (each HA term has its own Worker)."""
+        close = getattr(self._admin, "close", None)
+        if close is not None:
+            close()
+
     # ---- liveness, readiness, systemd, status ------------------------------------------------------
 
     def tick(self) -> None:

@@ -78,6 +78,9 @@ def _mysql_checks(config: Config) -> list[Check]:
         out.append(Check("mysql.tables", PASS, f"{len(config.tables)} mapped table(s) exist with every named column"))
     except ConfigError as exc:
         out.append(Check("mysql.tables", FAIL, str(exc), "fix the [[tables]] entry or the table"))
+    except CdcSyncError as exc:
+        fix = "check SELECT on information_schema"
+        out.append(Check("mysql.tables", FAIL, f"cannot read the tables: {exc}", fix, blocking=False))
     admin.close()
     return out
 
@@ -123,11 +126,13 @@ def _privilege_checks(admin: MySQLAdmin, config: Config) -> list[Check]:
     everything = "ALL PRIVILEGES ON *.*" in grants
     user = config.mysql.user
     ok = everything or bool(re.search(r"REPLICATION (SLAVE|REPLICA)", grants))
+    # Grants through roles (MySQL 8) are not listed here, and unreadable grants prove nothing: WARN, not FAIL.
+    roles = bool(re.search(r"GRANT `[^`]+`@`[^`]+` TO", grants))
     out.append(
         Check(
             "mysql.privilege.replication_slave",
-            PASS if ok else FAIL,
-            "REPLICATION SLAVE " + ("granted" if ok else "missing: the binlog cannot be read"),
+            PASS if ok else (FAIL if grants and not roles else WARN),
+            "REPLICATION SLAVE " + ("granted" if ok else "not found in SHOW GRANTS: the binlog cannot be read"),
             f"GRANT REPLICATION SLAVE ON *.* TO '{user}'@'%'",
         )
     )
@@ -153,11 +158,16 @@ def _privilege_checks(admin: MySQLAdmin, config: Config) -> list[Check]:
     return out
 
 
+# MySQL errors that mean "not allowed" (anything else, e.g. too many connections, is not a verdict)
+_DENIED = ("error 1142", "error 1227", "error 1044", "error 1045", "error 1143", "error 1370")
+
+
 def _try(name: str, fn: Callable[[], object], ok: str, fix: str) -> Check:
     try:
         fn()
     except CdcSyncError as exc:
-        return Check(name, FAIL, str(exc), fix)
+        denied = any(code in str(exc).lower() for code in _DENIED)
+        return Check(name, FAIL, str(exc), fix, blocking=denied)
     return Check(name, PASS, ok)
 
 
@@ -237,7 +247,8 @@ def _acl_check(client: redis.Redis, ns: str) -> Check:
         ("HSET", lambda: client.hset(f"{probe}:h", "f", "v")),
         ("SADD", lambda: client.sadd(f"{probe}:s", "m")),
         ("SCAN", lambda: client.scan(0, match=f"{probe}*", count=10)),
-        ("EVAL", lambda: client.eval("return redis.call('TIME')[1]", 0)),
+        # as the worker and readers run scripts: EVALSHA, and SCRIPT LOAD on NOSCRIPT
+        ("EVALSHA", lambda: client.register_script("return redis.call('TIME')[1]")(keys=[], args=[])),
         ("UNLINK", lambda: client.unlink(f"{probe}:h", f"{probe}:s")),
         ("DEL", lambda: client.delete(probe)),
     ]

@@ -51,15 +51,18 @@ def set_position(config: Config, position: str) -> str:
 
 
 def reset(config: Config) -> tuple[str, int]:
-    """Flush every mapped table, then start from the server's current position. Returns (position, keys)."""
+    """Start from the server's current position with an empty cache. Returns (position, keys flushed).
+
+    The checkpoint is moved first (a running worker's next step then fails its compare-and-set, so it writes
+    nothing more from before the new position, and rewinds to it), then every mapped table is flushed.
+    """
     admin = MySQLAdmin(config.mysql)
     try:
         start = initial_position(admin.server_info(), "current", config.mysql.position_mode)
     finally:
         admin.close()
-    deleted = flush(config, [])
     set_position(config, start)
-    return start, deleted
+    return start, flush(config, [])
 
 
 def flush(config: Config, tables: Sequence[str]) -> int:

@@ -115,7 +115,7 @@ def render(data: dict[str, Any]) -> str:
         )
         if worker.get("last_error"):
             lines.append(f"last error   {worker['last_error']} at {worker.get('last_error_at', '?')}")
-    lines.append(f"leader       {data.get('leader') or '(HA off)'}")
+    lines.append(f"leader       {data.get('leader') or '(none: HA off, or no worker holds the lease)'}")
     for table, ops in sorted((data.get("applied") or {}).items()):
         counts = "  ".join(f"{op} {n}" for op, n in sorted(ops.items()))
         lines.append(f"applied      {table}: {counts}")

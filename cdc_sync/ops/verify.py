@@ -115,12 +115,16 @@ def verify(
             if sample and len(keys) > sample:
                 keys = random.sample(keys, sample)
             result = VerifyResult(rule.name, checked=len(keys))
-            checked_at = _redis_ms(reader)
             suspects = _compare(reader, rule, keys)
             if suspects:
-                # A change not yet applied is not divergence: compare again once the worker has passed this time.
-                confirmed = _wait_for_heartbeat(reader, checked_at, recheck_timeout_s) and confirmed
-                suspects = _compare(reader, rule, [d.key for d in suspects])
+                # A change not yet applied is not divergence. For each suspect: read the row (d1), note Redis's
+                # time, wait until the worker has applied everything committed before it, read the cache, read
+                # the row again (d2): divergent only if the row did not move (d1 == d2) and the cache differs.
+                first = {d.key: d.database for d in _compare(reader, rule, [d.key for d in suspects])}
+                at = _redis_ms(reader)
+                confirmed = _wait_for_heartbeat(reader, at, recheck_timeout_s) and confirmed
+                again = _compare(reader, rule, list(first))
+                suspects = [d for d in again if first.get(d.key) == d.database]
             result.divergent = suspects
             if repair and suspects:
                 result.repaired = _evict(reader, [d.key for d in suspects])

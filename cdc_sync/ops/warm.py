@@ -64,12 +64,17 @@ def warm(
             if on_start is not None:
                 on_start(rule.name, loader.estimate_rows(rule.name))
             started = time.monotonic()
+            size = chunk
             while True:
-                rows = loader.scan(rule.name, pk, after, chunk)
+                selected_at = time.monotonic()
+                rows = loader.scan(rule.name, pk, after, size)
                 if not rows:
                     reader.redis.delete(progress_key)
                     break
-                filled, skipped, bypassed = reader.fill_rows(rule.name, rows)
+                filled, skipped, bypassed = reader.fill_rows(rule.name, rows, selected_at)
+                if bypassed.get("slow") and size > 1:
+                    size = max(1, size // 2)  # the chunk took longer than half the hold-off: smaller, again
+                    continue
                 result.rows += len(rows)
                 result.filled += filled
                 result.skipped += skipped

@@ -460,3 +460,40 @@ def test_readers_bypass_while_a_table_is_flushed(
     r.delete(f"cdc:flushing:{db}.users")
     reader.get_row(f"{db}.users", id=1)
     assert r.exists("user:1") == 1
+
+
+def test_hash_format_rows_fill_and_hit_as_text_fields(
+    start_worker: StartWorker, make_reader: Callable[..., CacheReader], db: str, schema: None, r: redis.Redis
+) -> None:
+    """A hash-format table: a miss fills one field per column, and hit and miss return the same dict."""
+    start_worker(_tables(db, "evict", extra='format = "hash"'), extra=READER_DEFAULTS)
+    _heartbeat(r)
+    reader = make_reader()
+    missed = reader.get_row(f"{db}.users", id=1)
+    assert missed == {"id": "1", "name": "old"}
+    assert {k.decode(): v.decode() for k, v in r.hgetall("user:1").items()} == {"id": "1", "name": "old"}
+    assert reader.get_row(f"{db}.users", id=1) == missed
+    assert reader.stats["hit"] == 1
+
+
+def test_negative_result_does_not_outlive_its_dependency_tag(
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    make_reader: Callable[..., CacheReader],
+    db: str,
+    schema: None,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+) -> None:
+    """A cached 'absent' lives negative_ttl; its tag set lives at least as long, so a matching insert evicts it."""
+    w = start_worker(_tables(db), extra=READER_DEFAULTS)
+    _heartbeat(r)
+    reader = make_reader(negative_ttl=60)
+    deps = [(f"{db}.orders", {"user_id": 9})]
+    assert reader.fetch("orders-of:9", lambda: None, ttl=1, depends_on=deps) is None
+    assert r.get("orders-of:9") == b"null"
+    assert r.pttl(f"cdc:tag:{db}.orders:user_id=9") > 50_000
+    with sql.cursor() as cur:
+        cur.execute("INSERT INTO orders VALUES (99, 9, 1)")
+    wait_caught_up(r, sql, mysql_server.flavor, w)
+    assert r.get("orders-of:9") is None
