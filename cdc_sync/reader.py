@@ -348,7 +348,7 @@ class CacheReader(_ReaderBase):
         replies = pipe.execute()
         too_slow = time.monotonic() - selected_at > self.cfg.holdoff_ms / 2000
         pipe = self.redis.pipeline(transaction=False)
-        leased = 0
+        is_fill: list[bool] = []  # per queued command: a fill (counted) or a lease given back
         bypass: Counter[str] = Counter()
         for (lookup, token, payload), reply in zip(lookups, replies, strict=True):
             kind = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
@@ -359,12 +359,13 @@ class CacheReader(_ReaderBase):
             if too_slow or payload == []:
                 self._release_script(keys=[f"{self.ns}:lease:{lookup.key}"], args=[token], client=pipe)
                 bypass["slow" if too_slow else "empty_hash"] += 1
+                is_fill.append(False)
                 continue
             keys, args = lookup.fill_args(self.ns, token, self.jittered(lookup.ttl_ms), payload)
             self._fill_script(keys=keys, args=args, client=pipe)
-            leased += 1
-        results = pipe.execute()
-        filled = sum(1 for stored in results if stored) if leased and not too_slow else 0
+            is_fill.append(True)
+        results = pipe.execute() if is_fill else []
+        filled = sum(1 for fill, stored in zip(is_fill, results, strict=True) if fill and stored)
         return filled, len(lookups) - filled, dict(bypass)
 
     def _get(self, lookup: Lookup, load: Callable[[], bytes | list[str] | None]) -> Any:
