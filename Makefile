@@ -37,8 +37,8 @@ unit: setup
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check cdc_sync tests tools
-	$(BIN)/ruff format --check cdc_sync tests tools
+	$(BIN)/ruff check cdc_sync tests tools bench
+	$(BIN)/ruff format --check cdc_sync tests tools bench
 	$(BIN)/mypy --strict cdc_sync
 
 demo: setup

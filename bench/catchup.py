@@ -33,14 +33,18 @@ def _load(port: int, n: int) -> tuple[str, str]:
     conn = pymysql.connect(host="127.0.0.1", port=port, user="root", autocommit=True)
     with conn.cursor() as cur:
         cur.execute("CREATE DATABASE IF NOT EXISTS b")
-        cur.execute("CREATE TABLE b.t (id BIGINT PRIMARY KEY, a VARCHAR(64), c VARCHAR(64), d DECIMAL(12,2), "
-                    "e DATETIME, f TEXT)")
+        cur.execute(
+            "CREATE TABLE b.t (id BIGINT PRIMARY KEY, a VARCHAR(64), c VARCHAR(64), d DECIMAL(12,2), "
+            "e DATETIME, f TEXT)"
+        )
         cur.execute("SELECT @@gtid_binlog_pos")
         start = cur.fetchone()[0]
         half = n // 2
         for base in range(0, half, 500):
-            rows = [(i, f"name-{i}", f"mail-{i}@x", i / 100, "2024-01-02 03:04:05", "t" * 40)
-                    for i in range(base, min(base + 500, half))]
+            rows = [
+                (i, f"name-{i}", f"mail-{i}@x", i / 100, "2024-01-02 03:04:05", "t" * 40)
+                for i in range(base, min(base + 500, half))
+            ]
             cur.execute("BEGIN")
             cur.executemany("INSERT INTO b.t VALUES (%s,%s,%s,%s,%s,%s)", rows)
             cur.execute("COMMIT")
@@ -53,9 +57,16 @@ def _load(port: int, n: int) -> tuple[str, str]:
 
 
 def _raw(port: int, start: str, n: int) -> float:
-    stream = BinLogStreamReader({"host": "127.0.0.1", "port": port, "user": "root", "passwd": ""}, server_id=77,
-                                blocking=True, is_mariadb=True, auto_position=start, only_schemas=["b"],
-                                only_tables=["t"], enable_logging=False)
+    stream = BinLogStreamReader(
+        {"host": "127.0.0.1", "port": port, "user": "root", "passwd": ""},
+        server_id=77,
+        blocking=True,
+        is_mariadb=True,
+        auto_position=start,
+        only_schemas=["b"],
+        only_tables=["t"],
+        enable_logging=False,
+    )
     rows = 0
     t0 = time.perf_counter()
     for ev in stream:
@@ -68,7 +79,44 @@ def _raw(port: int, start: str, n: int) -> float:
     return elapsed
 
 
-def _worker(mysql_port: int, redis_port: int, start: str, end: str, mode: str, workdir: Path) -> float:
+def _naive(port: int, redis_port: int, start: str, limit: int) -> float:
+    """The shape of the library's examples/redis_cache.py: one Redis round trip per row, no pipelining."""
+    r = redis.Redis(port=redis_port)
+    stream = BinLogStreamReader(
+        {"host": "127.0.0.1", "port": port, "user": "root", "passwd": ""},
+        server_id=78,
+        blocking=True,
+        is_mariadb=True,
+        auto_position=start,
+        only_schemas=["b"],
+        only_tables=["t"],
+        enable_logging=False,
+    )
+    rows = 0
+    t0 = time.perf_counter()
+    for ev in stream:
+        if isinstance(ev, RowsEvent):
+            for row in ev.rows:
+                values = row.get("after_values", row.get("values"))
+                r.hset(f"naive:{values['id']}", mapping={k: str(v) for k, v in values.items()})
+                rows += 1
+            if rows >= limit:
+                break
+    elapsed = time.perf_counter() - t0
+    stream.close()
+    return rows / elapsed
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _worker(
+    mysql_port: int, redis_port: int, start: str, end: str, mode: str, workdir: Path, rss: list[float] | None = None
+) -> float:
     r = redis.Redis(port=redis_port)
     r.flushall()
     r.set("cdc:checkpoint", start)
@@ -96,6 +144,8 @@ listen = "127.0.0.1:0"
             raise SystemExit(f"worker exited {proc.returncode}")
         time.sleep(0.01)
     elapsed = time.perf_counter() - t0
+    if rss is not None:
+        rss.append(_peak_rss_mb(proc.pid))
     proc.terminate()
     proc.wait(10)
     return elapsed
@@ -110,18 +160,31 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="cdc-bench-"))
     try:
         start, end = _load(mariadb.port, args.changes)
-        results: dict[str, list[float]] = {"raw": [], "evict": [], "update": []}
+        results: dict[str, list[float]] = {"raw": [], "evict": [], "update": [], "naive": []}
+        rss: dict[str, list[float]] = {"evict": [], "update": []}
         for _ in range(args.runs):  # A/B alternated so drift hits all alike
             results["raw"].append(args.changes / _raw(mariadb.port, start, args.changes))
             for mode in ("evict", "update"):
-                results[mode].append(args.changes / _worker(mariadb.port, redis_srv.port, start, end, mode, workdir))
+                seconds = _worker(mariadb.port, redis_srv.port, start, end, mode, workdir, rss[mode])
+                results[mode].append(args.changes / seconds)
+            results["naive"].append(_naive(mariadb.port, redis_srv.port, start, min(args.changes, 20_000)))
         med = {k: sorted(v)[len(v) // 2] for k, v in results.items()}
-        print(f"{'scenario':<28}{'median rows/s':>16}{'vs raw':>10}")
-        for k in ("raw", "evict", "update"):
-            print(f"{k:<28}{med[k]:>16,.0f}{med[k] / med['raw']:>10.2f}")
-        out = {"changes": args.changes, "runs": results, "median_rows_per_s": med,
-               "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                           "cpus": __import__("os").cpu_count()}, "date": time.strftime("%Y-%m-%d")}
+        print(f"{'scenario':<28}{'median rows/s':>16}{'vs raw':>10}{'vs naive':>10}")
+        for k in ("raw", "evict", "update", "naive"):
+            print(f"{k:<28}{med[k]:>16,.0f}{med[k] / med['raw']:>10.2f}{med[k] / med['naive']:>10.2f}")
+        print("peak RSS of the worker (MB): " + ", ".join(f"{m} {max(v):.0f}" for m, v in rss.items()))
+        out = {
+            "changes": args.changes,
+            "runs": results,
+            "median_rows_per_s": med,
+            "peak_rss_mb": rss,
+            "machine": {
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "cpus": __import__("os").cpu_count(),
+            },
+            "date": time.strftime("%Y-%m-%d"),
+        }
         (ROOT / "bench" / "catchup.json").write_text(json.dumps(out, indent=2))
     finally:
         mariadb.stop()

@@ -52,11 +52,15 @@ def main() -> None:
         conn = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", autocommit=True)
         with conn.cursor() as cur:
             cur.execute("CREATE DATABASE b")
-            cur.execute("CREATE TABLE b.users (id INT PRIMARY KEY, email VARCHAR(64), name VARCHAR(64), "
-                        "balance DECIMAL(10,2), updated DATETIME)")
+            cur.execute(
+                "CREATE TABLE b.users (id INT PRIMARY KEY, email VARCHAR(64), name VARCHAR(64), "
+                "balance DECIMAL(10,2), updated DATETIME)"
+            )
             for base in range(0, ROWS * 2, 500):
-                cur.executemany("INSERT INTO b.users VALUES (%s, %s, %s, %s, '2024-01-02 03:04:05')",
-                                [(i, f"u{i}@x", f"user {i}", i / 100) for i in range(base, base + 500)])
+                cur.executemany(
+                    "INSERT INTO b.users VALUES (%s, %s, %s, %s, '2024-01-02 03:04:05')",
+                    [(i, f"u{i}@x", f"user {i}", i / 100) for i in range(base, base + 500)],
+                )
         cfg_path = workdir / "cdc-sync.toml"
         cfg_path.write_text(f"""
 [mysql]
@@ -79,8 +83,14 @@ listen = "127.0.0.1:0"
         while r.get("cdc:heartbeat") is None:
             time.sleep(0.05)
         reader = CacheReader(load(cfg_path))
-        naive_db = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", database="b", autocommit=True,
-                                   cursorclass=pymysql.cursors.DictCursor)
+        naive_db = pymysql.connect(
+            host="127.0.0.1",
+            port=mariadb.port,
+            user="root",
+            database="b",
+            autocommit=True,
+            cursorclass=pymysql.cursors.DictCursor,
+        )
 
         def naive_get(i: int) -> Any:
             raw = r.get(f"naive:{i}")
@@ -145,12 +155,18 @@ listen = "127.0.0.1:0"
         nc = statistics.median(c for c, _ in herd_naive)
         rw = statistics.median(w for _, w in herd_reader)
         nw = statistics.median(w for _, w in herd_naive)
-        print(f"herd of 200 on one key: reader {rc:.0f} loader call(s) in {rw * 1000:.0f} ms; "
-              f"naive {nc:.0f} calls in {nw * 1000:.0f} ms")
-        out = {"per_op_us": results, "median_us": med, "herd": {"reader": herd_reader, "naive": herd_naive},
-               "ratios": {"hit_vs_raw_get": med["hit"] / med["raw_get"], "miss_vs_naive": med["miss"] / med["naive_miss"]},
-               "machine": {"python": platform.python_version(), "platform": platform.platform()},
-               "date": time.strftime("%Y-%m-%d")}
+        print(
+            f"herd of 200 on one key: reader {rc:.0f} loader call(s) in {rw * 1000:.0f} ms; "
+            f"naive {nc:.0f} calls in {nw * 1000:.0f} ms"
+        )
+        out = {
+            "per_op_us": results,
+            "median_us": med,
+            "herd": {"reader": herd_reader, "naive": herd_naive},
+            "ratios": {"hit_vs_raw_get": med["hit"] / med["raw_get"], "miss_vs_naive": med["miss"] / med["naive_miss"]},
+            "machine": {"python": platform.python_version(), "platform": platform.platform()},
+            "date": time.strftime("%Y-%m-%d"),
+        }
         (ROOT / "bench" / "reader.json").write_text(json.dumps(out, indent=2))
         reader.close()
     finally:
