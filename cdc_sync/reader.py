@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import random
 import secrets
 import threading
@@ -112,6 +113,7 @@ return 0
 """
 
 ScriptArg = bytes | str | int | float
+_PLAN_CACHE_SIZE = 10_000  # lookups remembered per reader (cleared when full)
 NEGATIVE = b"null"  # a cached "row absent" (JSON format only)
 Dependency = str | tuple[str, Mapping[str, object]]
 
@@ -126,27 +128,45 @@ class ReaderStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
+        self._exported: dict[str, Callable[[], None]] = {}  # label → the bound Prometheus increments (hot path)
 
     def add(self, name: str, reason: str = "") -> None:
         label = f"{name}:{reason}" if reason else name
         with self._lock:
             self.counts[label] += 1
-        if name in ("hit", "miss", "bypass"):
-            m.READER_LOOKUPS.labels(result=name).inc()
-            if name == "bypass":
-                m.READER_BYPASSES.labels(reason=reason).inc()
-        elif name == "lease_wait":
-            m.READER_LEASE_WAITS.inc()
-        elif name == "fill":
-            m.READER_FILLS.labels(result=reason).inc()
-        elif name == "loader_error":
-            m.READER_LOADER_ERRORS.inc()
-        elif name == "redis_error":
-            m.READER_REDIS_ERRORS.inc()
+        inc = self._exported.get(label)
+        if inc is None:
+            inc = self._exported[label] = _exporter(name, reason)
+        inc()
 
     def __getitem__(self, label: str) -> int:
         with self._lock:
             return self.counts[label]
+
+
+def _exporter(name: str, reason: str) -> Callable[[], None]:
+    """The Prometheus increments for one stats label, with their label children bound once."""
+    children: list[Any] = []
+    if name in ("hit", "miss", "bypass"):
+        children.append(m.READER_LOOKUPS.labels(result=name))
+        if name == "bypass":
+            children.append(m.READER_BYPASSES.labels(reason=reason))
+    elif name == "fill":
+        children.append(m.READER_FILLS.labels(result=reason))
+    else:
+        plain = {
+            "lease_wait": m.READER_LEASE_WAITS,
+            "loader_error": m.READER_LOADER_ERRORS,
+            "redis_error": m.READER_REDIS_ERRORS,
+        }
+        if name in plain:
+            children.append(plain[name])
+
+    def inc() -> None:
+        for child in children:
+            child.inc()
+
+    return inc
 
 
 @dataclass(frozen=True)
@@ -189,6 +209,10 @@ class _ReaderBase:
         self.cfg = config.reader
         self.ns = config.redis.namespace
         self.stats = ReaderStats()
+        self._row_lookups: dict[Any, tuple[Lookup, TableRule]] = {}
+        self._plans: dict[Lookup, tuple[list[str], list[ScriptArg]]] = {}
+        self._token_prefix = secrets.token_hex(6)  # lease tokens: unique per reader and lookup, cheap to make
+        self._tokens = itertools.count()
         self._rules = {r.name: r for r in config.tables}
         self.row_loader = loader if loader is not None else RowLoader(config.mysql, self.cfg.pool_size)
 
@@ -201,6 +225,21 @@ class _ReaderBase:
         return rule
 
     def row_lookup(self, table: str, where: Mapping[str, object]) -> tuple[Lookup, TableRule]:
+        try:
+            cache_key: Any = (table, tuple((k, type(v), v) for k, v in where.items()))  # 1 and 1.0 render apart
+            cached = self._row_lookups.get(cache_key)
+        except TypeError:  # an unhashable value: no caching
+            cache_key, cached = None, None
+        if cached is not None:
+            return cached
+        result = self._row_lookup(table, where)
+        if cache_key is not None:
+            if len(self._row_lookups) >= _PLAN_CACHE_SIZE:
+                self._row_lookups.clear()
+            self._row_lookups[cache_key] = result
+        return result
+
+    def _row_lookup(self, table: str, where: Mapping[str, object]) -> tuple[Lookup, TableRule]:
         rule = self.rule(table)
         template = _template_for(rule, where)
         key = template.render(where)
@@ -228,6 +267,19 @@ class _ReaderBase:
             tables.append(table)
             tags.append(tag_suffix(table, cols, values))
         return Lookup(key, "j", tuple(dict.fromkeys(tables)), tuple(dict.fromkeys(tags)), int(ttl * 1000))
+
+    def lookup_plan(self, lookup: Lookup, token: str) -> tuple[list[str], list[ScriptArg]]:
+        """KEYS and ARGV of the lookup script (built once per key, the token filled in per call)."""
+        plan = self._plans.get(lookup)
+        if plan is None:
+            if len(self._plans) >= _PLAN_CACHE_SIZE:
+                self._plans.clear()
+            plan = self._plans[lookup] = lookup.lookup_args(self.ns, self.cfg, "")
+        keys, args = plan
+        return keys, [args[0], args[1], token, *args[3:]]
+
+    def token(self) -> str:
+        return f"{self._token_prefix}{next(self._tokens):x}"
 
     def jittered(self, ttl_ms: int) -> int:
         if ttl_ms <= 0 or self.cfg.ttl_jitter <= 0:
@@ -369,8 +421,8 @@ class CacheReader(_ReaderBase):
         return filled, len(lookups) - filled, dict(bypass)
 
     def _get(self, lookup: Lookup, load: Callable[[], bytes | list[str] | None]) -> Any:
-        token = secrets.token_hex(8)
-        keys, args = lookup.lookup_args(self.ns, self.cfg, token)
+        token = self.token()
+        keys, args = self.lookup_plan(lookup, token)
         deadline: float | None = None
         while True:
             try:
@@ -485,8 +537,8 @@ class AsyncCacheReader(_ReaderBase):
         return result
 
     async def _get(self, lookup: Lookup, load: Callable[[], Awaitable[bytes | list[str] | None]]) -> Any:
-        token = secrets.token_hex(8)
-        keys, args = lookup.lookup_args(self.ns, self.cfg, token)
+        token = self.token()
+        keys, args = self.lookup_plan(lookup, token)
         deadline: float | None = None
         while True:
             try:
