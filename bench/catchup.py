@@ -10,8 +10,6 @@ Prints a table and writes bench/catchup.json.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,6 +24,7 @@ from pymysqlreplication.row_event import RowsEvent
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import shutdown, write_results  # noqa: E402
 from cdc_sync.devservers import start_mariadb, start_redis  # noqa: E402
 
 
@@ -56,10 +55,11 @@ def _load(port: int, n: int) -> tuple[str, str]:
     return start, end
 
 
-def _raw(port: int, start: str, n: int) -> float:
-    stream = BinLogStreamReader(
+def _stream(port: int, start: str, server_id: int) -> BinLogStreamReader:
+    """The library reading b.t from ``start``, as the worker does (same table filter)."""
+    return BinLogStreamReader(
         {"host": "127.0.0.1", "port": port, "user": "root", "passwd": ""},
-        server_id=77,
+        server_id=server_id,
         blocking=True,
         is_mariadb=True,
         auto_position=start,
@@ -67,6 +67,10 @@ def _raw(port: int, start: str, n: int) -> float:
         only_tables=["t"],
         enable_logging=False,
     )
+
+
+def _raw(port: int, start: str, n: int) -> float:
+    stream = _stream(port, start, 77)
     rows = 0
     t0 = time.perf_counter()
     for ev in stream:
@@ -82,16 +86,7 @@ def _raw(port: int, start: str, n: int) -> float:
 def _naive(port: int, redis_port: int, start: str, limit: int) -> float:
     """The shape of the library's examples/redis_cache.py: one Redis round trip per row, no pipelining."""
     r = redis.Redis(port=redis_port)
-    stream = BinLogStreamReader(
-        {"host": "127.0.0.1", "port": port, "user": "root", "passwd": ""},
-        server_id=78,
-        blocking=True,
-        is_mariadb=True,
-        auto_position=start,
-        only_schemas=["b"],
-        only_tables=["t"],
-        enable_logging=False,
-    )
+    stream = _stream(port, start, 78)
     rows = 0
     t0 = time.perf_counter()
     for ev in stream:
@@ -173,22 +168,11 @@ def main() -> None:
         for k in ("raw", "evict", "update", "naive"):
             print(f"{k:<28}{med[k]:>16,.0f}{med[k] / med['raw']:>10.2f}{med[k] / med['naive']:>10.2f}")
         print("peak RSS of the worker (MB): " + ", ".join(f"{m} {max(v):.0f}" for m, v in rss.items()))
-        out = {
-            "changes": args.changes,
-            "runs": results,
-            "median_rows_per_s": med,
-            "peak_rss_mb": rss,
-            "machine": {
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-                "cpus": __import__("os").cpu_count(),
-            },
-            "date": time.strftime("%Y-%m-%d"),
-        }
-        (ROOT / "bench" / "catchup.json").write_text(json.dumps(out, indent=2))
+        write_results(
+            "catchup", {"changes": args.changes, "runs": results, "median_rows_per_s": med, "peak_rss_mb": rss}
+        )
     finally:
-        mariadb.stop()
-        redis_srv.stop()
+        shutdown(None, mariadb, redis_srv)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,7 @@ on this machine's clock. Prints p50/p99/max per rate and writes bench/latency.js
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
-import platform
 import subprocess
 import sys
 import tempfile
@@ -24,6 +22,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import shutdown, write_results  # noqa: E402
 from cdc_sync.devservers import start_mariadb, start_redis  # noqa: E402
 
 
@@ -126,19 +125,9 @@ listen = "127.0.0.1:0"
                 f"{rate:>12}{res['achieved_tx_s']:>10}{res['p50_ms']:>9.2f}{res['p99_ms']:>9.2f}"
                 f"{res['max_ms']:>9.2f}{res['missing']:>9}"
             )
-        out_file = {
-            "latency": results,
-            "seconds_per_rate": args.seconds,
-            "date": time.strftime("%Y-%m-%d"),
-            "machine": {"python": platform.python_version(), "platform": platform.platform()},
-        }
-        (ROOT / "bench" / "latency.json").write_text(json.dumps(out_file, indent=2))
+        write_results("latency", {"latency": results, "seconds_per_rate": args.seconds})
     finally:
-        if worker is not None:
-            worker.terminate()
-            worker.wait(10)
-        mariadb.stop()
-        redis_srv.stop()
+        shutdown(worker, mariadb, redis_srv)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,6 @@ A/B alternated, medians of ``--runs`` rounds. Prints a table and writes bench/re
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,6 +25,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import shutdown, write_results  # noqa: E402
 from cdc_sync import CacheReader  # noqa: E402
 from cdc_sync.config import load  # noqa: E402
 from cdc_sync.devservers import start_mariadb, start_redis  # noqa: E402
@@ -159,22 +158,12 @@ listen = "127.0.0.1:0"
             f"herd of 200 on one key: reader {rc:.0f} loader call(s) in {rw * 1000:.0f} ms; "
             f"naive {nc:.0f} calls in {nw * 1000:.0f} ms"
         )
-        out = {
-            "per_op_us": results,
-            "median_us": med,
-            "herd": {"reader": herd_reader, "naive": herd_naive},
-            "ratios": {"hit_vs_raw_get": med["hit"] / med["raw_get"], "miss_vs_naive": med["miss"] / med["naive_miss"]},
-            "machine": {"python": platform.python_version(), "platform": platform.platform()},
-            "date": time.strftime("%Y-%m-%d"),
-        }
-        (ROOT / "bench" / "reader.json").write_text(json.dumps(out, indent=2))
+        ratios = {"hit_vs_raw_get": med["hit"] / med["raw_get"], "miss_vs_naive": med["miss"] / med["naive_miss"]}
+        herd_runs = {"reader": herd_reader, "naive": herd_naive}
+        write_results("reader", {"per_op_us": results, "median_us": med, "herd": herd_runs, "ratios": ratios})
         reader.close()
     finally:
-        if worker is not None:
-            worker.terminate()
-            worker.wait(10)
-        mariadb.stop()
-        redis_srv.stop()
+        shutdown(worker, mariadb, redis_srv)
 
 
 if __name__ == "__main__":
