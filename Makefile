@@ -49,6 +49,7 @@ bench: setup
 	$(BIN)/python bench/catchup.py
 	$(BIN)/python bench/reader.py
 	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/memory.py
 
 # The long consistency profile (about 6 minutes, 30 faults); the short one runs in `make test`.
 consistency: setup
