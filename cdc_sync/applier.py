@@ -178,11 +178,17 @@ class Applier:
                 if rule.name in seen or (f.table is not None and (rule.schema, rule.table) != (f.schema, f.table)):
                     continue
                 seen.add(rule.name)
-                deleted = self.retry("flush", lambda rule=rule: self.sink.flush(rule))  # type: ignore[misc]
-                m.FLUSHES.labels(table=rule.name, reason=f.reason).inc()
-                log.warning("sync.table_flushed", table=rule.name, reason=f.reason, keys=deleted, detail=f.detail)
+                self.flush_rule(rule, f.reason, f.detail)
             if f.reason == "unknown_event":
                 m.UNKNOWN_EVENTS.labels(event_type=f.detail.split(" ", 1)[0]).inc()
+
+    def flush_rule(
+        self, rule: TableRule, reason: str, detail: str = "", give_up: Callable[[], bool] | None = None
+    ) -> None:
+        """Invalidate one table's keys (retried while Redis is away), logged and counted by reason."""
+        deleted = self.retry("flush", lambda: self.sink.flush(rule), give_up=give_up)
+        m.FLUSHES.labels(table=rule.name, reason=reason).inc()
+        log.warning("sync.table_flushed", table=rule.name, reason=reason, keys=deleted, detail=detail)
 
     # ---- the thread --------------------------------------------------------------------------------
 

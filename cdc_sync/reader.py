@@ -42,6 +42,7 @@ from cdc_sync.config import Config, TableRule
 from cdc_sync.errors import CdcSyncError
 from cdc_sync.keys import KeyTemplate, tag_suffix
 from cdc_sync.mysql import RowLoader, translate_error
+from cdc_sync.sink import client_kwargs
 
 log = logs.get("cdc_sync.reader")
 T = TypeVar("T")
@@ -609,16 +610,9 @@ class AsyncCacheReader(_ReaderBase):
 
 
 def _client_kwargs(config: Config) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        "socket_timeout": config.redis.socket_timeout_s,
-        "socket_connect_timeout": config.redis.socket_timeout_s,
-        # threads wait for a free connection instead of failing when all are busy
-        "max_connections": config.reader.redis_max_connections,
-        "timeout": config.redis.socket_timeout_s,
-    }
-    if config.redis.ssl_ca_certs:
-        kwargs["ssl_ca_certs"] = config.redis.ssl_ca_certs
-    return kwargs
+    # threads wait for a free connection (up to the socket timeout) instead of failing when all are busy
+    pool = {"max_connections": config.reader.redis_max_connections, "timeout": config.redis.socket_timeout_s}
+    return {**client_kwargs(config.redis), **pool}
 
 
 def _client(config: Config) -> redis.Redis:

@@ -121,12 +121,17 @@ return redis.call('UNLINK', unpack(KEYS))
 FLUSH_MARKER_TTL_MS = 600_000  # a crashed flush leaves the marker at most this long (replay redoes it)
 
 
-def make_client(cfg: RedisConfig) -> redis.Redis:
-    """A redis-py client for ``cfg`` (TLS with rediss:// URLs; ssl_ca_certs when set)."""
+def client_kwargs(cfg: RedisConfig) -> dict[str, Any]:
+    """Connection settings shared by every Redis client (timeouts; TLS with rediss:// and ssl_ca_certs)."""
     kwargs: dict[str, Any] = {"socket_timeout": cfg.socket_timeout_s, "socket_connect_timeout": cfg.socket_timeout_s}
     if cfg.ssl_ca_certs:
         kwargs["ssl_ca_certs"] = cfg.ssl_ca_certs
-    return redis.Redis.from_url(cfg.url, **kwargs)
+    return kwargs
+
+
+def make_client(cfg: RedisConfig) -> redis.Redis:
+    """A redis-py client for ``cfg``."""
+    return redis.Redis.from_url(cfg.url, **client_kwargs(cfg))
 
 
 def encode_ops(ops: Iterable[RedisOp]) -> list[bytes | str | int]:

@@ -92,6 +92,11 @@ def check_server(info: ServerInfo) -> None:
             raise ServerConfigError(f"MySQL {name} is {refused}: {why}; turn it off")
 
 
+def server_identity(info: ServerInfo) -> str:
+    """Which server this is (``ns:server``): its server_uuid (MySQL), else its server_id (MariaDB)."""
+    return f"{info.flavor}:{info.server_uuid or info.variables.get('server_id', '')}"
+
+
 def initial_position(info: ServerInfo, start: str, mode: str) -> str:
     """Where to start when Redis holds no checkpoint."""
     if start == "earliest":
@@ -184,7 +189,7 @@ class Worker:
             log.error("sync.no_checkpoint_with_keys", action="flush")
             self.applier.flush([Flush("no_checkpoint", r.schema, r.table) for r in self.rules])
         self._reconcile_rules(fresh=True)
-        identity = f"{info.flavor}:{info.server_uuid or info.variables.get('server_id', '')}"
+        identity = server_identity(info)
         self._retry_sink("server identity", lambda: self._sink.save_server_identity(identity))
         # Record the start at once, so a restart before the first change resumes from here.
         try:
@@ -215,7 +220,7 @@ class Worker:
         """
         # The server's position now, read after the checkpoint: a single worker's checkpoint cannot be past it.
         info = self._retry_source("server_info", self._admin.server_info)
-        identity = f"{info.flavor}:{info.server_uuid or info.variables.get('server_id', '')}"
+        identity = server_identity(info)
         stored = self._retry_sink("server identity", self._sink.server_identity)
         kind = PositionTracker(checkpoint).kind
         if kind == "file":
@@ -282,9 +287,7 @@ class Worker:
                 except ConfigError as exc:
                     log.error("sync.stored_rule_unreadable", table=name, error=str(exc))
         for rule, reason in flushes:
-            deleted = self._retry_sink("flush", lambda rule=rule: self._sink.flush(rule))  # type: ignore[misc]
-            m.FLUSHES.labels(table=rule.name, reason=reason).inc()
-            log.warning("sync.table_flushed", table=rule.name, reason=reason, keys=deleted)
+            self.applier.flush_rule(rule, reason, give_up=self._waiting)
         if flushes or stored != current:
             self._retry_sink("rules", lambda: store.save_rule_fingerprints(current))
 
