@@ -10,7 +10,6 @@ Prints a table and writes bench/catchup.json.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pymysqlreplication.row_event import RowsEvent
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import shutdown, write_results  # noqa: E402
+from bench.common import catch_up, shutdown, write_results  # noqa: E402
 from cdc_sync.devservers import start_mariadb, start_redis  # noqa: E402
 
 
@@ -102,50 +101,6 @@ def _naive(port: int, redis_port: int, start: str, limit: int) -> float:
     return rows / elapsed
 
 
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _worker(
-    mysql_port: int, redis_port: int, start: str, end: str, mode: str, workdir: Path, rss: list[float] | None = None
-) -> float:
-    r = redis.Redis(port=redis_port)
-    r.flushall()
-    r.set("cdc:checkpoint", start)
-    cfg = workdir / f"{mode}.toml"
-    cfg.write_text(f"""
-[mysql]
-port = {mysql_port}
-server_id = 4243
-[redis]
-url = "redis://127.0.0.1:{redis_port}/0"
-[[tables]]
-table = "b.t"
-key = "t:{{id}}"
-mode = "{mode}"
-[log]
-level = "warning"
-format = "json"
-[metrics]
-listen = "127.0.0.1:0"
-""")
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "cdc_sync", "run", "--config", str(cfg)], cwd=ROOT)
-    while (r.get("cdc:checkpoint") or b"").decode() != end:
-        if proc.poll() is not None:
-            raise SystemExit(f"worker exited {proc.returncode}")
-        time.sleep(0.01)
-    elapsed = time.perf_counter() - t0
-    if rss is not None:
-        rss.append(_peak_rss_mb(proc.pid))
-    proc.terminate()
-    proc.wait(10)
-    return elapsed
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--changes", type=int, default=100_000)
@@ -160,8 +115,9 @@ def main() -> None:
         for _ in range(args.runs):  # A/B alternated so drift hits all alike
             results["raw"].append(args.changes / _raw(mariadb.port, start, args.changes))
             for mode in ("evict", "update"):
-                seconds = _worker(mariadb.port, redis_srv.port, start, end, mode, workdir, rss[mode])
+                seconds, peak = catch_up(mariadb.port, redis_srv.port, "b.t", mode, start, end, workdir)
                 results[mode].append(args.changes / seconds)
+                rss[mode].append(peak)
             results["naive"].append(_naive(mariadb.port, redis_srv.port, start, min(args.changes, 20_000)))
         med = {k: sorted(v)[len(v) // 2] for k, v in results.items()}
         print(f"{'scenario':<28}{'median rows/s':>16}{'vs raw':>10}{'vs naive':>10}")

@@ -6,13 +6,62 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from cdc_sync.devservers import LocalServer
 
 BENCH = Path(__file__).resolve().parent
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def catch_up(
+    mysql_port: int, redis_port: int, table: str, mode: str, start: str, end: str, workdir: Path
+) -> tuple[float, float]:
+    """``cdc-sync run`` from checkpoint ``start`` until it reaches ``end``: (seconds, peak RSS in MB).
+
+    The time includes the process start-up; the worker is stopped afterwards.
+    """
+    r = redis.Redis(port=redis_port)
+    r.flushall()
+    r.set("cdc:checkpoint", start)
+    cfg = workdir / f"{mode}.toml"
+    cfg.write_text(f"""
+[mysql]
+port = {mysql_port}
+server_id = 4243
+[redis]
+url = "redis://127.0.0.1:{redis_port}/0"
+[[tables]]
+table = "{table}"
+key = "k:{{id}}"
+mode = "{mode}"
+[log]
+level = "warning"
+format = "json"
+[metrics]
+listen = ""
+""")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "cdc_sync", "run", "--config", str(cfg)], cwd=BENCH.parent)
+    while (r.get("cdc:checkpoint") or b"").decode() != end:
+        if proc.poll() is not None:
+            raise SystemExit(f"worker exited {proc.returncode}")
+        time.sleep(0.01)
+    seconds = time.perf_counter() - t0
+    rss = peak_rss_mb(proc.pid)
+    shutdown(proc)
+    return seconds, rss
 
 
 def write_results(name: str, data: dict[str, Any]) -> Path:

@@ -8,20 +8,16 @@ load until caught up, and reads the worker's peak RSS (VmHWM). Writes bench/memo
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pymysql
-import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.catchup import _peak_rss_mb  # noqa: E402
-from bench.common import shutdown, write_results  # noqa: E402
+from bench.common import catch_up, shutdown, write_results  # noqa: E402
 from cdc_sync.devservers import start_mariadb, start_redis  # noqa: E402
 
 
@@ -42,39 +38,6 @@ def _load(cur: pymysql.cursors.Cursor, table: str, rows: int, per_txn: int) -> t
     return start, _position(cur)
 
 
-def _catch_up(mysql_port: int, redis_port: int, table: str, start: str, end: str, workdir: Path) -> tuple[float, float]:
-    r = redis.Redis(port=redis_port)
-    r.flushall()
-    r.set("cdc:checkpoint", start)
-    cfg = workdir / "memory.toml"
-    cfg.write_text(f"""
-[mysql]
-port = {mysql_port}
-server_id = 4244
-[redis]
-url = "redis://127.0.0.1:{redis_port}/0"
-[[tables]]
-table = "{table}"
-key = "m:{{id}}"
-mode = "update"
-[log]
-level = "warning"
-format = "json"
-[metrics]
-listen = ""
-""")
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "cdc_sync", "run", "--config", str(cfg)], cwd=ROOT)
-    while (r.get("cdc:checkpoint") or b"").decode() != end:
-        if proc.poll() is not None:
-            raise SystemExit(f"worker exited {proc.returncode}")
-        time.sleep(0.05)
-    seconds = time.perf_counter() - t0
-    rss = _peak_rss_mb(proc.pid)
-    shutdown(proc)
-    return rss, seconds
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--changes", type=int, default=1_000_000)
@@ -93,10 +56,10 @@ def main() -> None:
                     "d DECIMAL(12,2), f TEXT)"
                 )
             start, end = _load(cur, "b.many", args.changes, 500)
-            rss, seconds = _catch_up(mariadb.port, redis_srv.port, "b.many", start, end, workdir)
+            seconds, rss = catch_up(mariadb.port, redis_srv.port, "b.many", "update", start, end, workdir)
             results["many"] = {"changes": args.changes, "peak_rss_mb": round(rss, 1), "seconds": round(seconds, 1)}
             start, end = _load(cur, "b.big", args.big, args.big)
-            rss, seconds = _catch_up(mariadb.port, redis_srv.port, "b.big", start, end, workdir)
+            seconds, rss = catch_up(mariadb.port, redis_srv.port, "b.big", "update", start, end, workdir)
             results["one_transaction"] = {"rows": args.big, "peak_rss_mb": round(rss, 1), "seconds": round(seconds, 1)}
         for name, res in results.items():
             print(f"{name:<16} {res}")
