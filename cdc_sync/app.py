@@ -8,7 +8,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Mapping
 from types import FrameType
 
 from redis.backoff import ExponentialWithJitterBackoff
@@ -61,10 +61,10 @@ class Service:
         admin = MySQLAdmin(self.config.mysql)
         return Worker(self.config, self._source, admin, self.sink, self.backoff, rules_store=self.sink)
 
-    def _source(self, tables: Iterable[tuple[str, str]]) -> BinlogSource:
+    def _source(self, tables: Mapping[tuple[str, str], frozenset[str] | None]) -> BinlogSource:
         # prepare() has read the server's flavor before the first stream is opened
         flavor = self.worker.info.flavor if self.worker.info else "mysql"
-        return BinlogSource(self.config.mysql, tables, flavor)
+        return BinlogSource(self.config.mysql, tables, flavor, needed=tables)
 
     def _heartbeat_age(self) -> float | None:
         return self.prober.heartbeat_age_s() if self.prober is not None else None

@@ -119,6 +119,35 @@ def plan_change(change: RowChange, rule: TableRule, evict_only: bool = False) ->
     return ops
 
 
+def needed_columns(
+    rules: Iterable[TableRule], watched: Iterable[tuple[tuple[str, str], Sequence[str]]]
+) -> dict[tuple[str, str], frozenset[str] | None]:
+    """Per table, the columns some rule or cascade watch reads (None: every column, e.g. update mode).
+
+    ``watched``: (cascade parent, the columns its watch compares) pairs.
+    """
+    out: dict[tuple[str, str], frozenset[str] | None] = {}
+
+    def add(table: tuple[str, str], cols: frozenset[str] | None) -> None:
+        if table in out and out[table] is None:
+            return  # already every column
+        out[table] = None if cols is None else (out.get(table) or frozenset()) | cols
+
+    for rule in rules:
+        table = (rule.schema, rule.table)
+        if rule.mode == "update":
+            add(table, None if rule.columns is None else frozenset(rule.columns))
+        cols: set[str] = set()
+        for template in rule.templates:
+            cols.update(template.fields)
+        for tag in rule.tags:
+            cols.update(tag)
+        add(table, frozenset(cols))
+    for table, columns in watched:
+        add(table, frozenset(columns))
+    return out
+
+
 def _union(a: Sequence[str], b: Sequence[str]) -> list[str]:
     return list(dict.fromkeys([*a, *b]))
 

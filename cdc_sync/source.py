@@ -6,8 +6,11 @@ original start) is refused, so the worker reconnects from its own position.
 
 Values are fixed up here so that they equal what a ``SELECT`` through PyMySQL returns (the reader fills
 from SELECTs, the worker from the binlog; both must write the same bytes): BIT as an integer, SET as a
-set (the empty set included), BINARY(n) padded to n bytes, FLOAT as its shortest float32 text, and MySQL
-JSON documents with text instead of bytes.
+set (the empty set included), BINARY(n) padded to n bytes, an empty binary value as bytes, FLOAT as its
+shortest float32 text, and MySQL JSON documents with text instead of bytes.
+
+Row images of mapped tables are decoded by rowdecode.py where it can, only the columns the rules need
+(``needed``); the library decodes the rest, and its values go through the fix-ups above.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pymysqlreplication.event import (
     XAPrepareEvent,
     XidEvent,
 )
+from pymysqlreplication.json_binary import parse_json
 from pymysqlreplication.row_event import (
     DeleteRowsEvent,
     PartialUpdateRowsEvent,
@@ -40,6 +44,7 @@ from pymysqlreplication.row_event import (
     WriteRowsEvent,
 )
 
+from cdc_sync import logs
 from cdc_sync.config import MySQLConfig
 from cdc_sync.errors import ConfigError, SourceError
 from cdc_sync.events import (
@@ -55,7 +60,9 @@ from cdc_sync.events import (
 )
 from cdc_sync.mysql import connection_settings, translate_error
 from cdc_sync.positions import kind_of
+from cdc_sync.rowdecode import ColumnSpec, RowDecodeError, RowDecoder, float32_text, json_text, text_encoding
 
+log = logs.get("cdc_sync.source")
 _MARIADB_GTID_STANDALONE = 0x01
 REPORT_HOST = f"cdc-sync@{socket.gethostname()}"[:60]
 # What the library (or a fix-up below) raises for bytes it cannot decode. Such an event is reported as
@@ -73,6 +80,8 @@ _DECODE_ERRORS = (
 
 
 _EPOCH = datetime.datetime(1970, 1, 1)
+_ROW_EVENTS = (WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent)  # not PartialUpdateRowsEvent (a subclass)
+_DECODERS_MAX = 256  # compiled row decoders kept per source (one per table layout × needed columns)
 
 
 class _LibraryReconnect(Exception):
@@ -81,27 +90,6 @@ class _LibraryReconnect(Exception):
 
 class _MissingMetadata(ValueError):
     """Column names are missing: binlog_row_metadata is not FULL for this event."""
-
-
-def float32_text(value: float) -> float:
-    """The shortest decimal that reads back as the same float32: what MySQL prints for a FLOAT."""
-    single = struct.unpack("<f", struct.pack("<f", value))[0]
-    for digits in range(6, 10):
-        candidate = float(f"{single:.{digits}g}")
-        if struct.unpack("<f", struct.pack("<f", candidate))[0] == single:
-            return candidate
-    return float(single)
-
-
-def _json_text(value: Any) -> Any:
-    """MySQL binary JSON as the library decodes it (bytes keys and strings) → plain JSON values."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    if isinstance(value, dict):
-        return {_json_text(k): _json_text(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_text(v) for v in value]
-    return value
 
 
 def _fixers(event: RowsEvent) -> list[tuple[str, Any]]:
@@ -118,8 +106,11 @@ def _fixers(event: RowsEvent) -> list[tuple[str, Any]]:
             fixes.append((col.name, "json"))
         elif col.type in (FIELD_TYPE.TIMESTAMP, FIELD_TYPE.TIMESTAMP2):
             fixes.append((col.name, "timestamp"))
-        elif col.type == FIELD_TYPE.STRING and (col.character_set_name or "").lower() == "binary":
-            fixes.append((col.name, ("pad", getattr(col, "max_length", 0))))
+        elif (col.character_set_name or "").lower() == "binary" and col.type != FIELD_TYPE.GEOMETRY:
+            # BINARY(n) is padded; any empty binary value comes out of the library as '' (Python decodes
+            # b'' with any codec name, even the unknown "binary"): make it bytes again
+            pad = getattr(col, "max_length", 0) if col.type == FIELD_TYPE.STRING else 0
+            fixes.append((col.name, ("pad", pad)))
     return fixes
 
 
@@ -134,20 +125,25 @@ def _fix_row(values: dict[str, Any], nones: Mapping[str, str], fixes: list[tuple
         elif fix == "float":
             values[name] = float32_text(value)
         elif fix == "json":
-            values[name] = _json_text(value)
+            values[name] = json_text(value)
         elif fix == "timestamp":
             if value == _EPOCH:  # the zero TIMESTAMP ('0000-00-00 00:00:00') is stored as epoch 0
                 values[name] = None
-        elif fix != "set" and isinstance(value, bytes) and len(value) < fix[1]:
-            values[name] = value.ljust(fix[1], b"\0")
+        elif fix != "set":
+            raw = b"" if value == "" else value
+            values[name] = raw.ljust(fix[1], b"\0") if isinstance(raw, bytes) and len(raw) < fix[1] else raw
     return values
+
+
+def _require_names(event: RowsEvent) -> None:
+    if any(not col.name for col in event.columns):  # the library would invent UNKNOWN_COL<n> names
+        raise _MissingMetadata(f"{event.schema}.{event.table}: column names missing: binlog_row_metadata is not FULL")
 
 
 def _changes(event: RowsEvent) -> tuple[RowChange, ...]:
     """Decode every row of the event (the library decodes lazily, on ``event.rows``)."""
     schema, table = event.schema, event.table
-    if any(not col.name for col in event.columns):  # the library would invent UNKNOWN_COL<n> names
-        raise _MissingMetadata(f"{schema}.{table}: column names missing: binlog_row_metadata is not FULL")
+    _require_names(event)
     fixes = _fixers(event)
     out: list[RowChange] = []
     rows: Iterable[dict[str, Any]] = event.rows
@@ -167,14 +163,60 @@ def _changes(event: RowsEvent) -> tuple[RowChange, ...]:
     return tuple(out)
 
 
+def column_spec(col: Any) -> ColumnSpec:
+    """A rowdecode.ColumnSpec of a library Column (see rowdecode.py for what each field decides)."""
+    charset = getattr(col, "character_set_name", None)
+    encoding: str | None = "utf-8"  # the library decodes text without a known charset as UTF-8
+    if col.type == FIELD_TYPE.GEOMETRY:
+        encoding = None
+    elif charset is not None:
+        encoding = text_encoding(RowsEvent.charset_to_encoding(charset))
+    binary = col.type == FIELD_TYPE.STRING and (charset or "").lower() == "binary"
+    enum_values, set_values = getattr(col, "enum_values", None), getattr(col, "set_values", None)
+    return ColumnSpec(
+        name=col.name,
+        type=col.type,
+        unsigned=bool(getattr(col, "unsigned", False)),
+        max_length=getattr(col, "max_length", 0) or 0,
+        length_size=getattr(col, "length_size", 0) or 0,
+        precision=getattr(col, "precision", 0) or 0,
+        decimals=getattr(col, "decimals", 0) or 0,
+        fsp=getattr(col, "fsp", 0) or 0,
+        encoding=encoding,
+        binary_pad=(getattr(col, "max_length", 0) or 0) if binary else 0,
+        bits=getattr(col, "bits", 0) or 0,
+        size=getattr(col, "size", 0) or 0,
+        enum_values=tuple(enum_values) if enum_values else None,
+        set_values=tuple(set_values) if set_values else None,
+    )
+
+
+def _full(bitmap: bytes, columns: int) -> bool:
+    return int.from_bytes(bitmap, "little") == (1 << columns) - 1
+
+
 class BinlogSource:
     """Streams RawEvents of the given tables from a position; one instance per connection attempt."""
 
-    def __init__(self, cfg: MySQLConfig, tables: Iterable[tuple[str, str]], flavor: str) -> None:
+    def __init__(
+        self,
+        cfg: MySQLConfig,
+        tables: Iterable[tuple[str, str]],
+        flavor: str,
+        needed: Mapping[tuple[str, str], frozenset[str] | None] | None = None,
+        fast: bool = True,
+    ) -> None:
+        """``needed``: per table, the only columns to decode (None or absent: all); ``fast``: decode row
+        images with rowdecode.py where it can (False: always the library, as the differential test does)."""
         self.cfg = cfg
         self.tables = set(tables)  # (schema, table) pairs whose row events are decoded
         self.flavor = flavor
+        self.needed = dict(needed or {})
+        self.fast = fast
+        self.decoded = {"fast": 0, "library": 0}  # rows events of mapped tables, by decoder (tests, bench)
         self._stream: BinLogStreamReader | None = None
+        self._by_table_id: dict[int, tuple[object, RowDecoder | None]] = {}  # last table map seen per id
+        self._by_layout: dict[tuple[tuple[ColumnSpec, ...], frozenset[str] | None], RowDecoder | None] = {}
 
     def _wrapper(self) -> Any:
         stream_connects = 0
@@ -248,7 +290,10 @@ class BinlogSource:
             if (event.schema, event.table) not in self.tables:
                 return None
             # A partial JSON update carries a diff, not the value: evict instead of writing.
-            return RawRows(_changes(event), evict_only=isinstance(event, PartialUpdateRowsEvent))
+            evict_only = isinstance(event, PartialUpdateRowsEvent)
+            changes = None if evict_only or not self.fast else self._fast_changes(event)
+            self.decoded["library" if changes is None else "fast"] += 1
+            return RawRows(_changes(event) if changes is None else changes, evict_only=evict_only)
         if isinstance(event, XidEvent):
             return RawCommit(stream.log_file, stream.log_pos, event.timestamp)
         if isinstance(event, MariadbGtidEvent):
@@ -274,6 +319,53 @@ class BinlogSource:
         if isinstance(event, NotImplementedEvent):
             return RawUnknown(int(event.event_type), "", stream.log_file or "", int(stream.log_pos or 0))
         return None  # rotate, format description, table map, GTID lists, binlog checkpoints, intvar...
+
+    def _decoder(self, event: RowsEvent) -> RowDecoder | None:
+        """The compiled decoder of this event's table map, or None when the library must decode it."""
+        columns = event.columns
+        cached = self._by_table_id.get(event.table_id)
+        if cached is not None and cached[0] is columns:  # the same table map as the last event of this id
+            return cached[1]
+        specs = tuple(column_spec(c) for c in columns)
+        needed = self.needed.get((event.schema, event.table))
+        layout = (specs, needed)
+        if layout in self._by_layout:
+            decoder = self._by_layout[layout]
+        else:
+            try:
+                decoder = RowDecoder(specs, needed, parse_json)
+            except RowDecodeError as exc:
+                decoder = None
+                log.info("source.library_decoding", table=f"{event.schema}.{event.table}", reason=str(exc))
+            if len(self._by_layout) >= _DECODERS_MAX:
+                self._by_layout.clear()
+            self._by_layout[layout] = decoder
+        self._by_table_id[event.table_id] = (columns, decoder)
+        return decoder
+
+    def _fast_changes(self, event: RowsEvent) -> tuple[RowChange, ...] | None:
+        """Decode the event's rows with rowdecode.py; None leaves them to the library (nothing read yet)."""
+        if type(event) not in _ROW_EVENTS or not event.complete or event.number_of_columns != len(event.columns):
+            return None
+        n = event.number_of_columns
+        if not _full(event.columns_present_bitmap, n):
+            return None
+        if isinstance(event, UpdateRowsEvent) and not _full(event.columns_present_bitmap2, n):
+            return None
+        _require_names(event)
+        decoder = self._decoder(event)
+        if decoder is None:
+            return None
+        images = decoder.images(event.packet.read(event.event_size - event.packet.read_bytes))
+        schema, table = event.schema, event.table
+        if isinstance(event, WriteRowsEvent):
+            return tuple(RowChange(Op.INSERT, schema, table, None, after) for after in images)
+        if isinstance(event, DeleteRowsEvent):
+            return tuple(RowChange(Op.DELETE, schema, table, before, None) for before in images)
+        if len(images) % 2:
+            raise RowDecodeError("an update event with an odd number of row images")
+        pairs = zip(images[::2], images[1::2], strict=True)
+        return tuple(RowChange(Op.UPDATE, schema, table, before, after) for before, after in pairs)
 
     def close(self) -> None:
         if self._stream is not None:

@@ -22,7 +22,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from cdc_sync import cascades, logs
@@ -42,6 +42,7 @@ from cdc_sync.events import Flush, RawEvent, ServerInfo, Transaction
 from cdc_sync.health import Health
 from cdc_sync.mysql import CascadeEdge
 from cdc_sync.notify import Notifier
+from cdc_sync.planner import needed_columns
 from cdc_sync.positions import PositionError, PositionTracker, reached
 from cdc_sync.transactions import Assembler
 
@@ -65,7 +66,8 @@ class RulesPort(Protocol):
     def save_rule_fingerprints(self, fingerprints: dict[str, str]) -> None: ...
 
 
-SourceFactory = Callable[[Iterable[tuple[str, str]]], SourcePort]
+# The tables to stream, each with the only columns to decode (None: all of them; see rowdecode.needed_columns).
+SourceFactory = Callable[[Mapping[tuple[str, str], frozenset[str] | None]], SourcePort]
 
 REQUIRED_SETTINGS = {
     "log_bin": "ON",
@@ -136,7 +138,7 @@ class Worker:
         self._stop = threading.Event()
         self.applier = Applier(self.rules, sink, backoff, config.worker)
         self.info: ServerInfo | None = None
-        self.tables: set[tuple[str, str]] = {(r.schema, r.table) for r in self.rules}
+        self.tables = needed_columns(self.rules, ())
         self.notifier = Notifier()
         self.streaming = False  # the binlog stream is connected and delivering events
         self.last_tick = time.monotonic()
@@ -255,8 +257,8 @@ class Worker:
     def _watch_cascades(self, edges: list[CascadeEdge]) -> None:
         watches = cascades.watches(edges, self.rules)
         self.applier.set_cascades(watches)
+        self.tables = needed_columns(self.rules, [(w.parent, w.columns) for w in watches])
         for w in watches:
-            self.tables.add(w.parent)
             log.warning(
                 "sync.cascade_watched",
                 parent=".".join(w.parent),

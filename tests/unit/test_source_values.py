@@ -6,7 +6,9 @@ import struct
 
 import orjson
 
-from cdc_sync.source import _fix_row, _json_text, float32_text
+from cdc_sync.rowdecode import float32_text
+from cdc_sync.rowdecode import json_text as _json_text
+from cdc_sync.source import _fix_row
 
 
 def test_mysql_json_bytes_become_text() -> None:
