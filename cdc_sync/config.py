@@ -6,6 +6,7 @@ Secrets (the MySQL password, a Redis URL that may carry one) are ``repr=False`` 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -86,7 +87,7 @@ class TableRule:
     def name(self) -> str:
         return f"{self.schema}.{self.table}"
 
-    @property
+    @functools.cached_property
     def templates(self) -> tuple[KeyTemplate, ...]:
         return (self.key, *self.also) if self.key is not None else ()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 class Op(enum.Enum):
@@ -18,9 +19,11 @@ class Op(enum.Enum):
 Row = Mapping[str, object]
 
 
-@dataclass(frozen=True, slots=True)
-class RowChange:
-    """One committed row change: ``before`` is None for inserts, ``after`` for deletes."""
+class RowChange(NamedTuple):
+    """One committed row change: ``before`` is None for inserts, ``after`` for deletes.
+
+    A NamedTuple rather than a frozen dataclass: one is made per decoded row, and this builds twice as fast.
+    """
 
     op: Op
     schema: str

@@ -108,6 +108,12 @@ class KeyTemplate:
 
     def render(self, row: Mapping[str, object]) -> str | None:
         """Render the key for ``row``, or None when a field is NULL. Raises KeyError for a missing column."""
+        if len(self.fields) == 1:  # the common case, on the worker's hot path
+            value = row[self.fields[0]]
+            if value is None:
+                return None
+            text = str(value) if type(value) is int else escape(value)
+            return f"{self.literals[0]}{text}{self.literals[1]}"
         parts = [self.literals[0]]
         for name, literal in zip(self.fields, self.literals[1:], strict=True):
             value = row[name]

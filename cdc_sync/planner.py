@@ -68,13 +68,13 @@ class MissingColumn(Exception):
 def keys_of(rule: TableRule, row: Row) -> list[str]:
     """Every key the row renders under the rule (NULL fields render none)."""
     out: list[str] = []
-    for template in rule.templates:
-        try:
+    try:
+        for template in rule.templates:
             key = template.render(row)
-        except KeyError as exc:
-            raise MissingColumn(f"{rule.name} row has no column {exc.args[0]!r}") from None
-        if key is not None and key not in out:
-            out.append(key)
+            if key is not None and key not in out:
+                out.append(key)
+    except KeyError as exc:
+        raise MissingColumn(f"{rule.name} row has no column {exc.args[0]!r}") from None
     return out
 
 
@@ -99,7 +99,7 @@ def plan_change(change: RowChange, rule: TableRule, evict_only: bool = False) ->
     before = keys_of(rule, change.before) if change.before is not None else []
     after = keys_of(rule, change.after) if change.after is not None else []
     if rule.mode == "evict" or evict_only or change.op is Op.DELETE or change.after is None:
-        return [Delete(k) for k in _union(before, after)]
+        return [Delete(k) for k in (before if before == after or not after else _union(before, after))]
     row = change.after
     columns = rule.value_columns(list(row))
     missing = [c for c in columns if c not in row]

@@ -159,30 +159,41 @@ def _decimal_layout(spec: ColumnSpec) -> tuple[int, int, int, int, int, int]:
 def _decimal_step(spec: ColumnSpec) -> Step:
     size, lead, ui, uf, trail, cf = _decimal_layout(spec)
     full, sign = (1 << (8 * size)) - 1, 1 << (8 * size - 1)
+    # Each group of the stored number (a big-endian integer of ``size`` bytes) as (shift, mask, weight):
+    # the integer part is sum(group * weight), and so is the fraction part, in units of 10**-decimals.
+    groups: list[tuple[int, int, int]] = []
+    shift = 8 * size
+    for nbytes in [lead] * bool(lead) + [4] * ui + [4] * uf + [trail] * bool(trail):
+        shift -= 8 * nbytes
+        groups.append((shift, (1 << (8 * nbytes)) - 1, 0))
+    n_int = bool(lead) + ui
+    digits = [9] * (n_int + uf) + [cf] * bool(trail)  # decimal digits each group holds (the lead: any)
+    weighted = []
+    for k, (sh, mask, _) in enumerate(groups):
+        below = sum(digits[k + 1 : n_int]) if k < n_int else sum(digits[k + 1 :])
+        weighted.append((sh, mask, 10**below))
+    int_groups, frac_groups = tuple(weighted[:n_int]), tuple(weighted[n_int:])
+    scale = spec.decimals
     dec = decimal.Decimal
+    from_bytes = int.from_bytes
 
     def read(data: bytes, pos: int) -> tuple[Any, int]:
         if len(data) < pos + size:
             raise RowDecodeError("decimal past the end of the row")
-        negative = not data[pos] & 0x80  # the first bit is set for non-negative values
-        raw = int.from_bytes(data[pos : pos + size], "big") ^ sign
+        raw = from_bytes(data[pos : pos + size], "big") ^ sign  # the first bit is set for non-negative values
+        negative = raw & sign
         if negative:
             raw ^= full  # negative values are stored inverted
-        b = raw.to_bytes(size, "big")
-        parts = ["-" if negative else ""]
-        if lead:
-            parts.append(str(int.from_bytes(b[:lead], "big")))
-        off = lead
-        for _ in range(ui):
-            parts.append(f"{int.from_bytes(b[off : off + 4], 'big'):09d}")
-            off += 4
-        parts.append(".")
-        for _ in range(uf):
-            parts.append(f"{int.from_bytes(b[off : off + 4], 'big'):09d}")
-            off += 4
-        if trail:
-            parts.append(f"{int.from_bytes(b[off : off + trail], 'big'):0{cf}d}")
-        return dec("".join(parts)), pos + size
+        whole = 0
+        for sh, mask, weight in int_groups:
+            whole += (raw >> sh & mask) * weight
+        text = f"-{whole}" if negative else str(whole)
+        if scale:
+            frac = 0
+            for sh, mask, weight in frac_groups:
+                frac += (raw >> sh & mask) * weight
+            text = f"{text}.{frac:0{scale}d}"
+        return dec(text), pos + size
 
     return read
 
@@ -351,16 +362,23 @@ class RowDecoder:
     ) -> None:
         self.columns = len(specs)
         self.null_bytes = (len(specs) + 7) // 8
-        steps: list[tuple[int, str | None, int, Step | None]] = []
+        # (null bit, name, how, arg): how 0 skips arg bytes, 1 and 2 skip a value with a 1- or 2-byte
+        # length prefix (VARCHAR, TEXT), 3 decodes with the step arg (name None: decode only to skip).
+        steps: list[tuple[int, str | None, int, Any]] = []
         for i, spec in enumerate(specs):
             if needed is None or spec.name in needed:
                 step = _decode_step(spec, parse_json)
                 if step is None:
                     raise RowDecodeError(f"column {spec.name!r}: type {spec.type} is left to the library")
-                steps.append((1 << i, spec.name, 0, step))
+                steps.append((1 << i, spec.name, 3, step))
+                continue
+            size, skip = _skip(spec)
+            if skip is None:
+                steps.append((1 << i, None, 0, size))
+            elif _prefix_size(spec) in (1, 2):
+                steps.append((1 << i, None, _prefix_size(spec), None))
             else:
-                size, skip = _skip(spec)
-                steps.append((1 << i, None, size, skip))
+                steps.append((1 << i, None, 3, skip))
         self.steps = tuple(steps)
 
     def images(self, data: bytes) -> list[dict[str, Any]]:
@@ -373,16 +391,20 @@ class RowDecoder:
             nulls = from_bytes(data[pos : pos + nb], "little")
             pos += nb
             row: dict[str, Any] = {}
-            for bit, name, size, step in steps:
+            for bit, name, how, arg in steps:
                 if nulls & bit:
                     if name is not None:
                         row[name] = None
-                elif step is None:
-                    pos += size
-                else:
-                    value, pos = step(data, pos)
+                elif how == 3:
+                    value, pos = arg(data, pos)
                     if name is not None:
                         row[name] = value
+                elif how == 0:
+                    pos += arg
+                elif how == 1:
+                    pos += 1 + data[pos]
+                else:
+                    pos += 2 + data[pos] + (data[pos + 1] << 8)
             if pos > end:
                 raise RowDecodeError(f"row image ends {pos - end} bytes past the event")
             out.append(row)
