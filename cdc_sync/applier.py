@@ -12,6 +12,7 @@ Redis is the bottleneck and decoding overlaps Redis I/O.
 
 from __future__ import annotations
 
+import operator
 import queue
 import threading
 import time
@@ -24,7 +25,7 @@ from cdc_sync import metrics as m
 from cdc_sync.cascades import CascadeWatch, flushes_for
 from cdc_sync.config import TableRule, WorkerConfig
 from cdc_sync.errors import RewindRequired, SinkUnavailable
-from cdc_sync.events import Flush, Heartbeat, StreamItem, Transaction
+from cdc_sync.events import Flush, Heartbeat, Op, StreamItem, Transaction
 from cdc_sync.planner import Count, EvictTag, MissingColumn, RedisOp, plan_change, tags_of
 
 log = logs.get("cdc_sync.applier")
@@ -284,7 +285,8 @@ class Applier:
                 continue
             try:
                 ops.extend(plan_change(change, rule, evict_only=txn.evict_only))
-                tags.extend(tags_of(rule, change))
+                if rule.tags or not tags or tags[-1] != rule.name:
+                    tags.extend(tags_of(rule, change))
             except (MissingColumn, TypeError, ValueError) as exc:  # a value that cannot be keyed or encoded
                 m.PLAN_ERRORS.labels(table=rule.name).inc()
                 log.error("sync.plan_failed", table=rule.name, error=repr(exc), action="flush")
@@ -345,13 +347,19 @@ class Applier:
             self._last_progress, self._applied_since = now, 0
 
 
+_TALLY_KEY = operator.itemgetter(1, 2, 0)  # RowChange → (schema, table, op)
+
+
 def _rows(item: StreamItem) -> int:
     return len(item.changes) if isinstance(item, Transaction) else 0
 
 
 def _tally(txns: Sequence[Transaction]) -> Tally[tuple[str, str]]:
-    tally: Tally[tuple[str, str]] = Tally()
+    """Changes per (table, op): counted by (schema, table, op) in C, named once per key."""
+    raw: Tally[tuple[str, str, Op]] = Tally()
     for txn in txns:
-        for change in txn.changes:
-            tally[(f"{change.schema}.{change.table}", change.op.value)] += 1
+        raw.update(map(_TALLY_KEY, txn.changes))
+    tally: Tally[tuple[str, str]] = Tally()
+    for (schema, table, op), n in raw.items():
+        tally[(f"{schema}.{table}", op.value)] += n
     return tally

@@ -59,8 +59,10 @@ def json_default(value: object) -> object:
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
-def encode_json(row: Mapping[str, object], columns: Iterable[str]) -> bytes:
-    """Encode the given columns of ``row`` as one JSON object."""
+def encode_json(row: Mapping[str, object], columns: Iterable[str] | None) -> bytes:
+    """Encode the given columns of ``row`` (None: all, in the row's order) as one JSON object."""
+    if columns is None:
+        return orjson.dumps(row if isinstance(row, dict) else dict(row), default=json_default)
     return orjson.dumps({c: row[c] for c in columns}, default=json_default)
 
 

@@ -101,12 +101,16 @@ def plan_change(change: RowChange, rule: TableRule, evict_only: bool = False) ->
     if rule.mode == "evict" or evict_only or change.op is Op.DELETE or change.after is None:
         return [Delete(k) for k in (before if before == after or not after else _union(before, after))]
     row = change.after
+    ops: list[RedisOp] = [Delete(k) for k in before if k not in after]
+    ttl_ms = rule.ttl * 1000
+    if rule.format == "json" and rule.columns is None and not rule.exclude:  # the whole row, as decoded
+        value = encode_json(row, None)
+        ops.extend(SetJson(k, value, ttl_ms) for k in after)
+        return ops
     columns = rule.value_columns(list(row))
     missing = [c for c in columns if c not in row]
     if missing:
         raise MissingColumn(f"{rule.name} row has no column {missing[0]!r}")
-    ops: list[RedisOp] = [Delete(k) for k in before if k not in after]
-    ttl_ms = rule.ttl * 1000
     if rule.format == "json":
         value = encode_json(row, columns)
         ops.extend(SetJson(k, value, ttl_ms) for k in after)

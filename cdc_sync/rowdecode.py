@@ -159,20 +159,18 @@ def _decimal_layout(spec: ColumnSpec) -> tuple[int, int, int, int, int, int]:
 def _decimal_step(spec: ColumnSpec) -> Step:
     size, lead, ui, uf, trail, cf = _decimal_layout(spec)
     full, sign = (1 << (8 * size)) - 1, 1 << (8 * size - 1)
-    # Each group of the stored number (a big-endian integer of ``size`` bytes) as (shift, mask, weight):
-    # the integer part is sum(group * weight), and so is the fraction part, in units of 10**-decimals.
-    groups: list[tuple[int, int, int]] = []
+    # The stored number is a big-endian integer of ``size`` bytes made of base-10**9 groups (shorter ones
+    # at both ends). Its value in units of 10**-decimals is sum(group * weight) over (shift, mask, weight).
+    widths = [lead] * bool(lead) + [4] * (ui + uf) + [trail] * bool(trail)
+    digits = [9] * (len(widths) - bool(trail)) + [cf] * bool(trail)  # digits below each group: the weight
+    groups = []
     shift = 8 * size
-    for nbytes in [lead] * bool(lead) + [4] * ui + [4] * uf + [trail] * bool(trail):
+    for k, nbytes in enumerate(widths):
         shift -= 8 * nbytes
-        groups.append((shift, (1 << (8 * nbytes)) - 1, 0))
-    n_int = bool(lead) + ui
-    digits = [9] * (n_int + uf) + [cf] * bool(trail)  # decimal digits each group holds (the lead: any)
-    weighted = []
-    for k, (sh, mask, _) in enumerate(groups):
-        below = sum(digits[k + 1 : n_int]) if k < n_int else sum(digits[k + 1 :])
-        weighted.append((sh, mask, 10**below))
-    int_groups, frac_groups = tuple(weighted[:n_int]), tuple(weighted[n_int:])
+        groups.append((shift, (1 << (8 * nbytes)) - 1, 10 ** sum(digits[k + 1 :])))
+    terms = " + ".join(f"(raw >> {sh} & {mask}) * {weight}" for sh, mask, weight in groups) or "0"
+    # One expression per column layout, compiled once: a loop over the groups costs several times more.
+    value_of: Callable[[int], int] = eval(f"lambda raw: {terms}")  # noqa: S307 - built from integers only
     scale = spec.decimals
     dec = decimal.Decimal
     from_bytes = int.from_bytes
@@ -184,16 +182,11 @@ def _decimal_step(spec: ColumnSpec) -> Step:
         negative = raw & sign
         if negative:
             raw ^= full  # negative values are stored inverted
-        whole = 0
-        for sh, mask, weight in int_groups:
-            whole += (raw >> sh & mask) * weight
-        text = f"-{whole}" if negative else str(whole)
+        text = str(value_of(raw))
         if scale:
-            frac = 0
-            for sh, mask, weight in frac_groups:
-                frac += (raw >> sh & mask) * weight
-            text = f"{text}.{frac:0{scale}d}"
-        return dec(text), pos + size
+            text = text.rjust(scale + 1, "0")
+            text = f"{text[:-scale]}.{text[-scale:]}"
+        return dec(f"-{text}" if negative else text), pos + size
 
     return read
 
