@@ -46,10 +46,12 @@ demo: setup
 
 # Benchmarks on throwaway servers (figures printed and written to bench/*.json).
 bench: setup
+	rm -f bench/results.json
 	$(BIN)/python bench/catchup.py
 	$(BIN)/python bench/reader.py
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/summary.py
 
 # The long consistency profile (about 6 minutes, 30 faults); the short one runs in `make test`.
 consistency: setup

@@ -103,7 +103,7 @@ def _naive(port: int, redis_port: int, start: str, limit: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--changes", type=int, default=100_000)
+    parser.add_argument("--changes", type=int, default=200_000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     mariadb, redis_srv = start_mariadb(), start_redis()

@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +65,50 @@ listen = ""
     return seconds, rss
 
 
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = next((line.split(":", 1)[1].strip() for line in _lines("/proc/cpuinfo") if line.startswith("model name")), "")
+    mem = next((line.split()[1] for line in _lines("/proc/meminfo") if line.startswith("MemTotal:")), "0")
+    versions = {}
+    for name, cmd in (("mariadbd", ["mariadbd", "--version"]), ("redis-server", ["redis-server", "--version"])):
+        try:
+            versions[name] = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+        except OSError:
+            versions[name] = ""
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(int(mem) / 1024 / 1024, 1),
+        "mysql-replication": version("mysql-replication"),
+        **versions,
+    }
+
+
+def _lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text().splitlines()
+    except OSError:
+        return []
+
+
 def write_results(name: str, data: dict[str, Any]) -> Path:
-    """Write bench/<name>.json with the figures, the date and the machine."""
-    machine = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
+    """Write bench/<name>.json, and merge it into bench/results.json (every scenario, the machine, the date)."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     path = BENCH / f"{name}.json"
-    path.write_text(json.dumps({**data, "date": time.strftime("%Y-%m-%d"), "machine": machine}, indent=2))
+    path.write_text(json.dumps({**data, "date": stamp, "machine": machine()}, indent=2))
+    combined_path = BENCH / "results.json"
+    combined: dict[str, Any] = {}
+    if combined_path.exists():
+        try:
+            combined = json.loads(combined_path.read_text())
+        except ValueError:
+            combined = {}
+    combined.setdefault("scenarios", {})[name] = {**data, "date": stamp}
+    combined["machine"] = machine()
+    combined["date"] = stamp
+    combined_path.write_text(json.dumps(combined, indent=2))
     return path
 
 

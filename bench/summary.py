@@ -1,0 +1,55 @@
+"""The issue's targets against bench/results.json (written by the other bench scripts of this run).
+
+Prints one line per target: the figure, the target and whether it is met. Exits 0 either way: a benchmark
+reports, it does not gate (the machine is shared and noisy).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results.json"
+
+
+def rows(s: dict[str, Any]) -> list[tuple[str, float | None, str, bool | None]]:
+    """(what, figure, target, met) for every target whose scenario ran."""
+    out: list[tuple[str, float | None, str, bool | None]] = []
+    if "catchup" in s:
+        med = s["catchup"]["median_rows_per_s"]
+        for mode in ("evict", "update"):
+            vs_raw, vs_naive = med[mode] / med["raw"], med[mode] / med["naive"]
+            out.append((f"catch-up {mode} vs raw library iteration", vs_raw, ">= 0.9x (stretch > 1.5x)", vs_raw >= 0.9))
+            out.append((f"catch-up {mode} vs naive per-row loop", vs_naive, ">= 5x", vs_naive >= 5))
+    if "latency" in s and "500" in s["latency"]["latency"]:
+        p99 = s["latency"]["latency"]["500"]["p99_ms"]
+        out.append(("commit-to-cache p99 at 500 tx/s (ms)", p99, "<= 10 ms", p99 <= 10))
+    if "reader" in s:
+        hit = s["reader"]["ratios"]["hit_vs_raw_get"]
+        out.append(("reader hit vs raw GET", hit, "<= 1.15x", hit <= 1.15))
+        miss = s["reader"]["ratios"]["miss_vs_naive"]
+        out.append(("reader miss vs naive GET->SELECT->SET", miss, "(no target)", None))
+    if "memory" in s:
+        for name, res in s["memory"].items():
+            if isinstance(res, dict) and "peak_rss_mb" in res:
+                rss = res["peak_rss_mb"]
+                out.append((f"peak RSS, {name.replace('_', ' ')} (MB)", rss, "<= 150 MB", rss <= 150))
+    return out
+
+
+def main() -> None:
+    if not RESULTS.exists():
+        sys.exit(f"{RESULTS} is missing: run the bench scripts first (make bench)")
+    data = json.loads(RESULTS.read_text())
+    print(f"\nbench summary ({data.get('date', '?')}, {data.get('machine', {}).get('cpu', '?')})")
+    print(f"{'target':<46}{'figure':>10}  {'wanted':<26}{'met':>4}")
+    for what, figure, target, met in rows(data.get("scenarios", {})):
+        shown = "n/a" if figure is None else f"{figure:.2f}"
+        flag = "" if met is None else ("yes" if met else "NO")
+        print(f"{what:<46}{shown:>10}  {target:<26}{flag:>4}")
+
+
+if __name__ == "__main__":
+    main()
