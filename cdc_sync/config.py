@@ -123,6 +123,7 @@ class ReaderConfig:
     holdoff_ms: int = 1000  # after an eviction, readers do not fill the key for this long
     lease_ttl_ms: int = 3000  # a fill lease expires after this (a crashed reader blocks no one longer)
     lease_wait_ms: int = 200  # a reader that finds another's lease waits this long for its fill
+    freshness_check_ms: int = 100  # hits within this long of a checked hit skip the script (0: never skip)
     ttl_jitter: float = 0.1  # fills use ttl * (1 - jitter*random) so keys do not all expire together
     negative_ttl: int = 0  # seconds to cache "row absent"; 0 = never
     pool_size: int = 4  # MySQL connections of the built-in loader
@@ -464,6 +465,7 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path
         holdoff_ms=rd.int_("holdoff_ms", 1000, 0, 3_600_000),
         lease_ttl_ms=rd.int_("lease_ttl_ms", 3000, 1, 3_600_000),
         lease_wait_ms=rd.int_("lease_wait_ms", 200, 0, 3_600_000),
+        freshness_check_ms=rd.int_("freshness_check_ms", 100, 0, 60_000),
         ttl_jitter=rd.float_("ttl_jitter", 0.1, 0.0),
         negative_ttl=rd.int_("negative_ttl", 0, 0, 10 * 365 * 86400),
         pool_size=rd.int_("pool_size", 4, 1, 1000),

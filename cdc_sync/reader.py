@@ -13,6 +13,15 @@ One Lua round trip per lookup (``LOOKUP_LUA``) decides, on Redis's own clock:
 A fill lands only while the reader's lease still holds its token (``FILL_LUA``). The worker deletes the
 lease with every change of the key or of a tag it depends on, so a fill that loaded before a change never
 lands after it. Redis errors fall back to MySQL (logged and counted) unless ``strict`` is set.
+
+**Hits between checks.** A hit also tells the reader how long the heartbeat it saw keeps the cache trusted
+(``max_staleness_ms`` minus its age, on Redis's clock). The heartbeat only moves forward, so until that much
+time has passed (measured locally from before the script was sent, and capped at ``freshness_check_ms``)
+every value in the cache is known to be within the staleness bound: hits in that window are a plain ``GET``
+(``HGETALL``), one round trip and no script, and a hit counts only if its reply arrived inside the window.
+A miss in the window runs the script as usual. What the window gives up is only the early warnings: a
+flushing marker or a vanished heartbeat is noticed within ``freshness_check_ms``, not at once; the
+staleness bound itself holds exactly. ``freshness_check_ms = 0`` runs the script for every lookup.
 """
 
 from __future__ import annotations
@@ -55,17 +64,18 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local hb = redis.call('GET', KEYS[2])
 if not hb then return {'B', 'no_heartbeat'} end
-if now - tonumber(hb) > tonumber(ARGV[1]) then return {'B', 'stale'} end
+local fresh = tonumber(ARGV[1]) - (now - tonumber(hb))  -- ms this heartbeat keeps the cache trusted
+if fresh < 0 then return {'B', 'stale'} end
 local nflush, ntags = tonumber(ARGV[4]), tonumber(ARGV[7])
 for i = 5, 4 + nflush do
   if redis.call('EXISTS', KEYS[i]) == 1 then return {'B', 'flushing'} end
 end
 if ARGV[5] == 'h' then
   local v = redis.call('HGETALL', KEYS[1])
-  if #v > 0 then return {'H', v} end
+  if #v > 0 then return {'H', v, fresh} end
 else
   local v = redis.call('GET', KEYS[1])
-  if v then return {'H', v} end
+  if v then return {'H', v, fresh} end
 end
 if redis.call('EXISTS', KEYS[3]) == 1 then return {'B', 'holdoff'} end
 local first_tag = 5 + nflush
@@ -216,6 +226,7 @@ class _ReaderBase:
         self._tokens = itertools.count()
         self._rules = {r.name: r for r in config.tables}
         self.row_loader = loader if loader is not None else RowLoader(config.mysql, self.cfg.pool_size)
+        self._trusted_until = 0.0  # monotonic time until which hits need no script (see the module docstring)
 
     # ---- building lookups -----------------------------------------------------------------------
 
@@ -300,6 +311,28 @@ class _ReaderBase:
             items = [i.decode() if isinstance(i, bytes) else str(i) for i in payload]  # Redis bytes or encoded str
             return {items[i]: items[i + 1] for i in range(0, len(items), 2)}
         return orjson.loads(payload)
+
+    def in_window(self) -> bool:
+        """Whether a hit may be read with a plain GET now (the freshness window of the last checked hit)."""
+        return time.monotonic() < self._trusted_until
+
+    def plain_hit(self, lookup: Lookup, raw: Any) -> tuple[bool, Any]:
+        """A plain read's reply inside the window: (hit?, value). Not a hit: the key is absent, or the reply
+        came after the window closed (then the script decides)."""
+        if not raw or time.monotonic() >= self._trusted_until:
+            return False, None
+        self.stats.add("hit")
+        if lookup.fmt == "h":
+            return True, {k.decode(): v.decode() for k, v in raw.items()}
+        return True, (None if raw == NEGATIVE else orjson.loads(raw))
+
+    def script_hit(self, lookup: Lookup, reply: Sequence[Any], sent: float) -> Any:
+        """A hit the script answered: opens (or extends) the window, then returns the value."""
+        window_ms = min(int(reply[2]), self.cfg.freshness_check_ms)
+        if window_ms > 0:
+            self._trusted_until = max(self._trusted_until, sent + window_ms / 1000)
+        self.stats.add("hit")
+        return None if reply[1] == NEGATIVE else self.decode(lookup, reply[1])
 
     def _redis_failed(self, exc: Exception, key: str) -> None:
         self.stats.add("redis_error")
@@ -422,10 +455,20 @@ class CacheReader(_ReaderBase):
         return filled, len(lookups) - filled, dict(bypass)
 
     def _get(self, lookup: Lookup, load: Callable[[], bytes | list[str] | None]) -> Any:
+        if self.in_window():
+            try:
+                raw = self.redis.hgetall(lookup.key) if lookup.fmt == "h" else self.redis.get(lookup.key)
+            except redis.RedisError as exc:
+                self._redis_failed(exc, lookup.key)
+                return self._bypass(lookup, load, "redis_error")
+            hit, value = self.plain_hit(lookup, raw)
+            if hit:
+                return value
         token = self.token()
         keys, args = self.lookup_plan(lookup, token)
         deadline: float | None = None
         while True:
+            sent = time.monotonic()
             try:
                 reply = self._lookup_script(keys=keys, args=args)
             except redis.RedisError as exc:
@@ -433,8 +476,7 @@ class CacheReader(_ReaderBase):
                 return self._bypass(lookup, load, "redis_error")
             kind = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
             if kind == "H":
-                self.stats.add("hit")
-                return None if reply[1] == NEGATIVE else self.decode(lookup, reply[1])
+                return self.script_hit(lookup, reply, sent)
             if kind == "B":
                 return self._bypass(lookup, load, reply[1].decode())
             if kind == "L":
@@ -538,10 +580,20 @@ class AsyncCacheReader(_ReaderBase):
         return result
 
     async def _get(self, lookup: Lookup, load: Callable[[], Awaitable[bytes | list[str] | None]]) -> Any:
+        if self.in_window():
+            try:
+                raw: Any = await (self.redis.hgetall(lookup.key) if lookup.fmt == "h" else self.redis.get(lookup.key))
+            except redis.RedisError as exc:
+                self._redis_failed(exc, lookup.key)
+                return await self._bypass(lookup, load, "redis_error")
+            hit, value = self.plain_hit(lookup, raw)
+            if hit:
+                return value
         token = self.token()
         keys, args = self.lookup_plan(lookup, token)
         deadline: float | None = None
         while True:
+            sent = time.monotonic()
             try:
                 reply = await self._lookup_script(keys=keys, args=args)
             except redis.RedisError as exc:
@@ -549,8 +601,7 @@ class AsyncCacheReader(_ReaderBase):
                 return await self._bypass(lookup, load, "redis_error")
             kind = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
             if kind == "H":
-                self.stats.add("hit")
-                return None if reply[1] == NEGATIVE else self.decode(lookup, reply[1])
+                return self.script_hit(lookup, reply, sent)
             if kind == "B":
                 return await self._bypass(lookup, load, reply[1].decode())
             if kind == "L":
