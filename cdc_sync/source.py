@@ -45,6 +45,7 @@ from pymysqlreplication.row_event import (
 )
 
 from cdc_sync import logs
+from cdc_sync import metrics as m
 from cdc_sync.config import MySQLConfig
 from cdc_sync.errors import ConfigError, SourceError
 from cdc_sync.events import (
@@ -214,6 +215,7 @@ class BinlogSource:
         self.needed = dict(needed or {})
         self.fast = fast
         self.decoded = {"fast": 0, "library": 0}  # rows events of mapped tables, by decoder (tests, bench)
+        self._decoded_metric = {k: m.ROWS_EVENTS_DECODED.labels(decoder=k) for k in self.decoded}
         self._stream: BinLogStreamReader | None = None
         self._by_table_id: dict[int, tuple[object, RowDecoder | None]] = {}  # last table map seen per id
         self._by_layout: dict[tuple[tuple[ColumnSpec, ...], frozenset[str] | None], RowDecoder | None] = {}
@@ -292,7 +294,9 @@ class BinlogSource:
             # A partial JSON update carries a diff, not the value: evict instead of writing.
             evict_only = isinstance(event, PartialUpdateRowsEvent)
             changes = None if evict_only or not self.fast else self._fast_changes(event)
-            self.decoded["library" if changes is None else "fast"] += 1
+            decoder = "library" if changes is None else "fast"
+            self.decoded[decoder] += 1
+            self._decoded_metric[decoder].inc()
             return RawRows(_changes(event) if changes is None else changes, evict_only=evict_only)
         if isinstance(event, XidEvent):
             return RawCommit(stream.log_file, stream.log_pos, event.timestamp)
@@ -340,6 +344,8 @@ class BinlogSource:
             if len(self._by_layout) >= _DECODERS_MAX:
                 self._by_layout.clear()
             self._by_layout[layout] = decoder
+        if len(self._by_table_id) >= _DECODERS_MAX:  # table ids change with every DDL: keep this bounded
+            self._by_table_id.clear()
         self._by_table_id[event.table_id] = (columns, decoder)
         return decoder
 

@@ -66,7 +66,7 @@ class RulesPort(Protocol):
     def save_rule_fingerprints(self, fingerprints: dict[str, str]) -> None: ...
 
 
-# The tables to stream, each with the only columns to decode (None: all of them; see rowdecode.needed_columns).
+# The tables to stream, each with the only columns to decode (None: all of them; see planner.needed_columns).
 SourceFactory = Callable[[Mapping[tuple[str, str], frozenset[str] | None]], SourcePort]
 
 REQUIRED_SETTINGS = {

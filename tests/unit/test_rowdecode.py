@@ -1,0 +1,137 @@
+"""rowdecode.py on hand-made row images, and which columns the worker asks it for (planner.needed_columns).
+
+The differential test against the library on a real binlog is tests/integration/test_rowdecode.py.
+"""
+
+from __future__ import annotations
+
+import datetime
+import struct
+from decimal import Decimal
+
+import pytest
+
+from cdc_sync.config import TableRule
+from cdc_sync.keys import KeyTemplate
+from cdc_sync.planner import needed_columns
+from cdc_sync.rowdecode import (
+    BLOB,
+    DATETIME2,
+    DECIMAL,
+    LONG,
+    NEWDECIMAL,
+    TIME2,
+    TIMESTAMP2,
+    VARCHAR,
+    ColumnSpec,
+    RowDecodeError,
+    RowDecoder,
+)
+
+ID = ColumnSpec("id", LONG)
+NAME = ColumnSpec("name", VARCHAR, max_length=40 * 4)
+BODY = ColumnSpec("body", BLOB, length_size=2, encoding=None)
+
+
+def _image(nulls: int, *values: bytes) -> bytes:
+    return bytes([nulls]) + b"".join(values)
+
+
+def _varchar(text: str) -> bytes:
+    raw = text.encode()
+    return bytes([len(raw)]) + raw
+
+
+def test_decodes_rows_and_nulls_in_table_order() -> None:
+    """Two images: values by column, a NULL bit gives None and takes no bytes."""
+    data = _image(0, struct.pack("<i", 7), _varchar("ann"), struct.pack("<H", 2) + b"\x00\xff")
+    data += _image(0b010, struct.pack("<i", -1), struct.pack("<H", 0))
+    rows = RowDecoder([ID, NAME, BODY], None).images(data)
+    assert rows == [{"id": 7, "name": "ann", "body": b"\x00\xff"}, {"id": -1, "name": None, "body": b""}]
+    assert list(rows[0]) == ["id", "name", "body"]
+
+
+def test_unneeded_columns_are_skipped_not_decoded() -> None:
+    """Only the needed column comes out; the others are stepped over by their length prefixes."""
+    data = _image(0, struct.pack("<i", 7), _varchar("ann"), struct.pack("<H", 3) + b"xyz")
+    data += _image(0, struct.pack("<i", 8), _varchar(""), struct.pack("<H", 0))
+    assert RowDecoder([ID, NAME, BODY], frozenset({"id"})).images(data) == [{"id": 7}, {"id": 8}]
+
+
+def test_a_truncated_image_is_an_error_not_a_short_row() -> None:
+    """A length prefix pointing past the event's end raises instead of yielding a cut value."""
+    data = _image(0, struct.pack("<i", 7), bytes([10]) + b"abc")
+    with pytest.raises(RowDecodeError):
+        RowDecoder([ID, NAME], None).images(data)
+    with pytest.raises(RowDecodeError):
+        RowDecoder([ID, NAME], frozenset({"id"})).images(data)
+
+
+def test_types_it_does_not_decode_are_refused_when_needed_and_skipped_otherwise() -> None:
+    """TIME2 is left to the library when needed; skipped by its size (3 + fsp bytes) when not; old DECIMAL
+    has no known size at all."""
+    tm = ColumnSpec("tm", TIME2, fsp=2)
+    with pytest.raises(RowDecodeError):
+        RowDecoder([ID, tm], None)
+    data = _image(0, struct.pack("<i", 1), b"\x80\x00\x00\x05") + _image(0, struct.pack("<i", 2), b"\x80\x00\x01\x00")
+    assert RowDecoder([ID, tm], frozenset({"id"})).images(data) == [{"id": 1}, {"id": 2}]
+    with pytest.raises(RowDecodeError):
+        RowDecoder([ID, ColumnSpec("old", DECIMAL)], frozenset({"id"}))
+
+
+@pytest.mark.parametrize(
+    ("stored", "value"),
+    [
+        (bytes.fromhex("800000303905"), "12345.05"),  # DECIMAL(12,2): 1-byte lead, one 9-digit group, 1-byte frac
+        (bytes.fromhex("7fffffcfc6fa"), "-12345.05"),  # negative: every byte inverted
+        (bytes.fromhex("800000000000"), "0.00"),
+    ],
+)
+def test_decimal(stored: bytes, value: str) -> None:
+    """NEWDECIMAL keeps its scale and sign exactly."""
+    col = ColumnSpec("d", NEWDECIMAL, precision=12, decimals=2)
+    (row,) = RowDecoder([col], None).images(b"\x00" + stored)
+    assert row["d"] == Decimal(value) and str(row["d"]) == value
+
+
+def test_zero_datetime_and_timestamp_are_none() -> None:
+    """'0000-00-00 00:00:00' reads as None for DATETIME and TIMESTAMP, like the library plus its fix-ups."""
+    cols = [ColumnSpec("dt", DATETIME2), ColumnSpec("ts", TIMESTAMP2, fsp=3)]
+    data = _image(0, b"\x80\x00\x00\x00\x00", b"\x00\x00\x00\x00\x00\x00")
+    data += _image(0, bytes.fromhex("99b2c430c5"), struct.pack(">i", 86400) + struct.pack(">H", 1230))
+    rows = RowDecoder(cols, None).images(data)
+    assert rows[0] == {"dt": None, "ts": None}
+    assert rows[1] == {
+        "dt": datetime.datetime(2024, 3, 2, 3, 3, 5),
+        "ts": datetime.datetime(1970, 1, 2, 0, 0, 0, 123000),
+    }
+
+
+def _rule(table: str, key: str, mode: str = "evict", **kwargs: object) -> TableRule:
+    return TableRule(0, "s", table, KeyTemplate.parse(key, "key"), mode=mode, **kwargs)  # type: ignore[arg-type]
+
+
+def test_needed_columns_per_mode() -> None:
+    """Evict mode needs its key, `also` and tag columns; update mode every column unless `columns` names them."""
+    also = (KeyTemplate.parse("email:{email}", "also"),)
+    rules = [
+        _rule("a", "a:{id}", also=also, tags=(("org",),)),
+        _rule("b", "b:{id}", mode="update"),
+        _rule("c", "c:{id}", mode="update", columns=("id", "name")),
+    ]
+    assert needed_columns(rules, ()) == {
+        ("s", "a"): frozenset({"id", "email", "org"}),
+        ("s", "b"): None,
+        ("s", "c"): frozenset({"id", "name"}),
+    }
+
+
+def test_needed_columns_add_cascade_parents_and_merge() -> None:
+    """A cascade parent needs the columns its watch compares, merged with any rule of the same table."""
+    rules = [_rule("a", "a:{id}")]
+    watched = [(("s", "a"), ("code",)), (("s", "p"), ("id",)), (("s", "p"), ("ref",))]
+    assert needed_columns(rules, watched) == {
+        ("s", "a"): frozenset({"id", "code"}),
+        ("s", "p"): frozenset({"id", "ref"}),
+    }
+    assert needed_columns([*rules, _rule("a", "x:{id}", mode="update")], watched)[("s", "a")] is None
