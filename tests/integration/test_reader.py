@@ -499,25 +499,8 @@ def test_negative_result_does_not_outlive_its_dependency_tag(
     assert r.get("orders-of:9") is None
 
 
-def _no_worker_reader(
-    tmp_path: Path,
-    mysql: MySQLTarget,
-    redis_server: RedisTarget,
-    make_reader: Callable[..., CacheReader],
-    db: str,
-    r: redis.Redis,
-    fresh_for_ms: int,
-    **overrides: Any,
-) -> CacheReader:
-    """A reader with no worker: the heartbeat is set by hand to stay fresh for ``fresh_for_ms``; user:1 cached."""
-    write_config(tmp_path / "w.toml", mysql, redis_server, _tables(db), extra="[reader]\nmax_staleness_ms = 60000\n")
-    s, us = r.time()
-    r.set("cdc:heartbeat", int(s) * 1000 + int(us) // 1000 - (60000 - fresh_for_ms))
-    r.set("user:1", json.dumps({"id": 1, "name": "cached"}))
-    return make_reader(**overrides)
-
-
-def test_hits_in_the_freshness_window_skip_the_script_but_never_outlive_the_heartbeat(
+@pytest.fixture
+def no_worker_reader(
     tmp_path: Path,
     mysql_server: MySQLTarget,
     redis_server: RedisTarget,
@@ -525,10 +508,27 @@ def test_hits_in_the_freshness_window_skip_the_script_but_never_outlive_the_hear
     db: str,
     schema: None,
     r: redis.Redis,
+) -> Callable[..., CacheReader]:
+    """no_worker_reader(fresh_for_ms, **reader overrides): a reader and no worker; the heartbeat is set by hand
+    to keep the cache trusted for ``fresh_for_ms`` more, and user:1 is cached as "cached"."""
+
+    def make(fresh_for_ms: int, **overrides: Any) -> CacheReader:
+        extra = "[reader]\nmax_staleness_ms = 60000\n"
+        write_config(tmp_path / "w.toml", mysql_server, redis_server, _tables(db), extra=extra)
+        s, us = r.time()
+        r.set("cdc:heartbeat", int(s) * 1000 + int(us) // 1000 - (60000 - fresh_for_ms))
+        r.set("user:1", json.dumps({"id": 1, "name": "cached"}))
+        return make_reader(**overrides)
+
+    return make
+
+
+def test_hits_in_the_freshness_window_skip_the_script_but_never_outlive_the_heartbeat(
+    no_worker_reader: Callable[..., CacheReader], db: str, r: redis.Redis
 ) -> None:
     """After a checked hit, hits are plain GETs (a vanished heartbeat goes unseen), but only for as long as
     the heartbeat it saw keeps the cache within max_staleness_ms, however long freshness_check_ms is."""
-    reader = _no_worker_reader(tmp_path, mysql_server, redis_server, make_reader, db, r, 1500, freshness_check_ms=60000)
+    reader = no_worker_reader(1500, freshness_check_ms=60000)
     assert reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "cached"}  # the script: hit, window opens
     r.delete("cdc:heartbeat")
     assert reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "cached"}  # in the window: plain GET
@@ -539,16 +539,10 @@ def test_hits_in_the_freshness_window_skip_the_script_but_never_outlive_the_hear
 
 
 def test_freshness_check_zero_runs_the_script_for_every_lookup(
-    tmp_path: Path,
-    mysql_server: MySQLTarget,
-    redis_server: RedisTarget,
-    make_reader: Callable[..., CacheReader],
-    db: str,
-    schema: None,
-    r: redis.Redis,
+    no_worker_reader: Callable[..., CacheReader], db: str, r: redis.Redis
 ) -> None:
     """freshness_check_ms = 0: a heartbeat that vanished right after a hit is seen by the very next lookup."""
-    reader = _no_worker_reader(tmp_path, mysql_server, redis_server, make_reader, db, r, 50000, freshness_check_ms=0)
+    reader = no_worker_reader(50000, freshness_check_ms=0)
     assert reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "cached"}
     assert not reader.in_window()
     r.delete("cdc:heartbeat")
@@ -557,19 +551,35 @@ def test_freshness_check_zero_runs_the_script_for_every_lookup(
 
 
 def test_a_flush_is_seen_within_freshness_check_ms(
-    tmp_path: Path,
-    mysql_server: MySQLTarget,
-    redis_server: RedisTarget,
-    make_reader: Callable[..., CacheReader],
-    db: str,
-    schema: None,
-    r: redis.Redis,
+    no_worker_reader: Callable[..., CacheReader], db: str, r: redis.Redis
 ) -> None:
     """A flushing marker set during the window is obeyed by the first lookup after freshness_check_ms."""
-    reader = _no_worker_reader(tmp_path, mysql_server, redis_server, make_reader, db, r, 50000, freshness_check_ms=300)
+    reader = no_worker_reader(50000, freshness_check_ms=300)
     assert reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "cached"}
     assert reader.in_window()
     r.set(f"cdc:flushing:{db}.users", "1")
     wait_for(lambda: not reader.in_window(), 10, "the window to close")
     assert reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "old"}
     assert reader.stats["bypass:flushing"] == 1
+
+
+def test_async_reader_hits_in_the_window_too(
+    no_worker_reader: Callable[..., CacheReader], tmp_path: Path, db: str, r: redis.Redis
+) -> None:
+    """AsyncCacheReader: a checked hit opens the window, and the next hit is a plain GET."""
+    import asyncio
+
+    from cdc_sync import AsyncCacheReader
+
+    no_worker_reader(50000)  # writes the config, the heartbeat and user:1
+
+    async def scenario() -> None:
+        reader = AsyncCacheReader(load(tmp_path / "w.toml"))
+        assert await reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "cached"}
+        assert reader.in_window()
+        r.delete("cdc:heartbeat")
+        assert await reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "cached"}
+        assert reader.stats["hit"] == 2
+        await reader.close()
+
+    asyncio.run(scenario())

@@ -171,6 +171,23 @@ def _same(library: list[RowChange], fast: list[RowChange], keep: frozenset[str] 
         assert _typed(lib.after, keep) == _typed(quick.after), lib
 
 
+def _wide_binlog(
+    mysql: MySQLTarget,
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    rows: int,
+    seed: int,
+    sid: int,
+) -> tuple[str, list[RowChange]]:
+    """Create WIDE, write ``rows`` random rows to it: (the binlog position before, the library's changes)."""
+    with sql.cursor() as cur:
+        cur.execute(WIDE)
+    start = file_position(sql)
+    _write(sql, "wide", rows, seed=seed)
+    library, _ = _read(mysql, db, "wide", start, fast=False, needed=None, sid=sid)
+    return start, library
+
+
 def _table_without_time(sql: pymysql.Connection) -> None:  # type: ignore[type-arg]
     with sql.cursor() as cur:
         cur.execute(WIDE.replace(", tm TIME(2), tm0 TIME", "").replace("CREATE TABLE wide", "CREATE TABLE notime"))
@@ -201,11 +218,7 @@ def test_needed_columns_are_decoded_and_the_rest_skipped(
     sql: pymysql.Connection,  # type: ignore[type-arg]
 ) -> None:
     """With only some columns needed, every other type (TIME included) is skipped by size, not misread."""
-    with sql.cursor() as cur:
-        cur.execute(WIDE)
-    start = file_position(sql)
-    _write(sql, "wide", 200, seed=12)
-    library, _ = _read(mysql_server, db, "wide", start, fast=False, needed=None, sid=4403)
+    start, library = _wide_binlog(mysql_server, db, sql, 200, seed=12, sid=4403)
     columns = [c for c in _columns(sql, "wide") if c not in TIME_COLUMNS]
     rng = random.Random(5)
     for n, subset in enumerate([{"id"}, {"id", "lb"}, {"g", "vl", "dt6"}, set(rng.sample(columns, 12))]):
@@ -221,11 +234,7 @@ def test_a_needed_time_column_is_left_to_the_library(
     sql: pymysql.Connection,  # type: ignore[type-arg]
 ) -> None:
     """TIME is not decoded by the fast path: needing it sends the table's events to the library, unchanged."""
-    with sql.cursor() as cur:
-        cur.execute(WIDE)
-    start = file_position(sql)
-    _write(sql, "wide", 20, seed=13)
-    library, _ = _read(mysql_server, db, "wide", start, fast=False, needed=None, sid=4420)
+    start, library = _wide_binlog(mysql_server, db, sql, 20, seed=13, sid=4420)
     fast, counts = _read(mysql_server, db, "wide", start, fast=True, needed=frozenset({"id", "tm"}), sid=4421)
     assert counts["fast"] == 0 and counts["library"] > 0
     _same(library, fast)  # the library decodes every column
