@@ -29,6 +29,11 @@ ROWS_EVENTS_DECODED = Counter(
     "Rows events of mapped tables, by decoder: fast (rowdecode.py, needed columns only) or library",
     ["decoder"],
 )
+PARTIAL_IMAGES = Counter(
+    "cdc_sync_partial_row_images",
+    "Rows events whose images lack columns (binlog_row_image not FULL in a session): evicted only, or flushed",
+    ["table"],
+)
 RECONNECTS = Counter("cdc_sync_reconnects", "Binlog stream reconnects")
 SOURCE_ERRORS = Counter("cdc_sync_source_errors", "Binlog connection failures (each reconnects)", ["kind"])
 SINK_ERRORS = Counter("cdc_sync_sink_errors", "Redis failures (each retried)", ["kind"])

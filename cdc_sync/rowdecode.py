@@ -7,8 +7,10 @@ of a rows event (the bytes after the columns-present bitmaps) with one precompil
 needed column is read, any other is skipped by its size, so its bytes are never turned into values.
 
 The values equal what the library returns after source.py's fix-ups (a differential test against the
-library holds them to that, type by type). A table whose needed columns include a type this module does not
-decode (TIME2, pre-5.6 temporal types, old DECIMAL), or whose images are not FULL, is left to the library.
+library holds them to that, type by type), and a TIME is decoded as MySQL itself does (``time2_packed``;
+the library gets negative fractional TIMEs wrong, which source.py repairs on its path). A table whose needed
+columns include a type this module does not decode (pre-5.6 temporal types, old DECIMAL), or whose images
+are not FULL, is left to the library.
 Every decoded event must end exactly at the end of its body; anything else raises ``RowDecodeError``.
 """
 
@@ -243,6 +245,39 @@ def _timestamp2_step(spec: ColumnSpec) -> Step:
     return read
 
 
+def time2_value(packed: int) -> datetime.timedelta:
+    """A TIME from MySQL's packed form: (seconds part as h<<12 | m<<6 | s) << 24 plus microseconds, signed."""
+    negative = packed < 0
+    if negative:
+        packed = -packed
+    hms, micro = packed >> 24, packed & 0xFFFFFF
+    value = datetime.timedelta(
+        hours=(hms >> 12) & 0x3FF, minutes=(hms >> 6) & 0x3F, seconds=hms & 0x3F, microseconds=micro
+    )
+    return -value if negative else value
+
+
+def _time2_step(spec: ColumnSpec) -> Step:
+    """TIME(fsp) as MySQL reads it (my_time_packed_from_binary): a 3-byte offset integer part, then 0-3 bytes
+    of fraction; a negative value with a fraction stores the next integer down and the fraction's complement."""
+    n = _fsp_bytes(spec.fsp)
+    size = 3 + n
+    scale = (0, 10_000, 100, 1)[n]  # the stored fraction's unit, in microseconds
+
+    def read(data: bytes, pos: int) -> tuple[Any, int]:
+        if n == 3:  # fsp 5 and 6: one 48-bit offset number
+            packed = int.from_bytes(data[pos : pos + 6], "big") - 0x800000000000
+            return time2_value(packed), pos + 6
+        intpart = int.from_bytes(data[pos : pos + 3], "big") - 0x800000
+        frac = int.from_bytes(data[pos + 3 : pos + size], "big") if n else 0
+        if intpart < 0 and frac:
+            intpart += 1
+            frac -= 1 << (8 * n)
+        return time2_value((intpart << 24) + frac * scale), pos + size
+
+    return read
+
+
 def _date_step(data: bytes, pos: int) -> tuple[Any, int]:
     v = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16
     year, month, day = (v >> 9) & 0x7FFF, (v >> 5) & 15, v & 31
@@ -311,6 +346,8 @@ def _decode_step(spec: ColumnSpec, parse_json: JsonParser | None) -> Step | None
         return _decimal_step(spec)
     if t == DATETIME2:
         return _datetime2_step(spec)
+    if t == TIME2:
+        return _time2_step(spec)
     if t == TIMESTAMP2:
         return _timestamp2_step(spec)
     if t == DATE:

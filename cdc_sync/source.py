@@ -7,7 +7,8 @@ original start) is refused, so the worker reconnects from its own position.
 Values are fixed up here so that they equal what a ``SELECT`` through PyMySQL returns (the reader fills
 from SELECTs, the worker from the binlog; both must write the same bytes): BIT as an integer, SET as a
 set (the empty set included), BINARY(n) padded to n bytes, an empty binary value as bytes, FLOAT as its
-shortest float32 text, and MySQL JSON documents with text instead of bytes.
+shortest float32 text, a negative TIME with a fraction repaired, and MySQL JSON documents with text instead
+of bytes.
 
 Row images of mapped tables are decoded by rowdecode.py where it can, only the columns the rules need
 (``needed``); the library decodes the rest, and its values go through the fix-ups above.
@@ -107,6 +108,8 @@ def _fixers(event: RowsEvent) -> list[tuple[str, Any]]:
             fixes.append((col.name, "json"))
         elif col.type in (FIELD_TYPE.TIMESTAMP, FIELD_TYPE.TIMESTAMP2):
             fixes.append((col.name, "timestamp"))
+        elif col.type == FIELD_TYPE.TIME2:
+            fixes.append((col.name, "time2"))
         elif (col.character_set_name or "").lower() == "binary" and col.type != FIELD_TYPE.GEOMETRY:
             # BINARY(n) is padded; any empty binary value comes out of the library as '' (Python decodes
             # b'' with any codec name, even the unknown "binary"): make it bytes again
@@ -130,10 +133,25 @@ def _fix_row(values: dict[str, Any], nones: Mapping[str, str], fixes: list[tuple
         elif fix == "timestamp":
             if value == _EPOCH:  # the zero TIMESTAMP ('0000-00-00 00:00:00') is stored as epoch 0
                 values[name] = None
+        elif fix == "time2":
+            values[name] = repair_negative_time(value)
         elif fix != "set":
             raw = b"" if value == "" else value
             values[name] = raw.ljust(fix[1], b"\0") if isinstance(raw, bytes) and len(raw) < fix[1] else raw
     return values
+
+
+def repair_negative_time(value: Any) -> Any:
+    """The true value of a TIME the library decoded. For a negative TIME with a fraction, MySQL stores the
+    next integer down and the fraction's complement (rowdecode.time2_value); the library reads them as they
+    are, so -01:02:03.25 comes out as -01:02:03.75: whole seconds A and fraction g read as -(A + g) mean
+    -(A + 1 - g)."""
+    if not isinstance(value, datetime.timedelta) or value >= datetime.timedelta(0):
+        return value
+    whole, frac = divmod(-value // datetime.timedelta(microseconds=1), 1_000_000)
+    if not frac:
+        return value
+    return -datetime.timedelta(seconds=whole, microseconds=1_000_000 - frac)
 
 
 def _require_names(event: RowsEvent) -> None:
@@ -194,6 +212,35 @@ def column_spec(col: Any) -> ColumnSpec:
 
 def _full(bitmap: bytes, columns: int) -> bool:
     return int.from_bytes(bitmap, "little") == (1 << columns) - 1
+
+
+def _without_absent_columns(event: RowsEvent, changes: tuple[RowChange, ...]) -> tuple[RowChange, ...] | None:
+    """The changes without the columns a non-FULL row image left out (None: every image is FULL).
+
+    The library reports an absent column as None, which would read as NULL. In an update's after image an
+    absent column was not set by the statement, so it keeps the before image's value where that has one.
+    """
+    before_bits = int.from_bytes(event.columns_present_bitmap, "little")
+    after_bits = int.from_bytes(getattr(event, "columns_present_bitmap2", event.columns_present_bitmap), "little")
+    full = (1 << len(event.columns)) - 1
+    if before_bits == full and after_bits == full:
+        return None
+    absent_before = {c.name for i, c in enumerate(event.columns) if not before_bits >> i & 1}
+    absent_after = {c.name for i, c in enumerate(event.columns) if not after_bits >> i & 1}
+    out: list[RowChange] = []
+    for change in changes:
+        before = after = None
+        if change.before is not None:
+            before = {k: v for k, v in change.before.items() if k not in absent_before}
+        if change.after is not None:
+            kept = before or {}
+            after = {
+                k: kept[k] if k in absent_after else v
+                for k, v in change.after.items()
+                if k in kept or k not in absent_after
+            }
+        out.append(change._replace(before=before, after=after))
+    return tuple(out)
 
 
 class BinlogSource:
@@ -297,7 +344,17 @@ class BinlogSource:
             decoder = "library" if changes is None else "fast"
             self.decoded[decoder] += 1
             self._decoded_metric[decoder].inc()
-            return RawRows(_changes(event) if changes is None else changes, evict_only=evict_only)
+            if changes is None:
+                changes = _changes(event)
+                partial = _without_absent_columns(event, changes)
+                if partial is not None:
+                    # Not FULL (a session's binlog_row_image): absent is not NULL. Evict only, and a key
+                    # whose columns are absent fails planning, which flushes the table.
+                    name = f"{event.schema}.{event.table}"
+                    m.PARTIAL_IMAGES.labels(table=name).inc()
+                    log.warning("source.partial_row_image", table=name, rows=len(changes), action="evict_only")
+                    changes, evict_only = partial, True
+            return RawRows(changes, evict_only=evict_only)
         if isinstance(event, XidEvent):
             return RawCommit(stream.log_file, stream.log_pos, event.timestamp)
         if isinstance(event, MariadbGtidEvent):

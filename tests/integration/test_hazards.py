@@ -193,3 +193,32 @@ def test_heartbeat_follows_the_worker_and_stops_with_it(
     time.sleep(1.5)
     assert int(r.get("cdc:heartbeat") or 0) == stopped_at
     assert now_ms() - stopped_at >= 1500
+
+
+def test_a_session_with_minimal_row_images_cannot_write_wrong_values(
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+) -> None:
+    """A session's binlog_row_image=MINIMAL leaves columns out of the images: the worker does not write them
+    as NULLs; it evicts, and when a key column is absent (here the key is on email) it flushes the table."""
+    with sql.cursor() as cur:
+        cur.execute("CREATE TABLE users (id INT PRIMARY KEY, email VARCHAR(40), name VARCHAR(20))")
+    w = start_worker(_tables(db).replace('key = "users:{id}"', 'key = "users:{email}"'))
+    with sql.cursor() as cur:
+        cur.execute("INSERT INTO users VALUES (1, 'a@x', 'old')")
+    wait_for(lambda: r.get("users:a@x") is not None, 30, "the insert to be written")
+    with sql.cursor() as cur:
+        cur.execute("SET SESSION binlog_row_image = 'MINIMAL'")
+        cur.execute("UPDATE users SET name = 'new' WHERE id = 1")
+        cur.execute("SET SESSION binlog_row_image = 'FULL'")
+    wait_caught_up(r, sql, mysql_server.flavor, w)
+    assert r.get("users:a@x") is None, "the old value was evicted, not kept or overwritten with NULLs"
+    names = w.event_names()
+    assert "source.partial_row_image" in names and "sync.table_flushed" in names
+    with sql.cursor() as cur:
+        cur.execute("UPDATE users SET name = 'full' WHERE id = 1")
+    wait_caught_up(r, sql, mysql_server.flavor, w)
+    assert json.loads(r.get("users:a@x") or b"") == {"id": 1, "email": "a@x", "name": "full"}

@@ -20,6 +20,7 @@ from cdc_sync.rowdecode import (
     DECIMAL,
     LONG,
     NEWDECIMAL,
+    TIME,
     TIME2,
     TIMESTAMP2,
     VARCHAR,
@@ -27,6 +28,7 @@ from cdc_sync.rowdecode import (
     RowDecodeError,
     RowDecoder,
 )
+from cdc_sync.source import repair_negative_time
 
 ID = ColumnSpec("id", LONG)
 NAME = ColumnSpec("name", VARCHAR, max_length=40 * 4)
@@ -68,15 +70,51 @@ def test_a_truncated_image_is_an_error_not_a_short_row() -> None:
 
 
 def test_types_it_does_not_decode_are_refused_when_needed_and_skipped_otherwise() -> None:
-    """TIME2 is left to the library when needed; skipped by its size (3 + fsp bytes) when not; old DECIMAL
-    has no known size at all."""
-    tm = ColumnSpec("tm", TIME2, fsp=2)
+    """The pre-5.6 TIME is left to the library when needed, and skipped by its size (3 bytes) when not; old
+    DECIMAL has no known size at all."""
+    old_time = ColumnSpec("tm", TIME)
     with pytest.raises(RowDecodeError):
-        RowDecoder([ID, tm], None)
-    data = _image(0, struct.pack("<i", 1), b"\x80\x00\x00\x05") + _image(0, struct.pack("<i", 2), b"\x80\x00\x01\x00")
-    assert RowDecoder([ID, tm], frozenset({"id"})).images(data) == [{"id": 1}, {"id": 2}]
+        RowDecoder([ID, old_time], None)
+    data = _image(0, struct.pack("<i", 1), b"\x01\x02\x03") + _image(0, struct.pack("<i", 2), b"\x00\x00\x00")
+    assert RowDecoder([ID, old_time], frozenset({"id"})).images(data) == [{"id": 1}, {"id": 2}]
     with pytest.raises(RowDecodeError):
         RowDecoder([ID, ColumnSpec("old", DECIMAL)], frozenset({"id"}))
+
+
+def _time2(seconds: int, micros: int, negative: bool, fsp: int) -> bytes:
+    """MySQL's TIME2 bytes (my_time_packed_to_binary) of [-]seconds.micros at precision fsp."""
+    h, rest = divmod(seconds, 3600)
+    packed = ((h << 12 | (rest // 60) << 6 | rest % 60) << 24) + micros
+    packed = -packed if negative else packed
+    if fsp >= 5:
+        return (packed + 0x800000000000).to_bytes(6, "big")
+    n = (fsp + 1) // 2
+    intpart, frac = packed >> 24, packed % (1 << 24) - (1 << 24 if packed < 0 and packed % (1 << 24) else 0)
+    unit = (1, 10_000, 100)[n]
+    raw = (intpart + 0x800000).to_bytes(3, "big")
+    return raw + ((frac // unit) % (1 << (8 * n))).to_bytes(n, "big") if n else raw
+
+
+@pytest.mark.parametrize("fsp", [0, 2, 4, 6])
+@pytest.mark.parametrize(("seconds", "micros", "negative"), [(3723, 250000, True), (0, 10000, True), (59, 0, True),
+                                                             (3020399, 0, False), (45296, 780000, False)])  # fmt: skip
+def test_time2_reads_as_mysql_does(seconds: int, micros: int, negative: bool, fsp: int) -> None:
+    """TIME(fsp), negative with a fraction included (stored as the next integer down and a complement)."""
+    micros = micros if fsp else 0
+    (row,) = RowDecoder([ColumnSpec("t", TIME2, fsp=fsp)], None).images(
+        b"\x00" + _time2(seconds, micros, negative, fsp)
+    )
+    value = datetime.timedelta(seconds=seconds, microseconds=micros)
+    assert row["t"] == (-value if negative else value)
+
+
+def test_the_library_s_negative_fractional_time_is_repaired() -> None:
+    """The library reads -01:02:03.25 as -01:02:03.75 (whole seconds, then the stored complement); the
+    repair gives the true value and leaves every other TIME alone."""
+    assert repair_negative_time(-datetime.timedelta(seconds=3723.75)) == -datetime.timedelta(seconds=3723.25)
+    assert repair_negative_time(-datetime.timedelta(microseconds=999999)) == -datetime.timedelta(microseconds=1)
+    for unchanged in (-datetime.timedelta(seconds=59), datetime.timedelta(seconds=1.5), None):
+        assert repair_negative_time(unchanged) == unchanged
 
 
 @pytest.mark.parametrize(
