@@ -7,7 +7,7 @@ of a rows event (the bytes after the columns-present bitmaps) with one precompil
 needed column is read, any other is skipped by its size, so its bytes are never turned into values.
 
 The values equal what the library returns after source.py's fix-ups (a differential test against the
-library holds them to that, type by type), and a TIME is decoded as MySQL itself does (``time2_packed``;
+library holds them to that, type by type), and a TIME is decoded as MySQL itself does (``time2_value``;
 the library gets negative fractional TIMEs wrong, which source.py repairs on its path). A table whose needed
 columns include a type this module does not decode (pre-5.6 temporal types, old DECIMAL), or whose images
 are not FULL, is left to the library.
