@@ -44,7 +44,8 @@ lint: setup
 demo: setup
 	$(BIN)/python tools/demo.py
 
-# Benchmarks on throwaway servers (figures printed and written to bench/*.json).
+# Benchmarks on throwaway servers: figures printed, written to bench/results.json (and bench/<scenario>.json),
+# then a summary of the targets.
 bench: setup
 	rm -f bench/results.json
 	$(BIN)/python bench/catchup.py

@@ -95,9 +95,9 @@ def _lines(path: str) -> list[str]:
 
 def write_results(name: str, data: dict[str, Any]) -> Path:
     """Write bench/<name>.json, and merge it into bench/results.json (every scenario, the machine, the date)."""
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    stamp, host = time.strftime("%Y-%m-%d %H:%M:%S %Z"), machine()
     path = BENCH / f"{name}.json"
-    path.write_text(json.dumps({**data, "date": stamp, "machine": machine()}, indent=2))
+    path.write_text(json.dumps({**data, "date": stamp, "machine": host}, indent=2))
     combined_path = BENCH / "results.json"
     combined: dict[str, Any] = {}
     if combined_path.exists():
@@ -106,7 +106,7 @@ def write_results(name: str, data: dict[str, Any]) -> Path:
         except ValueError:
             combined = {}
     combined.setdefault("scenarios", {})[name] = {**data, "date": stamp}
-    combined["machine"] = machine()
+    combined["machine"] = host
     combined["date"] = stamp
     combined_path.write_text(json.dumps(combined, indent=2))
     return path

@@ -1,6 +1,6 @@
 """Cache-aside reads that cooperate with the worker: leases, hold-off markers and a freshness gate.
 
-One Lua round trip per lookup (``LOOKUP_LUA``) decides, on Redis's own clock:
+One Lua round trip per checked lookup (``LOOKUP_LUA``) decides, on Redis's own clock:
 
 1. the worker's heartbeat is missing or older than ``max_staleness_ms``, or a table is being flushed
    → **bypass**: read MySQL, fill nothing;
