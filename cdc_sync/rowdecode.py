@@ -136,15 +136,18 @@ def _fixed_size(spec: ColumnSpec) -> int | None:
     return None
 
 
-def _skip(spec: ColumnSpec) -> tuple[int, Step | None]:
-    """(fixed size, None) or (0, a step that returns the position after a length-prefixed value)."""
+def _skip(spec: ColumnSpec) -> tuple[int, Any]:
+    """How RowDecoder.images steps over a value of this column: (0, its fixed size), (1 or 2, None) for a
+    1- or 2-byte length prefix, or (3, a step returning the position after a longer-prefixed value)."""
     size = _fixed_size(spec)
     if size is not None:
-        return size, None
+        return 0, size
     if spec.type in (VARCHAR, STRING, BLOB, JSON, GEOMETRY):
         k = _prefix_size(spec)
+        if k in (1, 2):
+            return k, None
         prefix = _prefix(k)
-        return 0, lambda data, pos: (None, pos + k + prefix(data, pos))
+        return 3, lambda data, pos: (None, pos + k + prefix(data, pos))
     raise RowDecodeError(f"column {spec.name!r}: no size known for type {spec.type}")
 
 
@@ -402,13 +405,7 @@ class RowDecoder:
                     raise RowDecodeError(f"column {spec.name!r}: type {spec.type} is left to the library")
                 steps.append((1 << i, spec.name, 3, step))
                 continue
-            size, skip = _skip(spec)
-            if skip is None:
-                steps.append((1 << i, None, 0, size))
-            elif _prefix_size(spec) in (1, 2):
-                steps.append((1 << i, None, _prefix_size(spec), None))
-            else:
-                steps.append((1 << i, None, 3, skip))
+            steps.append((1 << i, None, *_skip(spec)))
         self.steps = tuple(steps)
 
     def images(self, data: bytes) -> list[dict[str, Any]]:

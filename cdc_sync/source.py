@@ -113,9 +113,14 @@ def _fixers(event: RowsEvent) -> list[tuple[str, Any]]:
         elif (col.character_set_name or "").lower() == "binary" and col.type != FIELD_TYPE.GEOMETRY:
             # BINARY(n) is padded; any empty binary value comes out of the library as '' (Python decodes
             # b'' with any codec name, even the unknown "binary"): make it bytes again
-            pad = getattr(col, "max_length", 0) if col.type == FIELD_TYPE.STRING else 0
-            fixes.append((col.name, ("pad", pad)))
+            fixes.append((col.name, ("pad", _binary_pad(col))))
     return fixes
+
+
+def _binary_pad(col: Any) -> int:
+    """The length a value of this column is padded to with NUL bytes, as a SELECT returns it: BINARY(n)."""
+    binary = col.type == FIELD_TYPE.STRING and (getattr(col, "character_set_name", None) or "").lower() == "binary"
+    return (getattr(col, "max_length", 0) or 0) if binary else 0
 
 
 def _fix_row(values: dict[str, Any], nones: Mapping[str, str], fixes: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -190,7 +195,6 @@ def column_spec(col: Any) -> ColumnSpec:
         encoding = None
     elif charset is not None:
         encoding = text_encoding(RowsEvent.charset_to_encoding(charset))
-    binary = col.type == FIELD_TYPE.STRING and (charset or "").lower() == "binary"
     enum_values, set_values = getattr(col, "enum_values", None), getattr(col, "set_values", None)
     return ColumnSpec(
         name=col.name,
@@ -202,7 +206,7 @@ def column_spec(col: Any) -> ColumnSpec:
         decimals=getattr(col, "decimals", 0) or 0,
         fsp=getattr(col, "fsp", 0) or 0,
         encoding=encoding,
-        binary_pad=(getattr(col, "max_length", 0) or 0) if binary else 0,
+        binary_pad=_binary_pad(col),
         bits=getattr(col, "bits", 0) or 0,
         size=getattr(col, "size", 0) or 0,
         enum_values=tuple(enum_values) if enum_values else None,
@@ -210,8 +214,15 @@ def column_spec(col: Any) -> ColumnSpec:
     )
 
 
-def _full(bitmap: bytes, columns: int) -> bool:
-    return int.from_bytes(bitmap, "little") == (1 << columns) - 1
+def _image_bits(event: RowsEvent) -> tuple[int, int]:
+    """The columns-present bitmaps of the before and the after image (one bitmap serves inserts and deletes)."""
+    before = event.columns_present_bitmap
+    return int.from_bytes(before, "little"), int.from_bytes(getattr(event, "columns_present_bitmap2", before), "little")
+
+
+def _images_full(event: RowsEvent) -> bool:
+    full = (1 << len(event.columns)) - 1
+    return _image_bits(event) == (full, full)
 
 
 def _without_absent_columns(event: RowsEvent, changes: tuple[RowChange, ...]) -> tuple[RowChange, ...] | None:
@@ -220,11 +231,9 @@ def _without_absent_columns(event: RowsEvent, changes: tuple[RowChange, ...]) ->
     The library reports an absent column as None, which would read as NULL. In an update's after image an
     absent column was not set by the statement, so it keeps the before image's value where that has one.
     """
-    before_bits = int.from_bytes(event.columns_present_bitmap, "little")
-    after_bits = int.from_bytes(getattr(event, "columns_present_bitmap2", event.columns_present_bitmap), "little")
-    full = (1 << len(event.columns)) - 1
-    if before_bits == full and after_bits == full:
+    if _images_full(event):
         return None
+    before_bits, after_bits = _image_bits(event)
     absent_before = {c.name for i, c in enumerate(event.columns) if not before_bits >> i & 1}
     absent_after = {c.name for i, c in enumerate(event.columns) if not after_bits >> i & 1}
     out: list[RowChange] = []
@@ -410,10 +419,7 @@ class BinlogSource:
         """Decode the event's rows with rowdecode.py; None leaves them to the library (nothing read yet)."""
         if type(event) not in _ROW_EVENTS or not event.complete or event.number_of_columns != len(event.columns):
             return None
-        n = event.number_of_columns
-        if not _full(event.columns_present_bitmap, n):
-            return None
-        if isinstance(event, UpdateRowsEvent) and not _full(event.columns_present_bitmap2, n):
+        if not _images_full(event):
             return None
         _require_names(event)
         decoder = self._decoder(event)
