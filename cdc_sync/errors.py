@@ -5,6 +5,7 @@ CdcSyncError
 │   └── ServerConfigError  the MySQL server lacks a required binlog setting
 ├── SourceError            the binlog source failed (connection, protocol)
 │   ├── PositionLostError  the start position is no longer on the server (purged)
+│   ├── ServerChanged      a file position was resumed on another server's binlog
 │   └── DecodeError        an event could not be decoded
 ├── SinkError              Redis failed
 │   └── SinkUnavailable    Redis could not be reached (retryable)
@@ -29,6 +30,10 @@ class SourceError(CdcSyncError):
 
 class PositionLostError(SourceError):
     """The requested binlog position is not on the server any more."""
+
+
+class ServerChanged(SourceError):
+    """The binlog a file position was resumed from belongs to another server (a failover behind one address)."""
 
 
 class DecodeError(SourceError):

@@ -124,7 +124,14 @@ class RawHeartbeat:
     pos: int = 0
 
 
-RawEvent = RawBegin | RawRows | RawCommit | RawQuery | RawUnknown | RawHeartbeat
+@dataclass(frozen=True, slots=True)
+class RawServer:
+    """The binlog being read is written by this server (a format description event's ``server_id``)."""
+
+    server_id: int
+
+
+RawEvent = RawBegin | RawRows | RawCommit | RawQuery | RawUnknown | RawHeartbeat | RawServer
 StreamItem = Transaction | Heartbeat
 
 
@@ -139,3 +146,4 @@ class ServerInfo:
     first_file: str  # oldest binlog file on the server
     server_uuid: str = ""
     variables: dict[str, str] = field(default_factory=dict)
+    gtid_at_file: str | None = None  # MariaDB: the GTID state exactly at file_position (BINLOG_GTID_POS)

@@ -30,6 +30,7 @@ _POSITION_LOST_TEXTS = (
     "purged binary logs",
     "not in the master's binlog",
     "could not find gtid state",
+    "is missing the gtid",  # MariaDB: a GTID resume after sequence numbers went backwards (strict mode)
 )
 
 
@@ -118,13 +119,19 @@ class MySQLAdmin:
             "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('version', 'version_comment', 'log_bin', "
             "'binlog_format', 'binlog_row_image', 'binlog_row_metadata', 'gtid_mode', 'gtid_binlog_pos', "
             "'gtid_executed', 'server_uuid', 'server_id', 'gtid_domain_id', 'log_bin_compress', "
-            "'binlog_transaction_compression', 'binlog_row_value_options')"
+            "'binlog_transaction_compression', 'binlog_row_value_options', 'gtid_strict_mode')"
         )
         variables = {r["Variable_name"].lower(): str(r["Value"]) for r in rows}
         names = (variables.get("version", "") + variables.get("version_comment", "")).lower()
         flavor = "mariadb" if "mariadb" in names else "mysql"
         status = self._binlog_status(flavor)
         logs = self.query("SHOW BINARY LOGS") if variables.get("log_bin", "OFF").upper() == "ON" else []
+        gtid_at_file = None
+        if flavor == "mariadb" and status:
+            # the state exactly at that file position (reading gtid_binlog_pos apart could see a later commit)
+            file, _, pos = status.rpartition(":")
+            rows = self.query("SELECT BINLOG_GTID_POS(%s, %s) AS g", (file, int(pos)))
+            gtid_at_file = str(rows[0]["g"] or "") if rows else ""
         return ServerInfo(
             flavor=flavor,
             version=variables.get("version", ""),
@@ -133,6 +140,7 @@ class MySQLAdmin:
             first_file=str(logs[0]["Log_name"]) if logs else "",
             server_uuid=variables.get("server_uuid", ""),
             variables=variables,
+            gtid_at_file=gtid_at_file,
         )
 
     @staticmethod
@@ -144,11 +152,18 @@ class MySQLAdmin:
         return variables.get("gtid_executed", "").replace("\n", "")
 
     def current_position(self, flavor: str, kind: str) -> str:
-        """The server's binlog end, in the form of ``kind`` ("file", "mariadb" or "mysql")."""
+        """The server's binlog end, in the form of ``kind`` ("file", "mariadb" or "mysql").
+
+        MariaDB positions carry the stream part (``@server_id:file:pos``), which is what they compare by.
+        """
         if kind == "file":
             return self._binlog_status(flavor)
-        var = "gtid_binlog_pos" if kind == "mariadb" else "gtid_executed"
-        rows = self.query(f"SELECT @@global.{var} AS p")
+        if kind == "mariadb":
+            rows = self.query("SELECT @@global.gtid_binlog_pos AS p, @@global.server_id AS s")
+            state, server = str(rows[0]["p"] or ""), int(rows[0]["s"])
+            end = self._binlog_status(flavor)
+            return f"{state}@{server}:{end}" if state and end else state
+        rows = self.query("SELECT @@global.gtid_executed AS p")
         return str(rows[0]["p"] or "").replace("\n", "")
 
     def _binlog_status(self, flavor: str) -> str:

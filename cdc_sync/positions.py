@@ -3,8 +3,19 @@
 Three textual forms, all human readable and stored as such in ``<namespace>:checkpoint``:
 
 * file position ``bin.000042:1234`` (works everywhere),
-* MariaDB GTID state ``0-1-100,1-7-5`` (``domain-server-sequence`` per domain),
+* MariaDB GTID state ``0-1-100,1-7-5`` (``domain-server-sequence`` per domain), optionally followed by where
+  in which server's binlog that state was reached: ``0-1-100,1-7-5@1:bin.000042:1234`` (``@server_id:file:pos``),
 * MySQL GTID set ``3e11fa47-71ca-11e1-9e33-c80aa9429562:1-100:200-210,...``.
+
+**Stream order, not numbers.** MariaDB sequence numbers need not grow: with ``gtid_strict_mode=OFF`` (the
+default) ``SET gtid_seq_no``, replayed ``mysqlbinlog`` output or multi-source rings put a lower number after a
+higher one in the same domain, and a GTID may even repeat. A MariaDB GTID state says *what* was applied last in
+each domain, not *where* in the stream. So the worker never skips a MariaDB transaction by comparing numbers
+(the server itself starts a replica exactly after the position it asks for), the freshness heartbeat compares
+binlog file positions of one server (``reached``), and the checkpoint carries that file position so that a
+restart on the same server resumes by it: once numbers went backwards, MariaDB refuses a GTID resume (error
+1236) or, without strict mode on the replica's side, resumes at the wrong one of two equal numbers. MySQL GTIDs
+are unique and a GTID set is order-free, so MySQL positions compare as sets.
 """
 
 from __future__ import annotations
@@ -14,14 +25,28 @@ from dataclasses import dataclass, field
 
 from cdc_sync.errors import CdcSyncError
 
-_FILE_RE = re.compile(r"^(?P<file>[^:\s]+\.(?P<seq>\d+)):(?P<pos>\d+)$")
+_FILE_RE = re.compile(r"^(?P<file>[^:\s@]+\.(?P<seq>\d+)):(?P<pos>\d+)$")
 _MARIADB_RE = re.compile(r"^\d+-\d+-\d+(,\d+-\d+-\d+)*$")
+_STREAM_RE = re.compile(r"^(?P<server>\d+):(?P<at>[^:\s@]+\.\d+:\d+)$")
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _MYSQL_ONE_RE = re.compile(rf"^(?P<uuid>{_UUID})(?P<ranges>(:\d+(-\d+)?)+)$")
+# MySQL >= 8.3 tagged GTIDs: uuid:tag:1-5 (a tag is a letter or _ then up to 31 letters, digits or _)
+_MYSQL_TAGGED_RE = re.compile(rf"{_UUID}(:\d+(-\d+)?)*:[A-Za-z_][A-Za-z0-9_]{{0,31}}(:|$)")
 
 
 class PositionError(CdcSyncError):
     """A position string could not be parsed."""
+
+
+FORMATS_HELP = (
+    "a MariaDB GTID state (0-1-42 or 0-1-42,1-2-7, optionally @server_id:file:pos), "
+    "a MySQL GTID set (3e11fa47-71ca-11e1-9e33-c80aa9429562:1-42) or a file position (bin.000003:1234)"
+)
+
+
+def has_tagged_gtids(text: str) -> bool:
+    """True for a MySQL GTID set with tagged GTIDs (``uuid:tag:1-5``, MySQL >= 8.3), which cdc-sync refuses."""
+    return bool(_MYSQL_TAGGED_RE.search(text.replace("\n", "")))
 
 
 def kind_of(text: str) -> str:
@@ -29,12 +54,15 @@ def kind_of(text: str) -> str:
     text = text.strip()
     if _FILE_RE.match(text):
         return "file"
-    if _MARIADB_RE.match(text):
+    gtid, sep, stream = text.partition("@")
+    if _MARIADB_RE.match(gtid) and (not sep or _STREAM_RE.match(stream)):
         return "mariadb"
     parts = [p.strip() for p in text.replace("\n", "").split(",")]
     if text and all(_MYSQL_ONE_RE.match(p) for p in parts):
         return "mysql"
-    raise PositionError(f"not a binlog position: {text!r}")
+    if has_tagged_gtids(text):
+        raise PositionError(f"tagged GTIDs (uuid:tag:n, MySQL 8.3+) are not supported: {text[:200]!r}")
+    raise PositionError(f"not a binlog position: {text!r}; expected {FORMATS_HELP}")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -56,9 +84,36 @@ class FilePos:
         return f"{self.file}:{self.pos}"
 
 
+@dataclass(frozen=True, slots=True)
+class StreamPos:
+    """Where in one server's binlog (``server_id``) a MariaDB GTID state was reached: its stream order."""
+
+    server_id: int
+    at: FilePos
+
+    def __str__(self) -> str:
+        return f"{self.server_id}:{self.at}"
+
+
+def split_stream(text: str) -> tuple[str, StreamPos | None]:
+    """``0-1-5@1:bin.000002:300`` → (``0-1-5``, StreamPos); a position without ``@`` → (text, None)."""
+    gtid, sep, stream = text.strip().partition("@")
+    if not sep:
+        return gtid, None
+    m = _STREAM_RE.match(stream)
+    if not m or not _MARIADB_RE.match(gtid):
+        raise PositionError(f"not a MariaDB position: {text!r}; expected {FORMATS_HELP}")
+    return gtid, StreamPos(int(m["server"]), FilePos.parse(m["at"]))
+
+
+def gtid_part(text: str) -> str:
+    """The position without its stream part (a MariaDB state's ``@server:file:pos``)."""
+    return text.strip().partition("@")[0]
+
+
 def parse_mariadb(text: str) -> dict[int, tuple[int, int]]:
-    """``0-1-100,1-7-5`` → {domain: (server_id, seq)}."""
-    text = text.strip()
+    """``0-1-100,1-7-5`` (a stream part is ignored) → {domain: (server_id, seq)}."""
+    text = gtid_part(text)
     if not _MARIADB_RE.match(text):
         raise PositionError(f"not a MariaDB GTID state: {text!r}")
     state: dict[int, tuple[int, int]] = {}
@@ -108,26 +163,45 @@ class PositionTracker:
     """The position of the last applied transaction, in one of the three forms.
 
     ``covers(gtid, file, pos)`` tells whether a transaction is already included (so a replay can skip it);
-    ``advance(...)`` moves past a transaction and ``render()`` gives the checkpoint text.
+    ``advance(...)`` moves past a transaction and ``render()`` gives the checkpoint text. A MariaDB tracker
+    also follows the stream position on the server it reads (``set_server``), rendered after ``@``.
     """
 
     def __init__(self, start: str) -> None:
         self.kind = kind_of(start)
         self._file: FilePos | None = FilePos.parse(start) if self.kind == "file" else None
         self._maria = parse_mariadb(start) if self.kind == "mariadb" else {}
+        self._stream = split_stream(start)[1] if self.kind == "mariadb" else None
+        self._server: int | None = None  # server_id of the binlog being read (MariaDB), once known
         self._mysql = parse_mysql(start) if self.kind == "mysql" else {}
 
+    @property
+    def stream(self) -> StreamPos | None:
+        """The MariaDB stream position of the last transaction (None: unknown, resume by GTID)."""
+        return self._stream
+
+    def set_server(self, server_id: int) -> None:
+        """The binlog now read is ``server_id``'s: a stream position on another server means nothing here."""
+        self._server = server_id
+        if self._stream is not None and self._stream.server_id != server_id:
+            self._stream = None
+
+    def forget_stream(self) -> None:
+        """Resume by GTID: the stream position cannot be used (the server changed, or its file is gone)."""
+        self._stream = None
+
     def covers(self, gtid: str | None, file: str, pos: int) -> bool:
-        """True when the transaction (its GTID, or the file position past its end) is already applied."""
+        """True when the transaction is already applied, judged by stream order.
+
+        File trackers compare file positions. MySQL trackers test GTID set membership (MySQL never logs a
+        GTID twice). MariaDB trackers never skip: the server starts streaming exactly after the position the
+        worker asks for, and sequence numbers may go backwards, so a lower number is no sign of a replay.
+        """
         if self.kind == "file":
             assert self._file is not None
             return FilePos.parse(f"{file}:{pos}") <= self._file
-        if gtid is None:
+        if gtid is None or self.kind == "mariadb":
             return False
-        if self.kind == "mariadb":
-            domain, _server, seq = (int(x) for x in gtid.split("-"))
-            have = self._maria.get(domain)
-            return have is not None and seq <= have[1]
         uuid, _, gno_text = gtid.rpartition(":")
         gno = int(gno_text)
         return any(lo <= gno <= hi for lo, hi in self._mysql.get(uuid.lower(), ()))
@@ -141,6 +215,7 @@ class PositionTracker:
         elif self.kind == "mariadb":
             domain, server, seq = (int(x) for x in gtid.split("-"))
             self._maria[domain] = (server, seq)
+            self.advance_stream(file, pos)
         else:
             uuid, _, gno_text = gtid.rpartition(":")
             gno = int(gno_text)
@@ -148,25 +223,67 @@ class PositionTracker:
             ranges.append((gno, gno))
             self._mysql[uuid.lower()] = _merge(ranges)
 
+    def advance_stream(self, file: str, pos: int) -> bool:
+        """Between transactions: the stream has been read up to ``file:pos`` (MariaDB, or a file tracker).
+
+        Returns True when the rendered position changed.
+        """
+        if not file:
+            return False
+        at = FilePos.parse(f"{file}:{pos}")
+        if self.kind == "file":
+            assert self._file is not None
+            if at <= self._file:
+                return False
+            self._file = at
+            return True
+        if self.kind != "mariadb" or self._server is None:
+            return False
+        if self._stream is not None and self._stream.server_id == self._server and at <= self._stream.at:
+            return False
+        self._stream = StreamPos(self._server, at)
+        return True
+
     def render(self) -> str:
         if self.kind == "file":
             return str(self._file)
         if self.kind == "mariadb":
-            return render_mariadb(self._maria)
+            state = render_mariadb(self._maria)
+            return f"{state}@{self._stream}" if self._stream is not None else state
         return render_mysql(self._mysql)
 
 
 def reached(applied: str, target: str) -> bool:
-    """True when position ``applied`` includes everything up to ``target`` (both of one form).
+    """True when position ``applied`` includes everything up to ``target`` (both of one form), in stream order.
 
-    File positions compare in order; a MariaDB state reaches another when every domain's sequence
-    number is at least the target's; a MySQL GTID set when it contains the target set.
+    File positions compare in order. MariaDB positions compare their stream parts when both have one of the
+    same server (a part of another server, or a target with a part that ``applied`` lacks: not reached, since
+    sequence numbers say nothing about order); two states without stream parts compare as before, every domain's
+    sequence number at least the target's. A MySQL GTID set reaches another when it contains it.
     """
     kind = kind_of(applied)
     if kind != kind_of(target):
         raise PositionError(f"cannot compare {applied!r} with {target!r}")
     if kind == "file":
         return FilePos.parse(target) <= FilePos.parse(applied)
+    if kind == "mariadb":
+        _a, mine = split_stream(applied)
+        _t, theirs = split_stream(target)
+        if theirs is not None:
+            return mine is not None and mine.server_id == theirs.server_id and theirs.at <= mine.at
+        return contains(applied, target)
+    return contains(applied, target)
+
+
+def contains(applied: str, target: str) -> bool:
+    """GTID containment, whatever the stream order: every MariaDB domain of ``target`` is in ``applied`` with at
+    least its sequence number (stream parts ignored), or the MySQL set ``applied`` holds all of ``target``.
+
+    This is what a server's GTID state must show for a checkpoint of its own lineage; it is no proof of order.
+    """
+    kind = kind_of(applied)
+    if kind != kind_of(target) or kind == "file":
+        raise PositionError(f"cannot compare {applied!r} with {target!r} as GTIDs")
     if kind == "mariadb":
         have = parse_mariadb(applied)
         return all(d in have and have[d][1] >= seq for d, (_s, seq) in parse_mariadb(target).items())

@@ -28,6 +28,7 @@ from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.constants import FIELD_TYPE
 from pymysqlreplication.event import (
     ExecuteLoadQueryEvent,
+    FormatDescriptionEvent,
     GtidEvent,
     HeartbeatLogEvent,
     MariadbGtidEvent,
@@ -48,7 +49,7 @@ from pymysqlreplication.row_event import (
 from cdc_sync import logs
 from cdc_sync import metrics as m
 from cdc_sync.config import MySQLConfig
-from cdc_sync.errors import ConfigError, SourceError
+from cdc_sync.errors import ConfigError, ServerChanged, SourceError
 from cdc_sync.events import (
     Op,
     RawBegin,
@@ -57,11 +58,12 @@ from cdc_sync.events import (
     RawHeartbeat,
     RawQuery,
     RawRows,
+    RawServer,
     RawUnknown,
     RowChange,
 )
 from cdc_sync.mysql import connection_settings, translate_error
-from cdc_sync.positions import kind_of
+from cdc_sync.positions import kind_of, split_stream
 from cdc_sync.rowdecode import ColumnSpec, RowDecodeError, RowDecoder, float32_text, json_text, text_encoding
 
 log = logs.get("cdc_sync.source")
@@ -273,6 +275,7 @@ class BinlogSource:
         self.decoded = {"fast": 0, "library": 0}  # rows events of mapped tables, by decoder (tests, bench)
         self._decoded_metric = {k: m.ROWS_EVENTS_DECODED.labels(decoder=k) for k in self.decoded}
         self._stream: BinLogStreamReader | None = None
+        self._resume_server: int | None = None  # resuming by a file position of this server: it must be this one
         self._by_table_id: dict[int, tuple[object, RowDecoder | None]] = {}  # last table map seen per id
         self._by_layout: dict[tuple[tuple[ColumnSpec, ...], frozenset[str] | None], RowDecoder | None] = {}
 
@@ -300,13 +303,20 @@ class BinlogSource:
         # A read that sees nothing for this long means a dead link: heartbeats arrive every heartbeat_s.
         settings["read_timeout"] = max(3.0, self.cfg.heartbeat_s * 4)
         position_args: dict[str, Any]
-        if kind == "file":
-            file, _, pos = start.rpartition(":")
+        self._resume_server = None
+        if kind != "file" and (kind == "mariadb") != (self.flavor == "mariadb"):
+            raise ConfigError(f"checkpoint {start!r} is a {kind} GTID but the server is {self.flavor}")
+        gtid, stream_pos = split_stream(start) if kind == "mariadb" else (start, None)
+        if kind == "file" or stream_pos is not None:
+            # A MariaDB position with its stream part resumes by that file position (exact stream order, even
+            # when sequence numbers went backwards), provided the binlog is still that server's (checked on the
+            # format description event, before any change is read).
+            at = str(stream_pos.at) if stream_pos is not None else start
+            file, _, pos = at.rpartition(":")
             position_args = {"log_file": file, "log_pos": int(pos), "resume_stream": True, "is_mariadb": False}
+            self._resume_server = stream_pos.server_id if stream_pos is not None else None
         else:
-            if (kind == "mariadb") != (self.flavor == "mariadb"):
-                raise ConfigError(f"checkpoint {start!r} is a {kind} GTID but the server is {self.flavor}")
-            position_args = {"auto_position": start, "is_mariadb": kind == "mariadb"}
+            position_args = {"auto_position": gtid, "is_mariadb": kind == "mariadb"}
         self._stream = stream = BinLogStreamReader(
             connection_settings=settings,
             server_id=self.cfg.server_id,
@@ -386,6 +396,13 @@ class BinlogSource:
             return RawCommit(stream.log_file, stream.log_pos, event.timestamp, rollback=True)
         if isinstance(event, HeartbeatLogEvent):
             return RawHeartbeat(stream.log_file or "", int(stream.log_pos or 0))
+        if isinstance(event, FormatDescriptionEvent):
+            server_id = int(event.packet.server_id)
+            if self._resume_server is not None and server_id != self._resume_server:
+                raise ServerChanged(
+                    f"the binlog at {stream.log_file} is server {server_id}'s, not server {self._resume_server}'s"
+                )
+            return RawServer(server_id)
         if isinstance(event, NotImplementedEvent):
             return RawUnknown(int(event.event_type), "", stream.log_file or "", int(stream.log_pos or 0))
         return None  # rotate, format description, table map, GTID lists, binlog checkpoints, intvar...

@@ -34,6 +34,7 @@ from cdc_sync.errors import (
     ConfigError,
     PositionLostError,
     RewindRequired,
+    ServerChanged,
     ServerConfigError,
     SinkUnavailable,
     SourceError,
@@ -43,7 +44,7 @@ from cdc_sync.health import Health
 from cdc_sync.mysql import CascadeEdge
 from cdc_sync.notify import Notifier
 from cdc_sync.planner import needed_columns
-from cdc_sync.positions import PositionError, PositionTracker, reached
+from cdc_sync.positions import PositionError, PositionTracker, contains, has_tagged_gtids
 from cdc_sync.transactions import Assembler
 
 log = logs.get("cdc_sync.sync")
@@ -92,6 +93,11 @@ def check_server(info: ServerInfo) -> None:
     for name, refused, why in REFUSED_SETTINGS:
         if info.variables.get(name, "").upper() == refused:
             raise ServerConfigError(f"MySQL {name} is {refused}: {why}; turn it off")
+    if info.flavor == "mysql" and has_tagged_gtids(info.gtid_position):
+        raise ServerConfigError(
+            "the server's GTID set holds tagged GTIDs (uuid:tag:n, MySQL 8.3+), which cdc-sync cannot follow; "
+            'stop using tagged GTIDs or set mysql.position_mode = "file"'
+        )
 
 
 def server_identity(info: ServerInfo) -> str:
@@ -100,7 +106,11 @@ def server_identity(info: ServerInfo) -> str:
 
 
 def initial_position(info: ServerInfo, start: str, mode: str) -> str:
-    """Where to start when Redis holds no checkpoint."""
+    """Where to start when Redis holds no checkpoint (or must start over at the server's end).
+
+    On MariaDB the GTID state comes with its stream part, so the first connection resumes by file position:
+    a GTID resume from a state whose numbers went backwards is refused by the server.
+    """
     if start == "earliest":
         if mode == "gtid":
             raise ConfigError("mysql.start: 'earliest' reads by file position; set mysql.position_mode to auto or file")
@@ -108,6 +118,9 @@ def initial_position(info: ServerInfo, start: str, mode: str) -> str:
             raise ServerConfigError("the server lists no binary logs")
         return f"{info.first_file}:4"
     if mode != "file" and info.gtid_position:
+        server_id = info.variables.get("server_id", "")
+        if info.flavor == "mariadb" and info.gtid_at_file and info.file_position and server_id.isdigit():
+            return f"{info.gtid_at_file}@{server_id}:{info.file_position}"
         return info.gtid_position
     if mode == "gtid":
         raise ServerConfigError("mysql.position_mode is 'gtid' but the server has no GTID position yet")
@@ -229,7 +242,7 @@ class Worker:
             changed = stored is not None and stored != identity
         else:
             try:
-                changed = not info.gtid_position or not reached(info.gtid_position, checkpoint)
+                changed = not info.gtid_position or not contains(info.gtid_position, checkpoint)
             except PositionError:
                 changed = True
         if changed:
@@ -340,8 +353,16 @@ class Worker:
                             break
                         if self.stopping and not assembler.in_txn:
                             break
-                except PositionLostError as exc:
-                    assembler = self._position_lost(assembler, exc)
+                except (PositionLostError, ServerChanged) as exc:
+                    if assembler.tracker.stream is not None:
+                        # the file position of a MariaDB checkpoint is gone or another server's: resume by GTID
+                        log.warning("source.resume_by_gtid", error=str(exc), position=assembler.tracker.render())
+                        m.SOURCE_ERRORS.labels(kind=type(exc).__name__).inc()
+                        assembler.tracker.forget_stream()
+                    elif isinstance(exc, PositionLostError):
+                        assembler = self._position_lost(assembler, exc)
+                    else:
+                        raise
                 except SourceError as exc:
                     self.streaming = False
                     m.SOURCE_ERRORS.labels(kind=type(exc).__name__).inc()

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from cdc_sync.config import TableRule
+from cdc_sync.errors import ServerConfigError
 from cdc_sync.events import (
     Flush,
     Heartbeat,
@@ -25,6 +26,7 @@ from cdc_sync.events import (
     RawHeartbeat,
     RawQuery,
     RawRows,
+    RawServer,
     RawUnknown,
     RowChange,
     StreamItem,
@@ -40,6 +42,8 @@ BENIGN_UNKNOWN_TYPES = frozenset({0x1C, 0x22, 0x24, 0x25, 0x29, 0xA4})
 # Unknown event types that are a whole transaction or statement by themselves (no XID follows):
 # 0x28 MySQL transaction payload (compressed transaction), 0xA5 MariaDB compressed query.
 SELF_COMMITTING_UNKNOWN_TYPES = frozenset({0x28, 0xA5})
+# MySQL >= 8.3 GTID_TAGGED_LOG_EVENT: a transaction with a tagged GTID, whose position cannot be tracked.
+TAGGED_GTID_EVENT = 0x2A
 
 
 class Assembler:
@@ -94,6 +98,15 @@ class Assembler:
         if isinstance(ev, RawUnknown):
             if ev.event_type in BENIGN_UNKNOWN_TYPES:
                 return None
+            if ev.event_type == TAGGED_GTID_EVENT:
+                if self.tracker.kind == "mysql":
+                    # Refused with a clear message (exit 2, not restarted), never a crash loop on the same event.
+                    raise ServerConfigError(
+                        f"a tagged GTID transaction (MySQL 8.3+) at {ev.file}:{ev.pos}: cdc-sync cannot track tagged "
+                        'GTIDs; stop using them, or set mysql.position_mode = "file" and reset the checkpoint'
+                    )
+                self.in_txn = True  # file positions: a GTID event like any other, its transaction follows
+                return None
             label = "decode_error" if ev.event_type < 0 else f"type=0x{ev.event_type:02x}"
             flushes = [Flush("unknown_event", r.schema, r.table, detail=f"{label} {ev.detail}") for r in self.rules]
             if ev.event_type in SELF_COMMITTING_UNKNOWN_TYPES and ev.file:
@@ -106,11 +119,14 @@ class Assembler:
         if isinstance(ev, RawHeartbeat):
             if self.in_txn:
                 return None
-            if self.tracker.kind == "file" and ev.file and not self.tracker.covers(None, ev.file, ev.pos):
-                # Between transactions any event boundary is a sound resume point: follow the server's end.
-                self.tracker.advance(None, ev.file, ev.pos)
+            # Between transactions any event boundary is a sound resume point: follow the server's end (file
+            # trackers, and the stream part of MariaDB positions).
+            if self.tracker.advance_stream(ev.file, ev.pos):
                 return Heartbeat(self.tracker.render())
             return Heartbeat()
+        if isinstance(ev, RawServer):
+            self.tracker.set_server(ev.server_id)
+            return None
         raise TypeError(f"unexpected event {ev!r}")
 
     def _chunk(self) -> Transaction:

@@ -17,6 +17,7 @@ from cdc_sync.config import Config, check_against_schema
 from cdc_sync.errors import CdcSyncError, ConfigError, SinkUnavailable
 from cdc_sync.keys import templates_overlap
 from cdc_sync.mysql import MySQLAdmin
+from cdc_sync.positions import has_tagged_gtids
 from cdc_sync.sink import make_client
 from cdc_sync.source import REPORT_HOST
 from cdc_sync.sync import REFUSED_SETTINGS, REQUIRED_SETTINGS
@@ -86,6 +87,25 @@ def _mysql_checks(config: Config) -> list[Check]:
 
 
 def _gtid_check(flavor: str, gtid: str, v: dict[str, str]) -> Check:
+    if flavor == "mysql" and has_tagged_gtids(gtid):
+        return Check(
+            "mysql.gtid",
+            FAIL,
+            "the server's GTID set holds tagged GTIDs (uuid:tag:n, MySQL 8.3+), which cdc-sync cannot follow",
+            "stop using gtid_next='AUTOMATIC:<tag>' / tagged GTIDs on this server, or use file positions "
+            '(gtid_mode=OFF is not needed: set mysql.position_mode = "file")',
+        )
+    if flavor == "mariadb" and gtid and v.get("gtid_strict_mode", "").upper() != "ON":
+        return Check(
+            "mysql.gtid",
+            WARN,
+            f"GTID position {gtid}; gtid_strict_mode is OFF, so sequence numbers may go backwards "
+            "(SET gtid_seq_no, replayed mysqlbinlog output, multi-source rings). cdc-sync orders changes by "
+            "binlog position and resumes by file position on the same server, so nothing is skipped; but after a "
+            "failover it must resume by GTID, which the server refuses for such a state (the cache is then flushed)",
+            "SET GLOBAL gtid_strict_mode=ON (and gtid_strict_mode=1 in the server's configuration)",
+            blocking=False,
+        )
     if gtid:
         return Check("mysql.gtid", PASS, f"GTID position {gtid}")
     if flavor == "mysql" and v.get("gtid_mode", "OFF").upper() != "ON":

@@ -66,3 +66,20 @@ def test_no_heartbeat_when_the_wait_times_out() -> None:
     prober = Prober(clock, Server("0-1-9", clock), "mariadb", lambda: "0-1-1", interval_s=1, wait_limit_s=0.05)
     assert prober.probe_once() is False
     assert clock.beats == []
+
+
+def test_out_of_order_mariadb_numbers_do_not_move_the_heartbeat_early() -> None:
+    """Applied 0-1-10; the server's end is a later 0-1-5 (lower number, later in the stream): no heartbeat
+    until the stream position reaches the server's end."""
+    clock = Clock()
+    applied = {"pos": "0-1-10@1:bin.000001:900"}
+    server = Server("0-1-5@1:bin.000001:1200", clock)
+    prober = Prober(clock, server, "mariadb", lambda: applied["pos"], interval_s=1, wait_limit_s=5)
+    result: list[bool] = []
+    t = threading.Thread(target=lambda: result.append(prober.probe_once()))
+    t.start()
+    t.join(0.2)
+    assert t.is_alive() and clock.beats == [], "0-1-10 > 0-1-5 by number, but it is behind in the stream"
+    applied["pos"] = "0-1-5@1:bin.000001:1200"
+    t.join(5)
+    assert result == [True]

@@ -89,17 +89,39 @@ def test_mysql_without_gtid_mode_has_no_gtid_position() -> None:
 
 
 def test_mariadb_uses_gtid_binlog_pos_and_show_master_status() -> None:
-    """MariaDB: gtid_binlog_pos and SHOW MASTER STATUS."""
+    """MariaDB: gtid_binlog_pos and SHOW MASTER STATUS, and the GTID state exactly at that file position."""
     admin = ScriptedAdmin(
         {"version": "10.11.19-MariaDB-0+deb12u1-log", "log_bin": "ON", "gtid_binlog_pos": "0-1-42"},
         {
             "SHOW MASTER STATUS": [{"File": "cdc-bin.000001", "Position": 777}],
             "SHOW BINARY LOGS": [{"Log_name": "cdc-bin.000001"}],
+            "SELECT BINLOG_GTID_POS(%s, %s) AS g": [{"g": "0-1-41"}],
         },
     )
     info = admin.server_info()
     assert (info.flavor, info.gtid_position, info.file_position) == ("mariadb", "0-1-42", "cdc-bin.000001:777")
+    assert info.gtid_at_file == "0-1-41", "the state at the file position, not one read apart from it"
     assert "SHOW BINARY LOG STATUS" not in admin.seen
+
+
+def test_mariadb_start_position_carries_the_stream_part() -> None:
+    """A MariaDB start position is the GTID state at the file position, with that position and the server id."""
+    from cdc_sync.events import ServerInfo
+    from cdc_sync.sync import initial_position
+
+    info = ServerInfo(
+        "mariadb",
+        "10.11",
+        "0-1-42",
+        "bin.000003:900",
+        "bin.000001",
+        variables={"server_id": "7"},
+        gtid_at_file="0-1-41",
+    )
+    assert initial_position(info, "current", "auto") == "0-1-41@7:bin.000003:900"
+    assert initial_position(info, "current", "file") == "bin.000003:900"
+    plain = ServerInfo("mariadb", "10.11", "0-1-42", "bin.000003:900", "bin.000001", variables={"server_id": "7"})
+    assert initial_position(plain, "current", "auto") == "0-1-42"
 
 
 def test_error_1236_becomes_position_lost() -> None:

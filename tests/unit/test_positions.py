@@ -214,13 +214,11 @@ def test_file_tracker_advance_and_render() -> None:
 # ---- tracker: MariaDB ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("gtid", "covered"),
-    [("0-1-99", True), ("0-1-100", True), ("0-1-101", False), ("1-7-5", True), ("1-7-6", False), ("2-1-1", False)],
-)
-def test_mariadb_tracker_covers(gtid: str, covered: bool) -> None:
-    """A MariaDB tracker compares sequence numbers within each domain."""
-    assert PositionTracker("0-1-100,1-7-5").covers(gtid, "bin.000001", 4) is covered
+@pytest.mark.parametrize("gtid", ["0-1-99", "0-1-100", "0-1-101", "1-7-5", "1-7-6", "2-1-1"])
+def test_mariadb_tracker_never_skips_by_number(gtid: str) -> None:
+    """A MariaDB tracker never calls a transaction applied by its sequence number: numbers may go backwards
+    (gtid_strict_mode=OFF), and the server streams exactly what follows the requested position."""
+    assert not PositionTracker("0-1-100,1-7-5").covers(gtid, "bin.000001", 4)
 
 
 def test_mariadb_tracker_without_gtid_not_covered() -> None:
@@ -229,13 +227,39 @@ def test_mariadb_tracker_without_gtid_not_covered() -> None:
 
 
 def test_mariadb_tracker_advance_render() -> None:
-    """advance updates one domain (and its server id) and adds new domains."""
+    """advance updates one domain (and its server id), adds new domains, and takes lower numbers as they come."""
     t = PositionTracker("0-1-100,1-7-5")
     t.advance("1-8-6", "bin.000001", 900)
     assert t.render() == "0-1-100,1-8-6"
     t.advance("3-1-1", "bin.000001", 1000)
     assert t.render() == "0-1-100,1-8-6,3-1-1"
-    assert t.covers("3-1-1", "bin.000001", 1000)
+    t.advance("0-1-50", "bin.000001", 1100)  # out of order: later in the stream, lower in number
+    assert t.render() == "0-1-50,1-8-6,3-1-1"
+
+
+def test_mariadb_tracker_follows_the_stream_position_of_its_server() -> None:
+    """Once the server is known, positions carry @server:file:pos; another server's position is dropped."""
+    t = PositionTracker("0-1-100@1:bin.000002:500")
+    assert t.stream is not None and str(t.stream) == "1:bin.000002:500"
+    t.set_server(1)
+    t.advance("0-1-40", "bin.000002", 800)
+    assert t.render() == "0-1-40@1:bin.000002:800"
+    assert t.advance_stream("bin.000003", 4)
+    assert t.render() == "0-1-40@1:bin.000003:4"
+    assert not t.advance_stream("bin.000003", 4), "no move, no new position"
+    t.set_server(2)
+    assert t.render() == "0-1-40", "file coordinates of server 1 mean nothing on server 2"
+    t.advance("0-2-41", "bin.000009", 300)
+    assert t.render() == "0-2-41@2:bin.000009:300"
+
+
+def test_mariadb_tracker_without_a_known_server_renders_the_state_only() -> None:
+    """Before the binlog's server is known (no format description yet), no stream part is invented."""
+    t = PositionTracker("0-1-100")
+    t.advance("0-1-101", "bin.000001", 900)
+    assert t.render() == "0-1-101"
+    t.forget_stream()
+    assert PositionTracker("0-1-5@3:bin.000001:4").render() == "0-1-5@3:bin.000001:4"
 
 
 def test_mariadb_tracker_advance_requires_gtid() -> None:

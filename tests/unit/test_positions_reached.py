@@ -170,3 +170,31 @@ def test_garbage_position_raises() -> None:
     """Text that is no position raises PositionError."""
     with pytest.raises(PositionError, match="not a binlog position"):
         reached("bin.000003:400", "not-a-position")
+
+
+# ---- MariaDB stream order (gtid_strict_mode=OFF: numbers may go backwards) -----------------------------
+
+
+def test_mariadb_stream_parts_compare_by_file_position_not_by_number() -> None:
+    """0-1-10 applied, 0-1-5 committed after it (SET gtid_seq_no): the number is lower, the stream is not."""
+    assert not reached("0-1-10@1:bin.000001:900", "0-1-5@1:bin.000001:1200")
+    assert reached("0-1-5@1:bin.000001:1200", "0-1-5@1:bin.000001:1200")
+    assert reached("0-1-5@1:bin.000002:4", "0-1-10@1:bin.000001:900")
+
+
+def test_mariadb_stream_parts_of_two_servers_never_reach() -> None:
+    """File coordinates of different servers say nothing about each other."""
+    assert not reached("0-1-10@1:bin.000009:900", "0-1-10@2:bin.000001:4")
+
+
+def test_mariadb_target_with_a_stream_part_needs_one_applied() -> None:
+    """A bare applied state cannot prove it reached a point in the stream."""
+    assert not reached("0-1-99", "0-1-5@1:bin.000001:4")
+
+
+def test_mariadb_contains_ignores_stream_parts() -> None:
+    """Lineage containment compares GTIDs only, whatever the stream order."""
+    from cdc_sync.positions import contains
+
+    assert contains("0-1-10,1-2-3", "0-1-10@1:bin.000001:900")
+    assert not contains("0-1-9", "0-1-10@1:bin.000001:900")

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from cdc_sync.errors import ServerConfigError
 from cdc_sync.events import (
     Heartbeat,
     Op,
@@ -15,6 +16,7 @@ from cdc_sync.events import (
     RawHeartbeat,
     RawQuery,
     RawRows,
+    RawServer,
     RawUnknown,
     RowChange,
     StreamItem,
@@ -229,13 +231,14 @@ def test_unexpected_event_type_raises() -> None:
 
 
 @pytest.mark.parametrize("gtid", ["0-1-100", "0-1-42"])
-def test_mariadb_replay_skipped(gtid: str) -> None:
-    """A transaction at or before the tracker's GTID is skipped and reported."""
+def test_mariadb_lower_or_equal_sequence_numbers_are_applied(gtid: str) -> None:
+    """A MariaDB transaction whose number is at or below the position's is a new transaction in stream order
+    (SET gtid_seq_no, replayed mysqlbinlog output): it is applied, not skipped as a replay."""
     asm, skipped = _assembler("0-1-100")
-    assert _feed(asm, _maria_rows(gtid, 321)) == [None, None, None]
-    assert skipped == [Transaction(position="bin.000001:321", gtid=gtid)]
-    assert asm.tracker.render() == "0-1-100"
-    assert not asm.in_txn
+    txn = _only(_feed(asm, _maria_rows(gtid, 321, ROW)))
+    assert txn.changes == (ROW,) and txn.gtid == gtid
+    assert skipped == []
+    assert asm.tracker.render() == gtid
 
 
 def test_mysql_replay_skipped() -> None:
@@ -257,16 +260,37 @@ def test_file_replay_skipped(pos: int, is_skipped: bool) -> None:
 
 def test_skip_without_callback() -> None:
     """Skipping works when no on_skip callback is given."""
-    asm = Assembler(PositionTracker("0-1-100"), RULES)
-    assert _feed(asm, _maria_rows("0-1-100", 9))[-1] is None
+    asm = Assembler(PositionTracker("bin.000002:500"), RULES)
+    assert _feed(asm, [RawBegin(None, True), RawRows((ROW,)), RawCommit("bin.000002", 400, TS)])[-1] is None
 
 
 def test_skipped_changes_do_not_leak() -> None:
     """The rows of a skipped replay are not carried into the next transaction."""
-    asm, _ = _assembler("0-1-100")
-    _feed(asm, _maria_rows("0-1-100", 9, ROW))
-    txn = _only(_feed(asm, _maria_rows("0-1-101", 10, ROW2)))
+    asm, _ = _assembler(f"{U1}:1-100")
+    _feed(asm, [RawBegin(f"{U1}:50"), RawBegin(None, True), RawRows((ROW,)), RawCommit("bin.000001", 9, TS)])
+    txn = _only(_feed(asm, [RawBegin(f"{U1}:101"), RawBegin(None, True), RawRows((ROW2,)), RawCommit("b.1", 10, TS)]))
     assert txn.changes == (ROW2,)
+
+
+def test_mariadb_positions_carry_the_stream_part_once_the_server_is_known() -> None:
+    """After the format description names the server, each commit's position is state@server:file:pos, and an
+    idle heartbeat between transactions moves the stream part to the server's end."""
+    asm, _ = _assembler("0-1-100")
+    assert asm.feed(RawServer(1)) is None
+    txn = _only(_feed(asm, _maria_rows("0-1-101", 900, ROW)))
+    assert txn.position == "0-1-101@1:bin.000001:900"
+    beat = asm.feed(RawHeartbeat("bin.000001", 950))
+    assert beat == Heartbeat("0-1-101@1:bin.000001:950")
+    assert asm.feed(RawHeartbeat("bin.000001", 950)) == Heartbeat(), "nothing new: no position to record"
+
+
+def test_tagged_mysql_gtid_event_is_refused_with_a_config_error() -> None:
+    """A MySQL 8.3+ tagged GTID event (0x2A) stops the worker with a clear error (exit 2), not a crash loop."""
+    asm, _ = _assembler(f"{U1}:1-100")
+    with pytest.raises(ServerConfigError, match="tagged GTID"):
+        asm.feed(RawUnknown(0x2A, "", "binlog.000001", 500))
+    file_asm, _ = _assembler("bin.000001:4")
+    assert file_asm.feed(RawUnknown(0x2A, "", "bin.000001", 500)) is None and file_asm.in_txn
 
 
 def test_reset_forgets_partial_transaction() -> None:
