@@ -43,7 +43,9 @@ def conn(own_mariadb: MySQLTarget) -> Iterator[pymysql.Connection]:  # type: ign
         c.close()
 
 
-def _start(tmp_path: Path, mysql: MySQLTarget, redis_server: RedisTarget, workers: list[WorkerProcess]) -> WorkerProcess:
+def _start(
+    tmp_path: Path, mysql: MySQLTarget, redis_server: RedisTarget, workers: list[WorkerProcess]
+) -> WorkerProcess:
     cfg = write_config(tmp_path / "w.toml", mysql, redis_server, TABLES)
     w = WorkerProcess(cfg, tmp_path / "w.log").start()
     workers.append(w)
