@@ -62,7 +62,7 @@ class Applier:
 
     def __init__(self, rules: Sequence[TableRule], sink: SinkPort, backoff: Backoff, cfg: WorkerConfig) -> None:
         self.rules = list(rules)
-        self._rule_by_table = {(r.schema, r.table): r for r in self.rules}
+        self._rule_by_table = {r.stored_as: r for r in self.rules}  # by the names binlog events carry
         self.sink = sink
         self.backoff = backoff
         self.cfg = cfg
@@ -85,10 +85,23 @@ class Applier:
     # ---- called from the reading (main) thread -----------------------------------------------------
 
     def set_cascades(self, watches: Sequence[CascadeWatch]) -> None:
-        """Parent tables whose deletes/updates flush mapped children (see cascades.py); before start()."""
-        self._watches = {}
+        """Parent tables whose deletes/updates flush mapped children (see cascades.py).
+
+        May be called while running (after DDL): the new map replaces the old one in one assignment, and the
+        caller only ever adds watches, so transactions still queued are planned with at least the old ones.
+        """
+        by_parent: dict[tuple[str, str], list[CascadeWatch]] = {}
         for w in watches:
-            self._watches.setdefault(w.parent, []).append(w)
+            by_parent.setdefault(w.parent, []).append(w)
+        self._watches = by_parent
+
+    def set_rules(self, rules: Sequence[TableRule]) -> None:
+        """The rules with their tables' stored names re-resolved (after DDL). Names seen before stay mapped,
+        so changes still queued under an earlier name are planned too."""
+        by_table = dict(self._rule_by_table)
+        by_table.update({r.stored_as: r for r in rules})
+        self.rules = list(rules)
+        self._rule_by_table = by_table
 
     def start(self) -> None:
         self._thread.start()

@@ -9,7 +9,8 @@ the row events of every such parent, and flushes the mapped descendants when a p
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from cdc_sync.config import TableRule
@@ -19,7 +20,10 @@ from cdc_sync.mysql import CascadeEdge
 
 @dataclass(frozen=True)
 class CascadeWatch:
-    """Row changes of ``parent`` that rewrite rows of the mapped ``targets`` without row events."""
+    """Row changes of ``parent`` that rewrite rows of the mapped ``targets`` without row events.
+
+    ``columns``: the referenced columns whose update fires the watch (empty: any update of the parent).
+    """
 
     parent: tuple[str, str]
     columns: tuple[str, ...]
@@ -33,16 +37,13 @@ def _split(name: str) -> tuple[str, str]:
     return schema, table
 
 
-def watches(edges: Iterable[CascadeEdge], rules: Sequence[TableRule]) -> list[CascadeWatch]:
-    """One watch per acting foreign key that leads (directly or through more such keys) to a mapped table."""
-    edges = list(edges)
-    children: dict[str, list[CascadeEdge]] = {}
+def _below(edges: Iterable[CascadeEdge]) -> Callable[[str], set[str]]:
+    """A function giving a table and every table below it through acting keys."""
+    children: dict[str, list[str]] = {}
     for e in edges:
-        children.setdefault(e.parent, []).append(e)
-    by_name = {r.name: r for r in rules}
+        children.setdefault(e.parent, []).append(e.child)
 
     def reach(table: str) -> set[str]:
-        """``table`` and every table below it through acting keys."""
         seen: set[str] = set()
         stack = [table]
         while stack:
@@ -50,12 +51,24 @@ def watches(edges: Iterable[CascadeEdge], rules: Sequence[TableRule]) -> list[Ca
             if t in seen:
                 continue
             seen.add(t)
-            stack.extend(e.child for e in children.get(t, ()))
+            stack.extend(children.get(t, ()))
         return seen
 
+    return reach
+
+
+def _mapped(tables: Iterable[str], rules: Sequence[TableRule]) -> tuple[TableRule, ...]:
+    by_name = {".".join(r.stored_as): r for r in rules}  # information_schema gives the stored names
+    return tuple(by_name[t] for t in sorted(tables) if t in by_name)
+
+
+def watches(edges: Iterable[CascadeEdge], rules: Sequence[TableRule]) -> list[CascadeWatch]:
+    """One watch per acting foreign key that leads (directly or through more such keys) to a mapped table."""
+    edges = list(edges)
+    reach = _below(edges)
     out: list[CascadeWatch] = []
     for e in edges:
-        targets = tuple(by_name[t] for t in sorted(reach(e.child)) if t in by_name)
+        targets = _mapped(reach(e.child), rules)
         if targets and (e.on_delete or e.on_update):
             out.append(CascadeWatch(_split(e.parent), e.parent_columns, e.on_delete, e.on_update, targets))
     return out
@@ -69,10 +82,72 @@ def flushes_for(change: RowChange, table_watches: Iterable[CascadeWatch]) -> lis
         if change.op is Op.DELETE:
             fire = w.on_delete
         elif change.op is Op.UPDATE and w.on_update and change.before is not None and change.after is not None:
-            fire = any(change.before.get(c) != change.after.get(c) for c in w.columns)
+            fire = not w.columns or any(change.before.get(c) != change.after.get(c) for c in w.columns)
         if fire:
             parent = f"{change.schema}.{change.table}"
             out.extend(
                 Flush("fk_cascade", t.schema, t.table, detail=f"{change.op.value} on {parent}") for t in w.targets
             )
     return out
+
+
+# ---- DDL that may add a cascading foreign key -------------------------------------------------------------
+
+_NAME = r"(?:`(?:[^`]|``)+`|[\w$]+)"
+_QUALIFIED = rf"({_NAME})(?:\s*\.\s*({_NAME}))?"
+_COMMENT = re.compile(r"/\*(?!!).*?\*/|--[^\n]*|#[^\n]*", re.S)  # executable comments /*! ... */ are kept
+_DDL_TARGET = re.compile(
+    r"^\s*(?:/\*!\d*\s*)?(?:ALTER\s+(?:ONLINE\s+|IGNORE\s+)*TABLE|CREATE\s+(?:OR\s+REPLACE\s+)?(?:TEMPORARY\s+)?TABLE)"
+    rf"\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?{_QUALIFIED}",
+    re.I,
+)
+_REFERENCES = re.compile(rf"\bREFERENCES\s+{_QUALIFIED}", re.I)
+_ACTION = re.compile(r"\bON\s+(?:DELETE|UPDATE)\s+(?:CASCADE|SET\s+NULL|SET\s+DEFAULT)\b", re.I)
+_SCHEMA_CHANGE = re.compile(r"^\s*(?:/\*!\d*\s*)?(?:CREATE|ALTER|DROP|RENAME)\b", re.I)
+
+
+def _unquote(name: str) -> str:
+    return name[1:-1].replace("``", "`") if name.startswith("`") else name
+
+
+def _qualified(first: str, second: str | None, default_schema: str) -> tuple[str, str]:
+    return (_unquote(first), _unquote(second)) if second else (default_schema, _unquote(first))
+
+
+def is_schema_change(sql: str) -> bool:
+    """CREATE, ALTER, DROP or RENAME: a statement after which schema-derived state must be re-read."""
+    return bool(_SCHEMA_CHANGE.match(_COMMENT.sub(" ", sql)))
+
+
+def ddl_references(sql: str, default_schema: str) -> tuple[tuple[str, str] | None, list[tuple[str, str]]]:
+    """For a DDL statement that declares a cascading foreign key (``REFERENCES p ... ON DELETE CASCADE`` and
+    the like): the table it creates or alters (None when the text does not say) and the referenced parents.
+    Names are as written (the caller resolves them to stored names); no cascading action: (None, [])."""
+    text = _COMMENT.sub(" ", sql)
+    if not _ACTION.search(text):
+        return None, []
+    parents = [_qualified(m.group(1), m.group(2), default_schema) for m in _REFERENCES.finditer(text)]
+    target = _DDL_TARGET.match(text)
+    child = _qualified(target.group(1), target.group(2), default_schema) if target else None
+    return child, parents
+
+
+def provisional_watches(
+    child: tuple[str, str] | None,
+    parents: Sequence[tuple[str, str]],
+    edges: Iterable[CascadeEdge],
+    rules: Sequence[TableRule],
+) -> list[CascadeWatch]:
+    """Watches for a cascading foreign key a DDL statement declared, whatever information_schema says now.
+
+    The worker may read information_schema long after the statement (it lags, or a later DDL dropped the key
+    again), while the parent's deletes in between did cascade. So every parent the statement references is
+    watched for any delete or update, flushing the mapped tables reachable from the child (every mapped table
+    when the child is not known), for the rest of this run.
+    """
+    if not parents:
+        return []
+    targets = tuple(rules) if child is None else _mapped(_below(edges)(".".join(child)), rules)
+    if not targets:
+        return []
+    return [CascadeWatch(parent, (), True, True, targets) for parent in dict.fromkeys(parents)]

@@ -82,10 +82,18 @@ class TableRule:
     ttl: int = 0  # seconds; 0 = no expiry
     tags: tuple[tuple[str, ...], ...] = ()  # column sets readers may depend on (reader.fetch depends_on)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)  # as written
+    # (schema, table) as the server stores them (lower_case_table_names), resolved by the worker at start and
+    # after DDL; None: as configured. The binlog names tables this way; Redis keys use the configured name.
+    stored: tuple[str, str] | None = field(default=None, compare=False, hash=False)
 
     @property
     def name(self) -> str:
         return f"{self.schema}.{self.table}"
+
+    @property
+    def stored_as(self) -> tuple[str, str]:
+        """(schema, table) as binlog events name this table."""
+        return self.stored or (self.schema, self.table)
 
     @functools.cached_property
     def templates(self) -> tuple[KeyTemplate, ...]:

@@ -193,6 +193,27 @@ class MySQLAdmin:
                 out[name] = [str(r["c"]) for r in rows]
         return out
 
+    def stored_names(self, names: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """``schema.table`` → (schema, table) as the server stores them, for each that exists.
+
+        information_schema compares names as the server does (case-insensitively under
+        ``lower_case_table_names`` 1 or 2, exactly under 0) and returns the stored spelling, which is what
+        binlog events carry.
+        """
+        out: dict[str, tuple[str, str]] = {}
+        for name in names:
+            schema, _, table = name.partition(".")
+            rows = self.query(
+                "SELECT TABLE_SCHEMA AS s, TABLE_NAME AS t FROM information_schema.TABLES "
+                "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+                (schema, table),
+            )
+            exact = [r for r in rows if (r["s"], r["t"]) == (schema, table)]
+            chosen = exact or rows
+            if len(chosen) == 1:
+                out[name] = (str(chosen[0]["s"]), str(chosen[0]["t"]))
+        return out
+
     def cascade_edges(self) -> list[CascadeEdge]:
         """Every foreign key whose action rewrites child rows (those changes never reach the binlog)."""
         rows = self.query(

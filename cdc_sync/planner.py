@@ -138,7 +138,7 @@ def needed_columns(
         out[table] = None if cols is None else (out.get(table) or frozenset()) | cols
 
     for rule in rules:
-        table = (rule.schema, rule.table)
+        table = rule.stored_as
         if rule.mode == "update":
             add(table, None if rule.columns is None else frozenset(rule.columns))
         cols: set[str] = set()

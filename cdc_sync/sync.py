@@ -23,11 +23,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Protocol, TypeVar
 
 from cdc_sync import cascades, logs
 from cdc_sync import metrics as m
 from cdc_sync.applier import Applier, Backoff, SinkPort
+from cdc_sync.cascades import CascadeWatch
 from cdc_sync.config import Config, TableRule, check_against_schema, rule_fingerprint, rule_from_fingerprint
 from cdc_sync.errors import (
     CdcSyncError,
@@ -39,7 +41,7 @@ from cdc_sync.errors import (
     SinkUnavailable,
     SourceError,
 )
-from cdc_sync.events import Flush, RawEvent, ServerInfo, Transaction
+from cdc_sync.events import Flush, RawEvent, RawQuery, ServerInfo, Transaction
 from cdc_sync.health import Health
 from cdc_sync.mysql import CascadeEdge
 from cdc_sync.notify import Notifier
@@ -60,6 +62,7 @@ class AdminPort(Protocol):
     def server_info(self) -> ServerInfo: ...
     def table_columns(self, names: Sequence[str]) -> dict[str, list[str]]: ...
     def cascade_edges(self) -> list[CascadeEdge]: ...
+    def stored_names(self, names: Sequence[str]) -> dict[str, tuple[str, str]]: ...
 
 
 class RulesPort(Protocol):
@@ -152,6 +155,7 @@ class Worker:
         self.applier = Applier(self.rules, sink, backoff, config.worker)
         self.info: ServerInfo | None = None
         self.tables = needed_columns(self.rules, ())
+        self.watches: list[CascadeWatch] = []  # only grows while running (see _derive_schema)
         self.notifier = Notifier()
         self.streaming = False  # the binlog stream is connected and delivering events
         self.last_tick = time.monotonic()
@@ -185,7 +189,7 @@ class Worker:
         check_server(info)
         names = [r.name for r in self.rules]
         check_against_schema(self.config, self._retry_source("table_columns", lambda: self._admin.table_columns(names)))
-        self._watch_cascades(self._retry_source("foreign keys", self._admin.cascade_edges))
+        self._derive_schema()
         checkpoint = self._retry_sink("load_checkpoint", self._sink.load_checkpoint)
         if checkpoint is not None:
             try:
@@ -267,19 +271,63 @@ class Worker:
             self._retry_sink("server identity", lambda: self._sink.save_server_identity(identity))
         return checkpoint
 
-    def _watch_cascades(self, edges: list[CascadeEdge]) -> None:
-        watches = cascades.watches(edges, self.rules)
-        self.applier.set_cascades(watches)
-        self.tables = needed_columns(self.rules, [(w.parent, w.columns) for w in watches])
-        for w in watches:
+    def _derive_schema(self, ddl: RawQuery | None = None) -> bool:
+        """(Re)derive what depends on the schema: each rule's table as the server stores its name, the
+        foreign-key cascades leading to mapped tables, and the tables (and columns) the stream decodes.
+
+        Run at start and after every DDL statement. Watches and streamed tables only grow during a run, and a
+        DDL that declares a cascading key is watched from its text too: information_schema may be read long
+        after the statement (the worker lags, or a later DDL dropped the key again), while the parent's deletes
+        in between did cascade. Returns True when the streamed tables changed (the stream must reconnect).
+        """
+        names = [r.name for r in self.config.tables]
+        stored = self._retry_source("table names", lambda: self._admin.stored_names(names))
+        previous = {r.name: r.stored for r in self.rules}
+        self.rules = [replace(r, stored=stored.get(r.name, previous.get(r.name))) for r in self.config.tables]
+        for rule in self.rules:
+            if rule.stored is not None and rule.stored != (rule.schema, rule.table):
+                log.info("sync.table_name_resolved", table=rule.name, stored=".".join(rule.stored))
+        edges = self._retry_source("foreign keys", self._admin.cascade_edges)
+        found = cascades.watches(edges, self.rules) + (self._ddl_watches(ddl, edges) if ddl is not None else [])
+        new = [w for w in dict.fromkeys(found) if w not in self.watches]
+        self.watches += new
+        self.applier.set_rules(self.rules)
+        self.applier.set_cascades(self.watches)
+        for w in new:
+            m.CASCADE_WATCHES.inc()
             log.warning(
                 "sync.cascade_watched",
                 parent=".".join(w.parent),
                 children=[t.name for t in w.targets],
                 on_delete=w.on_delete,
                 on_update=w.on_update,
+                after_ddl=ddl is not None,
                 note="foreign-key actions are not in the binlog: these parent changes flush the children",
             )
+        # Watches only grow and the rules stay, so for a table streamed before the new columns include the old;
+        # a table no longer named (a stored name that changed) keeps streaming for changes still queued.
+        tables = {**self.tables, **needed_columns(self.rules, [(w.parent, w.columns) for w in self.watches])}
+        changed = tables != self.tables
+        self.tables = tables
+        if ddl is not None:
+            m.SCHEMA_REFRESHES.inc()
+            log.info("sync.schema_refreshed", statement=ddl.sql[:200], streamed_tables_changed=changed)
+        return changed
+
+    def _schema_changed_by(self, query: RawQuery) -> bool:
+        """After a DDL statement: re-derive the schema state; True when the stream must reconnect."""
+        return cascades.is_schema_change(query.sql) and self._derive_schema(query)
+
+    def _ddl_watches(self, ddl: RawQuery, edges: Sequence[CascadeEdge]) -> list[CascadeWatch]:
+        """Watches for the cascading keys a DDL statement's text declares (names resolved as stored)."""
+        child, parents = cascades.ddl_references(ddl.sql, ddl.schema)
+        if not parents:
+            return []
+        named = [".".join(t) for t in (*parents, *([child] if child is not None else []))]
+        stored = self._retry_source("table names", lambda: self._admin.stored_names(named))
+        child = stored.get(".".join(child), child) if child is not None else None
+        parents = [stored.get(".".join(p), p) for p in parents]
+        return cascades.provisional_watches(child, parents, edges, self.rules)
 
     def _reconcile_rules(self, fresh: bool) -> None:
         """Flush tables whose rule was added, changed or removed since the cache was last written.
@@ -338,6 +386,7 @@ class Worker:
                 self.applier.raise_failure()
                 position = assembler.tracker.render()
                 source = self._source_factory(self.tables)
+                reconnect = False  # the streamed tables changed (DDL): reconnect once between transactions
                 log.info("source.connecting", position=position)
                 try:
                     for raw in source.events(position):
@@ -346,6 +395,13 @@ class Worker:
                         item = assembler.feed(raw)
                         if item is not None:
                             self.applier.put(item, give_up=self._waiting)
+                        # After a DDL's own transaction the tables to stream may have grown (a new cascade
+                        # parent): read them again from the position just after the statement.
+                        if isinstance(raw, RawQuery) and self._schema_changed_by(raw):
+                            reconnect = True
+                        if reconnect and not assembler.in_txn:  # (CREATE ... SELECT: after its rows)
+                            log.info("source.reconnect_for_schema", position=assembler.tracker.render())
+                            break
                         if self.applier.rewind_to is not None:
                             target = self.applier.rewound()
                             log.warning("sync.rewound", position=target)

@@ -37,6 +37,15 @@ class FakeAdmin:
     def cascade_edges(self) -> list[CascadeEdge]:
         return list(self.edges)
 
+    def stored_names(self, names: Sequence[str]) -> dict[str, tuple[str, str]]:
+        out: dict[str, tuple[str, str]] = {}
+        for n in names:
+            match = next((c for c in self.columns if c.lower() == n.lower()), None)  # lower_case_table_names=1
+            if match is not None:
+                schema, _, table = match.partition(".")
+                out[n] = (schema, table)
+        return out
+
 
 class FakeSource:
     """Replays a scripted list of raw events for each start position, then idles with heartbeats."""
