@@ -165,15 +165,19 @@ def checkpoint_show(ctx: click.Context, config_path: str | None, as_json: bool) 
 @_json_option
 @click.pass_context
 def checkpoint_set(ctx: click.Context, position: str, config_path: str | None, as_json: bool) -> None:
-    """Store POSITION (a GTID state/set or file:pos); a running worker rewinds to it."""
+    """Store POSITION (a GTID state/set or file:pos); a running worker rewinds to it.
+
+    A position behind the stored one replays from there; any other (a jump) flushes every mapped table first.
+    """
     from cdc_sync.ops import maintenance
 
     cfg = _load(ctx, config_path)
 
     def go() -> int:
-        previous = maintenance.set_position(cfg, position)
+        previous, flushed = maintenance.set_position(cfg, position)
         text = f"checkpoint set to {position} (was {previous or 'none'})"
-        _emit({"checkpoint": position, "previous": previous or None}, text, as_json)
+        text += "; a rewind: the worker replays from there" if flushed is None else f"; flushed {flushed} key(s)"
+        _emit({"checkpoint": position, "previous": previous or None, "flushed_keys": flushed}, text, as_json)
         return 0
 
     _guard(go)

@@ -110,12 +110,29 @@ return n
 """
 
 # One step of a wholesale flush, refused (-1) when HA is on and the lease is not ours.
-# ARGV: namespace, leader token ('' = HA off), op ('mark' | 'unmark' | 'unlink'), marker ttl ms. KEYS: the keys.
+# ARGV: namespace, leader token ('' = HA off), op, ms. KEYS: the keys. Ops on flushing markers:
+#   hold     mark until released (operator commands: an interrupted one leaves the tables bypassed, never stale)
+#   mark     mark for ms (the worker: a crashed flush is redone by the replay); never shortens a held mark
+#   unmark   end the worker's mark (a held one stays), leaving it as a hold-off marker for ms (0: delete it)
+#   release  end any mark the same way
+#   unlink   UNLINK the keys
+# The hold-off after a flush: the flush evicted keys whose newest commit a reader's SELECT may not see yet (the
+# binlog event can arrive before the commit is visible), so readers do not fill for that long.
 FLUSH_STEP_LUA = r"""
 if ARGV[2] ~= '' and redis.call('GET', ARGV[1] .. ':leader') ~= ARGV[2] then return -1 end
-if ARGV[3] == 'mark' then redis.call('SET', KEYS[1], '1', 'PX', ARGV[4]) return 1 end
-if ARGV[3] == 'unmark' then return redis.call('DEL', KEYS[1]) end
-return redis.call('UNLINK', unpack(KEYS))
+local op, ms = ARGV[3], tonumber(ARGV[4])
+if op == 'unlink' then return redis.call('UNLINK', unpack(KEYS)) end
+for _, k in ipairs(KEYS) do
+  local held = redis.call('PTTL', k) == -1
+  if op == 'hold' then
+    redis.call('SET', k, '1')
+  elseif op == 'mark' then
+    if not held then redis.call('SET', k, '1', 'PX', ms) end
+  elseif op == 'release' or (op == 'unmark' and not held) then
+    if ms > 0 then redis.call('SET', k, '1', 'PX', ms) else redis.call('DEL', k) end
+  end
+end
+return #KEYS
 """
 
 FLUSH_MARKER_TTL_MS = 600_000  # a crashed flush leaves the marker at most this long (replay redoes it)
@@ -262,24 +279,34 @@ class RedisSink:
                 return
 
     def count_keys(self, rules: Sequence[TableRule], limit: int = 1) -> int:
-        """How many keys the rules' patterns match (stops once ``limit`` is reached)."""
+        """How many keys the rules' patterns match, and reader tag sets of their tables (whose members are
+        reader-filled keys, of tag-only rules too); stops once ``limit`` is reached."""
         found = 0
         for rule in rules:
-            for template in rule.templates:
-                for page in self._scan(template.pattern()):
+            table_tag = f"{self.ns}:tag:{glob_escape(rule.name)}"
+            for pattern in (*(t.pattern() for t in rule.templates), table_tag, f"{table_tag}:*"):
+                for page in self._scan(pattern):
                     found += len(page)
                     if found >= limit:
                         return found
         return found
 
-    def flush(self, rule: TableRule) -> int:
+    def hold_flushing(self, rules: Sequence[TableRule]) -> None:
+        """Mark the tables as being flushed (readers bypass them, fills are refused) until ``flush(rule,
+        held=True)`` releases each: no expiry, so an interrupted operator command leaves them bypassed."""
+        if rules:
+            self._step("hold", [f"{self.ns}:flushing:{r.name}" for r in rules])
+
+    def flush(self, rule: TableRule, held: bool = False) -> int:
         """Invalidate every key of ``rule``'s table, and every lease on one; returns the keys deleted.
 
-        Readers bypass the cache while ``<ns>:flushing:<schema.table>`` exists; deleting the leases makes
-        any fill that loaded the table before the flush fail.
+        Readers bypass the cache while ``<ns>:flushing:<schema.table>`` exists, and for ``holdoff_ms`` after;
+        deleting the leases makes any fill that loaded the table before the flush fail. The worker's marker
+        expires after FLUSH_MARKER_TTL_MS (a crash mid-flush is redone by the replay); ``held``: the marker was
+        set by ``hold_flushing`` and this flush releases it.
         """
         marker = f"{self.ns}:flushing:{rule.name}"
-        self._step("mark", [marker])
+        self._step("mark", [marker], FLUSH_MARKER_TTL_MS)
         deleted = 0
         # Leases first: a fill that loaded before the flush must find its lease gone, whichever key it is.
         for template in rule.templates:
@@ -303,12 +330,12 @@ class RedisSink:
             if evicted < 0:
                 raise Fenced("another worker holds the leader lease")
             deleted += evicted
-        self._step("unmark", [marker])
+        self._step("release" if held else "unmark", [marker], self.holdoff_ms)
         return deleted
 
-    def _step(self, op: str, keys: Sequence[bytes | str]) -> int:
+    def _step(self, op: str, keys: Sequence[bytes | str], ms: int = 0) -> int:
         """One fenced step of a flush (HA: refused once the lease is someone else's)."""
-        args = [self.ns, self.leader_token or "", op, FLUSH_MARKER_TTL_MS]
+        args = [self.ns, self.leader_token or "", op, ms]
         result = int(self._call(f"flush {op}", self._flush_step, keys=list(keys), args=args))
         if result < 0:
             raise Fenced("another worker holds the leader lease")
