@@ -126,12 +126,8 @@ class MySQLAdmin:
         flavor = "mariadb" if "mariadb" in names else "mysql"
         status = self._binlog_status(flavor)
         logs = self.query("SHOW BINARY LOGS") if variables.get("log_bin", "OFF").upper() == "ON" else []
-        gtid_at_file = None
-        if flavor == "mariadb" and status:
-            # the state exactly at that file position (reading gtid_binlog_pos apart could see a later commit)
-            file, _, pos = status.rpartition(":")
-            rows = self.query("SELECT BINLOG_GTID_POS(%s, %s) AS g", (file, int(pos)))
-            gtid_at_file = str(rows[0]["g"] or "") if rows else ""
+        # MariaDB: the state exactly at that file position (gtid_binlog_pos, read apart, may include a later commit)
+        gtid_at_file = self.gtid_at(status) if flavor == "mariadb" and status else None
         return ServerInfo(
             flavor=flavor,
             version=variables.get("version", ""),
@@ -192,6 +188,16 @@ class MySQLAdmin:
             if rows:
                 out[name] = [str(r["c"]) for r in rows]
         return out
+
+    def gtid_at(self, file_pos: str) -> str | None:
+        """MariaDB: the GTID state at ``file:pos`` of this server's binlog (None: no such position any more)."""
+        file, _, pos = file_pos.rpartition(":")
+        try:
+            rows = self.query("SELECT BINLOG_GTID_POS(%s, %s) AS g", (file, int(pos)))
+        except SourceError:
+            return None
+        value = rows[0]["g"] if rows else None
+        return None if value is None else str(value)
 
     def stored_names(self, names: Sequence[str]) -> dict[str, tuple[str, str]]:
         """``schema.table`` → (schema, table) as the server stores them, for each that exists.

@@ -46,7 +46,7 @@ from cdc_sync.health import Health
 from cdc_sync.mysql import CascadeEdge
 from cdc_sync.notify import Notifier
 from cdc_sync.planner import needed_columns
-from cdc_sync.positions import PositionError, PositionTracker, contains, has_tagged_gtids
+from cdc_sync.positions import PositionError, PositionTracker, contains, has_tagged_gtids, parse_mariadb, split_stream
 from cdc_sync.transactions import Assembler
 
 log = logs.get("cdc_sync.sync")
@@ -63,6 +63,7 @@ class AdminPort(Protocol):
     def table_columns(self, names: Sequence[str]) -> dict[str, list[str]]: ...
     def cascade_edges(self) -> list[CascadeEdge]: ...
     def stored_names(self, names: Sequence[str]) -> dict[str, tuple[str, str]]: ...
+    def gtid_at(self, file_pos: str) -> str | None: ...
 
 
 class RulesPort(Protocol):
@@ -245,10 +246,7 @@ class Worker:
         if kind == "file":
             changed = stored is not None and stored != identity
         else:
-            try:
-                changed = not info.gtid_position or not contains(info.gtid_position, checkpoint)
-            except PositionError:
-                changed = True
+            changed = not self._gtid_lineage_holds(info, checkpoint)
         if changed:
             start = initial_position(info, "current", self.config.mysql.position_mode)
             m.REWINDS.labels(reason="lineage_changed").inc()
@@ -270,6 +268,24 @@ class Worker:
         if stored != identity:
             self._retry_sink("server identity", lambda: self._sink.save_server_identity(identity))
         return checkpoint
+
+    def _gtid_lineage_holds(self, info: ServerInfo, checkpoint: str) -> bool:
+        """Whether the server's history holds the GTID checkpoint.
+
+        A MariaDB checkpoint that records a position in this very server's binlog holds exactly when the server's
+        GTID state at that position is the checkpoint's (sequence numbers may have gone backwards since, so
+        comparing numbers with the current state proves nothing). Otherwise the server's current GTID state must
+        contain the checkpoint's (a failover to a replica that applied it).
+        """
+        gtid, stream = split_stream(checkpoint) if info.flavor == "mariadb" else (checkpoint, None)
+        if stream is not None and str(stream.server_id) == info.variables.get("server_id"):
+            at = self._retry_source("binlog position", lambda: self._admin.gtid_at(str(stream.at)))
+            if at is not None:
+                return at == gtid if not (at and gtid) else parse_mariadb(at) == parse_mariadb(gtid)
+        try:
+            return bool(info.gtid_position) and contains(info.gtid_position, checkpoint)
+        except PositionError:
+            return False
 
     def _derive_schema(self, ddl: RawQuery | None = None) -> bool:
         """(Re)derive what depends on the schema: each rule's table as the server stores its name, the

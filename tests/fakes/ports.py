@@ -37,6 +37,9 @@ class FakeAdmin:
     def cascade_edges(self) -> list[CascadeEdge]:
         return list(self.edges)
 
+    def gtid_at(self, file_pos: str) -> str | None:
+        return None  # no binlog to look into: the lineage check compares GTID states
+
     def stored_names(self, names: Sequence[str]) -> dict[str, tuple[str, str]]:
         out: dict[str, tuple[str, str]] = {}
         for n in names:

@@ -95,7 +95,9 @@ def test_out_of_order_numbers_across_two_domains_and_a_restart(
     workers: list[WorkerProcess],
 ) -> None:
     """Two domains, numbers going backwards in both, a kill -9 and a restart: every change is applied once, in
-    stream order, and the restart resumes exactly (by file position; no flush, no refused GTID position)."""
+    stream order, and the restart resumes exactly (by file position; no flush, no refused GTID position), even
+    though the server's GTID state is now below the checkpoint's numbers (the lineage check must not take that
+    for another history)."""
     w = _start(tmp_path, own_mariadb, redis_server, workers)
     with conn.cursor() as cur:
         _run(cur, "UPDATE d.users SET name = 'd0 high' WHERE id = 1", domain=0, seq=900)
@@ -107,9 +109,9 @@ def test_out_of_order_numbers_across_two_domains_and_a_restart(
     stored = checkpoint(r) or ""
     assert stored.partition("@")[0] == "0-1-300,1-1-200" and "@1:" in stored, stored
     w.kill9()
-    with conn.cursor() as cur:  # written while the worker is down, still below the domains' highest numbers
-        _run(cur, "UPDATE d.users SET name = 'while down' WHERE id = 1", domain=0, seq=301)
-        _run(cur, "UPDATE d.users SET name = 'while down' WHERE id = 2", domain=1, seq=201)
+    with conn.cursor() as cur:  # written while the worker is down, below even the checkpoint's numbers
+        _run(cur, "UPDATE d.users SET name = 'while down' WHERE id = 1", domain=0, seq=250)
+        _run(cur, "UPDATE d.users SET name = 'while down' WHERE id = 2", domain=1, seq=150)
     w2 = _start(tmp_path, own_mariadb, redis_server, workers)
     wait_caught_up(r, conn, "mariadb", w2)
     assert (_cached(r, "user:1"), _cached(r, "user:2")) == ("while down", "while down")
@@ -143,3 +145,26 @@ def test_a_checkpoint_without_its_file_position_resumes_by_gtid(
     assert "source.resume_by_gtid" in w2.event_names()
     assert _cached(r, "user:2") == "after failover"
     assert "sync.table_flushed" not in w2.event_names()
+
+
+def test_a_checkpoint_whose_state_is_not_the_servers_at_its_position_is_another_history(
+    tmp_path: Path,
+    own_mariadb: MySQLTarget,
+    conn: pymysql.Connection,  # type: ignore[type-arg]
+    redis_server: RedisTarget,
+    r: redis.Redis,
+    workers: list[WorkerProcess],
+) -> None:
+    """Same server id and a real file position, but the server's GTID state there is not the checkpoint's (a
+    restored backup, a re-initialised server): another history, so the cache is flushed and the worker starts
+    at the server's end."""
+    w = _start(tmp_path, own_mariadb, redis_server, workers)
+    wait_caught_up(r, conn, "mariadb", w)
+    w.kill9()
+    _gtid, _, stream = (checkpoint(r) or "").partition("@")
+    r.set("cdc:checkpoint", f"0-1-77777@{stream}")
+    r.set("user:9", "from another history")
+    w2 = _start(tmp_path, own_mariadb, redis_server, workers)
+    wait_caught_up(r, conn, "mariadb", w2)
+    assert "source.lineage_changed" in w2.event_names()
+    assert r.get("user:9") is None

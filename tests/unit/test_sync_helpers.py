@@ -143,3 +143,27 @@ def test_check_server_refuses_settings_that_hide_changes(name: str, value: str) 
     """Compressed binlogs and partial JSON updates are refused at start, naming the variable."""
     with pytest.raises(ServerConfigError, match=name):
         check_server(_info(variables={**GOOD_VARS, name: value}))
+
+
+def test_tagged_mysql_gtids_are_refused_at_start() -> None:
+    """MySQL 8.3+ tagged GTIDs (uuid:tag:n): a clear configuration error (exit 2), never a crash loop."""
+    from cdc_sync.positions import PositionError, has_tagged_gtids, kind_of
+
+    tagged = "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:nightly:1-3"
+    assert has_tagged_gtids(tagged) and not has_tagged_gtids("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5")
+    info = ServerInfo("mysql", "8.4.3", tagged, "binlog.000001:4", "binlog.000001", variables=dict(GOOD_VARS))
+    with pytest.raises(ServerConfigError, match="tagged GTIDs"):
+        check_server(info)
+    with pytest.raises(PositionError, match="tagged GTIDs"):
+        kind_of(tagged)
+
+
+def test_doctor_fails_tagged_gtids_and_explains_mariadb_strict_mode() -> None:
+    """doctor: tagged GTIDs are a FAIL; MariaDB with gtid_strict_mode=OFF is a WARN that says what it means."""
+    from cdc_sync.ops.doctor import FAIL, WARN, _gtid_check
+
+    tagged = _gtid_check("mysql", "3e11fa47-71ca-11e1-9e33-c80aa9429562:t:1", {"gtid_mode": "ON"})
+    assert tagged.status == FAIL and "tagged" in tagged.detail
+    loose = _gtid_check("mariadb", "0-1-5", {"gtid_strict_mode": "OFF"})
+    assert loose.status == WARN and "backwards" in loose.detail and "gtid_strict_mode=ON" in loose.fix
+    assert _gtid_check("mariadb", "0-1-5", {"gtid_strict_mode": "ON"}).status == "PASS"
