@@ -101,8 +101,15 @@ _DDL_TARGET = re.compile(
     rf"\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?{_QUALIFIED}",
     re.I,
 )
-_REFERENCES = re.compile(rf"\bREFERENCES\s+{_QUALIFIED}", re.I)
-_ACTION = re.compile(r"\bON\s+(?:DELETE|UPDATE)\s+(?:CASCADE|SET\s+NULL|SET\s+DEFAULT)\b", re.I)
+_ACTING = r"(?:CASCADE|SET\s+NULL|SET\s+DEFAULT)"
+_RULE = r"(?:CASCADE|SET\s+NULL|SET\s+DEFAULT|RESTRICT|NO\s+ACTION)"
+# REFERENCES parent [(columns)] [MATCH ...] [ON DELETE rule] [ON UPDATE rule], in either order
+_REFERENCES = re.compile(
+    rf"\bREFERENCES\s+{_QUALIFIED}\s*(?:\([^)]*\))?((?:\s*(?:MATCH\s+\w+|ON\s+(?:DELETE|UPDATE)\s+{_RULE}))*)",
+    re.I,
+)
+_ON_DELETE = re.compile(rf"ON\s+DELETE\s+{_ACTING}\b", re.I)
+_ON_UPDATE = re.compile(rf"ON\s+UPDATE\s+{_ACTING}\b", re.I)
 _SCHEMA_CHANGE = re.compile(r"^\s*(?:/\*!\d*\s*)?(?:CREATE|ALTER|DROP|RENAME)\b", re.I)
 
 
@@ -119,35 +126,53 @@ def is_schema_change(sql: str) -> bool:
     return bool(_SCHEMA_CHANGE.match(_COMMENT.sub(" ", sql)))
 
 
-def ddl_references(sql: str, default_schema: str) -> tuple[tuple[str, str] | None, list[tuple[str, str]]]:
-    """For a DDL statement that declares a cascading foreign key (``REFERENCES p ... ON DELETE CASCADE`` and
-    the like): the table it creates or alters (None when the text does not say) and the referenced parents.
-    Names are as written (the caller resolves them to stored names); no cascading action: (None, [])."""
+@dataclass(frozen=True)
+class DeclaredKey:
+    """A cascading foreign key as a DDL statement's text declares it (names as written)."""
+
+    parent: tuple[str, str]
+    on_delete: bool
+    on_update: bool
+
+
+def ddl_references(sql: str, default_schema: str) -> tuple[tuple[str, str] | None, list[DeclaredKey]]:
+    """The table a DDL statement creates or alters (None when the text does not say) and the cascading foreign
+    keys it declares (``REFERENCES p (c) ON DELETE CASCADE`` and the like; RESTRICT and NO ACTION, the default,
+    rewrite no child row). Names are as written; the caller resolves them to stored names."""
     text = _COMMENT.sub(" ", sql)
-    if not _ACTION.search(text):
+    keys: list[DeclaredKey] = []
+    for m in _REFERENCES.finditer(text):
+        actions = m.group(3) or ""
+        on_delete, on_update = bool(_ON_DELETE.search(actions)), bool(_ON_UPDATE.search(actions))
+        if on_delete or on_update:
+            keys.append(DeclaredKey(_qualified(m.group(1), m.group(2), default_schema), on_delete, on_update))
+    if not keys:
         return None, []
-    parents = [_qualified(m.group(1), m.group(2), default_schema) for m in _REFERENCES.finditer(text)]
     target = _DDL_TARGET.match(text)
-    child = _qualified(target.group(1), target.group(2), default_schema) if target else None
-    return child, parents
+    return (_qualified(target.group(1), target.group(2), default_schema) if target else None), keys
 
 
 def provisional_watches(
     child: tuple[str, str] | None,
-    parents: Sequence[tuple[str, str]],
+    keys: Sequence[DeclaredKey],
     edges: Iterable[CascadeEdge],
     rules: Sequence[TableRule],
 ) -> list[CascadeWatch]:
-    """Watches for a cascading foreign key a DDL statement declared, whatever information_schema says now.
+    """Watches for the cascading keys a DDL statement declared that information_schema does not show now.
 
     The worker may read information_schema long after the statement (it lags, or a later DDL dropped the key
-    again), while the parent's deletes in between did cascade. So every parent the statement references is
-    watched for any delete or update, flushing the mapped tables reachable from the child (every mapped table
-    when the child is not known), for the rest of this run.
+    again), while the parent's deletes in between did cascade. Such a key is watched for its declared actions
+    (an ON UPDATE action: any update of the parent, since the text's column names need not match the table's
+    spelling), flushing the mapped tables reachable from the child (every mapped table when the child is not
+    known), for the rest of this run. A key information_schema does show is already watched exactly by
+    ``watches``.
     """
-    if not parents:
-        return []
+    edges = list(edges)
+    known = {(e.parent, e.child) for e in edges}
     targets = tuple(rules) if child is None else _mapped(_below(edges)(".".join(child)), rules)
-    if not targets:
-        return []
-    return [CascadeWatch(parent, (), True, True, targets) for parent in dict.fromkeys(parents)]
+    out: list[CascadeWatch] = []
+    for key in keys:
+        if not targets or (child is not None and (".".join(key.parent), ".".join(child)) in known):
+            continue
+        out.append(CascadeWatch(key.parent, (), key.on_delete, key.on_update, targets))
+    return out

@@ -320,9 +320,11 @@ class Worker:
                 after_ddl=ddl is not None,
                 note="foreign-key actions are not in the binlog: these parent changes flush the children",
             )
-        # Watches only grow and the rules stay, so for a table streamed before the new columns include the old;
-        # a table no longer named (a stored name that changed) keeps streaming for changes still queued.
-        tables = {**self.tables, **needed_columns(self.rules, [(w.parent, w.columns) for w in self.watches])}
+        tables = needed_columns(self.rules, [(w.parent, w.columns) for w in self.watches])
+        if ddl is not None:
+            # Watches only grow and the rules stay, so a table streamed before keeps at least its columns; one no
+            # longer named (a stored name that changed) keeps streaming for changes still queued.
+            tables = {**self.tables, **tables}
         changed = tables != self.tables
         self.tables = tables
         if ddl is not None:
@@ -336,14 +338,14 @@ class Worker:
 
     def _ddl_watches(self, ddl: RawQuery, edges: Sequence[CascadeEdge]) -> list[CascadeWatch]:
         """Watches for the cascading keys a DDL statement's text declares (names resolved as stored)."""
-        child, parents = cascades.ddl_references(ddl.sql, ddl.schema)
-        if not parents:
+        child, keys = cascades.ddl_references(ddl.sql, ddl.schema)
+        if not keys:
             return []
-        named = [".".join(t) for t in (*parents, *([child] if child is not None else []))]
+        named = [".".join(t) for t in (*(k.parent for k in keys), *([child] if child is not None else []))]
         stored = self._retry_source("table names", lambda: self._admin.stored_names(named))
         child = stored.get(".".join(child), child) if child is not None else None
-        parents = [stored.get(".".join(p), p) for p in parents]
-        return cascades.provisional_watches(child, parents, edges, self.rules)
+        keys = [replace(k, parent=stored.get(".".join(k.parent), k.parent)) for k in keys]
+        return cascades.provisional_watches(child, keys, edges, self.rules)
 
     def _reconcile_rules(self, fresh: bool) -> None:
         """Flush tables whose rule was added, changed or removed since the cache was last written.

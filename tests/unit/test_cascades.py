@@ -77,19 +77,23 @@ def test_schema_changes_are_recognised() -> None:
     assert not is_schema_change("INSERT INTO t VALUES (1)")
 
 
-def test_ddl_references_finds_the_child_and_its_cascading_parents() -> None:
-    """ALTER/CREATE TABLE with ON DELETE/UPDATE CASCADE or SET NULL: the child and every referenced parent."""
-    from cdc_sync.cascades import ddl_references
+def test_ddl_references_finds_the_child_and_its_cascading_keys() -> None:
+    """ALTER/CREATE TABLE: the child, and each REFERENCES clause with a cascading action, its columns and rules."""
+    from cdc_sync.cascades import DeclaredKey, ddl_references
 
     assert ddl_references("ALTER TABLE kids ADD FOREIGN KEY (pid) REFERENCES parents(id) ON DELETE CASCADE", "d") == (
         ("d", "kids"),
-        [("d", "parents")],
+        [DeclaredKey(("d", "parents"), True, False)],
     )
     sql = (
-        "CREATE TABLE IF NOT EXISTS `s`.`c` (a INT, b INT, FOREIGN KEY (a) REFERENCES `p``1` (id) ON UPDATE SET NULL,"
-        " FOREIGN KEY (b) REFERENCES other.p2 (id))"
+        "CREATE TABLE IF NOT EXISTS `s`.`c` (a INT, b INT, e INT, FOREIGN KEY (a) REFERENCES `p``1` (`id`, k)"
+        " ON UPDATE SET NULL ON DELETE RESTRICT, FOREIGN KEY (b) REFERENCES other.p2 (id),"
+        " FOREIGN KEY (e) REFERENCES p3 (id) ON DELETE SET DEFAULT ON UPDATE CASCADE)"
     )
-    assert ddl_references(sql, "d") == (("s", "c"), [("d", "p`1"), ("other", "p2")])
+    assert ddl_references(sql, "d") == (
+        ("s", "c"),
+        [DeclaredKey(("d", "p`1"), False, True), DeclaredKey(("d", "p3"), True, True)],
+    )
     assert ddl_references("ALTER TABLE kids ADD FOREIGN KEY (pid) REFERENCES parents(id)", "d") == (None, []), (
         "RESTRICT (the default) rewrites no child row"
     )
@@ -97,22 +101,25 @@ def test_ddl_references_finds_the_child_and_its_cascading_parents() -> None:
 
 def test_provisional_watch_targets_the_mapped_tables_below_the_child() -> None:
     """A key declared on an unmapped child that mapped tables hang below flushes those; an unknown child
-    flushes every mapped table; a child with nothing mapped below needs no watch."""
-    from cdc_sync.cascades import provisional_watches
+    flushes every mapped table; a child with nothing mapped below, or a key information_schema shows (watched
+    exactly already), needs no provisional watch."""
+    from cdc_sync.cascades import DeclaredKey, provisional_watches
 
+    key = DeclaredKey(("shop", "top"), True, False)
     below = [edge("shop.mid", "shop.orders")]
-    (w,) = provisional_watches(("shop", "mid"), [("shop", "top")], below, RULES)
-    assert (w.parent, w.columns, w.on_delete, w.on_update) == (("shop", "top"), (), True, True)
+    (w,) = provisional_watches(("shop", "mid"), [key], below, RULES)
+    assert (w.parent, w.columns, w.on_delete, w.on_update) == (("shop", "top"), (), True, False)
     assert [t.name for t in w.targets] == ["shop.orders"]
-    (w_all,) = provisional_watches(None, [("shop", "top")], [], RULES)
+    (w_all,) = provisional_watches(None, [key], [], RULES)
     assert sorted(t.name for t in w_all.targets) == ["shop.lines", "shop.orders"]
-    assert provisional_watches(("shop", "audit"), [("shop", "orders")], [], RULES) == []
+    assert provisional_watches(("shop", "audit"), [key], [], RULES) == []
+    assert provisional_watches(("shop", "mid"), [key], [*below, edge("shop.top", "shop.mid")], RULES) == []
 
 
 def test_a_watch_without_columns_fires_on_any_update() -> None:
-    """Provisional watches (columns unknown) flush on every update of the parent."""
-    from cdc_sync.cascades import provisional_watches
+    """A provisional ON UPDATE watch flushes on every update of the parent."""
+    from cdc_sync.cascades import DeclaredKey, provisional_watches
 
-    (w,) = provisional_watches(("shop", "orders"), [("shop", "users")], [], RULES)
+    (w,) = provisional_watches(("shop", "orders"), [DeclaredKey(("shop", "users"), False, True)], [], RULES)
     change = RowChange(Op.UPDATE, "shop", "users", {"id": 1, "n": "a"}, {"id": 1, "n": "b"})
     assert [f.table for f in flushes_for(change, [w])] == ["orders"]
