@@ -559,7 +559,7 @@ ttl = 600
         for k in kids:
             if self.history.current("kids", k).v is None:
                 raise AssertionError(f"InnoDB cascaded a delete to kid {k}, which the model has as absent")
-        return [Change("kids", k, None, via="cascade") for k in sorted(kids)]
+        return [Change("kids", k, None, via=f"cascade from {table}") for k in sorted(kids)]
 
     @staticmethod
     def _still_there(cur: Any, table: str, ids: set[int]) -> set[int]:
@@ -794,8 +794,10 @@ ttl = 600
         self.resets += 1
         log = self.workdir / f"reset-{self.resets}.log"
         cmd = [sys.executable, "-m", "cdc_sync", "checkpoint", "reset", "--yes", "--config", str(self.config_path)]
-        stall, moved, before = rng.random() < 0.5, 0.0, ""
-        with self.worker_lock, log.open("wb") as out:
+        stall, moved, before = rng.random() < 2 / 3, 0.0, ""
+        assert self.redis is not None
+        watch = FlushWatch(self.redis.port, ["c.items", "c.notes", "c.kids"])
+        with self.worker_lock, log.open("wb") as out, watch:
             worker = self.worker
             assert worker is not None
             if stall:
@@ -824,7 +826,9 @@ ttl = 600
         if rc != 0:
             raise FaultFailed(f"cdc-sync checkpoint reset exited with {rc}: {text[-1000:]}")
         stalled = f", worker stalled, checkpoint moved after {moved:.2f}s" if stall else ""
-        self.report.notes.append(f"checkpoint_reset {self.resets}: {took:.2f}s{stalled}: {text.splitlines()[-1]}")
+        self.report.notes.append(
+            f"checkpoint_reset {self.resets}: {took:.2f}s{stalled}: {text.splitlines()[-1]}; {watch.summary()}"
+        )
 
     def fault_ddl_fk(self, rng: random.Random) -> None:
         """Cascading foreign keys appear (and go and come back) while the worker runs."""
@@ -1037,6 +1041,66 @@ def odd_lookup(rng: random.Random, row_id: int) -> tuple[str, dict[str, object],
 def unescape(text: str) -> str:
     """A rendered key value back to text (keys.escape writes ':', '%', space and the like as %XX)."""
     return _PERCENT.sub(lambda m: chr(int(m.group(1), 16)), text)
+
+
+class FlushWatch:
+    """While a reset runs: when the heartbeat was dropped and vouched again, and when each table was flushing.
+
+    The reset drops the heartbeat with the checkpoint jump; a heartbeat fresh again while a table still waits for
+    its flush vouches for keys the jump skipped.
+    """
+
+    def __init__(self, port: int, tables: list[str]) -> None:
+        self.client = redis.Redis(port=port, socket_timeout=2)
+        self.tables = tables
+        self.t0 = time.monotonic()
+        self.dropped: float | None = None
+        self.fresh: float | None = None
+        self.flushing: dict[str, tuple[float, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> FlushWatch:
+        self.t0 = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.client.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.time()
+            pipe.get("cdc:heartbeat")
+            for table in self.tables:
+                pipe.exists(f"cdc:flushing:{table}")
+            try:
+                (seconds, micros), heartbeat, *marks = pipe.execute()
+            except redis.RedisError:
+                continue
+            t = time.monotonic() - self.t0
+            if heartbeat is None and self.dropped is None:
+                self.dropped = t
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
+            vouches = heartbeat is not None and now_ms - int(heartbeat) <= MAX_STALENESS_MS
+            if self.dropped is not None and self.fresh is None and vouches:
+                self.fresh = t
+            for table, mark in zip(self.tables, marks, strict=True):
+                if mark:
+                    first, _ = self.flushing.get(table, (t, t))
+                    self.flushing[table] = (first, t)
+
+    def summary(self) -> str:
+        def at(t: float | None) -> str:
+            return "never" if t is None else f"+{t:.2f}s"
+
+        spans = ", ".join(f"{t} +{a:.2f}..+{b:.2f}s" for t, (a, b) in self.flushing.items()) or "no flush seen"
+        late = [t for t, (_a, b) in self.flushing.items() if self.fresh is not None and b > self.fresh]
+        race = f"; vouched again while {', '.join(late)} still flushing or to be flushed" if late else ""
+        return f"heartbeat dropped {at(self.dropped)}, fresh again {at(self.fresh)}; flushing {spans}{race}"
 
 
 class FrozenLoader(RowLoader):

@@ -27,7 +27,7 @@ class Version:
     t_end: float  # COMMIT returned (the value is surely visible)
     v: str | None  # None: no row
     grp: int | None = None
-    via: str = ""  # how it was made, when not by a plain statement: "cascade", "gtid 0-1-N", both
+    via: str = ""  # how it was made, when not by a plain statement: "cascade from <parent>", "gtid 0-1-N", both
 
 
 @dataclass(frozen=True)
