@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,11 +74,17 @@ class LocalServer:
     args: list[str] = field(default_factory=list)  # the command line, for restart()
     log: Path | None = None
 
-    def restart(self, timeout: float = 60.0) -> None:
-        """Stop the server (keeping its data) and start it again with the same command line and port."""
+    def restart(self, timeout: float = 60.0, files: Mapping[str, Path] | None = None) -> None:
+        """Stop the server (keeping its data) and start it again with the same command line and port.
+
+        ``files`` (name → path) are copied into the server's directory while it is down, e.g.
+        ``{"dump.rdb": older}`` to bring Redis back from an older snapshot.
+        """
         keep, self.keep_dir = self.keep_dir, True
         self.stop()
         self.keep_dir = keep
+        for name, source in (files or {}).items():
+            shutil.copyfile(source, self.directory / name)
         self.proc = subprocess.Popen(
             self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
@@ -148,14 +155,18 @@ def start_mariadb(extra_args: tuple[str, ...] = (), timeout: float = 60.0, binlo
     return server
 
 
-def start_redis(timeout: float = 20.0) -> LocalServer:
-    """Start a private redis-server that keeps nothing on disk."""
+def start_redis(timeout: float = 20.0, rdb: str = "dump.rdb") -> LocalServer:
+    """Start a private redis-server that keeps nothing on disk by itself.
+
+    No save points and no AOF: only an explicit ``SAVE`` writes a snapshot, to ``rdb`` in the server's
+    directory, and a restart loads that file if it is there (see ``LocalServer.restart(files=...)``).
+    """
     redis_server = _which("redis-server")
     directory = Path(tempfile.mkdtemp(prefix="cdc-sync-redis-"))
     port = free_port()
     log = directory / "redis.log"
     args = [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
-    args += ["--save", "", "--appendonly", "no", "--logfile", str(log)]
+    args += ["--save", "", "--appendonly", "no", "--dbfilename", rdb, "--logfile", str(log)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     server = LocalServer("redis", port, directory, proc, args=args, log=log)
     try:

@@ -1,12 +1,34 @@
 """The consistency checker: a seeded random workload, the real worker, readers, and injected faults.
 
-    python -m tests.consistency.checker --profile short|long --seed N
+    python -m tests.consistency.checker --profile short|long --seed N [--faults kind,kind] [--seconds S]
 
 Writers (each owning its own ids) insert, update, delete, change primary keys, run multi-row and rolled-back
-transactions, and now and then TRUNCATE or ALTER ADD COLUMN. Readers go through CacheReader: rows in update mode,
-rows in evict mode (some frozen between SELECT and fill), and tagged group queries. Faults: kill -9 of the worker,
-Redis restart with data loss, MariaDB restart, connection cuts on both sides (TCP proxies), binlog purge while the
-worker is down. Checks: no read older than max_staleness_ms, no phantom read, and 0 divergent keys after quiescence.
+transactions on three mapped tables (``items`` in update mode with a second key on a ``_ci`` column, ``notes``
+in evict mode, ``kids`` in update mode) and insert and delete rows of unmapped parent tables. Readers go through
+CacheReader with a plain-GET freshness window open most of the time: rows in update mode, rows in evict mode
+(some frozen between SELECT and fill), kids, and tagged group queries.
+
+Faults (``--faults`` picks some; each one injected is counted, and one that cannot be injected fails the run):
+
+* ``kill9_worker``, ``redis_restart`` (data loss), ``mariadb_restart``, ``cut_mysql``, ``cut_redis`` (TCP proxies),
+  ``purge_while_down``, ``ddl`` (TRUNCATE or ALTER ADD COLUMN of a mapped table);
+* ``redis_snapshot``: ``SAVE``, a few seconds of writes, then Redis restarts from that older dump (checkpoint,
+  heartbeat and values all go back) while readers are inside their windows;
+* ``checkpoint_reset``: the real ``cdc-sync checkpoint reset --yes`` under load, with other data in Redis (so the
+  flush takes a while), sometimes while the worker is stalled (SIGSTOP) and lagging;
+* ``ddl_fk``: foreign keys with ``ON DELETE CASCADE`` appear while the worker runs (ALTER TABLE kids ADD FOREIGN
+  KEY, a cascading grandparent of the parents, a parent table created under a dangling foreign key), and are
+  dropped and added again; InnoDB's cascaded deletes have no row events, so writers read back in the deleting
+  transaction which kids went and the model records them;
+* ``gtid_ooo``: MariaDB GTIDs out of order (``gtid_seq_no`` below the domain's current number, from a gap made
+  by one jump, never reused), one writer in a second domain, and a kill -9 of the worker right after such a
+  transaction;
+* ``noncanonical``: lookups with argument values MySQL matches to a row but that render other keys
+  (``id='05'``, ``id=5.0``, ``Decimal('5.0')``, ``code='K5 '``); such reads are dated against the row they match.
+
+Checks: no read older than max_staleness_ms, no phantom read, 0 divergent keys after quiescence (every cached key,
+whatever its spelling, against the row MySQL matches for it), no worker exit by itself. Stale reads are printed
+with the change they missed and their likely cause.
 """
 
 from __future__ import annotations
@@ -16,16 +38,21 @@ import contextlib
 import itertools
 import json
 import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import Counter
+import traceback
+from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pymysql
 import redis
@@ -34,15 +61,40 @@ from cdc_sync import CacheReader
 from cdc_sync.config import load
 from cdc_sync.devservers import LocalServer, start_mariadb, start_redis
 from cdc_sync.mysql import RowLoader
-from tests.consistency.model import History
+from tests.consistency.model import History, Verdict
 from tests.consistency.proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 WRITERS = 2
 IDS_PER_WRITER = 40
+PARENTS_PER_WRITER = 8
+GPARENTS_PER_WRITER = 4
 GROUPS = 4
 MAX_STALENESS_MS = 2000
-FAULT_KINDS = ("kill9_worker", "redis_restart", "mariadb_restart", "cut_mysql", "cut_redis", "purge_while_down", "ddl")
+FRESHNESS_CHECK_MS = 750  # readers' plain-GET window: below the bound, open most of the time
+ODD_IDS = range(12)  # rows read with non-canonical spellings (few, so they are read again and again)
+FILLER_KEYS = 100_000  # checkpoint_reset: another application's keys in Redis, which the flush has to SCAN past
+GTID_JUMP = 10_000_000  # gtid_ooo: each domain jumps here once; lower numbers come from the gap below
+FAULT_KINDS = (
+    "kill9_worker",
+    "redis_restart",
+    "mariadb_restart",
+    "cut_mysql",
+    "cut_redis",
+    "purge_while_down",
+    "ddl",
+    "redis_snapshot",
+    "checkpoint_reset",
+    "ddl_fk",
+    "gtid_ooo",
+    "noncanonical",
+)
+MAPPED = {"item": "items", "note": "notes", "kid": "kids"}  # key prefix -> table
+_PERCENT = re.compile(r"%([0-9A-F]{2})")
+
+
+class FaultFailed(Exception):
+    """A fault could not be injected (a server refused, a command failed): the run fails, it is never skipped."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +103,26 @@ class Profile:
     fault_every_s: float
 
 
-PROFILES = {"short": Profile(seconds=80, fault_every_s=7.5), "long": Profile(seconds=330, fault_every_s=10)}
+PROFILES = {"short": Profile(seconds=100, fault_every_s=5.0), "long": Profile(seconds=330, fault_every_s=8.0)}
+
+
+class Change(NamedTuple):
+    """One version a statement creates (mapped tables only)."""
+
+    table: str
+    row_id: int
+    v: str | None
+    grp: int | None = None
+    via: str = ""
+
+
+class Read(NamedTuple):
+    kind: str  # table, or "group"
+    key: int  # row id (the row the lookup matches, whatever its spelling) or group
+    result: Any
+    rs: float
+    re: float
+    spelling: str = ""  # a non-canonical lookup: how it was spelled
 
 
 @dataclass
@@ -67,10 +138,16 @@ class Report:
     phantom: list[str] = field(default_factory=list)
     staleness: list[float] = field(default_factory=list)
     worker_crashes: int = 0
+    errors: list[str] = field(default_factory=list)  # faults that could not be injected, checker failures
+    stale_causes: Counter[str] = field(default_factory=Counter)
+    stale_after: Counter[str] = field(default_factory=Counter)  # stale reads by the last fault before them
+    stale_via: Counter[str] = field(default_factory=Counter)  # stale reads by how the change they missed was made
+    examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # cause -> stale reads
+    notes: list[str] = field(default_factory=list)  # what faults saw (GTID resume points, reset timings)
 
     @property
     def ok(self) -> bool:
-        return not (self.divergent or self.stale or self.phantom or self.worker_crashes)
+        return not (self.divergent or self.stale or self.phantom or self.worker_crashes or self.errors)
 
     def line(self) -> str:
         def pct(p: float) -> float:
@@ -122,15 +199,25 @@ class Pause:
             self._paused = False
             self._cv.notify_all()
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()
+
 
 class Checker:
-    def __init__(self, profile: Profile, seed: int, workdir: Path) -> None:
+    def __init__(self, profile: Profile, seed: int, workdir: Path, kinds: tuple[str, ...] = FAULT_KINDS) -> None:
         self.profile = profile
         self.seed = seed
         self.workdir = workdir
+        self.kinds = kinds
         self.report = Report(seed)
         self.history = History()
         self.stop = threading.Event()
+        self.round_done = threading.Event()  # every selected fault kind ran at least once
         self.pause = Pause()
         self.values = itertools.count()
         self.columns_added = 0
@@ -139,7 +226,24 @@ class Checker:
         self.worker: subprocess.Popen[bytes] | None = None
         self.worker_runs = 0
         self.worker_lock = threading.Lock()  # one worker at a time: the faults thread and the watchdog share it
-        self.reads: list[tuple[str, Any, Any, float, float]] = []  # (table or "group", id, value, start, end)
+        self.reads: list[Read] = []
+        self.readers: list[CacheReader] = []
+        self.timeline: list[tuple[float, float, str]] = []  # (start, end, kind) of every fault injected
+        # parents the writers own (unmapped tables; only writer w touches parents[w]); which exist, which FK acts
+        self.parents: dict[int, dict[str, set[int]]] = {
+            w: {"parents": set(), "parents2": set(), "gparents": set()} for w in range(WRITERS)
+        }
+        self.parent_tables = {"parents"}
+        self.fk_kids_pid = False
+        self.fk_steps = 0
+        # gtid_ooo: next unused sequence number of each domain's gap, and until when writers use them
+        self.gap_lock = threading.Lock()
+        self.gap_next: dict[int, int] = {}
+        self.gap_until = 0.0
+        self.domain1 = False  # writer 1's session runs in GTID domain 1 (from the first gtid_ooo on)
+        self.odd_until = 0.0  # noncanonical: until when the odd reader reads
+        self.snapshots = 0
+        self.resets = 0
 
     # ---- set-up -----------------------------------------------------------------------------------
 
@@ -149,8 +253,21 @@ class Checker:
         conn = self.sql()
         with conn.cursor() as cur:
             cur.execute("CREATE DATABASE c")
-            cur.execute("CREATE TABLE c.items (id INT PRIMARY KEY, v VARCHAR(64), grp INT, KEY (grp))")
+            cur.execute(
+                "CREATE TABLE c.items (id INT PRIMARY KEY, v VARCHAR(64), grp INT, "
+                "code VARCHAR(32) COLLATE utf8mb4_general_ci, KEY (grp), UNIQUE KEY (code))"
+            )
             cur.execute("CREATE TABLE c.notes (id INT PRIMARY KEY, v VARCHAR(64))")
+            cur.execute("CREATE TABLE c.parents (id INT PRIMARY KEY, v VARCHAR(64))")
+            cur.execute("CREATE TABLE c.pad (id INT AUTO_INCREMENT PRIMARY KEY, note VARCHAR(64))")
+            # kids.pid2 refers to a parent table that does not exist yet (ddl_fk creates it); kids.pid gets its
+            # foreign key from ddl_fk too
+            cur.execute("SET SESSION foreign_key_checks = 0")
+            cur.execute(
+                "CREATE TABLE c.kids (id INT PRIMARY KEY, pid INT NULL, pid2 INT NULL, v VARCHAR(64), "
+                "KEY (pid), KEY (pid2), CONSTRAINT fk_kids_pid2 FOREIGN KEY (pid2) REFERENCES c.parents2 (id) "
+                "ON DELETE CASCADE)"
+            )
         conn.close()
         self.config_path = self.workdir / "cdc-sync.toml"
         self.config_path.write_text(f"""
@@ -166,6 +283,7 @@ retry_max_s = 0.5
 heartbeat_interval_ms = 200
 [reader]
 max_staleness_ms = {MAX_STALENESS_MS}
+freshness_check_ms = {FRESHNESS_CHECK_MS}
 holdoff_ms = 500
 lease_wait_ms = 300
 [log]
@@ -175,6 +293,7 @@ listen = "127.0.0.1:0"
 [[tables]]
 table = "c.items"
 key = "item:{{id}}"
+also = ["item:code:{{code}}"]
 mode = "update"
 tags = ["grp"]
 ttl = 600
@@ -182,6 +301,11 @@ ttl = 600
 table = "c.notes"
 key = "note:{{id}}"
 mode = "evict"
+ttl = 600
+[[tables]]
+table = "c.kids"
+key = "kid:{{id}}"
+mode = "update"
 ttl = 600
 """)
         self.start_worker()
@@ -230,6 +354,45 @@ ttl = 600
                 self._crashed()
                 self.start_worker()
 
+    def _error(self, where: str, exc: BaseException) -> None:
+        """A failure of the checker itself or of a fault: recorded, printed, and the run stops (and fails)."""
+        text = f"{where}: {type(exc).__name__}: {exc}"
+        self.report.errors.append(text)
+        print(f"ERROR: {text}\n{traceback.format_exc()}", file=sys.stderr)
+        self.stop.set()
+
+    def checkpoint(self) -> str:
+        return (self.redis_client().get("cdc:checkpoint") or b"").decode()
+
+    def checkpoint_or_none(self) -> str | None:
+        """The checkpoint, or None while Redis is down (a fault)."""
+        try:
+            return self.checkpoint()
+        except redis.RedisError:
+            return None
+
+    def binlog_pos(self) -> str:
+        conn = self.sql()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT @@global.gtid_binlog_pos")
+                return str(cur.fetchone()[0])
+        finally:
+            conn.close()
+
+    def _filler(self, present: bool) -> None:
+        """Another application's keys in the same Redis while a reset runs (its flush SCANs past them)."""
+        r = self.redis_client()
+        pipe = r.pipeline(transaction=False)
+        for start in range(0, FILLER_KEYS, 1000):
+            names = [f"app:filler:{i}" for i in range(start, start + 1000)]
+            if present:
+                pipe.mset(dict.fromkeys(names, "x"))
+            else:
+                pipe.unlink(*names)
+        pipe.execute()
+        r.close()
+
     # ---- writers ----------------------------------------------------------------------------------
 
     def new_value(self, writer: int) -> str:
@@ -238,15 +401,23 @@ ttl = 600
     def writer(self, w: int) -> None:
         rng = random.Random(self.seed * 100 + w)
         conn = self.sql("c")
+        domain = 0
         ids = [w + WRITERS * k for k in range(IDS_PER_WRITER)]
         while not self.stop.is_set():
             if not self.pause.enter(self.stop):
                 break
             try:
-                self._one_op(conn, rng, w, ids)
+                if w == 1 and self.domain1 and domain != 1:
+                    with conn.cursor() as cur:
+                        cur.execute("SET SESSION gtid_domain_id = 1")
+                    domain = 1
+                self._one_op(conn, rng, w, ids, domain)
                 self.report.ops += 1
             except pymysql.MySQLError:
                 conn = self._reconnect(conn)
+                domain = 0
+            except Exception as exc:
+                self._error(f"writer {w}", exc)
             finally:
                 self.pause.leave()
             time.sleep(rng.uniform(0.002, 0.01))
@@ -262,18 +433,22 @@ ttl = 600
                 time.sleep(0.2)
         return conn
 
-    def _one_op(self, conn: pymysql.Connection[Any], rng: random.Random, w: int, ids: list[int]) -> None:
+    def _record(self, changes: list[Change], t0: float, t1: float, via: str) -> None:
+        for c in changes:
+            self.history.record(c.table, c.row_id, c.v, c.grp, t0, t1, ",".join(x for x in (c.via, via) if x))
+
+    def _one_op(self, conn: pymysql.Connection[Any], rng: random.Random, w: int, ids: list[int], domain: int) -> None:
         kind = rng.random()
         with conn.cursor() as cur:
             if kind < 0.12:  # a multi-row transaction
+                via = self._gap_gtid(cur, rng, domain)
                 cur.execute("BEGIN")
                 # distinct rows: a second statement on a row would be staged from the model's pre-transaction state
-                pending = [self._stage(cur, rng, w, i) for i in rng.sample(ids, rng.randrange(2, 5))]
+                pending = [c for i in rng.sample(ids, rng.randrange(2, 5)) for c in self._stage(cur, rng, w, i, False)]
                 t0 = time.monotonic()
                 cur.execute("COMMIT")
                 t1 = time.monotonic()
-                for table, row_id, v, grp in (p for batch in pending for p in batch):
-                    self.history.record(table, row_id, v, grp, t0, t1)
+                self._record(pending, t0, t1, via)
             elif kind < 0.16:  # a rolled-back transaction: its values must never be read
                 v = self.new_value(w)
                 self.history.rollback(v)
@@ -281,65 +456,158 @@ ttl = 600
                 cur.execute("UPDATE items SET v = %s WHERE id = %s", (v, rng.choice(ids)))
                 cur.execute("ROLLBACK")
             else:
+                via = self._gap_gtid(cur, rng, domain)
                 t0 = time.monotonic()
-                staged = self._stage(cur, rng, w, rng.choice(ids))
+                staged = self._stage(cur, rng, w, rng.choice(ids), True)
                 t1 = time.monotonic()
-                for table, row_id, v, grp in staged:
-                    self.history.record(table, row_id, v, grp, t0, t1)
+                self._record(staged, t0, t1, via)
 
-    def _stage(
-        self, cur: Any, rng: random.Random, w: int, row_id: int
-    ) -> list[tuple[str, int, str | None, int | None]]:
+    def _gap_gtid(self, cur: Any, rng: random.Random, domain: int) -> str:
+        """During a gtid_ooo episode, now and then give the next transaction an unused number below the domain's."""
+        if time.monotonic() >= self.gap_until or rng.random() >= 0.35:
+            return ""
+        with self.gap_lock:
+            n = self.gap_next[domain]
+            self.gap_next[domain] = n - rng.randint(1, 3)
+        cur.execute("SET SESSION gtid_seq_no = %s", (n,))
+        return f"gtid {domain}-1-{n}"
+
+    def _stage(self, cur: Any, rng: random.Random, w: int, row_id: int, single: bool) -> list[Change]:
         """One statement on a row this writer owns; returns the versions it creates."""
-        table = "items" if rng.random() < 0.7 else "notes"
+        pick = rng.random()
+        if pick >= 0.84 and single:  # parents only in transactions of their own (cascades read back there)
+            return self._stage_parent(cur, rng, w)
+        if pick >= 0.62:
+            return self._stage_kid(cur, rng, w, row_id)
+        table = "items" if pick < 0.45 else "notes"
         current = self.history.current(table, row_id)
         v = self.new_value(w)
         action = rng.random()
         if current.v is None:
             if table == "items":
                 grp = rng.randrange(GROUPS)
-                cur.execute("INSERT INTO items (id, v, grp) VALUES (%s, %s, %s)", (row_id, v, grp))
-                return [(table, row_id, v, grp)]
+                cur.execute(
+                    "INSERT INTO items (id, v, grp, code) VALUES (%s, %s, %s, %s)", (row_id, v, grp, f"k{row_id}")
+                )
+                return [Change(table, row_id, v, grp)]
             cur.execute("INSERT INTO notes (id, v) VALUES (%s, %s)", (row_id, v))
-            return [(table, row_id, v, None)]
+            return [Change(table, row_id, v)]
         if action < 0.15:
             cur.execute(f"DELETE FROM {table} WHERE id = %s", (row_id,))
-            return [(table, row_id, None, None)]
+            return [Change(table, row_id, None)]
         free = [i for i in range(w, WRITERS * IDS_PER_WRITER * 2, WRITERS) if self.history.current(table, i).v is None]
-        if action < 0.25 and table == "items" and free:  # primary-key change to a free id of this writer
+        if action < 0.25 and table == "items" and free:  # primary-key change to a free id (the code goes along)
             target = rng.choice(free)
             grp = current.grp
-            cur.execute("UPDATE items SET id = %s, v = %s WHERE id = %s", (target, v, row_id))
-            return [("items", row_id, None, None), ("items", target, v, grp)]
+            cur.execute("UPDATE items SET id = %s, v = %s, code = %s WHERE id = %s", (target, v, f"k{target}", row_id))
+            return [Change("items", row_id, None), Change("items", target, v, grp)]
         if table == "items":
             grp = rng.randrange(GROUPS) if rng.random() < 0.3 else current.grp
             cur.execute("UPDATE items SET v = %s, grp = %s WHERE id = %s", (v, grp, row_id))
-            return [(table, row_id, v, grp)]
+            return [Change(table, row_id, v, grp)]
         cur.execute("UPDATE notes SET v = %s WHERE id = %s", (v, row_id))
-        return [(table, row_id, v, None)]
+        return [Change(table, row_id, v)]
+
+    def _stage_kid(self, cur: Any, rng: random.Random, w: int, row_id: int) -> list[Change]:
+        current = self.history.current("kids", row_id)
+        v = self.new_value(w)
+        mine = self.parents[w]
+        pid = rng.choice(sorted(mine["parents"])) if mine["parents"] and rng.random() < 0.85 else None
+        if current.v is None:
+            pid2 = rng.choice(sorted(mine["parents2"])) if mine["parents2"] and rng.random() < 0.5 else None
+            cur.execute("INSERT INTO kids (id, pid, pid2, v) VALUES (%s, %s, %s, %s)", (row_id, pid, pid2, v))
+        elif rng.random() < 0.1:
+            cur.execute("DELETE FROM kids WHERE id = %s", (row_id,))
+            return [Change("kids", row_id, None)]
+        elif rng.random() < 0.2:
+            cur.execute("UPDATE kids SET v = %s, pid = %s WHERE id = %s", (v, pid, row_id))
+        else:
+            cur.execute("UPDATE kids SET v = %s WHERE id = %s", (v, row_id))
+        return [Change("kids", row_id, v)]
+
+    def _stage_parent(self, cur: Any, rng: random.Random, w: int) -> list[Change]:
+        """Insert or delete a parent row; a delete returns the kids InnoDB deleted with it (no binlog event)."""
+        # parents2 seldom: the worker watches it from the start and flushes all kids on each of its deletes,
+        # which would also clear whatever other cascades left stale
+        weights = {"parents": 0.6, "gparents": 0.35, "parents2": 0.05}
+        tables = sorted(self.parent_tables)
+        table = rng.choices(tables, [weights[t] for t in tables])[0]
+        mine = self.parents[w][table]
+        pid = w + WRITERS * rng.randrange(GPARENTS_PER_WRITER if table == "gparents" else PARENTS_PER_WRITER)
+        if pid not in mine:
+            gparents = self.parents[w]["gparents"]
+            if table == "parents" and gparents and rng.random() < 0.6:
+                gid = rng.choice(sorted(gparents))
+                cur.execute("INSERT INTO parents (id, v, gid) VALUES (%s, 'p', %s)", (pid, gid))
+            else:
+                cur.execute(f"INSERT INTO {table} (id, v) VALUES (%s, 'p')", (pid,))
+            mine.add(pid)
+            return []
+        kids_q = {
+            "parents": "SELECT id FROM kids WHERE pid = %s FOR UPDATE",
+            "parents2": "SELECT id FROM kids WHERE pid2 = %s FOR UPDATE",
+            "gparents": "SELECT k.id FROM kids k JOIN parents p ON k.pid = p.id WHERE p.gid = %s FOR UPDATE",
+        }[table]
+        cur.execute("BEGIN")
+        cur.execute(kids_q, (pid,))
+        kids = {int(r[0]) for r in cur.fetchall()}
+        lost_parents: set[int] = set()
+        if table == "gparents":
+            cur.execute("SELECT id FROM parents WHERE gid = %s FOR UPDATE", (pid,))
+            lost_parents = {int(r[0]) for r in cur.fetchall()}
+        cur.execute(f"DELETE FROM {table} WHERE id = %s", (pid,))
+        kids -= self._still_there(cur, "kids", kids)
+        lost_parents -= self._still_there(cur, "parents", lost_parents)
+        cur.execute("COMMIT")
+        mine.discard(pid)
+        self.parents[w]["parents"] -= lost_parents
+        for k in kids:
+            if self.history.current("kids", k).v is None:
+                raise AssertionError(f"InnoDB cascaded a delete to kid {k}, which the model has as absent")
+        return [Change("kids", k, None, via=f"cascade from {table}") for k in sorted(kids)]
+
+    @staticmethod
+    def _still_there(cur: Any, table: str, ids: set[int]) -> set[int]:
+        if not ids:
+            return set()
+        cur.execute(f"SELECT id FROM {table} WHERE id IN ({', '.join(['%s'] * len(ids))})", sorted(ids))
+        return {int(r[0]) for r in cur.fetchall()}
 
     # ---- readers ----------------------------------------------------------------------------------
 
     def reader(self, kind: str, index: int) -> None:
         rng = random.Random(self.seed * 1000 + index)
         reader = CacheReader(load(self.config_path))
+        self.readers.append(reader)
         if kind == "frozen":
             reader.row_loader = FrozenLoader(reader.config.mysql, 2, rng)
         all_ids = list(range(WRITERS * IDS_PER_WRITER * 2))
         while not self.stop.is_set():
+            if kind == "odd" and time.monotonic() >= self.odd_until:
+                time.sleep(0.05)
+                continue
             rs = time.monotonic()
             try:
                 if kind == "group":
                     grp = rng.randrange(GROUPS)
                     deps = [("c.items", {"grp": grp})]
                     result = reader.fetch(f"grp:{grp}", lambda grp=grp: self._group(grp), ttl=60, depends_on=deps)
-                    self.reads.append(("group", grp, [tuple(x) for x in result], rs, time.monotonic()))
-                else:
-                    table = "items" if kind == "items" else "notes"
-                    row_id = rng.choice(all_ids)
-                    row = reader.get_row(f"c.{table}", id=row_id)
+                    self.reads.append(Read("group", grp, [tuple(x) for x in result], rs, time.monotonic()))
+                elif kind == "odd":
+                    row_id = rng.choice(ODD_IDS)
+                    table, where, spelling = odd_lookup(rng, row_id)
+                    row = reader.get_row(f"c.{table}", **where)
                     value = None if row is None else row["v"]
-                    self.reads.append((table, row_id, value, rs, time.monotonic()))
+                    self.reads.append(Read(table, row_id, value, rs, time.monotonic(), spelling))
+                else:
+                    table = {"items": "items", "kids": "kids"}.get(kind, "notes")  # frozen readers read notes
+                    row_id = rng.choice(all_ids)
+                    if table == "items" and rng.random() < 0.2:  # the second key, spelled as the worker renders it
+                        row = reader.get_row("c.items", code=f"k{row_id}")
+                    else:
+                        row = reader.get_row(f"c.{table}", id=row_id)
+                    value = None if row is None else row["v"]
+                    self.reads.append(Read(table, row_id, value, rs, time.monotonic()))
             except Exception:  # MySQL down (restart): the app would see this error too
                 self.report.read_errors += 1
                 time.sleep(0.05)
@@ -350,18 +618,49 @@ ttl = 600
     def judge_reads(self) -> None:
         """Date every read against the full history (judged at the end, when every commit is recorded)."""
         bound = MAX_STALENESS_MS / 1000
-        for kind, key, result, rs, re in self.reads:
+        for read in self.reads:
+            kind, key, result, rs, re_ = read[:5]
             if kind == "group":
-                verdict = self.history.judge_group(key, result, rs, re, bound)
+                verdict = self.history.judge_group(key, result, rs, re_, bound)
             else:
-                verdict = self.history.judge_row(kind, key, result, rs, re, bound)
+                verdict = self.history.judge_row(kind, key, result, rs, re_, bound)
             self.report.reads += 1
             self.report.staleness.append(verdict.staleness_s)
-            what = f"{kind} {key} -> {result} at {rs:.3f}..{re:.3f}"
+            spelled = f" ({read.spelling})" if read.spelling else ""
+            what = f"{kind} {key}{spelled} -> {result} at {rs:.3f}..{re_:.3f}"
             if verdict.kind == "stale":
-                self.report.stale.append(f"{what} staleness={verdict.staleness_s:.3f}s")
+                cause, context = self._cause(read, verdict)
+                self.report.stale_after[context.partition(" after ")[2].removesuffix(" began") or "no fault"] += 1
+                missed = verdict.missed
+                if missed is not None:
+                    via = f" via {missed.via}" if missed.via else ""
+                    if missed.via:  # a gtid is unique: count its kind only
+                        self.report.stale_via[re.sub(r"gtid \d+-\d+-\d+", "gtid out of order", missed.via)] += 1
+                    what += f" missed {missed.v} committed {missed.t_start:.3f}..{missed.t_end:.3f}{via}"
+                text = f"{what} staleness={verdict.staleness_s:.3f}s [{cause}; {context}]"
+                self.report.stale.append(text)
+                self.report.stale_causes[cause] += 1
+                if len(self.report.examples[cause]) < 5:
+                    self.report.examples[cause].append(text)
             elif verdict.kind == "phantom":
                 self.report.phantom.append(what)
+
+    def _cause(self, read: Read, verdict: Verdict) -> tuple[str, str]:
+        """The likely cause of a stale read: how it was spelled or what it missed, else the last fault before it."""
+        last = [(t0, kind) for t0, _t1, kind in self.timeline if t0 <= read.rs]
+        if last:
+            nth = sum(1 for _t0, kind in last if kind == last[-1][1])
+            context = f"{read.rs - last[-1][0]:.1f}s after {last[-1][1]} #{nth} began"
+        else:
+            context = "before any fault"
+        missed = verdict.missed
+        if read.spelling:
+            return "noncanonical", context
+        if missed is not None and "cascade" in missed.via:
+            return "ddl_fk", context
+        if missed is not None and "gtid" in missed.via:
+            return "gtid_ooo", context
+        return (last[-1][1] if last else "none"), context
 
     def _group(self, grp: int) -> list[list[Any]]:
         conn = self.sql("c")
@@ -377,13 +676,27 @@ ttl = 600
     def faults(self) -> None:
         rng = random.Random(self.seed)
         order: list[str] = []
+        if not self.kinds:
+            self.round_done.set()
+            return
         while not self.stop.wait(self.profile.fault_every_s * rng.uniform(0.7, 1.3)):
             if not order:
-                order = list(FAULT_KINDS)
+                order = list(self.kinds)
                 rng.shuffle(order)
             kind = order.pop()
-            getattr(self, f"fault_{kind}")(rng)
+            t0 = time.monotonic()
+            try:
+                getattr(self, f"fault_{kind}")(rng)
+            except Exception as exc:
+                self._error(f"fault {kind} could not be injected", exc)
+                return
             self.report.faults[kind] += 1
+            self.timeline.append((t0, time.monotonic(), kind))
+            wall = time.strftime("%H:%M:%S", time.gmtime(time.time() - (time.monotonic() - t0)))
+            took = time.monotonic() - t0
+            self.report.notes.append(f"fault {kind} #{self.report.faults[kind]} began {wall}Z, took {took:.1f}s")
+            if not order:
+                self.round_done.set()
 
     def fault_kill9_worker(self, rng: random.Random) -> None:
         with self.worker_lock:
@@ -397,11 +710,8 @@ ttl = 600
 
     def fault_mariadb_restart(self, rng: random.Random) -> None:
         assert self.mariadb is not None
-        self.pause.pause()  # a COMMIT cut by the restart would leave its outcome unknown to the model
-        try:
+        with self.pause.paused():  # a COMMIT cut by the restart would leave its outcome unknown to the model
             self.mariadb.restart()
-        finally:
-            self.pause.resume()
 
     def fault_cut_mysql(self, rng: random.Random) -> None:
         self.mysql_proxy.cut()
@@ -431,8 +741,7 @@ ttl = 600
         conn.close()
 
     def fault_ddl(self, rng: random.Random) -> None:
-        self.pause.pause()
-        try:
+        with self.pause.paused():
             conn = self.sql("c")
             with conn.cursor() as cur:
                 if rng.random() < 0.5 or self.columns_added >= 3:
@@ -447,8 +756,179 @@ ttl = 600
                     self.columns_added += 1
                     cur.execute(f"ALTER TABLE items ADD COLUMN extra{self.columns_added} INT DEFAULT 0")
             conn.close()
+
+    def fault_redis_snapshot(self, rng: random.Random) -> None:
+        """SAVE, let writers and the worker go on past max_staleness_ms, then restart Redis from that dump."""
+        assert self.redis is not None
+        self.snapshots += 1
+        n = self.snapshots
+        r = self.redis_client()
+        r.set(f"checker:snapshot:{n}", "in")
+        r.save()
+        dump, older = self.redis.directory / "dump.rdb", self.workdir / f"redis-snapshot-{n}.rdb"
+        shutil.move(dump, older)  # out of the way: a plain restart (redis_restart) still comes back empty
+        r.set(f"checker:after-snapshot:{n}", "out")
+        saved = (r.get("cdc:checkpoint") or b"").decode()
+        r.close()
+        time.sleep(rng.uniform(2.5, 4.0))
+        live = self.checkpoint()
+        t0 = time.monotonic()
+        in_window = sum(reader.in_window() for reader in self.readers)
+        self.redis.restart(files={"dump.rdb": older})
+        down = time.monotonic() - t0
+        in_window_after = sum(reader.in_window() for reader in self.readers)
+        dump.unlink(missing_ok=True)
+        r = self.redis_client()
+        try:
+            if r.get(f"checker:snapshot:{n}") != b"in" or r.exists(f"checker:after-snapshot:{n}"):
+                raise FaultFailed("Redis did not come back from the older snapshot")
         finally:
-            self.pause.resume()
+            r.close()
+        self.report.notes.append(
+            f"redis_snapshot {n}: checkpoint {live} went back to ~{saved}; down {down:.2f}s; readers inside their "
+            f"window {in_window}/{len(self.readers)} before the restart, {in_window_after} after it"
+        )
+
+    def fault_checkpoint_reset(self, rng: random.Random) -> None:
+        """The real CLI under load; two times in three while the worker is stalled (SIGSTOP) and falls behind."""
+        self._filler(True)
+        try:
+            self._reset(rng)
+        finally:
+            self._filler(False)
+
+    def _reset(self, rng: random.Random) -> None:
+        self.resets += 1
+        log = self.workdir / f"reset-{self.resets}.log"
+        cmd = [sys.executable, "-m", "cdc_sync", "checkpoint", "reset", "--yes", "--config", str(self.config_path)]
+        stall, moved, before = rng.random() < 2 / 3, 0.0, ""
+        assert self.redis is not None
+        watch = FlushWatch(self.redis.port, ["c.items", "c.notes", "c.kids"])
+        with self.worker_lock, log.open("wb") as out, watch:
+            worker = self.worker
+            assert worker is not None
+            if stall:
+                worker.send_signal(signal.SIGSTOP)
+            try:
+                if stall:
+                    time.sleep(rng.uniform(2.5, 3.5))  # writers go on: the worker is seconds behind
+                    before = self.checkpoint()
+                t0 = time.monotonic()
+                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+                if stall:  # let the worker go on once the checkpoint moved, while the flush is under way
+                    deadline = time.monotonic() + 30
+                    while self.checkpoint() == before and proc.poll() is None and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    moved = time.monotonic() - t0
+            finally:
+                if stall:
+                    worker.send_signal(signal.SIGCONT)
+            try:
+                rc = proc.wait(120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise FaultFailed("cdc-sync checkpoint reset did not finish within 120 s") from None
+            took = time.monotonic() - t0
+        text = log.read_text(errors="replace").strip()
+        if rc != 0:
+            raise FaultFailed(f"cdc-sync checkpoint reset exited with {rc}: {text[-1000:]}")
+        stalled = f", worker stalled, checkpoint moved after {moved:.2f}s" if stall else ""
+        self.report.notes.append(
+            f"checkpoint_reset {self.resets}: {took:.2f}s{stalled}: {text.splitlines()[-1]}; {watch.summary()}"
+        )
+
+    def fault_ddl_fk(self, rng: random.Random) -> None:
+        """Cascading foreign keys appear (and go and come back) while the worker runs."""
+        with self.pause.paused():
+            conn = self.sql("c")
+            step, self.fk_steps = self.fk_steps, self.fk_steps + 1
+            with conn.cursor() as cur:
+                cur.execute("SET SESSION foreign_key_checks = 0")  # kids left dangling before stay as they are
+                if step == 2:  # the parent kids.pid2 has referred to all along
+                    cur.execute("CREATE TABLE parents2 (id INT PRIMARY KEY, v VARCHAR(64))")
+                    self.parent_tables.add("parents2")
+                    what = "CREATE TABLE parents2 (kids.pid2 ON DELETE CASCADE comes alive)"
+                elif step == 1:  # a cascading grandparent: DDL on unmapped tables only
+                    cur.execute("CREATE TABLE gparents (id INT PRIMARY KEY, v VARCHAR(64))")
+                    cur.execute(
+                        "ALTER TABLE parents ADD COLUMN gid INT NULL, ADD KEY (gid), ADD CONSTRAINT fk_parents_gid "
+                        "FOREIGN KEY (gid) REFERENCES gparents (id) ON DELETE CASCADE"
+                    )
+                    self.parent_tables.add("gparents")
+                    what = f"gparents -> parents ON DELETE CASCADE (kids.pid cascading: {self.fk_kids_pid})"
+                elif self.fk_kids_pid:
+                    cur.execute("ALTER TABLE kids DROP FOREIGN KEY fk_kids_pid")
+                    self.fk_kids_pid, what = False, "ALTER TABLE kids DROP FOREIGN KEY"
+                else:
+                    cur.execute(
+                        "ALTER TABLE kids ADD CONSTRAINT fk_kids_pid FOREIGN KEY (pid) REFERENCES parents (id) "
+                        "ON DELETE CASCADE"
+                    )
+                    self.fk_kids_pid, what = True, "ALTER TABLE kids ADD FOREIGN KEY (pid) ... ON DELETE CASCADE"
+            conn.close()
+        self.report.notes.append(f"ddl_fk {step + 1}: {what}")
+
+    def fault_gtid_ooo(self, rng: random.Random) -> None:
+        """A few seconds of GTIDs out of order, then kill -9 of the worker right after such a transaction."""
+        if not self.gap_next:
+            self._gtid_jump()
+            self.domain1 = True
+        self.gap_until = time.monotonic() + rng.uniform(3.0, 5.0)
+        while time.monotonic() < self.gap_until and not self.stop.is_set():
+            time.sleep(0.05)
+        hold = rng.random() < 0.5  # writers wait until the new worker asked for its position: the binlog still ends
+        with self.worker_lock, self.pause.paused():  # on the lower number then
+            domain = rng.randrange(2)
+            gtid = self._gap_txn(domain, rng)
+            deadline = time.monotonic() + 1.5
+            while gtid not in self.checkpoint().split(",") and time.monotonic() < deadline:
+                time.sleep(0.02)
+            at_kill, pos = self.checkpoint(), self.binlog_pos()
+            self.kill_worker()
+            time.sleep(rng.uniform(0.5, 2.0))
+            self.start_worker()
+            log = self.workdir / f"worker-{self.worker_runs}.log"
+            deadline = time.monotonic() + 10
+            while hold and time.monotonic() < deadline and b"source.connecting" not in log.read_bytes():
+                time.sleep(0.05)
+            time.sleep(0.5 if hold else 0)
+        self.report.notes.append(
+            f"gtid_ooo: kill -9 after {gtid} (worker run {self.worker_runs - 1}): checkpoint {at_kill}, "
+            f"binlog {pos}; restarted as worker run {self.worker_runs}{', writers held' if hold else ''}"
+        )
+
+    def _gtid_jump(self) -> None:
+        for domain in (0, 1):
+            self._pad_txn(domain, GTID_JUMP)
+            self.gap_next[domain] = GTID_JUMP - 1000
+
+    def _gap_txn(self, domain: int, rng: random.Random) -> str:
+        with self.gap_lock:
+            n = self.gap_next[domain]
+            self.gap_next[domain] = n - rng.randint(1, 3)
+        return self._pad_txn(domain, n)
+
+    def _pad_txn(self, domain: int, seq_no: int) -> str:
+        """A transaction on an unmapped table with GTID ``domain-1-seq_no``, or FaultFailed."""
+        conn = self.sql("c")
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET SESSION gtid_domain_id = %s", (domain,))
+                cur.execute("SET SESSION gtid_seq_no = %s", (seq_no,))
+                cur.execute("INSERT INTO pad (note) VALUES ('gtid')")
+                cur.execute("SELECT @@last_gtid")
+                got = str(cur.fetchone()[0])
+        finally:
+            conn.close()
+        if got != f"{domain}-1-{seq_no}":
+            raise FaultFailed(f"MariaDB did not take gtid_seq_no {seq_no} in domain {domain}: last_gtid {got}")
+        return got
+
+    def fault_noncanonical(self, rng: random.Random) -> None:
+        """A few seconds of lookups spelled the way MySQL matches but the worker never renders."""
+        self.odd_until = time.monotonic() + rng.uniform(4.0, 6.0)
+        while time.monotonic() < self.odd_until and not self.stop.is_set():
+            time.sleep(0.05)
 
     # ---- the run ------------------------------------------------------------------------------------
 
@@ -456,15 +936,29 @@ ttl = 600
         started = time.monotonic()
         self.start()
         threads = [threading.Thread(target=self.writer, args=(w,), daemon=True) for w in range(WRITERS)]
-        kinds = ["items", "items", "notes", "frozen", "group"]
+        kinds = ["items", "items", "notes", "frozen", "group", "kids"]
+        if "noncanonical" in self.kinds:
+            kinds.append("odd")
         threads += [threading.Thread(target=self.reader, args=(k, i), daemon=True) for i, k in enumerate(kinds)]
         faults = threading.Thread(target=self.faults, daemon=True)
         for t in [*threads, faults]:
             t.start()
         deadline = started + self.profile.seconds
-        while time.monotonic() < deadline:
+        last, moved_at, noted = "", time.monotonic(), False
+        while not self.stop.is_set():  # run the profile's time, and until every fault kind ran (within a minute)
+            now = time.monotonic()
+            if now >= deadline and (self.round_done.is_set() or now >= deadline + 60):
+                break
             time.sleep(0.5)
             self._check_worker_alive()
+            checkpoint = self.checkpoint_or_none()
+            if checkpoint != last:
+                last, moved_at, noted = checkpoint or "", now, False
+            elif now - moved_at > 15 and not noted:  # a liveness problem (not judged): say so
+                noted = True
+                self.report.notes.append(f"the checkpoint stayed at {last!r} for 15 s from +{moved_at - started:.0f}s")
+        if not self.round_done.is_set():
+            self.report.errors.append(f"not every fault kind ran: {sorted(set(self.kinds) - set(self.report.faults))}")
         self.stop.set()
         faults.join(120)
         for t in threads:
@@ -477,28 +971,37 @@ ttl = 600
 
     def quiesce_and_compare(self) -> None:
         conn = self.sql("c")
+        with conn.cursor() as cur:  # one ordinary transaction in each domain: the binlog ends in order
+            cur.execute("SELECT @@global.gtid_binlog_pos")
+            for domain in sorted({int(p.split("-")[0]) for p in str(cur.fetchone()[0]).split(",") if p}):
+                cur.execute("SET SESSION gtid_domain_id = %s", (domain,))
+                cur.execute("INSERT INTO pad (note) VALUES ('end')")
         r = self.redis_client()
-        deadline = time.monotonic() + 120
-        while True:
-            with conn.cursor() as cur:
-                cur.execute("SELECT @@global.gtid_binlog_pos")
-                target = cur.fetchone()[0]
-            if (r.get("cdc:checkpoint") or b"").decode() == target:
+        deadline, last, moved_at = time.monotonic() + 120, "", time.monotonic()
+        while True:  # up to 2 minutes, but not 30 s without the checkpoint moving (a wedged worker)
+            target, checkpoint = self.binlog_pos(), self.checkpoint()
+            if checkpoint == target:
                 break
-            assert time.monotonic() < deadline, f"worker did not catch up to {target}"
+            now = time.monotonic()
+            if checkpoint != last:
+                last, moved_at = checkpoint, now
+            if now > deadline or now - moved_at > 30:
+                self.report.divergent.append(f"checkpoint {checkpoint!r} never reached the binlog's end {target!r}")
+                break
             time.sleep(0.1)
-        with conn.cursor(pymysql.cursors.DictCursor) as cur:
-            cur.execute("SELECT * FROM items")
-            items = {f"item:{row['id']}": row for row in cur.fetchall()}
-            cur.execute("SELECT * FROM notes")
-            notes = {f"note:{row['id']}": row for row in cur.fetchall()}
-        for pattern, rows in (("item:*", items), ("note:*", notes)):
-            for key in r.scan_iter(pattern):
-                name = key.decode()
-                cached = json.loads(r.get(key) or b"null")
-                expected = rows.get(name)
-                if cached is None or expected is None or any(cached.get(c) != expected[c] for c in ("id", "v")):
-                    self.report.divergent.append(f"{name}: cached {cached} db {expected}")
+        for key in r.scan_iter():
+            name = key.decode(errors="replace")
+            prefix, _, rest = name.partition(":")
+            table = MAPPED.get(prefix)
+            if table is None:
+                continue
+            column, text = ("code", rest[5:]) if table == "items" and rest.startswith("code:") else ("id", rest)
+            with conn.cursor(pymysql.cursors.DictCursor) as cur:  # the row MySQL matches for this key's value
+                cur.execute(f"SELECT id, v FROM {table} WHERE {column} = %s", (unescape(text),))
+                expected = cur.fetchone()
+            cached = json.loads(r.get(key) or b"null")
+            if cached is None or expected is None or any(cached.get(c) != expected[c] for c in ("id", "v")):
+                self.report.divergent.append(f"{name}: cached {cached} db {expected}")
         for grp in range(GROUPS):
             raw = r.get(f"grp:{grp}")
             if raw is not None and json.loads(raw) != self._group(grp):
@@ -507,6 +1010,7 @@ ttl = 600
 
     def close(self) -> None:
         if self.worker is not None and self.worker.poll() is None:
+            self.worker.send_signal(signal.SIGCONT)
             self.worker.send_signal(signal.SIGTERM)
             try:
                 self.worker.wait(10)
@@ -518,6 +1022,92 @@ ttl = 600
         for server in (self.mariadb, self.redis):
             if server is not None:
                 server.stop()
+
+
+def odd_lookup(rng: random.Random, row_id: int) -> tuple[str, dict[str, object], str]:
+    """(table, lookup arguments, spelling) for a lookup of row ``row_id`` that renders a key the worker never writes.
+
+    MySQL matches every one of these to the row: ``id = '05'`` and ``id = 5.0`` by numeric conversion,
+    ``code = 'K5 '`` by the ``_ci`` collation and PAD SPACE.
+    """
+    spellings: list[tuple[str, str, object]] = [
+        ("items", "id", f"0{row_id}"),
+        ("items", "id", float(row_id)),
+        ("items", "id", Decimal(f"{row_id}.0")),
+        ("items", "id", Decimal(row_id)),
+        ("items", "code", f"K{row_id}"),
+        ("items", "code", f"k{row_id} "),
+        ("items", "code", f"K{row_id}  "),
+        ("notes", "id", f"0{row_id}"),
+        ("notes", "id", float(row_id)),
+    ]
+    table, column, value = rng.choice(spellings)
+    return table, {column: value}, f"{column}={value!r}"
+
+
+def unescape(text: str) -> str:
+    """A rendered key value back to text (keys.escape writes ':', '%', space and the like as %XX)."""
+    return _PERCENT.sub(lambda m: chr(int(m.group(1), 16)), text)
+
+
+class FlushWatch:
+    """While a reset runs: when the heartbeat was dropped and vouched again, and when each table was flushing.
+
+    The reset drops the heartbeat with the checkpoint jump; a heartbeat fresh again while a table still waits for
+    its flush vouches for keys the jump skipped.
+    """
+
+    def __init__(self, port: int, tables: list[str]) -> None:
+        self.client = redis.Redis(port=port, socket_timeout=2)
+        self.tables = tables
+        self.t0 = time.monotonic()
+        self.dropped: float | None = None
+        self.fresh: float | None = None
+        self.flushing: dict[str, tuple[float, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> FlushWatch:
+        self.t0 = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.client.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.time()
+            pipe.get("cdc:heartbeat")
+            for table in self.tables:
+                pipe.exists(f"cdc:flushing:{table}")
+            try:
+                (seconds, micros), heartbeat, *marks = pipe.execute()
+            except redis.RedisError:
+                continue
+            t = time.monotonic() - self.t0
+            if heartbeat is None and self.dropped is None:
+                self.dropped = t
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
+            vouches = heartbeat is not None and now_ms - int(heartbeat) <= MAX_STALENESS_MS
+            if self.dropped is not None and self.fresh is None and vouches:
+                self.fresh = t
+            for table, mark in zip(self.tables, marks, strict=True):
+                if mark:
+                    first, _ = self.flushing.get(table, (t, t))
+                    self.flushing[table] = (first, t)
+
+    def summary(self) -> str:
+        def at(t: float | None) -> str:
+            return "never" if t is None else f"+{t:.2f}s"
+
+        spans = ", ".join(f"{t} +{a:.2f}..+{b:.2f}s" for t, (a, b) in self.flushing.items()) or "no flush seen"
+        late = [t for t, (_a, b) in self.flushing.items() if self.fresh is not None and b > self.fresh]
+        race = f"; vouched again while {', '.join(late)} still flushing or to be flushed" if late else ""
+        return f"heartbeat dropped {at(self.dropped)}, fresh again {at(self.fresh)}; flushing {spans}{race}"
 
 
 class FrozenLoader(RowLoader):
@@ -533,16 +1123,60 @@ class FrozenLoader(RowLoader):
         return row
 
 
-def run(profile: str, seed: int) -> Report:
+def resume_notes(workdir: Path) -> list[str]:
+    """What each worker run after the first logged about where it resumed (for gtid_ooo and redis_snapshot)."""
+    wanted = ("sync.resume", "source.position_lost", "source.lineage_changed", "sync.rewind", "sync.fresh_start")
+    out = []
+    for log in sorted(workdir.glob("worker-*.log"), key=lambda p: int(p.stem.split("-")[1])):
+        for line in log.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("event") in wanted:
+                fields = {k: v for k, v in entry.items() if k not in ("timestamp", "level", "logger")}
+                out.append(f"{log.stem} {str(entry.get('timestamp', ''))[11:23]}Z: {fields}")
+    return out
+
+
+def parse_faults(text: str | None) -> tuple[str, ...]:
+    if text is None or text == "all":
+        return FAULT_KINDS
+    if text in ("", "none"):
+        return ()
+    kinds = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
+    unknown = [k for k in kinds if k not in FAULT_KINDS]
+    if unknown:
+        raise SystemExit(f"unknown fault kind(s) {', '.join(unknown)}; known: {', '.join(FAULT_KINDS)}")
+    return kinds
+
+
+def run(profile: str, seed: int, kinds: tuple[str, ...] = FAULT_KINDS, seconds: float | None = None) -> Report:
     workdir = Path(tempfile.mkdtemp(prefix="cdc-consistency-"))
-    checker = Checker(PROFILES[profile], seed, workdir)
+    chosen = PROFILES[profile]
+    if seconds is not None:
+        chosen = Profile(seconds=seconds, fault_every_s=chosen.fault_every_s)
+    checker = Checker(chosen, seed, workdir, kinds)
     try:
         report = checker.run()
     finally:
         checker.close()
-    for label, items in (("DIVERGENT", report.divergent), ("STALE", report.stale), ("PHANTOM", report.phantom)):
+    for note in [*report.notes, *resume_notes(workdir)]:
+        print(f"NOTE: {note}", file=sys.stderr)
+    for label, items in (("DIVERGENT", report.divergent), ("PHANTOM", report.phantom), ("ERROR", report.errors)):
         for item in items[:20]:
             print(f"{label}: {item}", file=sys.stderr)
+    if report.stale:
+        causes = " ".join(f"{k}={v}" for k, v in report.stale_causes.most_common())
+        print(f"stale reads by likely cause: {causes}", file=sys.stderr)
+        after = " ".join(f"{k.replace(' ', '')}={v}" for k, v in sorted(report.stale_after.items()))
+        print(f"stale reads by the last fault before them: {after}", file=sys.stderr)
+        if report.stale_via:
+            via = ", ".join(f"{k}={v}" for k, v in report.stale_via.most_common())
+            print(f"stale reads that missed a change made by: {via}", file=sys.stderr)
+        for _cause, examples in sorted(report.examples.items()):
+            for item in examples:
+                print(f"STALE: {item}", file=sys.stderr)
     print(f"(worker logs in {workdir})", file=sys.stderr)
     return report
 
@@ -551,8 +1185,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=sorted(PROFILES), default="short")
     parser.add_argument("--seed", type=int, default=1)
+    kinds = ",".join(FAULT_KINDS)
+    parser.add_argument("--faults", help=f"comma-separated fault kinds to inject (default: all of {kinds})")
+    parser.add_argument("--seconds", type=float, help="run this long instead of the profile's time")
     args = parser.parse_args()
-    report = run(args.profile, args.seed)
+    report = run(args.profile, args.seed, parse_faults(args.faults), args.seconds)
     print(report.line(), flush=True)
     return 0 if report.ok else 1
 

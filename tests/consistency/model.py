@@ -5,6 +5,10 @@ version after the one it returned had committed more than ``max_staleness_ms`` b
 read is a **phantom** when it returns a value that was never committed (or not yet, when the read ended).
 Commit times are taken by the writers: ``t_start`` before COMMIT is sent, ``t_end`` after it returns.
 Reads are judged after the run, when the history is complete (judging does not lock or copy).
+
+Versions the binlog never shows are recorded too: rows InnoDB deleted through ``ON DELETE CASCADE`` (``via``
+``cascade``, read back in the deleting transaction). ``via`` also names a transaction's hand-picked GTID, so a
+stale read can say which kind of change it missed.
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ class Version:
     t_end: float  # COMMIT returned (the value is surely visible)
     v: str | None  # None: no row
     grp: int | None = None
+    via: str = ""  # how it was made, when not by a plain statement: "cascade from <parent>", "gtid 0-1-N", both
 
 
 @dataclass(frozen=True)
 class Verdict:
     kind: str  # "fresh" | "stale" | "phantom"
     staleness_s: float
+    missed: Version | None = None  # the newer version a stale read missed (the worst one, for a group)
 
 
 class History:
@@ -43,10 +49,12 @@ class History:
         self._starts: dict[tuple[str, int], list[float]] = {}
         self._last_out: dict[tuple[str, int, int | None], list[int]] = {}
 
-    def record(self, table: str, row_id: int, v: str | None, grp: int | None, t_start: float, t_end: float) -> None:
+    def record(
+        self, table: str, row_id: int, v: str | None, grp: int | None, t_start: float, t_end: float, via: str = ""
+    ) -> None:
         with self._lock:
             versions = self.versions[(table, row_id)]
-            versions.append(Version(t_start, t_end, v, grp))
+            versions.append(Version(t_start, t_end, v, grp, via))
             if v is not None:
                 self.by_value[v] = (table, row_id, len(versions) - 1)
             if table == "items" and grp is not None:
@@ -72,6 +80,10 @@ class History:
         if i + 1 >= len(versions):
             return 0.0
         return max(0.0, rs - versions[i + 1].t_end)
+
+    def _next(self, key: tuple[str, int], i: int) -> Version | None:
+        versions = self.versions[key]
+        return versions[i + 1] if i + 1 < len(versions) else None
 
     def _latest_out(self, key: tuple[str, int], grp: int | None, re: float) -> int | None:
         """The latest version committed (started) by ``re`` in which the row is absent (or not in ``grp``).
@@ -105,21 +117,29 @@ class History:
         if i is None:
             return Verdict("phantom", INF)
         staleness = self._staleness(key, i, rs)
-        return Verdict("stale" if staleness > max_stale else "fresh", staleness)
+        if staleness > max_stale:
+            return Verdict("stale", staleness, self._next(key, i))
+        return Verdict("fresh", staleness)
 
     def judge_group(self, grp: int, result: list[tuple[int, str]], rs: float, re: float, max_stale: float) -> Verdict:
         """A group query result: every member's value and every absence must be fresh enough."""
-        worst = 0.0
+        worst, missed = 0.0, None
         present = set()
         for row_id, v in result:
             present.add(row_id)
             i = self._found("items", row_id, v, re)
             if i is None or self.versions[("items", row_id)][i].grp != grp:
                 return Verdict("phantom", INF)
-            worst = max(worst, self._staleness(("items", row_id), i, rs))
+            staleness = self._staleness(("items", row_id), i, rs)
+            if staleness > worst:
+                worst, missed = staleness, self._next(("items", row_id), i)
         for row_id in self.group_members[grp] - present:
             j = self._latest_out(("items", row_id), grp, re)
             if j is None:
                 return Verdict("stale", INF)
-            worst = max(worst, self._staleness(("items", row_id), j, rs))
-        return Verdict("stale" if worst > max_stale else "fresh", worst)
+            staleness = self._staleness(("items", row_id), j, rs)
+            if staleness > worst:
+                worst, missed = staleness, self._next(("items", row_id), j)
+        if worst > max_stale:
+            return Verdict("stale", worst, missed)
+        return Verdict("fresh", worst)
