@@ -81,6 +81,9 @@ class Applier:
         self._thread = threading.Thread(target=self._loop, name="cdc-sync-applier", daemon=True)
         self._last_progress = time.monotonic()
         self._applied_since = 0
+        # After Redis lost everything (no checkpoint): what the worker records besides the checkpoint (rule
+        # fingerprints, server identity) is written again, so the next start does not flush for nothing.
+        self.on_checkpoint_lost: Callable[[], None] | None = None
 
     # ---- called from the reading (main) thread -----------------------------------------------------
 
@@ -326,6 +329,8 @@ class Applier:
                 m.REWINDS.labels(reason="checkpoint_lost").inc()
                 log.error("sync.checkpoint_lost", expected=self.expected, action="flush_all")
                 self.flush([Flush("checkpoint_lost")])
+                if self.on_checkpoint_lost is not None:
+                    self.on_checkpoint_lost()
                 self.expected = None
                 continue
             break

@@ -157,6 +157,7 @@ class Worker:
         self.info: ServerInfo | None = None
         self.tables = needed_columns(self.rules, ())
         self.watches: list[CascadeWatch] = []  # only grows while running (see _derive_schema)
+        self.applier.on_checkpoint_lost = self._republish
         self.notifier = Notifier()
         self.streaming = False  # the binlog stream is connected and delivering events
         self.last_tick = time.monotonic()
@@ -371,6 +372,15 @@ class Worker:
             self.applier.flush_rule(rule, reason, give_up=self._waiting)
         if flushes or stored != current:
             self._retry_sink("rules", lambda: store.save_rule_fingerprints(current))
+
+    def _republish(self) -> None:
+        """Redis lost everything: record the rules and the server identity again (as a fresh start does)."""
+        if self._rules_store is not None:
+            store, current = self._rules_store, {r.name: rule_fingerprint(r) for r in self.rules}
+            self._retry_sink("rules", lambda: store.save_rule_fingerprints(current))
+        if self.info is not None:
+            identity = server_identity(self.info)
+            self._retry_sink("server identity", lambda: self._sink.save_server_identity(identity))
 
     def _retry_source(self, what: str, fn: Callable[[], T]) -> T:
         failures = 0

@@ -147,6 +147,12 @@ def test_redis_restart_loses_checkpoint_worker_flushes_and_continues(
         assert json.loads(r.get("user:2") or b"")["name"] == "B"
         assert json.loads(r.get("user:1") or b"")["name"] == "A2"
         assert "sync.checkpoint_lost" in w.event_names()
+        wait_for(lambda: r.hlen("cdc:rules") == 1, 10, "the rules recorded again after the loss")
+        w.terminate()
+        w2 = WorkerProcess(cfg, tmp_path / "w2.log").start()
+        workers.append(w2)
+        wait_for(lambda: "source.connecting" in w2.event_names(), 60, "restart")
+        assert not [e for e in w2.events() if e.get("event") == "sync.table_flushed"], "no flush for nothing"
     finally:
         server.keep_dir = False
         server.stop()
