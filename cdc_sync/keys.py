@@ -15,7 +15,9 @@ Value encoding (``escape``), chosen so that two different rows can never render 
   rows may share it).
 
 Because ``:`` is always escaped inside values, a template must have ``:`` in the literal text between
-any two fields; then the rendered key splits back into its values unambiguously.
+any two fields; then the rendered key splits back into its values unambiguously. Since no field renders
+``:``, whether a template can render a key among the worker's own (``<ns>:heartbeat``, ``<ns>:lease:...``)
+is decidable exactly (``renders_with_prefix``); config refuses such templates.
 """
 
 from __future__ import annotations
@@ -200,6 +202,29 @@ def templates_overlap(a: KeyTemplate, b: KeyTemplate) -> bool:
         if i < len(p) and j < len(q):
             return p[i] == q[j] and meet(i + 1, j + 1)
         return False
+
+    return meet(0, 0)
+
+
+def renders_with_prefix(template: KeyTemplate, prefix: str) -> bool:
+    """True when some row renders a key that starts with ``prefix`` (e.g. the worker's namespace, ``cdc:``).
+
+    Exact for the rendering rules: a field renders any text without ``:`` (the empty text included), literals
+    render themselves. The template's tokens are matched against the prefix; once the prefix is used up,
+    whatever follows can be rendered.
+    """
+    tokens = _glob_tokens(template)
+
+    @functools.cache
+    def meet(i: int, j: int) -> bool:
+        if j == len(prefix):
+            return True
+        if i == len(tokens):
+            return False
+        token = tokens[i]
+        if token is None:  # the field ends here, or renders one more character of the prefix
+            return meet(i + 1, j) or (prefix[j] != ":" and meet(i, j + 1))
+        return token == prefix[j] and meet(i + 1, j + 1)
 
     return meet(0, 0)
 
