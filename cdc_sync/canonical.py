@@ -15,6 +15,8 @@ TINYINT .. BIGINT (signed or not)               exactly integral: an int, an int
                                                 compares those as doubles) → the int
 DECIMAL(p, s)                                   an int or a Decimal equal to itself quantized to scale s → that
                                                 quantized Decimal (``Decimal('5')`` → ``5.00`` for s = 2)
+                                                (Decimals: only those whose text has no exponent, which a
+                                                driver could send as a double)
 VARBINARY, BLOB types                           bytes; a str as its UTF-8 bytes
 CHAR, VARCHAR, TEXT types, ENUM with a binary   a str the column's character set can hold → the str without
 or ``_bin`` collation                           trailing spaces (PAD SPACE; ``tag_suffix`` strips them too)
@@ -115,8 +117,8 @@ def _integer(value: object) -> object:
         return int(value)
     if isinstance(value, int):
         return value
-    if isinstance(value, Decimal):  # an integer column against a DECIMAL is compared exactly
-        if value.is_finite() and value == value.to_integral_value():
+    if isinstance(value, Decimal):  # an integer column against a DECIMAL literal is compared exactly
+        if _plain(value) and value == value.to_integral_value():
             return int(value)
         return NOT_CANONICAL
     if isinstance(value, float):
@@ -137,7 +139,7 @@ def _decimal(value: object, scale: int | None) -> object:
         value = int(value)
     if isinstance(value, int):
         value = Decimal(value)
-    if not isinstance(value, Decimal) or not value.is_finite():
+    if not isinstance(value, Decimal) or not _plain(value):
         return NOT_CANONICAL  # floats and strings are compared with a DECIMAL column as doubles
     try:
         quantized = value.quantize(Decimal(1).scaleb(-scale), context=_WIDE)
@@ -146,6 +148,12 @@ def _decimal(value: object, scale: int | None) -> object:
     if quantized != value:
         return NOT_CANONICAL
     return quantized.copy_abs() if quantized.is_zero() else quantized  # the server stores no negative zero
+
+
+def _plain(value: Decimal) -> bool:
+    """A finite Decimal whose text has no exponent: a driver that sends ``str(value)`` (PyMySQL sends fixed
+    point) then sends a DECIMAL literal, never ``5E+1``, which MySQL would read as a double."""
+    return value.is_finite() and "E" not in str(value)
 
 
 def _text(value: object, info: ColumnInfo, is_enum: bool) -> object:

@@ -57,6 +57,8 @@ def test_integer_columns_take_exactly_integral_values(value: object, expected: i
         5.5,
         Decimal("5.1"),
         Decimal("NaN"),
+        Decimal("9.00719925474099E+15"),  # a driver sending str() would send a double literal
+        Decimal("5E+1"),
         float("inf"),
         "5.5",
         " 5",  # MySQL reads it as 5, but only plain decimal strings are taken
@@ -102,7 +104,9 @@ def test_decimal_columns_quantize_to_the_scale(info: ColumnInfo, value: object, 
     assert isinstance(canon, Decimal) and escape(canon) == text
 
 
-@pytest.mark.parametrize("value", [Decimal("5.001"), 5.0, "5.00", Decimal("Infinity"), Decimal("1E+300")])
+@pytest.mark.parametrize(
+    "value", [Decimal("5.001"), 5.0, "5.00", Decimal("Infinity"), Decimal("1E+300"), Decimal("5E+1"), Decimal("0E-7")]
+)
 def test_decimal_columns_refuse_inexact_values_floats_and_strings(value: object) -> None:
     """Rounding, floats and strings (compared with DECIMAL as doubles) are not canonical."""
     assert canonical(DEC2, value) is NOT_CANONICAL
