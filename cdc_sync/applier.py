@@ -23,7 +23,7 @@ from typing import Any, Protocol, TypeVar
 from cdc_sync import logs
 from cdc_sync import metrics as m
 from cdc_sync.cascades import CascadeWatch, flushes_for
-from cdc_sync.config import TableRule, WorkerConfig
+from cdc_sync.config import TableRule, WorkerConfig, rule_fingerprint
 from cdc_sync.errors import RewindRequired, SinkUnavailable
 from cdc_sync.events import Flush, Heartbeat, Op, StreamItem, Transaction
 from cdc_sync.planner import Count, EvictTag, MissingColumn, RedisOp, plan_change, tags_of
@@ -40,6 +40,7 @@ class SinkPort(Protocol):
     def server_identity(self) -> str | None: ...
     def save_server_identity(self, identity: str) -> None: ...
     def report_status(self, fields: Mapping[str, str | int | float]) -> None: ...
+    def save_rule_fingerprints(self, fingerprints: dict[str, str]) -> None: ...
 
 
 class Backoff(Protocol):
@@ -313,12 +314,17 @@ class Applier:
                 m.REWINDS.labels(reason="checkpoint_lost").inc()
                 log.error("sync.checkpoint_lost", expected=self.expected, action="flush_all")
                 self.flush([Flush("checkpoint_lost")])
+                # <ns>:rules went with the rest: readers fill only under rules the worker records (reader.py)
+                self.retry("rules", self._save_rules)
                 self.expected = None
                 continue
             break
         self.expected = new
         self.last_applied = time.monotonic()
         self._record(ops, txns, tally, time.perf_counter() - started)
+
+    def _save_rules(self) -> None:
+        self.sink.save_rule_fingerprints({r.name: rule_fingerprint(r) for r in self.rules})
 
     def _record(
         self, ops: list[RedisOp], txns: list[Transaction], tally: Tally[tuple[str, str]], seconds: float
