@@ -241,7 +241,9 @@ def normalize_row(row: dict[str, Any], kinds: dict[str, str]) -> dict[str, Any]:
     return row
 
 
-COLUMN_INFO_MAX_AGE_S = 30.0  # column types and collations are read again after this (a DDL may change them)
+# Column types and collations are read again after this, and when a reader sees a table being flushed (the
+# worker flushes on DDL, which may change them).
+COLUMN_INFO_MAX_AGE_S = 30.0
 _loaders: weakref.WeakSet[RowLoader] = weakref.WeakSet()
 
 
@@ -332,6 +334,11 @@ class RowLoader:
         if entry is None or time.monotonic() - entry[0] > COLUMN_INFO_MAX_AGE_S:
             return None
         return entry[1]
+
+    def forget_column_info(self, tables: Sequence[str]) -> None:
+        """Read these tables' column info again at next use (a flush, e.g. after DDL, was seen)."""
+        for table in tables:
+            self._info.pop(table, None)
 
     def primary_key(self, table: str) -> list[str]:
         schema, _, name = table.partition(".")

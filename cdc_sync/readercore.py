@@ -310,6 +310,9 @@ class _ReaderBase:
             reason = reply[1].decode()
             if reason == "rule_mismatch":
                 self._rule_verdict(reply[2].decode(), True)
+            elif reason == "flushing":  # after DDL, say: column types and collations are read again
+                self.row_loader.forget_column_info(lookup.tables)
+                self._fetch_lookups.clear()
             return kind, reason
         if kind == "L":
             for table in lookup.tables:

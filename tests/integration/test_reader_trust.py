@@ -5,6 +5,7 @@ worker's namespace."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import threading
@@ -189,6 +190,83 @@ def test_fetch_dependencies_render_as_the_worker_renders_the_row(
     assert r.get("by-amount") == b"[1]" and r.get("by-code") == b"[1]", "precise tags: another row's change"
     _change(sql, mysql_server, r, w, "UPDATE orders SET email = 'abd' WHERE id = 1")
     assert r.get("by-amount") is None and r.get("by-code") is None
+
+
+TYPED_DDL = (
+    "CREATE TABLE typed (id INT PRIMARY KEY, i BIGINT UNSIGNED, d DECIMAL(10,2), dz DECIMAL(65,30), "
+    "s VARCHAR(20) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin, b VARBINARY(10), dt DATE, ts DATETIME(3), "
+    "e ENUM('x','y') CHARACTER SET utf8mb4 COLLATE utf8mb4_bin, note VARCHAR(10))"
+)
+TYPED_ROW = "(1, 18446744073709551615, -0.50, 0.5, 'abc ', 0x00ff20, '2024-01-02', '2024-01-02 03:04:05.120', 'y', 'n')"
+CALLER_VALUES: dict[str, object] = {
+    "i": 18446744073709551615,
+    "d": Decimal("-0.5"),
+    "dz": Decimal("0.5"),
+    "s": "abc",
+    "b": b"\x00\xff ",
+    "dt": dt.date(2024, 1, 2),
+    "ts": dt.datetime(2024, 1, 2, 3, 4, 5, 120000),
+    "e": "y",
+}
+
+
+def test_canonical_values_render_the_workers_tags_for_every_type(
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    reader_for: Callable[..., CacheReader],
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+) -> None:
+    """For each canonicalizable type, a caller's spelling of the stored value gives a precise tag that the
+    worker's change of that row hits (and a change of another row does not)."""
+    with sql.cursor() as cur:
+        cur.execute(TYPED_DDL)
+        cur.execute(f"INSERT INTO typed VALUES {TYPED_ROW}, (2, 1, 1, 1, 'q', 0x01, '2020-01-01', NULL, 'x', 'n')")
+    tags = ", ".join(f'"{c}"' for c in CALLER_VALUES)
+    w = start_worker(f'[[tables]]\ntable = "{db}.typed"\ntags = [{tags}]\n', extra=READER)
+    _wait_heartbeat(r)
+    reader = reader_for()
+    for col, value in CALLER_VALUES.items():
+        reader.fetch(f"by-{col}", lambda: 1, ttl=600, depends_on=[(f"{db}.typed", {col: value})])
+    assert reader.stats[f"widened:{db}.typed"] == 0
+    assert all(not r.sismember(f"cdc:tag:{db}.typed", f"by-{c}") for c in CALLER_VALUES)
+    _change(sql, mysql_server, r, w, "UPDATE typed SET note = 'm' WHERE id = 2")
+    assert [c for c in CALLER_VALUES if r.get(f"by-{c}") is None] == [], "another row's change evicts none"
+    _change(sql, mysql_server, r, w, "UPDATE typed SET note = 'm' WHERE id = 1")
+    assert [c for c in CALLER_VALUES if r.get(f"by-{c}") is not None] == [], "the row's change evicts every one"
+
+
+def test_dependencies_follow_a_collation_change(
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    reader_for: Callable[..., CacheReader],
+    db: str,
+    tables: None,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+) -> None:
+    """code='X' on a _bin column is a precise tag; after ALTER ... COLLATE utf8mb4_general_ci (the worker
+    flushes the table; a reader that sees it flushing reads the column info again) the same dependency widens,
+    so a change of the row 'x ', which 'X' now matches, evicts the result."""
+    w = start_worker(users_rule(db) + orders_rule(db), extra=READER)
+    _wait_heartbeat(r)
+    reader = reader_for()
+    orders = f"{db}.orders"
+    dep = [(orders, {"code": "X"})]
+    assert reader.fetch("by-code", lambda: [], ttl=600, depends_on=dep) == []
+    assert r.sismember(f"cdc:tag:{orders}:code=X", "by-code")
+    ddl = "ALTER TABLE orders MODIFY code VARCHAR(10) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
+    _change(sql, mysql_server, r, w, ddl)
+    assert r.get("by-code") is None, "the worker's flush evicted it"
+    r.set(f"cdc:flushing:{orders}", "1")  # what a reader sees while the worker flushes (a marker it keeps a while)
+    assert reader.fetch("by-code", lambda: [1], ttl=600, depends_on=dep) == [1]
+    assert reader.stats["bypass:flushing"] == 1
+    r.delete(f"cdc:flushing:{orders}")
+    assert reader.fetch("by-code", lambda: [1], ttl=600, depends_on=dep) == [1]
+    assert r.sismember(f"cdc:tag:{orders}", "by-code"), "widened: the column is case-insensitive now"
+    _change(sql, mysql_server, r, w, "UPDATE orders SET amount = 8 WHERE id = 1")
+    assert r.get("by-code") is None
 
 
 def test_async_reader_keys_and_tags_come_from_the_database(
