@@ -113,10 +113,8 @@ def renders_as_given(info: ColumnInfo | None, value: object) -> bool:
 
 
 def _integer(value: object) -> object:
-    if isinstance(value, bool):
+    if isinstance(value, int):  # bool and IntEnum too: rendered as the plain int
         return int(value)
-    if isinstance(value, int):
-        return value
     if isinstance(value, Decimal):  # an integer column against a DECIMAL literal is compared exactly
         if _plain(value) and value == value.to_integral_value():
             return int(value)

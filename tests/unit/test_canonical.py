@@ -80,6 +80,16 @@ def test_integer_columns_refuse_anything_inexact(value: object) -> None:
     assert canonical(INT, value) is NOT_CANONICAL
 
 
+def test_int_subclasses_render_as_plain_ints() -> None:
+    """An IntEnum member (an int) is its value."""
+    import enum
+
+    class Level(enum.IntEnum):
+        HIGH = 5
+
+    assert canonical(INT, Level.HIGH) == 5 and type(canonical(INT, Level.HIGH)) is int
+
+
 def test_unsigned_bigint_takes_exact_ints_and_decimals() -> None:
     """Ints and Decimals compare exactly with BIGINT (no double rounding), however large."""
     assert canonical(BIGINT_U, 18446744073709551615) == 18446744073709551615
