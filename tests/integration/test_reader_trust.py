@@ -555,6 +555,7 @@ def test_async_reader_refuses_to_fill_under_another_rule(
 
 def test_forked_reader_uses_new_tokens_and_its_own_connections(
     start_worker: StartWorker,
+    mysql_server: MySQLTarget,
     reader_for: Callable[..., CacheReader],
     db: str,
     tables: None,
@@ -563,10 +564,9 @@ def test_forked_reader_uses_new_tokens_and_its_own_connections(
 ) -> None:
     """A reader shared across os.fork(): the child's lease tokens differ from the parent's, its loads run on
     its own MySQL connection, and closing the child's reader leaves the parent's pool working."""
-    start_worker(users_rule(db), extra=READER)
+    w = start_worker(users_rule(db), extra=READER)
     _wait_heartbeat(r)
-    with sql.cursor() as cur:
-        cur.execute("INSERT INTO users VALUES (6, 'b@x', 'six', 'h'), (7, 'c@x', 'seven', 'h')")
+    _change(sql, mysql_server, r, w, "INSERT INTO users VALUES (6, 'b@x', 'six', 'h'), (7, 'c@x', 'seven', 'h')")
     reader = reader_for()
     reader.get_row(f"{db}.users", id=5)  # the pool now holds an open connection
     parent_conn = _connection_id(reader.row_loader)
@@ -592,6 +592,53 @@ def test_forked_reader_uses_new_tokens_and_its_own_connections(
     assert child["conn"] != parent_conn, "the child never uses the parent's socket"
     assert reader.get_row(f"{db}.users", id=7)["name"] == "seven"  # type: ignore[index]
     assert _connection_id(reader.row_loader) == parent_conn, "the parent's pooled connection survived"
+
+
+def test_forked_async_reader_uses_new_tokens(
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    tmp_path: Path,
+    db: str,
+    tables: None,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+) -> None:
+    """AsyncCacheReader built before a fork: the child's tokens are its own and its lookups and loads work
+    (each process runs its own event loop); a fetch key in the namespace is refused there too."""
+    w = start_worker(users_rule(db), extra=READER)
+    _wait_heartbeat(r)
+    _change(sql, mysql_server, r, w, "INSERT INTO users VALUES (6, 'b@x', 'six', 'h')")
+    reader = AsyncCacheReader(load(tmp_path / "w.toml"))
+    reader.row_loader.column_info(f"{db}.users")  # the pool now holds an open MySQL connection
+    parent_token = reader.token()
+
+    async def lookup(row_id: int) -> tuple[str, Any]:
+        row = await reader.get_row(f"{db}.users", id=row_id)
+        with pytest.raises(ValueError, match="namespace"):
+            await reader.fetch("cdc:heartbeat", lambda: 1, ttl=60)
+        token = reader.token()
+        await reader.close()
+        return token, row
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            token, row = asyncio.run(lookup(6))
+            os.write(write, json.dumps({"token": token, "row": row}).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    child = json.loads(os.read(read, 10_000) or b"{}")
+    os.close(read)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert child["row"]["name"] == "six" and r.exists("user:6") == 1
+    token, row = asyncio.run(lookup(5))
+    assert row is not None and row["name"] == "old"
+    assert child["token"][:12] != token[:12] and token[:12] == parent_token[:12]
 
 
 def _connection_id(loader: RowLoader) -> int:
