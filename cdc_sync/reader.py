@@ -149,6 +149,8 @@ class CacheReader(_ReaderBase):
         bypass: Counter[str] = Counter()
         for (lookup, token, payload), reply in zip(lookups, replies, strict=True):
             kind = reply[0].decode()
+            if kind != "H":
+                self.close_window()  # as for any lookup: only hits keep the window
             if kind == "B":
                 reason = reply[1].decode()
                 bypass[reason] += 1
