@@ -329,7 +329,7 @@ class Applier:
                 m.REWINDS.labels(reason="checkpoint_lost").inc()
                 log.error("sync.checkpoint_lost", expected=self.expected, action="flush_all")
                 self.flush([Flush("checkpoint_lost")])
-                if self.on_checkpoint_lost is not None:
+                if self.on_checkpoint_lost is not None:  # <ns>:rules went too: readers fill only under them
                     self.on_checkpoint_lost()
                 self.expected = None
                 continue

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from cdc_sync.errors import ConfigError
-from cdc_sync.keys import KeyTemplate
+from cdc_sync.keys import KeyTemplate, renders_with_prefix
 
 DEFAULT_PATH = "cdc-sync.toml"
 ENV_CONFIG = "CDC_SYNC_CONFIG"
@@ -440,6 +440,20 @@ def rule_from_fingerprint(text: str) -> TableRule:
         raise ConfigError(f"stored rule {text[:100]!r} is unreadable: {exc}") from None
 
 
+def _check_namespace(rules: tuple[TableRule, ...], namespace: str) -> None:
+    """No template may render a key in the worker's own namespace (``<ns>:heartbeat``, ``<ns>:lease:...``)."""
+    prefix = f"{namespace}:"
+    for rule in rules:
+        named = [("key", rule.key)] if rule.key is not None else []
+        named += [(f"also[{i}]", t) for i, t in enumerate(rule.also)]
+        for label, template in named:
+            if template is not None and renders_with_prefix(template, prefix):
+                raise ConfigError(
+                    f"{rule.where(label)}: template {template.source!r} can render keys starting with {prefix!r}, "
+                    f"the worker's own namespace (redis.namespace); start it with other text"
+                )
+
+
 def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path: str = "") -> Config:
     """Validate an already-parsed TOML document."""
     env = os.environ if env is None else env
@@ -450,6 +464,7 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path
     if not tables_raw:
         raise ConfigError("tables: at least one [[tables]] entry is required")
     rules = tuple(_rule(t, i) for i, t in enumerate(tables_raw))
+    _check_namespace(rules, redis_cfg.namespace)
     seen: dict[str, int] = {}
     for rule in rules:
         if rule.name in seen:

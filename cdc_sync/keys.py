@@ -15,7 +15,14 @@ Value encoding (``escape``), chosen so that two different rows can never render 
   rows may share it).
 
 Because ``:`` is always escaped inside values, a template must have ``:`` in the literal text between
-any two fields; then the rendered key splits back into its values unambiguously.
+any two fields; then the rendered key splits back into its values unambiguously. Since no field renders
+``:``, whether a template can render a key among the worker's own (``<ns>:heartbeat``, ``<ns>:lease:...``)
+is decidable exactly (``renders_with_prefix``); config refuses such templates.
+
+Dependency tags (``tag_suffix``) render values the same way, except that text loses its trailing spaces
+(PAD SPACE collations compare ``'a '`` equal to ``'a'``). Keys keep them: a key names one stored value.
+Keys and tag values are rendered from the database's values (the binlog, a loaded row) or from caller values
+proven canonical (canonical.py), never from a caller's spelling as such.
 """
 
 from __future__ import annotations
@@ -166,7 +173,10 @@ def tag_suffix(table: str, columns: Sequence[str] = (), row: Mapping[str, object
     """The name of a dependency tag, below ``<ns>:tag:``: ``schema.table`` or ``schema.table:col=val:...``.
 
     Values are escaped like key values (so ``:`` cannot appear inside one); NULL renders as ``%N``, which no
-    escaped value can produce.
+    escaped value can produce. Text values lose their trailing spaces first: under PAD SPACE collations (the
+    default) ``'a '`` and ``'a'`` are the same value, so they must name the same tag. The worker renders tags
+    from stored values and readers from canonical caller values (canonical.py) with this one function; where a
+    collation is NO PAD the tag is merely coarser (both spellings evict each other's dependents), never wrong.
     """
     if not columns:
         return table
@@ -174,7 +184,10 @@ def tag_suffix(table: str, columns: Sequence[str] = (), row: Mapping[str, object
     parts = [table]
     for col in columns:
         value = row[col]
-        parts.append(f"{col}={'%N' if value is None else escape(value)}")
+        if value is None:
+            parts.append(f"{col}=%N")
+        else:
+            parts.append(f"{col}={escape(value.rstrip(' ') if isinstance(value, str) else value)}")
     return ":".join(parts)
 
 
@@ -200,6 +213,29 @@ def templates_overlap(a: KeyTemplate, b: KeyTemplate) -> bool:
         if i < len(p) and j < len(q):
             return p[i] == q[j] and meet(i + 1, j + 1)
         return False
+
+    return meet(0, 0)
+
+
+def renders_with_prefix(template: KeyTemplate, prefix: str) -> bool:
+    """True when some row renders a key that starts with ``prefix`` (e.g. the worker's namespace, ``cdc:``).
+
+    Exact for the rendering rules: a field renders any text without ``:`` (the empty text included), literals
+    render themselves. The template's tokens are matched against the prefix; once the prefix is used up,
+    whatever follows can be rendered.
+    """
+    tokens = _glob_tokens(template)
+
+    @functools.cache
+    def meet(i: int, j: int) -> bool:
+        if j == len(prefix):
+            return True
+        if i == len(tokens):
+            return False
+        token = tokens[i]
+        if token is None:  # the field ends here, or renders one more character of the prefix
+            return meet(i + 1, j) or (prefix[j] != ":" and meet(i, j + 1))
+        return token == prefix[j] and meet(i + 1, j + 1)
 
     return meet(0, 0)
 

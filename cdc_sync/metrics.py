@@ -49,7 +49,19 @@ HEARTBEAT_LAG_SECONDS = Gauge("cdc_sync_heartbeat_lag_seconds", "Age of the hear
 READER_LOOKUPS = Counter("cdc_sync_reader_lookups", "Reader lookups by result", ["result"])
 READER_BYPASSES = Counter("cdc_sync_reader_bypasses", "Reader lookups that read MySQL without filling", ["reason"])
 READER_LEASE_WAITS = Counter("cdc_sync_reader_lease_waits", "Reader lookups that waited for another's fill")
-READER_FILLS = Counter("cdc_sync_reader_fills", "Reader fills: stored, or lost to a change", ["result"])
+READER_FILLS = Counter(
+    "cdc_sync_reader_fills",
+    "Reader fills: stored, lost to a change, refused (rule_mismatch), or not tried (noncanonical key)",
+    ["result"],
+)
+READER_WIDENED_DEPENDENCIES = Counter(
+    "cdc_sync_reader_widened_dependencies",
+    "fetch() dependencies widened to the whole-table tag (a value not canonical for its column)",
+    ["table"],
+)
+READER_HEARTBEAT_REGRESSIONS = Counter(
+    "cdc_sync_reader_heartbeat_regressions", "Heartbeats seen missing or older than before by a reader (window closed)"
+)
 READER_LOADER_ERRORS = Counter("cdc_sync_reader_loader_errors", "Loader calls that raised")
 READER_REDIS_ERRORS = Counter("cdc_sync_reader_redis_errors", "Reader Redis failures (fell back to MySQL)")
 HA_TRANSITIONS = Counter("cdc_sync_ha_transitions", "Leader lease transitions of this worker", ["to"])

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import queue
 import ssl
 import threading
+import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +21,7 @@ from typing import Any
 import pymysql
 import pymysql.cursors
 
+from cdc_sync.canonical import ColumnInfo
 from cdc_sync.config import MySQLConfig
 from cdc_sync.errors import PositionLostError, SourceError
 from cdc_sync.events import ServerInfo
@@ -279,14 +283,33 @@ def normalize_row(row: dict[str, Any], kinds: dict[str, str]) -> dict[str, Any]:
     return row
 
 
+# Column types and collations are read again after this, and when a reader sees a table being flushed (the
+# worker flushes on DDL, which may change them).
+COLUMN_INFO_MAX_AGE_S = 30.0
+_loaders: weakref.WeakSet[RowLoader] = weakref.WeakSet()
+
+
 class RowLoader:
-    """Loads one row by key columns over a small pool of PyMySQL connections (time zone UTC)."""
+    """Loads one row by key columns over a small pool of PyMySQL connections (time zone UTC).
+
+    Fork-safe: in a child process the pool starts empty (the parent's sockets are left to the parent, never
+    used or closed by the child) with fresh locks.
+    """
 
     def __init__(self, cfg: MySQLConfig, pool_size: int) -> None:
         self.cfg = cfg
+        self.pool_size = pool_size
         self._pool: queue.LifoQueue[pymysql.connections.Connection[Any]] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(pool_size)
-        self._kinds: dict[str, dict[str, str]] = {}
+        # table → (read at, column → info, column → DATA_TYPE)
+        self._info: dict[str, tuple[float, dict[str, ColumnInfo], dict[str, str]]] = {}
+        _loaders.add(self)
+
+    def _after_fork(self) -> None:
+        """In the child: forget the parent's connections (dropping, not closing: a close would send COM_QUIT on
+        the parent's socket) and locks another thread of the parent may have held."""
+        self._pool = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(self.pool_size)
 
     def _connect(self) -> pymysql.connections.Connection[Any]:
         return pymysql.connect(
@@ -317,16 +340,47 @@ class RowLoader:
             return rows
 
     def kinds(self, table: str) -> dict[str, str]:
-        """Column → DATA_TYPE for ``schema.table`` (cached)."""
-        if table not in self._kinds:
-            schema, _, name = table.partition(".")
-            rows = self._run(
-                "SELECT COLUMN_NAME AS c, DATA_TYPE AS t FROM information_schema.COLUMNS "
-                "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
-                (schema, name),
+        """Column → DATA_TYPE for ``schema.table`` (cached, see ``column_info``)."""
+        self.column_info(table)
+        return self._info[table][2]
+
+    def column_info(self, table: str) -> dict[str, ColumnInfo]:
+        """Column → type and collation for ``schema.table``, read at most every ``COLUMN_INFO_MAX_AGE_S``."""
+        cached = self.cached_column_info(table)
+        if cached is not None:
+            return cached
+        schema, _, name = table.partition(".")
+        rows = self._run(
+            "SELECT COLUMN_NAME AS c, DATA_TYPE AS t, COLUMN_TYPE AS ct, NUMERIC_SCALE AS s, "
+            "DATETIME_PRECISION AS p, CHARACTER_SET_NAME AS cs, COLLATION_NAME AS co "
+            "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+            (schema, name),
+        )
+        info = {
+            str(r["c"]): ColumnInfo(
+                data_type=str(r["t"]).lower(),
+                column_type=str(r["ct"]).lower(),
+                numeric_scale=None if r["s"] is None else int(r["s"]),
+                datetime_precision=None if r["p"] is None else int(r["p"]),
+                charset=None if r["cs"] is None else str(r["cs"]).lower(),
+                collation=None if r["co"] is None else str(r["co"]).lower(),
             )
-            self._kinds[table] = {str(r["c"]): str(r["t"]).lower() for r in rows}
-        return self._kinds[table]
+            for r in rows
+        }
+        self._info[table] = (time.monotonic(), info, {c: i.data_type for c, i in info.items()})
+        return info
+
+    def cached_column_info(self, table: str) -> dict[str, ColumnInfo] | None:
+        """``column_info`` if it was read recently enough, else None (no query)."""
+        entry = self._info.get(table)
+        if entry is None or time.monotonic() - entry[0] > COLUMN_INFO_MAX_AGE_S:
+            return None
+        return entry[1]
+
+    def forget_column_info(self, tables: Sequence[str]) -> None:
+        """Read these tables' column info again at next use (a flush, e.g. after DDL, was seen)."""
+        for table in tables:
+            self._info.pop(table, None)
 
     def primary_key(self, table: str) -> list[str]:
         schema, _, name = table.partition(".")
@@ -373,3 +427,11 @@ class RowLoader:
                 return
             with contextlib.suppress(pymysql.MySQLError, OSError):
                 conn.close()
+
+
+def _loaders_after_fork() -> None:
+    for loader in list(_loaders):
+        loader._after_fork()
+
+
+os.register_at_fork(after_in_child=_loaders_after_fork)

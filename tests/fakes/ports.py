@@ -120,6 +120,9 @@ class FakeSink:
     def save_server_identity(self, identity: str) -> None:
         self.store["cdc:server"] = identity
 
+    def save_rule_fingerprints(self, fingerprints: dict[str, str]) -> None:
+        self.store["cdc:rules"] = dict(fingerprints)
+
     def report_status(self, fields: object) -> None:
         self.store["cdc:status"] = fields
 

@@ -243,7 +243,7 @@ def test_herd_of_200_misses_calls_the_loader_once(
     """200 concurrent misses on one key: exactly one loader call; everyone gets the filled value."""
     start_worker(_tables(db), extra=READER_DEFAULTS)
     _heartbeat(r)
-    reader = make_reader(lease_wait_ms=30000)
+    reader = make_reader(lease_wait_ms=30000, lease_ttl_ms=60000)  # the lease outlives 200 threads starting
     calls: list[int] = []
     release = threading.Event()
 
@@ -260,7 +260,7 @@ def test_herd_of_200_misses_calls_the_loader_once(
     release.set()
     for t in threads:
         t.join(60)
-    assert len(calls) == 1
+    assert len(calls) == 1, reader.stats.counts
     assert results == [{"answer": 42}] * 200
 
 
@@ -526,16 +526,23 @@ def no_worker_reader(
 def test_hits_in_the_freshness_window_skip_the_script_but_never_outlive_the_heartbeat(
     no_worker_reader: Callable[..., CacheReader], db: str, r: redis.Redis
 ) -> None:
-    """After a checked hit, hits are plain GETs (a vanished heartbeat goes unseen), but only for as long as
-    the heartbeat it saw keeps the cache within max_staleness_ms, however long freshness_check_ms is."""
-    reader = no_worker_reader(1500, freshness_check_ms=60000)
+    """After a checked hit, hits are plain reads (a flushing marker set meanwhile goes unseen), but only for as
+    long as the heartbeat it saw keeps the cache within max_staleness_ms, however long freshness_check_ms is."""
+    reader = no_worker_reader(4000, freshness_check_ms=60000)
+    beat = int(r.get("cdc:heartbeat") or 0)
     assert reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "cached"}  # the script: hit, window opens
-    r.delete("cdc:heartbeat")
-    assert reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "cached"}  # in the window: plain GET
+    r.set(f"cdc:flushing:{db}.users", "1")
+    assert reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "cached"}  # in the window: plain read
     assert reader.stats["hit"] == 2
-    wait_for(lambda: not reader.in_window(), 10, "the window to close with the heartbeat's freshness")
-    assert reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "old"}  # the script again: no heartbeat
-    assert reader.stats["bypass:no_heartbeat"] == 1
+
+    def redis_now() -> int:
+        s, us = r.time()
+        return int(s) * 1000 + int(us) // 1000
+
+    wait_for(lambda: redis_now() - beat > 60000, 10, "the heartbeat to age past max_staleness_ms")
+    assert not reader.in_window(), "the window ended no later than the heartbeat's freshness"
+    assert reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "old"}  # the script again
+    assert reader.stats["bypass:stale"] == 1
 
 
 def test_freshness_check_zero_runs_the_script_for_every_lookup(
@@ -577,7 +584,7 @@ def test_async_reader_hits_in_the_window_too(
         reader = AsyncCacheReader(load(tmp_path / "w.toml"))
         assert await reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "cached"}
         assert reader.in_window()
-        r.delete("cdc:heartbeat")
+        r.set(f"cdc:flushing:{db}.users", "1")  # unseen by a plain read
         assert await reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "cached"}
         assert reader.stats["hit"] == 2
         await reader.close()

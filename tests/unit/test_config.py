@@ -328,6 +328,18 @@ ERROR_CASES: list[tuple[str, dict[str, Any], str]] = [
         "tables[1].also[0]: fields in template",
     ),
     ("also type", _raw(tables=[{**USERS, "also": "u:{email}"}]), "tables[0].also: must be a list of strings, not str"),
+    ("key in namespace", _raw(tables=[{**USERS, "key": "{a}:heartbeat"}]), "tables[0].key: template '{a}:heartbeat'"),
+    ("key literal namespace", _raw(tables=[{**USERS, "key": "cdc:{x}"}]), "tables[0].key: template 'cdc:{x}' can"),
+    (
+        "also in namespace",
+        _raw(tables=[{**USERS, "also": ["u:{e}", "c{x}:{y}"]}]),
+        "tables[0].also[1]: template 'c{x}:{y}' can render keys starting with 'cdc:'",
+    ),
+    (
+        "key in custom namespace",
+        _raw(redis={"namespace": "app"}, tables=[{**USERS, "key": "ap{x}:{id}"}]),
+        "tables[0].key: template 'ap{x}:{id}' can render keys starting with 'app:'",
+    ),
     ("also item", _raw(tables=[{**USERS, "also": ["u:{e}", 3]}]), "tables[0].also[1]: must be a string"),
     ("mode", _raw(tables=[{**USERS, "mode": "write"}]), "tables[0].mode: must be one of evict, update; got 'write'"),
     ("format", _raw(tables=[{**USERS, "format": "xml"}]), "tables[0].format: must be one of json, hash; got 'xml'"),

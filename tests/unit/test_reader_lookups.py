@@ -15,8 +15,11 @@ from typing import Any
 import orjson
 import pytest
 
+from cdc_sync.canonical import ColumnInfo
 from cdc_sync.config import ReaderConfig
-from cdc_sync.reader import NEGATIVE, CacheReader, Lookup, _payload, _ReaderBase, _template_for
+from cdc_sync.lookup import rule_digest
+from cdc_sync.reader import NEGATIVE, CacheReader, Lookup
+from cdc_sync.readercore import _payload, _ReaderBase, _template_for
 from tests.unit.factories import make_config
 
 USERS = {"table": "shop.users", "key": "user:{id}", "also": ["user:email:{email}"], "ttl": 60}
@@ -60,7 +63,23 @@ def _lookup(**overrides: Any) -> Lookup:
         "ttl_ms": 60_000,
     }
     settings.update(overrides)
+    settings.setdefault("digests", tuple(f"sha-{t}" for t in settings["tables"]))
     return Lookup(**settings)
+
+
+ORDERS_INFO = {
+    "shop.orders": {
+        "user_id": ColumnInfo("int", "int(11)"),
+        "shop_id": ColumnInfo("int", "int(11)"),
+        "sku": ColumnInfo("varchar", "varchar(20)", charset="utf8mb4", collation="utf8mb4_bin"),
+        "status": ColumnInfo("varchar", "varchar(20)", charset="utf8mb4", collation="utf8mb4_general_ci"),
+    }
+}
+
+
+def _fetch(base: _ReaderBase, key: str, ttl: float, deps: Any) -> Lookup:
+    """fetch_lookup with the column info of shop.orders given (no server)."""
+    return base.fetch_lookup(key, ttl, deps, info=ORDERS_INFO).lookup
 
 
 # ---- row_lookup ------------------------------------------------------------------------------------
@@ -68,39 +87,39 @@ def _lookup(**overrides: Any) -> Lookup:
 
 def test_row_lookup_by_key_template(base: _ReaderBase) -> None:
     """kwargs over the key's fields render the key; the lookup is gated by the table and has its TTL."""
-    lookup, rule = base.row_lookup("shop.users", {"id": 5})
-    assert lookup == Lookup("user:5", "j", ("shop.users",), (), 60_000, None, ())
-    assert rule.name == "shop.users"
+    lookup, rule, template = base.row_lookup("shop.users", {"id": 5})
+    assert lookup == Lookup("user:5", "j", ("shop.users",), (), 60_000, None, (), (rule_digest(rule),))
+    assert (rule.name, template.source) == ("shop.users", "user:{id}")
 
 
 def test_row_lookup_by_also_template(base: _ReaderBase) -> None:
     """kwargs over an also template's fields use that template."""
-    lookup, _ = base.row_lookup("shop.users", {"email": "ann@x"})
+    lookup = base.row_lookup("shop.users", {"email": "ann@x"}).lookup
     assert lookup.key == "user:email:ann@x"
 
 
 def test_row_lookup_ignores_kwarg_order(base: _ReaderBase) -> None:
     """The fields are matched as a set and rendered in template order."""
-    lookup, _ = base.row_lookup("shop.items", {"sku": "A", "shop_id": 1})
+    lookup = base.row_lookup("shop.items", {"sku": "A", "shop_id": 1}).lookup
     assert lookup.key == "item:1:A"
 
 
 def test_row_lookup_escapes_values(base: _ReaderBase) -> None:
     """Values are escaped as the worker escapes them (':' → %3A)."""
-    lookup, _ = base.row_lookup("shop.users", {"id": "a:b"})
+    lookup = base.row_lookup("shop.users", {"id": "a:b"}).lookup
     assert lookup.key == "user:a%3Ab"
 
 
 def test_row_lookup_format_hash(base: _ReaderBase) -> None:
     """A hash-format rule gives fmt 'h' (and no TTL when ttl is 0)."""
-    lookup, _ = base.row_lookup("shop.items", {"shop_id": 1, "sku": "A"})
+    lookup = base.row_lookup("shop.items", {"shop_id": 1, "sku": "A"}).lookup
     assert (lookup.fmt, lookup.ttl_ms) == ("h", 0)
 
 
 def test_row_lookup_carries_columns_and_exclude(base: _ReaderBase) -> None:
     """The rule's columns and exclude settings are copied for encoding the loaded row."""
-    notes, _ = base.row_lookup("shop.notes", {"id": 1})
-    logs, _ = base.row_lookup("shop.logs", {"id": 1})
+    notes = base.row_lookup("shop.notes", {"id": 1}).lookup
+    logs = base.row_lookup("shop.logs", {"id": 1}).lookup
     assert (notes.columns, notes.exclude) == (("id", "body"), ())
     assert (logs.columns, logs.exclude) == (None, ("secret",))
 
@@ -143,7 +162,7 @@ def test_template_for_picks_matching_template() -> None:
 
 def test_cache_reader_builds_lookups_without_servers(cache_reader: CacheReader) -> None:
     """A CacheReader built from config (nothing connected) builds the same lookups."""
-    lookup, _ = cache_reader.row_lookup("shop.users", {"id": 7})
+    lookup = cache_reader.row_lookup("shop.users", {"id": 7}).lookup
     assert lookup.key == "user:7"
     assert cache_reader.ns == NS
 
@@ -153,74 +172,75 @@ def test_cache_reader_builds_lookups_without_servers(cache_reader: CacheReader) 
 
 def test_fetch_lookup_whole_table(base: _ReaderBase) -> None:
     """A table name depends on its whole-table tag and is gated by its flushing marker."""
-    lookup = base.fetch_lookup("report:1", 10, ["shop.orders"])
-    assert lookup == Lookup("report:1", "j", ("shop.orders",), ("shop.orders",), 10_000)
+    lookup = _fetch(base, "report:1", 10, ["shop.orders"])
+    digest = rule_digest(base.rule("shop.orders"))
+    assert lookup == Lookup("report:1", "j", ("shop.orders",), ("shop.orders",), 10_000, digests=(digest,))
 
 
 def test_fetch_lookup_column_tag(base: _ReaderBase) -> None:
     """(table, {col: value}) depends on the column tag."""
-    lookup = base.fetch_lookup("r", 10, [("shop.orders", {"user_id": 5})])
+    lookup = _fetch(base, "r", 10, [("shop.orders", {"user_id": 5})])
     assert lookup.tables == ("shop.orders",)
     assert lookup.tags == ("shop.orders:user_id=5",)
 
 
 def test_fetch_lookup_column_set_in_any_order(base: _ReaderBase) -> None:
     """A multi-column tag matches whatever the dict order; the tag renders in configured order."""
-    lookup = base.fetch_lookup("r", 10, [("shop.orders", {"sku": "A", "shop_id": 1})])
+    lookup = _fetch(base, "r", 10, [("shop.orders", {"sku": "A", "shop_id": 1})])
     assert lookup.tags == ("shop.orders:shop_id=1:sku=A",)
 
 
 def test_fetch_lookup_escapes_tag_values(base: _ReaderBase) -> None:
     """Tag values are escaped exactly as the worker escapes them."""
-    lookup = base.fetch_lookup("r", 10, [("shop.orders", {"user_id": "a:b"})])
-    assert lookup.tags == ("shop.orders:user_id=a%3Ab",)
+    lookup = _fetch(base, "r", 10, [("shop.orders", {"shop_id": 1, "sku": "a:b"})])
+    assert lookup.tags == ("shop.orders:shop_id=1:sku=a%3Ab",)
 
 
 def test_fetch_lookup_null_tag_value(base: _ReaderBase) -> None:
     """A NULL tag value renders %N, as the worker does."""
-    lookup = base.fetch_lookup("r", 10, [("shop.orders", {"user_id": None})])
+    lookup = _fetch(base, "r", 10, [("shop.orders", {"user_id": None})])
     assert lookup.tags == ("shop.orders:user_id=%N",)
 
 
 def test_fetch_lookup_fractional_ttl(base: _ReaderBase) -> None:
     """ttl is in seconds and may be fractional."""
-    assert base.fetch_lookup("r", 1.5, []).ttl_ms == 1500
+    assert _fetch(base, "r", 1.5, []).ttl_ms == 1500
 
 
 def test_fetch_lookup_without_dependencies(base: _ReaderBase) -> None:
     """No dependencies: no tables, no tags, JSON format."""
-    lookup = base.fetch_lookup("r", 0, [])
+    lookup = _fetch(base, "r", 0, [])
     assert (lookup.tables, lookup.tags, lookup.fmt, lookup.ttl_ms) == ((), (), "j", 0)
 
 
 def test_fetch_lookup_unmapped_table(base: _ReaderBase) -> None:
     """A table that is not mapped raises ValueError."""
     with pytest.raises(ValueError, match="not a mapped table"):
-        base.fetch_lookup("r", 10, ["shop.nope"])
+        _fetch(base, "r", 10, ["shop.nope"])
 
 
 def test_fetch_lookup_unmapped_table_with_columns(base: _ReaderBase) -> None:
     """A (table, values) dependency on an unmapped table raises ValueError."""
     with pytest.raises(ValueError, match="not a mapped table"):
-        base.fetch_lookup("r", 10, [("shop.nope", {"user_id": 1})])
+        _fetch(base, "r", 10, [("shop.nope", {"user_id": 1})])
 
 
 def test_fetch_lookup_columns_not_a_tag(base: _ReaderBase) -> None:
     """Columns that are not a configured tag raise ValueError."""
     with pytest.raises(ValueError, match="no tags entry for columns"):
-        base.fetch_lookup("r", 10, [("shop.orders", {"status": "paid"})])
+        _fetch(base, "r", 10, [("shop.orders", {"status": "paid"})])
 
 
 def test_fetch_lookup_subset_of_a_tag_is_not_a_tag(base: _ReaderBase) -> None:
     """One column of a two-column tag is not a tag."""
     with pytest.raises(ValueError, match="no tags entry for columns"):
-        base.fetch_lookup("r", 10, [("shop.orders", {"shop_id": 1})])
+        _fetch(base, "r", 10, [("shop.orders", {"shop_id": 1})])
 
 
 def test_fetch_lookup_columns_on_a_table_without_tags(base: _ReaderBase) -> None:
     """A keyed table with no tags accepts only whole-table dependencies."""
     with pytest.raises(ValueError, match="no tags entry for columns"):
-        base.fetch_lookup("r", 10, [("shop.users", {"id": 5})])
+        _fetch(base, "r", 10, [("shop.users", {"id": 5})])
 
 
 def test_fetch_lookup_deduplicates(base: _ReaderBase) -> None:
@@ -233,7 +253,7 @@ def test_fetch_lookup_deduplicates(base: _ReaderBase) -> None:
         "shop.users",
         ("shop.orders", {"user_id": 6}),
     ]
-    lookup = base.fetch_lookup("r", 10, deps)
+    lookup = _fetch(base, "r", 10, deps)
     assert lookup.tables == ("shop.orders", "shop.users")
     assert lookup.tags == ("shop.orders:user_id=5", "shop.users", "shop.orders", "shop.orders:user_id=6")
 
@@ -242,7 +262,7 @@ def test_fetch_lookup_deduplicates(base: _ReaderBase) -> None:
 
 
 def test_lookup_args_key_layout() -> None:
-    """KEYS: key, heartbeat, hold-off, lease, flushing markers, tag hold-offs, tag sets."""
+    """KEYS: key, heartbeat, hold-off, lease, rules, flushing markers, tag hold-offs, tag sets."""
     lookup = _lookup(key="r", tables=("s.a", "s.b"), tags=("s.a", "s.b:x=1"))
     keys, _ = lookup.lookup_args(NS, ReaderConfig(), "tok")
     assert keys == [
@@ -250,6 +270,7 @@ def test_lookup_args_key_layout() -> None:
         "cdc:heartbeat",
         "cdc:inv:r",
         "cdc:lease:r",
+        "cdc:rules",
         "cdc:flushing:s.a",
         "cdc:flushing:s.b",
         "cdc:tinv:s.a",
@@ -260,40 +281,47 @@ def test_lookup_args_key_layout() -> None:
 
 
 def test_lookup_args_argv_layout() -> None:
-    """ARGV: staleness, lease ttl, token, nflush, fmt, tag ttl (ttl + lease ttl), ntags."""
+    """ARGV: staleness, lease ttl, token, nflush, fmt, tag ttl (ttl + lease ttl), ntags, (table, rule digest)s."""
     lookup = _lookup(tables=("s.a", "s.b"), tags=("s.a",), ttl_ms=60_000)
     cfg = ReaderConfig(max_staleness_ms=4000, lease_ttl_ms=2500)
     _, args = lookup.lookup_args(NS, cfg, "tok")
-    assert args == [4000, 2500, "tok", 2, "j", 62_500, 1]
+    assert args == [4000, 2500, "tok", 2, "j", 62_500, 1, "s.a", "sha-s.a", "s.b", "sha-s.b"]
+
+
+def test_lookup_args_need_a_digest_per_table() -> None:
+    """A lookup without the rule digest of each table cannot be sent (it would fill unchecked)."""
+    with pytest.raises(ValueError):
+        _lookup(tables=("s.a",), digests=()).lookup_args(NS, ReaderConfig(), "tok")
 
 
 def test_lookup_args_tag_ttl_zero_without_ttl() -> None:
     """A lookup without TTL gives tag ttl 0 (the tag sets never expire)."""
     _, args = _lookup(ttl_ms=0, tags=("s.a",), fmt="h").lookup_args(NS, ReaderConfig(lease_ttl_ms=2500), "tok")
-    assert args[4:] == ["h", 0, 1]
+    assert args[4:] == ["h", 0, 1, "shop.users", "sha-shop.users"]
 
 
 def test_lookup_args_counts_match_keys() -> None:
-    """4 fixed keys + nflush + 2 * ntags keys, as the script expects."""
+    """5 fixed keys + nflush + 2 * ntags keys, as the script expects."""
     lookup = _lookup(tables=("a.b", "c.d", "e.f"), tags=("a.b", "c.d:x=1"))
     keys, args = lookup.lookup_args(NS, ReaderConfig(), "tok")
     nflush, ntags = args[3], args[6]
     assert isinstance(nflush, int) and isinstance(ntags, int)
-    assert len(keys) == 4 + nflush + 2 * ntags
+    assert len(keys) == 5 + nflush + 2 * ntags
+    assert len(args) == 7 + 2 * nflush
 
 
 def test_fill_args_json_layout() -> None:
-    """Fill KEYS: key, lease, flushing markers; ARGV: token, fmt, ttl, value."""
+    """Fill KEYS: key, lease, rules, flushing markers; ARGV: token, fmt, ttl, ntables, (table, digest)s, value."""
     keys, args = _lookup(key="k", tables=("s.a", "s.b")).fill_args(NS, "tok", 1234, b'{"a":1}')
-    assert keys == ["k", "cdc:lease:k", "cdc:flushing:s.a", "cdc:flushing:s.b"]
-    assert args == ["tok", "j", 1234, b'{"a":1}']
+    assert keys == ["k", "cdc:lease:k", "cdc:rules", "cdc:flushing:s.a", "cdc:flushing:s.b"]
+    assert args == ["tok", "j", 1234, 2, "s.a", "sha-s.a", "s.b", "sha-s.b", b'{"a":1}']
 
 
 def test_fill_args_hash_payload_is_flattened() -> None:
     """A hash payload's field/value list follows the ttl in ARGV."""
     keys, args = _lookup(key="k", fmt="h", tables=()).fill_args(NS, "tok", 0, ["a", "1", "b", "x"])
-    assert keys == ["k", "cdc:lease:k"]
-    assert args == ["tok", "h", 0, "a", "1", "b", "x"]
+    assert keys == ["k", "cdc:lease:k", "cdc:rules"]
+    assert args == ["tok", "h", 0, 0, "a", "1", "b", "x"]
 
 
 # ---- TTL jitter ----------------------------------------------------------------------------------------

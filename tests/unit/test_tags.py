@@ -233,13 +233,23 @@ def test_colon_in_a_value_is_escaped() -> None:
 
 
 def test_different_value_tuples_never_collide() -> None:
-    """Every pair of distinct value tuples over tricky strings and NULL renders distinct tags."""
-    values = [None, "", ":", "=", "%", "%N", "%25", "%3A", "a", "1:b=2", "b=", " ", "N"]
+    """Every pair of distinct value tuples over tricky strings and NULL renders distinct tags (trailing spaces
+    aside: see test_trailing_spaces_are_one_value)."""
+    values = [None, "", ":", "=", "%", "%N", "%25", "%3A", "a", "1:b=2", "b=", " a", "N"]
     seen: dict[str, tuple[Any, Any]] = {}
     for a, b in itertools.product(values, repeat=2):
         suffix = tag_suffix("s.t", ["a", "b"], {"a": a, "b": b})
         assert seen.setdefault(suffix, (a, b)) == (a, b), suffix
     assert len(seen) == len(values) ** 2
+
+
+def test_trailing_spaces_are_one_value() -> None:
+    """PAD SPACE: 'a', 'a ' and 'a  ' name one tag, on the worker's side and the reader's (leading and inner
+    spaces, and bytes, are kept)."""
+    assert {tag_suffix("s.t", ["a"], {"a": v}) for v in ("a", "a ", "a  ")} == {"s.t:a=a"}
+    assert tag_suffix("s.t", ["a"], {"a": " "}) == tag_suffix("s.t", ["a"], {"a": ""}) == "s.t:a="
+    assert tag_suffix("s.t", ["a"], {"a": " a b"}) == "s.t:a=%20a%20b"
+    assert tag_suffix("s.t", ["a"], {"a": b"a "}) == "s.t:a=a%20"
 
 
 def test_null_renders_as_percent_n() -> None:

@@ -1,0 +1,294 @@
+"""What a reader lookup sends to Redis, and the pure decisions around it (used by cdc_sync.reader).
+
+* ``LOOKUP_LUA`` / ``FILL_LUA`` / ``RELEASE_LUA``: the scripts, and ``Lookup``, which lays out their KEYS and
+  ARGV for one key;
+* ``rule_digest``: how a reader proves it runs the worker's rule (the scripts compare it with ``<ns>:rules``);
+* ``row_refusal``: whether a loaded row may be filled under the key that was looked up;
+* ``fetch_tags``: the dependency tags of ``fetch(..., depends_on=...)``, canonical or widened;
+* ``TrustWindow``: the plain-GET window after a checked hit, and what ends it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from cdc_sync import config as config_mod
+from cdc_sync.canonical import NOT_CANONICAL, ColumnInfo, canonical, renders_as_given
+from cdc_sync.config import TableRule
+from cdc_sync.keys import KeyTemplate, tag_suffix
+
+# KEYS: key, heartbeat, hold-off of key, lease of key, rules, then nflush flushing markers, then the tags'
+#       hold-off markers and the tag sets (ntags each).
+# ARGV: max_staleness_ms, lease_ttl_ms, token, nflush, format ('j' | 'h'), tag ttl ms (0: no expiry), ntags,
+#       then for each flushed table: its name and the sha1 of the reader's rule fingerprint.
+# Reply: {'H', value, ms the heartbeat keeps the cache trusted, heartbeat} | {'B', reason[, table]} | {'L'} | {'W'}
+LOOKUP_LUA = r"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local hb = redis.call('GET', KEYS[2])
+if not hb then return {'B', 'no_heartbeat'} end
+local fresh = tonumber(ARGV[1]) - (now - tonumber(hb))  -- ms this heartbeat keeps the cache trusted
+if fresh < 0 then return {'B', 'stale'} end
+local nflush, ntags = tonumber(ARGV[4]), tonumber(ARGV[7])
+for i = 6, 5 + nflush do
+  if redis.call('EXISTS', KEYS[i]) == 1 then return {'B', 'flushing'} end
+end
+if ARGV[5] == 'h' then
+  local v = redis.call('HGETALL', KEYS[1])
+  if #v > 0 then return {'H', v, fresh, hb} end
+else
+  local v = redis.call('GET', KEYS[1])
+  if v then return {'H', v, fresh, hb} end
+end
+for i = 1, nflush do  -- a lease only under the worker's own rule for every table the value depends on
+  local table_name = ARGV[6 + 2 * i]
+  if redis.sha1hex(redis.call('HGET', KEYS[5], table_name) or '') ~= ARGV[7 + 2 * i] then
+    return {'B', 'rule_mismatch', table_name}
+  end
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then return {'B', 'holdoff'} end
+local first_tag = 6 + nflush
+for i = first_tag, first_tag + ntags - 1 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then return {'B', 'holdoff'} end
+end
+if not redis.call('SET', KEYS[4], ARGV[3], 'NX', 'PX', ARGV[2]) then return {'W'} end
+local tag_ttl = tonumber(ARGV[6])
+for i = first_tag + ntags, first_tag + 2 * ntags - 1 do
+  local existed = redis.call('EXISTS', KEYS[i]) == 1
+  redis.call('SADD', KEYS[i], KEYS[1])
+  if tag_ttl == 0 then
+    redis.call('PERSIST', KEYS[i])
+  else
+    local p = redis.call('PTTL', KEYS[i])
+    if (not existed) or (p >= 0 and p < tag_ttl) then redis.call('PEXPIRE', KEYS[i], tag_ttl) end
+  end
+end
+return {'L'}
+"""
+
+# KEYS: key, lease, rules, then the flushing markers. ARGV: token, format, ttl_ms, ntables, then for each table
+# its name and rule digest, then value | field value ... Reply: 1 stored, 0 lost (lease gone, or a flush),
+# 2 refused (the worker's rule for a table is no longer the reader's).
+FILL_LUA = r"""
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+local n = tonumber(ARGV[4])
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[3 + i]) == 1 then return 0 end
+end
+for i = 1, n do
+  if redis.sha1hex(redis.call('HGET', KEYS[3], ARGV[3 + 2 * i]) or '') ~= ARGV[4 + 2 * i] then return 2 end
+end
+local first = 5 + 2 * n
+local ttl = tonumber(ARGV[3])
+if ARGV[2] == 'h' then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], unpack(ARGV, first))
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+elseif ttl > 0 then
+  redis.call('SET', KEYS[1], ARGV[first], 'PX', ttl)
+else
+  redis.call('SET', KEYS[1], ARGV[first])
+end
+return 1
+"""
+
+# KEYS: lease. ARGV: token. Give a lease back (the loader failed, or nothing is to be filled).
+RELEASE_LUA = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+ScriptArg = bytes | str | int | float
+NEGATIVE = b"null"  # a cached "row absent" (JSON format only)
+FILL_STORED, FILL_LOST, FILL_RULE_MISMATCH = 1, 0, 2
+
+
+def rule_digest(rule: TableRule) -> str:
+    """What ``LOOKUP_LUA``/``FILL_LUA`` compare with ``sha1(HGET <ns>:rules <table>)``."""
+    return hashlib.sha1(config_mod.rule_fingerprint(rule).encode(), usedforsecurity=False).hexdigest()
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """Everything one lookup needs, built once (pure)."""
+
+    key: str
+    fmt: str  # 'j' (JSON string) or 'h' (hash)
+    tables: tuple[str, ...]  # whose flushing markers gate the lookup, and whose rules must be the worker's
+    tags: tuple[str, ...]  # dependency tag suffixes
+    ttl_ms: int
+    columns: tuple[str, ...] | None = None  # get_row: the value's columns (None: every column minus exclude)
+    exclude: tuple[str, ...] = ()
+    digests: tuple[str, ...] = ()  # rule_digest of each table, in the order of ``tables`` (scripts only)
+
+    def _rules_argv(self) -> list[ScriptArg]:
+        out: list[ScriptArg] = []
+        for table, digest in zip(self.tables, self.digests, strict=True):
+            out += (table, digest)
+        return out
+
+    def lookup_args(self, ns: str, cfg: config_mod.ReaderConfig, token: str) -> tuple[list[str], list[ScriptArg]]:
+        keys = [self.key, f"{ns}:heartbeat", f"{ns}:inv:{self.key}", f"{ns}:lease:{self.key}", f"{ns}:rules"]
+        keys += [f"{ns}:flushing:{t}" for t in self.tables]
+        keys += [f"{ns}:tinv:{t}" for t in self.tags]
+        keys += [f"{ns}:tag:{t}" for t in self.tags]
+        # the tag sets must outlive whatever this key may be filled with (a value, or a cached absence)
+        tag_ttl = max(self.ttl_ms, cfg.negative_ttl * 1000) + cfg.lease_ttl_ms if self.ttl_ms else 0
+        args: list[ScriptArg] = [cfg.max_staleness_ms, cfg.lease_ttl_ms, token, len(self.tables), self.fmt, tag_ttl]
+        args.append(len(self.tags))
+        args += self._rules_argv()
+        return keys, args
+
+    def fill_args(
+        self, ns: str, token: str, ttl_ms: int, payload: bytes | list[str]
+    ) -> tuple[list[str], list[ScriptArg]]:
+        keys = [self.key, f"{ns}:lease:{self.key}", f"{ns}:rules", *(f"{ns}:flushing:{t}" for t in self.tables)]
+        args: list[ScriptArg] = [token, self.fmt, ttl_ms, len(self.tables), *self._rules_argv()]
+        args.extend(payload if isinstance(payload, list) else [payload])
+        return keys, args
+
+
+def row_refusal(
+    lookup: Lookup,
+    template: KeyTemplate,
+    where: Mapping[str, object],
+    row: Mapping[str, object] | None,
+    info: Mapping[str, ColumnInfo] | None,
+) -> str | None:
+    """Why a loaded row must not be filled under ``lookup.key`` (None: it may be).
+
+    A row found: the key rendered from the row's own values must be the key looked up (``id='05'`` finds the
+    row ``id=5``, whose key is ``user:5``, not ``user:05``). No row: "absent" may be cached only when every key
+    value is canonical for its column (``info``: the table's columns; None when not needed or unreadable),
+    so that the insert of any row the lookup would have matched renders this very key.
+    """
+    if row is not None:
+        return None if template.render(row) == lookup.key else "noncanonical"
+    if info is not None and all(renders_as_given(info.get(c), where[c]) for c in template.fields):
+        return None
+    return "noncanonical"
+
+
+@dataclass(frozen=True)
+class FetchTags:
+    """The tags of one ``depends_on`` list; ``widened``: (table, columns) whose values were not canonical."""
+
+    tables: tuple[str, ...]
+    tags: tuple[str, ...]
+    widened: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+def fetch_tags(
+    rules: Mapping[str, TableRule],
+    depends_on: Sequence[str | tuple[str, Mapping[str, object]]],
+    info: Mapping[str, Mapping[str, ColumnInfo] | None],
+) -> FetchTags:
+    """Dependency tags as the worker renders them from the stored values (``info``: each column-dependency
+    table's columns, None when unreadable). A dependency whose values are not all canonical for their columns
+    widens to the whole-table tag, which the worker evicts on every change of the table. Raises ValueError
+    for an unmapped table or columns that are not one of its ``tags``."""
+    tables: list[str] = []
+    tags: list[str] = []
+    widened: list[tuple[str, tuple[str, ...]]] = []
+    for dep in depends_on:
+        if isinstance(dep, str):
+            _rule_of(rules, dep)
+            tables.append(dep)
+            tags.append(tag_suffix(dep))
+            continue
+        table, values = dep
+        rule = _rule_of(rules, table)
+        cols = next((c for c in rule.tags if set(c) == set(values)), None)
+        if cols is None:
+            raise ValueError(f"{table}: no tags entry for columns {sorted(values)} (configured: {list(rule.tags)})")
+        tables.append(table)
+        columns = info.get(table)
+        canon = {c: canonical(columns.get(c) if columns is not None else None, values[c]) for c in cols}
+        if any(v is NOT_CANONICAL for v in canon.values()):
+            widened.append((table, cols))
+            tags.append(tag_suffix(table))
+        else:
+            tags.append(tag_suffix(table, cols, canon))
+    return FetchTags(tuple(dict.fromkeys(tables)), tuple(dict.fromkeys(tags)), tuple(dict.fromkeys(widened)))
+
+
+def column_dependency_tables(depends_on: Sequence[str | tuple[str, Mapping[str, object]]]) -> list[str]:
+    """The tables whose column info ``fetch_tags`` needs."""
+    return list(dict.fromkeys(dep[0] for dep in depends_on if not isinstance(dep, str)))
+
+
+def _rule_of(rules: Mapping[str, TableRule], table: str) -> TableRule:
+    rule = rules.get(table)
+    if rule is None:
+        raise ValueError(f"{table} is not a mapped table (add a [[tables]] entry)")
+    return rule
+
+
+class TrustWindow:
+    """Hits without the script, between checks (see the reader's module docstring).
+
+    State: (until, floor, floor_at). A checked hit that saw heartbeat ``hb`` with ``fresh_ms`` of trust left
+    opens the window until ``sent + min(fresh_ms, cap)`` with the floor ``hb``, set at local time ``floor_at``
+    (when its reply was in hand). A plain hit is served only before ``until`` and only if the heartbeat read
+    with it is not below the floor. A heartbeat below the floor (or missing) in a reply to a request sent
+    after ``floor_at`` means the heartbeat went back (Redis restarted from an older snapshot, a failover to a
+    lagging replica): the window closes. A request sent before ``floor_at`` may have run before the one that
+    set the floor (threads' replies arrive in any order): its low heartbeat proves nothing, so it is not served
+    from the window but does not close it. The reader also closes it on every reply that is not a hit. One
+    tuple, replaced whole, so threads never see half an update.
+    """
+
+    __slots__ = ("_state",)
+
+    def __init__(self) -> None:
+        self._state: tuple[float, int, float] = (0.0, 0, 0.0)
+
+    def is_open(self, now: float) -> bool:
+        return now < self._state[0]
+
+    def close(self) -> None:
+        self._state = (0.0, 0, 0.0)
+
+    def opened(self, sent: float, now: float, fresh_ms: int, heartbeat: object, cap_ms: int) -> bool:
+        """A checked hit (request sent at ``sent``, reply in hand at ``now``): open or extend the window.
+        Returns False, closing it, when the heartbeat went back below the floor."""
+        until, floor, floor_at = self._state
+        seen = _heartbeat_ms(heartbeat)
+        if seen is None or seen < floor:
+            if until != 0.0 and sent > floor_at:
+                self.close()
+                return False
+            return True  # an older reply overtaken by the one that set the floor: nothing learnt
+        window_ms = min(fresh_ms, cap_ms)
+        if window_ms > 0:
+            # the floor is the newest heartbeat seen: it vouches for the old end as well as the new one
+            at = now if seen > floor or until == 0.0 else min(floor_at, now)
+            self._state = (max(until, sent + window_ms / 1000), seen, at)
+        return True
+
+    def accepts(self, sent: float, now: float, heartbeat: object) -> str:
+        """A plain read sent at ``sent``, its reply (with ``heartbeat``) in hand at ``now``: ``"ok"`` (serve
+        it), ``"late"`` (not from the window: run the script) or ``"regressed"`` (the heartbeat is missing or
+        went back below the floor: the window is closed)."""
+        until, floor, floor_at = self._state
+        if until == 0.0:
+            return "late"
+        seen = _heartbeat_ms(heartbeat)
+        if seen is None or seen < floor:
+            if sent > floor_at:
+                self.close()
+                return "regressed"
+            return "late"
+        return "ok" if now < until else "late"
+
+
+def _heartbeat_ms(raw: object) -> int | None:
+    if isinstance(raw, bytes | str | int):
+        try:
+            return int(raw)
+        except ValueError:
+            return None
+    return None

@@ -1,0 +1,432 @@
+"""What the sync and async readers (reader.py) share: stats, lookups, loading rows, and the decisions on the
+lookup script's replies. The protocol itself (scripts, argument layouts, pure decisions) is in lookup.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import secrets
+import threading
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import orjson
+import pymysql
+
+from cdc_sync import logs
+from cdc_sync import metrics as m
+from cdc_sync.canonical import ColumnInfo
+from cdc_sync.codec import encode_hash, encode_json
+from cdc_sync.config import Config, TableRule
+from cdc_sync.errors import CdcSyncError
+from cdc_sync.keys import KeyTemplate
+from cdc_sync.lookup import (
+    FILL_LOST,
+    FILL_RULE_MISMATCH,
+    FILL_STORED,
+    NEGATIVE,
+    Lookup,
+    ScriptArg,
+    TrustWindow,
+    column_dependency_tables,
+    fetch_tags,
+    row_refusal,
+    rule_digest,
+)
+from cdc_sync.mysql import COLUMN_INFO_MAX_AGE_S, RowLoader, translate_error
+
+log = logs.get("cdc_sync.reader")
+
+_PLAN_CACHE_SIZE = 10_000  # lookups remembered per reader (cleared when full)
+Dependency = str | tuple[str, Mapping[str, object]]
+Payload = bytes | list[str]
+Loaded = tuple[Payload | None, str | None]  # (value to return and maybe fill, why it must not be filled)
+_readers: weakref.WeakSet[_ReaderBase] = weakref.WeakSet()
+
+
+class CacheUnavailable(CdcSyncError):
+    """Redis failed and the reader is in strict mode."""
+
+
+class ReaderStats:
+    """Counts of hits, misses, bypasses by reason, lease waits, fills by result, widened dependencies and
+    errors (also exported to Prometheus)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+        self._exported: dict[str, Callable[[], None]] = {}  # label → the bound Prometheus increments (hot path)
+
+    def add(self, name: str, reason: str = "") -> None:
+        label = f"{name}:{reason}" if reason else name
+        with self._lock:
+            self.counts[label] += 1
+        inc = self._exported.get(label)
+        if inc is None:
+            inc = self._exported[label] = _exporter(name, reason)
+        inc()
+
+    def __getitem__(self, label: str) -> int:
+        with self._lock:
+            return self.counts[label]
+
+
+def _exporter(name: str, reason: str) -> Callable[[], None]:
+    """The Prometheus increments for one stats label, with their label children bound once."""
+    children: list[Any] = []
+    if name in ("hit", "miss", "bypass"):
+        children.append(m.READER_LOOKUPS.labels(result=name))
+        if name == "bypass":
+            children.append(m.READER_BYPASSES.labels(reason=reason))
+    elif name == "fill":
+        children.append(m.READER_FILLS.labels(result=reason))
+    elif name == "widened":
+        children.append(m.READER_WIDENED_DEPENDENCIES.labels(table=reason))
+    else:
+        plain = {
+            "lease_wait": m.READER_LEASE_WAITS,
+            "loader_error": m.READER_LOADER_ERRORS,
+            "redis_error": m.READER_REDIS_ERRORS,
+            "heartbeat_regression": m.READER_HEARTBEAT_REGRESSIONS,
+        }
+        if name in plain:
+            children.append(plain[name])
+
+    def inc() -> None:
+        for child in children:
+            child.inc()
+
+    return inc
+
+
+class RowLookup(NamedTuple):
+    lookup: Lookup
+    rule: TableRule
+    template: KeyTemplate  # the template ``lookup.key`` was rendered with (a loaded row must render it too)
+
+
+class FetchLookup(NamedTuple):
+    lookup: Lookup
+    widened: tuple[tuple[str, tuple[str, ...]], ...]  # dependencies widened to their whole-table tag
+    expires: float  # monotonic time after which column info is read again (inf: it used none)
+
+
+class _ReaderBase:
+    """What the sync and async readers share: config, lookups, the decisions on replies, encoding."""
+
+    def __init__(self, config: Config, loader: RowLoader | None = None) -> None:
+        self.config = config
+        self.cfg = config.reader
+        self.ns = config.redis.namespace
+        self.stats = ReaderStats()
+        self._row_lookups: dict[Any, RowLookup] = {}
+        self._fetch_lookups: dict[Any, FetchLookup] = {}
+        self._plans: dict[Lookup, tuple[list[str], list[ScriptArg]]] = {}
+        self._rules = {r.name: r for r in config.tables}
+        self._digests = {r.name: rule_digest(r) for r in config.tables}
+        self.row_loader = loader if loader is not None else RowLoader(config.mysql, self.cfg.pool_size)
+        self.window = TrustWindow()  # plain-GET hits between checks (see the module docstring)
+        self._heartbeat_key = f"{self.ns}:heartbeat"
+        self._mismatched: dict[str, bool] = {}  # table → whether the last verdict on its rule was a mismatch
+        self._noted: set[Any] = set()  # what was logged once already (non-canonical keys, widened tags)
+        self._schema_reread: dict[str, float] = {}  # table → when its column info was last dropped (a flush seen)
+        self._reseed()
+        _readers.add(self)
+
+    def _reseed(self) -> None:
+        """A new lease-token prefix and counter (at start, and in a forked child: tokens must never repeat)."""
+        self._token_prefix = secrets.token_hex(6)
+        self._tokens = itertools.count()
+
+    def _after_fork(self) -> None:
+        self._reseed()
+        self.window.close()  # a new process, new connections: trust is re-established by a checked hit
+        self.stats._lock = threading.Lock()  # another thread of the parent may have held it
+
+    # ---- building lookups -----------------------------------------------------------------------
+
+    def rule(self, table: str) -> TableRule:
+        rule = self._rules.get(table)
+        if rule is None:
+            raise ValueError(f"{table} is not a mapped table (add a [[tables]] entry)")
+        return rule
+
+    def row_lookup(self, table: str, where: Mapping[str, object]) -> RowLookup:
+        try:
+            cache_key: Any = (table, tuple((k, type(v), v) for k, v in where.items()))  # 1 and 1.0 render apart
+            cached = self._row_lookups.get(cache_key)
+        except TypeError:  # an unhashable value: no caching
+            cache_key, cached = None, None
+        if cached is not None:
+            return cached
+        result = self._row_lookup(table, where)
+        if cache_key is not None:
+            if len(self._row_lookups) >= _PLAN_CACHE_SIZE:
+                self._row_lookups.clear()
+            self._row_lookups[cache_key] = result
+        return result
+
+    def _row_lookup(self, table: str, where: Mapping[str, object]) -> RowLookup:
+        rule = self.rule(table)
+        template = _template_for(rule, where)
+        key = template.render(where)
+        if key is None:
+            raise ValueError(f"{table}: a key value is NULL")
+        return RowLookup(self.rule_lookup(rule, key), rule, template)
+
+    def rule_lookup(self, rule: TableRule, key: str) -> Lookup:
+        """The lookup of one key of ``rule`` (get_row, fill_rows)."""
+        fmt = "h" if rule.format == "hash" else "j"
+        digests = (self._digests[rule.name],)
+        return Lookup(key, fmt, (rule.name,), (), rule.ttl * 1000, rule.columns, rule.exclude, digests)
+
+    def cached_fetch_lookup(self, key: str, ttl: float, depends_on: Sequence[Dependency]) -> tuple[Any, Any]:
+        """(cache key, the cached FetchLookup or None)."""
+        try:
+            cache_key: Any = (key, ttl, tuple(_dep_key(d) for d in depends_on))
+            cached = self._fetch_lookups.get(cache_key)
+        except TypeError:
+            return None, None
+        if cached is not None and cached.expires < time.monotonic():
+            cached = None
+        return cache_key, cached
+
+    def fetch_lookup(
+        self,
+        key: str,
+        ttl: float,
+        depends_on: Sequence[Dependency],
+        info: Mapping[str, Mapping[str, ColumnInfo] | None] | None = None,
+        cache_key: Any = None,
+    ) -> FetchLookup:
+        """Build (and remember under ``cache_key``) the lookup of a fetch; ``info``: the column info of each
+        column-dependency table (None: none needed, or read it now through the row loader)."""
+        if key.startswith(f"{self.ns}:"):
+            raise ValueError(f"fetch key {key!r} is in the worker's namespace {self.ns!r}; use another prefix")
+        needed = column_dependency_tables(depends_on)
+        if info is None:
+            info = self.read_column_info(needed) if needed else {}
+        tags = fetch_tags(self._rules, depends_on, info)
+        digests = tuple(self._digests[t] for t in tags.tables)
+        lookup = Lookup(key, "j", tags.tables, tags.tags, int(ttl * 1000), digests=digests)
+        complete = all(info.get(t) is not None for t in needed)
+        expires = float("inf") if not needed else time.monotonic() + COLUMN_INFO_MAX_AGE_S
+        result = FetchLookup(lookup, tags.widened, expires)
+        for table, cols in tags.widened:
+            self._note_once(
+                ("widened", table, cols),
+                "reader.dependency_widened",
+                table=table,
+                columns=list(cols),
+                tag=table,
+                why="a value is not canonical for its column (collation, type)" if info.get(table) else "no info",
+            )
+        if cache_key is not None and complete:
+            if len(self._fetch_lookups) >= _PLAN_CACHE_SIZE:
+                self._fetch_lookups.clear()
+            self._fetch_lookups[cache_key] = result
+        return result
+
+    def read_column_info(self, tables: Sequence[str]) -> dict[str, Mapping[str, ColumnInfo] | None]:
+        """Column info per table through the row loader (None for a table it could not be read for: the
+        dependency is then widened, and the lookup not remembered)."""
+        out: dict[str, Mapping[str, ColumnInfo] | None] = {}
+        for table in tables:
+            try:
+                out[table] = self.row_loader.column_info(table)
+            except (CdcSyncError, pymysql.MySQLError) as exc:
+                log.warning("reader.column_info_error", table=table, error=f"{type(exc).__name__}: {exc}")
+                out[table] = None
+        return out
+
+    def lookup_plan(self, lookup: Lookup, token: str) -> tuple[list[str], list[ScriptArg]]:
+        """KEYS and ARGV of the lookup script (built once per key, the token filled in per call)."""
+        plan = self._plans.get(lookup)
+        if plan is None:
+            if len(self._plans) >= _PLAN_CACHE_SIZE:
+                self._plans.clear()
+            plan = self._plans[lookup] = lookup.lookup_args(self.ns, self.cfg, "")
+        keys, args = plan
+        return keys, [args[0], args[1], token, *args[3:]]
+
+    def token(self) -> str:
+        return f"{self._token_prefix}{next(self._tokens):x}"
+
+    def jittered(self, ttl_ms: int) -> int:
+        if ttl_ms <= 0 or self.cfg.ttl_jitter <= 0:
+            return ttl_ms
+        return max(1, int(ttl_ms * (1 - self.cfg.ttl_jitter * random.random())))
+
+    # ---- loading rows ---------------------------------------------------------------------------
+
+    def load_row(self, row_lookup: RowLookup, where: Mapping[str, object]) -> Loaded:
+        """Load the row (blocking: the async reader runs this in a thread) and decide whether it may fill."""
+        lookup, rule, template = row_lookup
+        try:
+            row = self.row_loader.load(rule.name, dict(where))
+        except pymysql.MySQLError as exc:
+            raise translate_error(exc, f"load {rule.name}") from exc
+        payload = None if row is None else self.encode_row(lookup, row)
+        if row is None and not (self.cfg.negative_ttl > 0 and lookup.fmt == "j"):
+            return None, None  # nothing would be filled anyway
+        info = self.read_column_info([rule.name])[rule.name] if row is None else None
+        refusal = row_refusal(lookup, template, where, row, info)
+        if refusal is not None:
+            rendered = template.render(row) if row is not None else None
+            self._note_once(
+                ("noncanonical", rule.name, template.source),
+                "reader.noncanonical_key",
+                table=rule.name,
+                template=template.source,
+                key=lookup.key,
+                row_key=rendered,
+                absent=row is None,
+                action="returned without filling",
+            )
+        return payload, refusal
+
+    def _note_once(self, what: Any, event: str, **fields: Any) -> None:
+        if what not in self._noted:
+            self._noted.add(what)
+            log.warning(event, **fields)
+
+    # ---- replies --------------------------------------------------------------------------------
+
+    def verdict(self, lookup: Lookup, reply: Sequence[Any], sent: float) -> tuple[str, Any]:
+        """The lookup script's reply as (kind, detail): ('H', value), ('B', reason), ('L', None), ('W', None).
+        Every reply but a hit ends the plain-GET window; a hit opens or extends it."""
+        kind = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        if kind == "H":
+            if not self.window.opened(sent, time.monotonic(), int(reply[2]), reply[3], self.cfg.freshness_check_ms):
+                self._heartbeat_regressed(reply[3])
+            self.stats.add("hit")
+            return kind, None if reply[1] == NEGATIVE else self.decode(lookup, reply[1])
+        self.close_window()
+        if kind == "B":
+            reason = reply[1].decode()
+            if reason == "rule_mismatch":
+                self._rule_verdict(reply[2].decode(), True)
+            elif reason == "flushing":  # after DDL, say: column types and collations are read again
+                self._reread_schema(lookup.tables)
+            return kind, reason
+        if kind == "L":
+            for table in lookup.tables:
+                if self._mismatched.get(table):
+                    self._rule_verdict(table, False)
+        return kind, None
+
+    def _reread_schema(self, tables: Sequence[str]) -> None:
+        """Drop the tables' column info and the lookups built on it, once per flush: a flush leaves its marker
+        for the hold-off, and every lookup in that time bypasses with reason "flushing"."""
+        now = time.monotonic()
+        stale = [t for t in tables if now - self._schema_reread.get(t, -1e9) > max(1.0, self.cfg.holdoff_ms / 1000)]
+        if stale:
+            for t in stale:
+                self._schema_reread[t] = now
+            self.row_loader.forget_column_info(stale)
+            self._fetch_lookups.clear()
+
+    def _rule_verdict(self, table: str, mismatch: bool) -> None:
+        """Log a table's rule agreement when it changes (not per lookup)."""
+        if self._mismatched.get(table, False) == mismatch:
+            return
+        self._mismatched[table] = mismatch
+        if mismatch:
+            log.warning(
+                "reader.rule_mismatch",
+                table=table,
+                action="no fills for this table (hits are still served); give the reader the worker's rule",
+            )
+        else:
+            log.info("reader.rule_agreed", table=table)
+
+    def plain_hit(self, lookup: Lookup, raw: Any, heartbeat: Any, sent: float) -> tuple[bool, Any]:
+        """A plain read's reply inside the window: (hit?, value). Not a hit: the key is absent, the reply came
+        after the window closed, or the heartbeat read with it is missing or went back (the window closes)."""
+        verdict = self.window.accepts(sent, time.monotonic(), heartbeat)
+        if verdict != "ok":
+            if verdict == "regressed":
+                self._heartbeat_regressed(heartbeat)
+            return False, None
+        if not raw:
+            return False, None
+        self.stats.add("hit")
+        if lookup.fmt == "h":
+            return True, {k.decode(): v.decode() for k, v in raw.items()}
+        return True, (None if raw == NEGATIVE else orjson.loads(raw))
+
+    def _heartbeat_regressed(self, heartbeat: Any) -> None:
+        self.stats.add("heartbeat_regression")
+        seen = heartbeat.decode() if isinstance(heartbeat, bytes) else heartbeat
+        log.warning("reader.heartbeat_went_back", heartbeat=seen, action="window closed; every lookup checked")
+
+    def close_window(self) -> None:
+        self.window.close()
+
+    def fill_outcome(self, stored: Any) -> None:
+        result = {FILL_STORED: "stored", FILL_LOST: "lost", FILL_RULE_MISMATCH: "rule_mismatch"}.get(int(stored))
+        self.stats.add("fill", result or "lost")
+
+    # ---- values ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def encode_row(lookup: Lookup, row: Mapping[str, object]) -> Payload:
+        cols = list(lookup.columns) if lookup.columns is not None else [c for c in row if c not in lookup.exclude]
+        return encode_hash(row, cols) if lookup.fmt == "h" else encode_json(row, cols)
+
+    @staticmethod
+    def decode(lookup: Lookup, payload: Any) -> Any:
+        if lookup.fmt == "h":
+            items = [i.decode() if isinstance(i, bytes) else str(i) for i in payload]  # Redis bytes or encoded str
+            return {items[i]: items[i + 1] for i in range(0, len(items), 2)}
+        return orjson.loads(payload)
+
+    def in_window(self) -> bool:
+        """Whether a hit may be read with a plain GET now (the freshness window of the last checked hit)."""
+        return self.window.is_open(time.monotonic())
+
+    def _redis_failed(self, exc: Exception, key: str) -> None:
+        self.close_window()
+        self.stats.add("redis_error")
+        log.warning("reader.redis_error", key=key, error=f"{type(exc).__name__}: {exc}")
+        if self.cfg.strict:
+            raise CacheUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+
+def _dep_key(dep: Dependency) -> Any:
+    if isinstance(dep, str):
+        return dep
+    table, values = dep
+    return (table, tuple((k, type(v), v) for k, v in values.items()))
+
+
+def _template_for(rule: TableRule, where: Mapping[str, object]) -> KeyTemplate:
+    for template in rule.templates:
+        if set(template.fields) == set(where):
+            return template
+    known = [sorted(t.fields) for t in rule.templates]
+    raise ValueError(f"{rule.name}: no key template over {sorted(where)} (templates use {known})")
+
+
+def _payload(lookup: Lookup, value: Any, negative_ttl: int) -> tuple[Payload | None, int | None]:
+    """What to fill for a loaded value, and with which TTL (None: fill nothing)."""
+    if value == []:  # a hash whose columns are all NULL cannot exist in Redis (the worker evicts it too)
+        return None, None
+    if value is None:
+        if negative_ttl > 0 and lookup.fmt == "j":
+            return NEGATIVE, negative_ttl * 1000
+        return None, None
+    return value, lookup.ttl_ms
+
+
+def _readers_after_fork() -> None:
+    for reader in list(_readers):
+        reader._after_fork()
+
+
+os.register_at_fork(after_in_child=_readers_after_fork)
