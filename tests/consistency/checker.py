@@ -784,8 +784,17 @@ ttl = 600
         dump.unlink(missing_ok=True)
         r = self.redis_client()
         try:
-            if r.get(f"checker:snapshot:{n}") != b"in" or r.exists(f"checker:after-snapshot:{n}"):
-                raise FaultFailed("Redis did not come back from the older snapshot")
+            deadline = time.monotonic() + 10
+            while True:  # the port answers while Redis still loads the file (LOADING)
+                try:
+                    before, after = r.get(f"checker:snapshot:{n}"), r.exists(f"checker:after-snapshot:{n}")
+                    break
+                except redis.BusyLoadingError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            if before != b"in" or after:
+                raise FaultFailed(f"Redis did not come back from the older snapshot (marker {before!r}, after {after})")
         finally:
             r.close()
         self.report.notes.append(
