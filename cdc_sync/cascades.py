@@ -10,7 +10,7 @@ the row events of every such parent, and flushes the mapped descendants when a p
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cdc_sync.config import TableRule
@@ -22,7 +22,9 @@ from cdc_sync.mysql import CascadeEdge
 class CascadeWatch:
     """Row changes of ``parent`` that rewrite rows of the mapped ``targets`` without row events.
 
-    ``columns``: the referenced columns whose update fires the watch (empty: any update of the parent).
+    ``columns``: the referenced columns whose update fires the watch (empty: any update of the parent);
+    ``fold_case``: they are spelled as a DDL statement wrote them, so compare them case-insensitively (as MySQL
+    compares column names) and decode every column of the parent.
     """
 
     parent: tuple[str, str]
@@ -30,11 +32,16 @@ class CascadeWatch:
     on_delete: bool
     on_update: bool
     targets: tuple[TableRule, ...]
+    fold_case: bool = False
 
 
 def _split(name: str) -> tuple[str, str]:
     schema, _, table = name.partition(".")
     return schema, table
+
+
+def _folded(row: Mapping[str, object]) -> dict[str, object]:
+    return {k.lower(): v for k, v in row.items()}
 
 
 def _below(edges: Iterable[CascadeEdge]) -> Callable[[str], set[str]]:
@@ -82,7 +89,10 @@ def flushes_for(change: RowChange, table_watches: Iterable[CascadeWatch]) -> lis
         if change.op is Op.DELETE:
             fire = w.on_delete
         elif change.op is Op.UPDATE and w.on_update and change.before is not None and change.after is not None:
-            fire = not w.columns or any(change.before.get(c) != change.after.get(c) for c in w.columns)
+            before, after = (
+                (_folded(change.before), _folded(change.after)) if w.fold_case else (change.before, change.after)
+            )
+            fire = not w.columns or any(before.get(c) != after.get(c) for c in w.columns)
         if fire:
             parent = f"{change.schema}.{change.table}"
             out.extend(
@@ -105,12 +115,16 @@ _ACTING = r"(?:CASCADE|SET\s+NULL|SET\s+DEFAULT)"
 _RULE = r"(?:CASCADE|SET\s+NULL|SET\s+DEFAULT|RESTRICT|NO\s+ACTION)"
 # REFERENCES parent [(columns)] [MATCH ...] [ON DELETE rule] [ON UPDATE rule], in either order
 _REFERENCES = re.compile(
-    rf"\bREFERENCES\s+{_QUALIFIED}\s*(?:\([^)]*\))?((?:\s*(?:MATCH\s+\w+|ON\s+(?:DELETE|UPDATE)\s+{_RULE}))*)",
+    rf"\bREFERENCES\s+{_QUALIFIED}\s*(?:\(([^)]*)\))?((?:\s*(?:MATCH\s+\w+|ON\s+(?:DELETE|UPDATE)\s+{_RULE}))*)",
     re.I,
 )
 _ON_DELETE = re.compile(rf"ON\s+DELETE\s+{_ACTING}\b", re.I)
 _ON_UPDATE = re.compile(rf"ON\s+UPDATE\s+{_ACTING}\b", re.I)
 _SCHEMA_CHANGE = re.compile(r"^\s*(?:/\*!\d*\s*)?(?:CREATE|ALTER|DROP|RENAME)\b", re.I)
+# MariaDB's per-statement settings, logged verbatim: SET STATEMENT var = value [, ...] FOR <statement>
+_SET_STATEMENT = re.compile(
+    r"^\s*SET\s+STATEMENT\s.*?\bFOR\s+(?=(?:/\*!\d*\s*)?(?:CREATE|ALTER|DROP|RENAME)\b)", re.I | re.S
+)
 
 
 def _unquote(name: str) -> str:
@@ -121,9 +135,15 @@ def _qualified(first: str, second: str | None, default_schema: str) -> tuple[str
     return (_unquote(first), _unquote(second)) if second else (default_schema, _unquote(first))
 
 
+def _body(sql: str) -> str:
+    """The statement without comments (executable ones kept) and without a ``SET STATEMENT ... FOR`` prefix."""
+    text = _COMMENT.sub(" ", sql)
+    return _SET_STATEMENT.sub("", text, count=1)
+
+
 def is_schema_change(sql: str) -> bool:
     """CREATE, ALTER, DROP or RENAME: a statement after which schema-derived state must be re-read."""
-    return bool(_SCHEMA_CHANGE.match(_COMMENT.sub(" ", sql)))
+    return bool(_SCHEMA_CHANGE.match(_body(sql)))
 
 
 @dataclass(frozen=True)
@@ -131,6 +151,7 @@ class DeclaredKey:
     """A cascading foreign key as a DDL statement's text declares it (names as written)."""
 
     parent: tuple[str, str]
+    columns: tuple[str, ...]  # the referenced columns as written (empty: none given)
     on_delete: bool
     on_update: bool
 
@@ -139,13 +160,15 @@ def ddl_references(sql: str, default_schema: str) -> tuple[tuple[str, str] | Non
     """The table a DDL statement creates or alters (None when the text does not say) and the cascading foreign
     keys it declares (``REFERENCES p (c) ON DELETE CASCADE`` and the like; RESTRICT and NO ACTION, the default,
     rewrite no child row). Names are as written; the caller resolves them to stored names."""
-    text = _COMMENT.sub(" ", sql)
+    text = _body(sql)
     keys: list[DeclaredKey] = []
     for m in _REFERENCES.finditer(text):
-        actions = m.group(3) or ""
+        actions = m.group(4) or ""
         on_delete, on_update = bool(_ON_DELETE.search(actions)), bool(_ON_UPDATE.search(actions))
         if on_delete or on_update:
-            keys.append(DeclaredKey(_qualified(m.group(1), m.group(2), default_schema), on_delete, on_update))
+            columns = tuple(_unquote(c.strip()).lower() for c in (m.group(3) or "").split(",") if c.strip())
+            parent = _qualified(m.group(1), m.group(2), default_schema)
+            keys.append(DeclaredKey(parent, columns, on_delete, on_update))
     if not keys:
         return None, []
     target = _DDL_TARGET.match(text)
@@ -162,10 +185,10 @@ def provisional_watches(
 
     The worker may read information_schema long after the statement (it lags, or a later DDL dropped the key
     again), while the parent's deletes in between did cascade. Such a key is watched for its declared actions
-    (an ON UPDATE action: any update of the parent, since the text's column names need not match the table's
-    spelling), flushing the mapped tables reachable from the child (every mapped table when the child is not
-    known), for the rest of this run. A key information_schema does show is already watched exactly by
-    ``watches``.
+    and columns (an ON UPDATE action fires when a referenced column, compared case-insensitively, changes; on
+    any update when the text names none), flushing the mapped tables reachable from the child (every mapped
+    table when the child is not known), for the rest of this run. A key information_schema does show is already
+    watched exactly by ``watches``.
     """
     edges = list(edges)
     known = {(e.parent, e.child) for e in edges}
@@ -174,5 +197,5 @@ def provisional_watches(
     for key in keys:
         if not targets or (child is not None and (".".join(key.parent), ".".join(child)) in known):
             continue
-        out.append(CascadeWatch(key.parent, (), key.on_delete, key.on_update, targets))
+        out.append(CascadeWatch(key.parent, key.columns, key.on_delete, key.on_update, targets, fold_case=True))
     return out

@@ -124,11 +124,11 @@ def plan_change(change: RowChange, rule: TableRule, evict_only: bool = False) ->
 
 
 def needed_columns(
-    rules: Iterable[TableRule], watched: Iterable[tuple[tuple[str, str], Sequence[str]]]
+    rules: Iterable[TableRule], watched: Iterable[tuple[tuple[str, str], Sequence[str] | None]]
 ) -> dict[tuple[str, str], frozenset[str] | None]:
     """Per table, the columns some rule or cascade watch reads (None: every column, e.g. update mode).
 
-    ``watched``: (cascade parent, the columns its watch compares) pairs.
+    ``watched``: (cascade parent, the columns its watch compares, None: every column) pairs.
     """
     out: dict[tuple[str, str], frozenset[str] | None] = {}
 
@@ -148,7 +148,7 @@ def needed_columns(
             cols.update(tag)
         add(table, frozenset(cols))
     for table, columns in watched:
-        add(table, frozenset(columns))
+        add(table, None if columns is None else frozenset(columns))
     return out
 
 

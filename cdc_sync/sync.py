@@ -321,7 +321,7 @@ class Worker:
                 after_ddl=ddl is not None,
                 note="foreign-key actions are not in the binlog: these parent changes flush the children",
             )
-        tables = needed_columns(self.rules, [(w.parent, w.columns) for w in self.watches])
+        tables = needed_columns(self.rules, [(w.parent, None if w.fold_case else w.columns) for w in self.watches])
         if ddl is not None:
             # Watches only grow and the rules stay, so a table streamed before keeps at least its columns; one no
             # longer named (a stored name that changed) keeps streaming for changes still queued.

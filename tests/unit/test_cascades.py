@@ -83,16 +83,16 @@ def test_ddl_references_finds_the_child_and_its_cascading_keys() -> None:
 
     assert ddl_references("ALTER TABLE kids ADD FOREIGN KEY (pid) REFERENCES parents(id) ON DELETE CASCADE", "d") == (
         ("d", "kids"),
-        [DeclaredKey(("d", "parents"), True, False)],
+        [DeclaredKey(("d", "parents"), ("id",), True, False)],
     )
     sql = (
-        "CREATE TABLE IF NOT EXISTS `s`.`c` (a INT, b INT, e INT, FOREIGN KEY (a) REFERENCES `p``1` (`id`, k)"
+        "CREATE TABLE IF NOT EXISTS `s`.`c` (a INT, b INT, e INT, FOREIGN KEY (a) REFERENCES `p``1` (`ID`, k)"
         " ON UPDATE SET NULL ON DELETE RESTRICT, FOREIGN KEY (b) REFERENCES other.p2 (id),"
         " FOREIGN KEY (e) REFERENCES p3 (id) ON DELETE SET DEFAULT ON UPDATE CASCADE)"
     )
     assert ddl_references(sql, "d") == (
         ("s", "c"),
-        [DeclaredKey(("d", "p`1"), False, True), DeclaredKey(("d", "p3"), True, True)],
+        [DeclaredKey(("d", "p`1"), ("id", "k"), False, True), DeclaredKey(("d", "p3"), ("id",), True, True)],
     )
     assert ddl_references("ALTER TABLE kids ADD FOREIGN KEY (pid) REFERENCES parents(id)", "d") == (None, []), (
         "RESTRICT (the default) rewrites no child row"
@@ -105,10 +105,10 @@ def test_provisional_watch_targets_the_mapped_tables_below_the_child() -> None:
     exactly already), needs no provisional watch."""
     from cdc_sync.cascades import DeclaredKey, provisional_watches
 
-    key = DeclaredKey(("shop", "top"), True, False)
+    key = DeclaredKey(("shop", "top"), ("id",), True, False)
     below = [edge("shop.mid", "shop.orders")]
     (w,) = provisional_watches(("shop", "mid"), [key], below, RULES)
-    assert (w.parent, w.columns, w.on_delete, w.on_update) == (("shop", "top"), (), True, False)
+    assert (w.parent, w.columns, w.on_delete, w.on_update, w.fold_case) == (("shop", "top"), ("id",), True, False, True)
     assert [t.name for t in w.targets] == ["shop.orders"]
     (w_all,) = provisional_watches(None, [key], [], RULES)
     assert sorted(t.name for t in w_all.targets) == ["shop.lines", "shop.orders"]
@@ -120,6 +120,17 @@ def test_a_watch_without_columns_fires_on_any_update() -> None:
     """A provisional ON UPDATE watch flushes on every update of the parent."""
     from cdc_sync.cascades import DeclaredKey, provisional_watches
 
-    (w,) = provisional_watches(("shop", "orders"), [DeclaredKey(("shop", "users"), False, True)], [], RULES)
+    (w,) = provisional_watches(("shop", "orders"), [DeclaredKey(("shop", "users"), (), False, True)], [], RULES)
     change = RowChange(Op.UPDATE, "shop", "users", {"id": 1, "n": "a"}, {"id": 1, "n": "b"})
     assert [f.table for f in flushes_for(change, [w])] == ["orders"]
+
+
+def test_a_provisional_watch_compares_its_declared_columns_case_insensitively() -> None:
+    """REFERENCES users (ID): an update of another column does not flush; a change of `id` does."""
+    from cdc_sync.cascades import DeclaredKey, provisional_watches
+
+    (w,) = provisional_watches(("shop", "orders"), [DeclaredKey(("shop", "users"), ("id",), False, True)], [], RULES)
+    other = RowChange(Op.UPDATE, "shop", "users", {"Id": 1, "n": "a"}, {"Id": 1, "n": "b"})
+    assert flushes_for(other, [w]) == []
+    moved = RowChange(Op.UPDATE, "shop", "users", {"Id": 1, "n": "a"}, {"Id": 2, "n": "a"})
+    assert [f.table for f in flushes_for(moved, [w])] == ["orders"]
