@@ -24,13 +24,14 @@ renders a dependency's values as the worker renders the stored values, or widens
 **Hits between checks.** A hit also tells the reader how long the heartbeat it saw keeps the cache trusted
 (``max_staleness_ms`` minus its age, on Redis's clock) and that heartbeat. For that long (measured locally
 from before the script was sent, and capped at ``freshness_check_ms``) hits are a plain ``MGET key
-<ns>:heartbeat`` (a pipelined ``HGETALL`` + ``GET`` for hashes), one round trip and no script, accepted only
-if the heartbeat read with the value is present and not older than the one that opened the window, and only
-if the reply arrived inside it. A heartbeat seen going back (Redis restarted from an older snapshot, a
-failover to a lagging replica), any bypass, lease or wait reply, and any Redis error end the window. A miss
-in the window runs the script as usual. What the window gives up is only the early warnings: a flushing
-marker or a changed rule is noticed within ``freshness_check_ms``, not at once; the staleness bound holds
-exactly. ``freshness_check_ms = 0`` runs the script for every lookup.
+<ns>:heartbeat <ns>:flushing:<table>...`` (a pipelined ``HGETALL`` + ``MGET`` for hashes), one round trip and no
+script, accepted only if the heartbeat read with the value is present and not older than the one that opened
+the window, no table of the lookup is being flushed (the window may have been opened by another table's
+lookup), and the reply arrived inside the window. A heartbeat seen going back (Redis restarted from an older
+snapshot, a failover to a lagging replica), any bypass, lease or wait reply, and any Redis error end the
+window. A miss in the window runs the script as usual. What the window gives up is only noticing a changed
+rule within ``freshness_check_ms``, not at once; the staleness bound holds exactly. ``freshness_check_ms = 0``
+runs the script for every lookup.
 
 Fork-safe: a child process gets a new lease-token prefix, a closed window and (RowLoader) no inherited
 MySQL connection; redis-py replaces inherited Redis connections itself.
@@ -178,18 +179,19 @@ class CacheReader(_ReaderBase):
     def _get(self, lookup: Lookup, load: Callable[[], Loaded]) -> Any:
         sent = time.monotonic()
         if self.window.is_open(sent):
+            gates = self.plain_keys(lookup)
             try:
                 if lookup.fmt == "h":
                     pipe = self.redis.pipeline(transaction=False)
                     pipe.hgetall(lookup.key)
-                    pipe.get(self._heartbeat_key)
-                    raw, beat = pipe.execute()
+                    pipe.mget(gates)
+                    raw, seen = pipe.execute()
                 else:
-                    raw, beat = self.redis.mget(lookup.key, self._heartbeat_key)
+                    raw, *seen = self.redis.mget(lookup.key, *gates)
             except redis.RedisError as exc:
                 self._redis_failed(exc, lookup.key)
                 return self._bypass(lookup, load, "redis_error")
-            hit, value = self.plain_hit(lookup, raw, beat, sent)
+            hit, value = self.plain_hit(lookup, raw, seen, sent)
             if hit:
                 return value
         token = self.token()
@@ -318,18 +320,19 @@ class AsyncCacheReader(_ReaderBase):
     async def _get(self, lookup: Lookup, load: Callable[[], Awaitable[Loaded]]) -> Any:
         sent = time.monotonic()
         if self.window.is_open(sent):
+            gates = self.plain_keys(lookup)
             try:
                 if lookup.fmt == "h":
                     pipe = self.redis.pipeline(transaction=False)
                     pipe.hgetall(lookup.key)
-                    pipe.get(self._heartbeat_key)
-                    raw, beat = await pipe.execute()
+                    pipe.mget(gates)
+                    raw, seen = await pipe.execute()
                 else:
-                    raw, beat = await self.redis.mget(lookup.key, self._heartbeat_key)
+                    raw, *seen = await self.redis.mget(lookup.key, *gates)
             except redis.RedisError as exc:
                 self._redis_failed(exc, lookup.key)
                 return await self._bypass(lookup, load, "redis_error")
-            hit, value = self.plain_hit(lookup, raw, beat, sent)
+            hit, value = self.plain_hit(lookup, raw, seen, sent)
             if hit:
                 return value
         token = self.token()

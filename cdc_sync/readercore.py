@@ -127,6 +127,7 @@ class _ReaderBase:
         self._row_lookups: dict[Any, RowLookup] = {}
         self._fetch_lookups: dict[Any, FetchLookup] = {}
         self._plans: dict[Lookup, tuple[list[str], list[ScriptArg]]] = {}
+        self._plain: dict[Lookup, list[str]] = {}
         self._rules = {r.name: r for r in config.tables}
         self._digests = {r.name: rule_digest(r) for r in config.tables}
         self.row_loader = loader if loader is not None else RowLoader(config.mysql, self.cfg.pool_size)
@@ -254,6 +255,17 @@ class _ReaderBase:
         keys, args = plan
         return keys, [args[0], args[1], token, *args[3:]]
 
+    def plain_keys(self, lookup: Lookup) -> list[str]:
+        """What a plain read inside the window reads with the value: the heartbeat and the flushing markers of
+        the lookup's tables (the window was opened by some lookup, maybe of another table: a table flushed or
+        held meanwhile must not be read by it). Built once per key."""
+        keys = self._plain.get(lookup)
+        if keys is None:
+            if len(self._plain) >= _PLAN_CACHE_SIZE:
+                self._plain.clear()
+            keys = self._plain[lookup] = [self._heartbeat_key, *(f"{self.ns}:flushing:{t}" for t in lookup.tables)]
+        return keys
+
     def token(self) -> str:
         return f"{self._token_prefix}{next(self._tokens):x}"
 
@@ -345,15 +357,17 @@ class _ReaderBase:
         else:
             log.info("reader.rule_agreed", table=table)
 
-    def plain_hit(self, lookup: Lookup, raw: Any, heartbeat: Any, sent: float) -> tuple[bool, Any]:
-        """A plain read's reply inside the window: (hit?, value). Not a hit: the key is absent, the reply came
-        after the window closed, or the heartbeat read with it is missing or went back (the window closes)."""
+    def plain_hit(self, lookup: Lookup, raw: Any, gates: Sequence[Any], sent: float) -> tuple[bool, Any]:
+        """A plain read's reply inside the window: (hit?, value). ``gates``: what ``plain_keys`` read with it.
+        Not a hit: the key is absent, the reply came after the window closed, the heartbeat read with it is
+        missing or went back (the window closes), or a table of the lookup is being flushed (the script decides)."""
+        heartbeat = gates[0]
         verdict = self.window.accepts(sent, time.monotonic(), heartbeat)
         if verdict != "ok":
             if verdict == "regressed":
                 self._heartbeat_regressed(heartbeat)
             return False, None
-        if not raw:
+        if not raw or any(marker is not None for marker in gates[1:]):
             return False, None
         self.stats.add("hit")
         if lookup.fmt == "h":

@@ -112,7 +112,7 @@ def _heartbeat(r: redis.Redis) -> int | None:
 READER_STRICT = "[reader]\nmax_staleness_ms = 2000\nholdoff_ms = 200\nfreshness_check_ms = 0\n"
 
 
-@pytest.mark.xfail(strict=True, reason='review finding not fixed yet')
+@pytest.mark.xfail(strict=True, reason="review finding not fixed yet")
 def test_checkpoint_set_past_the_binlog_end_wedges_the_worker_under_a_fresh_heartbeat(
     tmp_path: Path,
     own_mariadb: MySQLTarget,
@@ -170,7 +170,7 @@ def _purge_to(cur: pymysql.cursors.Cursor, file: str) -> None:
         time.sleep(0.2)
 
 
-@pytest.mark.xfail(strict=True, reason='review finding not fixed yet')
+@pytest.mark.xfail(strict=True, reason="review finding not fixed yet")
 def test_a_purged_checkpoint_file_resumed_by_a_repeated_gtid_loses_changes(
     tmp_path: Path,
     own_mariadb: MySQLTarget,
@@ -228,7 +228,7 @@ mode = "update"
 """
 
 
-@pytest.mark.xfail(strict=True, reason='review finding not fixed yet')
+@pytest.mark.xfail(strict=True, reason="review finding not fixed yet")
 def test_an_operator_flush_releases_the_flushing_hold_of_a_concurrent_checkpoint_reset(
     tmp_path: Path,
     own_mariadb: MySQLTarget,
@@ -367,7 +367,7 @@ def test_a_checkpoint_set_rewind_replays_old_values_into_readers_plain_get_windo
     )
 
 
-@pytest.mark.xfail(strict=True, reason='review finding not fixed yet')
+@pytest.mark.xfail(strict=True, reason="review finding not fixed yet")
 def test_a_server_id_change_on_the_primary_stops_the_heartbeat_until_the_binlog_rotates(
     tmp_path: Path,
     own_mariadb: MySQLTarget,
@@ -398,7 +398,7 @@ def test_a_server_id_change_on_the_primary_stops_the_heartbeat_until_the_binlog_
     assert age is not None and age < 2000, f"heartbeat {age} ms old; checkpoint {checkpoint(r)}"
 
 
-@pytest.mark.xfail(strict=True, reason='review finding not fixed yet')
+@pytest.mark.xfail(strict=True, reason="review finding not fixed yet")
 def test_a_binlog_tail_lost_in_a_host_crash_wedges_a_running_worker(
     tmp_path: Path,
     own_server: LocalServer,
@@ -452,7 +452,7 @@ def test_a_binlog_tail_lost_in_a_host_crash_wedges_a_running_worker(
 KIDS = '[[tables]]\ntable = "d.kids"\nkey = "kid:{id}"\nmode = "update"\n'
 
 
-@pytest.mark.xfail(strict=True, reason='review finding not fixed yet')
+@pytest.mark.xfail(strict=True, reason="review finding not fixed yet")
 def test_a_rename_swap_brings_a_cascade_the_lagging_worker_never_sees(
     tmp_path: Path,
     own_mariadb: MySQLTarget,
@@ -529,7 +529,7 @@ def _wait_replicated(replica: LocalServer, primary: LocalServer) -> None:
         wait_for(lambda: _q(cur, "SELECT @@gtid_slave_pos")[0][0] == want, 30, f"the replica at {want}")  # type: ignore[index]
 
 
-@pytest.mark.xfail(strict=True, reason='review finding not fixed yet')
+@pytest.mark.xfail(strict=True, reason="review finding not fixed yet")
 def test_failover_to_a_replica_whose_binlog_file_is_shorter_wedges_the_worker(
     tmp_path: Path,
     replica_pair: tuple[LocalServer, LocalServer],
@@ -586,7 +586,7 @@ def test_failover_to_a_replica_whose_binlog_file_is_shorter_wedges_the_worker(
     )
 
 
-@pytest.mark.xfail(strict=True, reason='review finding not fixed yet')
+@pytest.mark.xfail(strict=True, reason="review finding not fixed yet")
 def test_reset_master_makes_the_prober_vouch_for_the_old_history_during_the_position_lost_flush(
     tmp_path: Path,
     own_mariadb: MySQLTarget,
@@ -652,7 +652,6 @@ def test_reset_master_makes_the_prober_vouch_for_the_old_history_during_the_posi
     )
 
 
-@pytest.mark.xfail(strict=True, reason='review finding not fixed yet')
 def test_a_readers_plain_get_window_opened_on_one_table_serves_a_table_a_reset_still_holds(
     tmp_path: Path,
     own_mariadb: MySQLTarget,
@@ -730,7 +729,7 @@ def test_a_readers_plain_get_window_opened_on_one_table_serves_a_table_a_reset_s
         t.join(60)
 
 
-@pytest.mark.xfail(strict=True, reason='review finding not fixed yet')
+@pytest.mark.xfail(strict=True, reason="review finding not fixed yet")
 def test_checkpoint_set_to_a_mysql_gtid_set_on_mariadb_stops_the_worker_for_good(
     tmp_path: Path,
     own_mariadb: MySQLTarget,
@@ -855,7 +854,7 @@ def test_a_redis_restart_from_an_older_snapshot_is_served_inside_a_readers_plain
         server.stop()
 
 
-@pytest.mark.xfail(strict=True, reason='review finding not fixed yet')
+@pytest.mark.xfail(strict=True, reason="review finding not fixed yet")
 def test_reset_master_then_the_same_shape_of_history_passes_the_exact_lineage_check(
     tmp_path: Path,
     own_mariadb: MySQLTarget,
@@ -901,7 +900,7 @@ def test_reset_master_then_the_same_shape_of_history_passes_the_exact_lineage_ch
     )
 
 
-@pytest.mark.xfail(strict=True, reason='review finding not fixed yet')
+@pytest.mark.xfail(strict=True, reason="review finding not fixed yet")
 def test_with_the_documented_least_privileges_no_cascade_is_ever_watched(
     tmp_path: Path,
     own_mariadb: MySQLTarget,
@@ -996,7 +995,7 @@ def test_a_provisional_on_update_watch_flushes_the_children_on_every_parent_upda
     assert after - before == 0, f"{after - before} wholesale flushes of d.kids for 20 updates of parents.note"
 
 
-@pytest.mark.xfail(strict=True, reason='review finding not fixed yet')
+@pytest.mark.xfail(strict=True, reason="review finding not fixed yet")
 def test_xa_transactions_on_an_unmapped_table_flush_every_mapped_table(
     tmp_path: Path,
     own_mariadb: MySQLTarget,
