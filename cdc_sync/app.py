@@ -1,6 +1,8 @@
 """Composition root: config → adapters → worker; HA terms; signals; exit codes.
 
-Exit codes: 0 clean stop, 1 runtime failure, 2 bad configuration (or a server not set up for CDC).
+Exit codes: 0 clean stop, 1 runtime failure, 2 bad configuration, a server not set up for CDC, or a server
+that refuses us for a reason no retry can fix (errors.ServerRefused: credentials, privileges, a duplicate
+server_id); transient failures (a server down or restarting, a timeout) are retried, never an exit.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from cdc_sync import logs
 from cdc_sync import metrics as m
 from cdc_sync.config import Config
-from cdc_sync.errors import CdcSyncError, ConfigError, Fenced, SinkUnavailable
+from cdc_sync.errors import CdcSyncError, ConfigError, Fenced, ServerRefused, SinkUnavailable
 from cdc_sync.ha import LeaderLease, Renewer
 from cdc_sync.health import Health, HealthServer
 from cdc_sync.heartbeat import Prober
@@ -122,6 +124,12 @@ class Service:
                 self.http.stop()
             self.sink.close()
 
+    def _still_leader(self) -> bool:
+        try:
+            return self.lease.renew()
+        except CdcSyncError:
+            return False
+
     def _wait_for_lease(self) -> bool:
         """Standby: poll for the lease until it is ours (True) or we are stopped (False)."""
         self.lease.new_term()
@@ -156,6 +164,10 @@ class Service:
             except CdcSyncError as exc:
                 if renewer is not None and renewer.lost and not isinstance(exc, Fenced):
                     raise Fenced(f"the leader lease was lost ({exc})") from exc  # a step-down, not a failure
+                taken_over = renewer is not None and isinstance(exc, ServerRefused) and exc.kind == "server_id"
+                if taken_over and not self._still_leader():
+                    # a new leader with the same server_id took over the binlog stream: a step-down, not a failure
+                    raise Fenced(f"another leader took over ({exc})") from exc
                 raise
             if isinstance(self.worker.applier.failure, Fenced):
                 raise self.worker.applier.failure
@@ -181,7 +193,7 @@ def run(config: Config) -> int:
     try:
         service = Service(config)
     except ConfigError as exc:
-        log.error("worker.config_error", error=str(exc))
+        _log_config_error(exc, config)
         return EXIT_CONFIG
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -204,7 +216,7 @@ def run(config: Config) -> int:
     try:
         service.run()
     except ConfigError as exc:
-        log.error("worker.config_error", error=str(exc))
+        _log_config_error(exc, config)
         return EXIT_CONFIG
     except CdcSyncError as exc:
         if service.worker.stopping:  # asked to stop while still connecting: not a failure
@@ -216,3 +228,12 @@ def run(config: Config) -> int:
         log.exception("worker.crashed", error=repr(exc))
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _log_config_error(exc: ConfigError, config: Config) -> None:
+    """``worker.config_error`` with the fix line a ServerRefused carries (and the server_id it names)."""
+    if isinstance(exc, ServerRefused):
+        extra: dict[str, object] = {"server_id": config.mysql.server_id} if exc.kind == "server_id" else {}
+        log.error("worker.config_error", error=str(exc), fix=exc.fix, refused=exc.kind, **extra)
+    else:
+        log.error("worker.config_error", error=str(exc))

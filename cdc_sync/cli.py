@@ -2,7 +2,8 @@
 
 Every command takes ``--config PATH`` (before or after the command name) and prints a human view;
 ``--json`` prints the same as JSON. Exit codes: 0 fine, 1 a problem was found (doctor FAIL, divergence,
-runtime failure), 2 bad configuration.
+runtime failure), 2 bad configuration, or a server that refuses us for good (wrong password, missing
+privilege, a duplicate server_id), with a ``fix:`` line.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import orjson
 
 from cdc_sync import __version__, app, logs
 from cdc_sync import config as config_mod
-from cdc_sync.errors import CdcSyncError, ConfigError
+from cdc_sync.errors import CdcSyncError, ConfigError, ServerRefused
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,6 +55,8 @@ def _guard(fn: Callable[[], int | None]) -> None:
         code = fn()
     except ConfigError as exc:
         click.echo(f"cdc-sync: {exc}", err=True)
+        if isinstance(exc, ServerRefused):
+            click.echo(f"  fix: {exc.fix}", err=True)
         sys.exit(app.EXIT_CONFIG)
     except (CdcSyncError, ValueError) as exc:
         click.echo(f"cdc-sync: {exc}", err=True)

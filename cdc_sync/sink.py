@@ -1,11 +1,13 @@
 """Redis side: the atomic apply step (Lua), checkpoint, heartbeat and wholesale flushes.
 
-The only module besides the reader that imports redis. Every redis-py error is translated here into
-SinkUnavailable (retryable) or RewindRequired.
+The only module besides the reader that imports redis. Every redis-py error is translated here
+(``redis_error``) into SinkUnavailable (retryable), or ServerRefused when retrying cannot help (wrong password,
+an ACL that denies a command); the apply step's replies become RewindRequired or Fenced.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -13,7 +15,7 @@ import redis
 from redis.commands.core import Script
 
 from cdc_sync.config import RedisConfig, TableRule
-from cdc_sync.errors import Fenced, RewindRequired, SinkUnavailable
+from cdc_sync.errors import Fenced, RewindRequired, ServerRefused, SinkUnavailable
 from cdc_sync.keys import glob_escape
 from cdc_sync.planner import Count, Delete, EvictTag, RedisOp, SetHash, SetJson
 
@@ -134,6 +136,42 @@ def make_client(cfg: RedisConfig) -> redis.Redis:
     return redis.Redis.from_url(cfg.url, **client_kwargs(cfg))
 
 
+_REDIS_AUTH_FIX = (
+    "check the user and password in redis.url (or $CDC_SYNC_REDIS_URL) against the server's ACL/requirepass"
+)
+_CONNECT_FAILED = re.compile(r"^Error (-?\d+) connecting to (.+?)\. (.+?)\.?$", re.S)
+
+
+def redis_error(exc: BaseException, what: str) -> SinkUnavailable | ServerRefused:
+    """Translate a redis-py error, once, for every Redis client of the worker and the CLI.
+
+    A wrong password or missing password (WRONGPASS, NOAUTH) and a command the ACL denies (NOPERM) cannot heal
+    by retrying: ServerRefused (exit 2). Everything else (refused connection, timeout, loading, read-only replica
+    after a failover, out of memory) is SinkUnavailable, which the worker retries.
+    """
+    text = plain_redis_error(exc)
+    if isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthenticationWrongNumberOfArgsError):
+        return ServerRefused(f"redis {what}: Redis refused the login: {text}", _REDIS_AUTH_FIX, "redis_auth")
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        fix = "allow the command for the Redis user (run cdc-sync doctor: redis.acl lists every command needed)"
+        return ServerRefused(f"redis {what}: the Redis ACL denies a command: {text}", fix, "redis_acl")
+    return SinkUnavailable(f"redis {what}: {text}")
+
+
+def plain_redis_error(exc: BaseException) -> str:
+    """A redis-py error as a plain sentence: ``cannot connect to 127.0.0.1:6379: connection refused``."""
+    text = str(exc).strip()
+    match = _CONNECT_FAILED.match(text)
+    if match:
+        reason = match.group(3)
+        return f"cannot connect to {match.group(2)}: {reason[:1].lower()}{reason[1:]}"
+    if isinstance(exc, redis.TimeoutError):
+        return f"no answer in time ({text.lower() or 'timeout'})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return text.rstrip(".") or type(exc).__name__
+
+
 def encode_ops(ops: Iterable[RedisOp]) -> list[bytes | str | int]:
     """Flatten planner operations into the script's ARGV tail."""
     out: list[bytes | str | int] = []
@@ -173,7 +211,7 @@ class RedisSink:
         try:
             return fn(*args, **kwargs)
         except redis.RedisError as exc:
-            raise SinkUnavailable(f"redis {what}: {type(exc).__name__}: {exc}") from exc
+            raise redis_error(exc, what) from exc
 
     def load_checkpoint(self) -> str | None:
         value = self._call("GET checkpoint", self.client.get, self.checkpoint_key)
