@@ -114,7 +114,8 @@ def doctor(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
         checks = doc.run(cfg)
         fails = sum(c.status == doc.FAIL for c in checks)
         warns = sum(c.status == doc.WARN for c in checks)
-        summary = f"\n{len(checks)} checks: {fails} FAIL, {warns} WARN"
+        skips = sum(c.status == doc.SKIP for c in checks)
+        summary = f"\n{len(checks)} checks: {fails} FAIL, {warns} WARN" + (f", {skips} SKIP" if skips else "")
         _emit(doc.as_json(checks), "\n".join(c.line() for c in checks) + summary, as_json)
         return 1 if fails else 0
 
