@@ -27,6 +27,7 @@ from cdc_sync.notify import Notifier
 from cdc_sync.ops import doctor
 from cdc_sync.sink import RedisSink
 from cdc_sync.source import BinlogSource
+from cdc_sync.statusreport import StatusReporter
 from cdc_sync.sync import Worker
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -52,6 +53,9 @@ class Service:
         self._stop = threading.Event()
         self.role = "leader" if not config.ha.enabled else "standby"
         self._standby_tick = time.monotonic()
+        self.reporter = StatusReporter(self.sink.client, config.redis.namespace, facts=self._status_facts)
+        self.reporter.update({"ha": config.ha.enabled, "role": None if not config.ha.enabled else "standby"})
+        self.sink.on_status = self.reporter.update  # the sync loop sets the state; the reporter keeps it in Redis
         self.http: HealthServer | None = None
         if config.metrics.listen:
             try:
@@ -67,6 +71,11 @@ class Service:
         # prepare() has read the server's flavor before the first stream is opened
         flavor = self.worker.info.flavor if self.worker.info else "mysql"
         return BinlogSource(self.config.mysql, tables, flavor, needed=tables)
+
+    def _status_facts(self) -> dict[str, object]:
+        """Live facts for the status record: how long the loop has been still, and failing Redis steps."""
+        tick = self._standby_tick if self.role == "standby" else self.worker.last_tick
+        return {"loop_idle_s": time.monotonic() - tick, "redis_failing": dict(self.sink.failing)}
 
     def _heartbeat_age(self) -> float | None:
         return self.prober.heartbeat_age_s() if self.prober is not None else None
@@ -92,12 +101,15 @@ class Service:
 
     def stop(self) -> None:
         self._stop.set()
+        self.reporter.update({"state": "stopping"})
         self.worker.stop()
 
     def run(self) -> None:
         if self.http is not None:
             self.http.start()
             log.info("worker.http_listening", listen=self.config.metrics.listen, port=self.http.port)
+        self.reporter.start()
+        failure: BaseException | None = None
         try:
             if not self.config.ha.enabled:
                 m.HA_LEADER.set(1)
@@ -111,6 +123,7 @@ class Service:
                 except Fenced as exc:
                     m.HA_TRANSITIONS.labels(to="fenced").inc()
                     log.error("ha.fenced", fence=self.lease.fence, error=str(exc), action="step_down")
+                    self.reporter.update({"state": "fenced", "last_error": f"fenced: {exc}"[:500]})
                 finally:
                     m.HA_LEADER.set(0)
                     self.role = "standby"
@@ -118,8 +131,16 @@ class Service:
                 if not self._stop.is_set():
                     log.warning("ha.stepped_down", fence=self.lease.fence)
                     self.worker = self._new_worker()
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
             self.notifier.send("STOPPING=1")
+            # the final record: a clean stop (also when asked to stop while connecting), or the failure
+            if failure is None or (self._stop.is_set() and not isinstance(failure, ConfigError)):
+                self.reporter.stop("stopped")
+            else:
+                self.reporter.stop("failed", last_error=str(failure)[:500])
             if self.http is not None:
                 self.http.stop()
             self.sink.close()
@@ -135,6 +156,7 @@ class Service:
         self.lease.new_term()
         log.info("ha.standby", holder=self.lease.token)
         self.notifier.send("READY=1", "STATUS=standby: waiting for the leader lease")
+        self.reporter.update({"state": "standby", "role": "standby", "fence": None})
         poll = max(0.1, self.config.ha.lease_ttl_ms / 10000)
         while not self._stop.is_set():
             self._standby_tick = time.monotonic()
@@ -145,6 +167,7 @@ class Service:
                     m.HA_LEADER.set(1)
                     log.info("ha.acquired", fence=self.lease.fence, holder=self.lease.token)
                     self.role = "leader"
+                    self.reporter.update({"state": "starting", "role": "leader", "fence": self.lease.fence})
                     return True
             except SinkUnavailable as exc:
                 log.warning("ha.acquire_failed", error=str(exc))

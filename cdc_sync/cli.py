@@ -2,7 +2,7 @@
 
 Every command takes ``--config PATH`` (before or after the command name) and prints a human view;
 ``--json`` prints the same as JSON. Exit codes: 0 fine, 1 a problem was found (doctor FAIL, divergence,
-runtime failure), 2 bad configuration, or a server that refuses us for good (wrong password, missing
+status not OK, runtime failure), 2 bad configuration, or a server that refuses us for good (wrong password, missing
 privilege, a duplicate server_id), with a ``fix:`` line.
 """
 
@@ -127,7 +127,10 @@ def doctor(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
 @_json_option
 @click.pass_context
 def status(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
-    """Show the checkpoint, the server's position, lag, the worker's state and applied counts."""
+    """Is a worker alive and streaming, and the cache fresh? Exit 1 when not (the problems are listed).
+
+    Also shows the checkpoint, the server's position, lag, flushing tables and applied counts.
+    """
     from cdc_sync.ops import status as st
 
     cfg = _load(ctx, config_path)
@@ -135,7 +138,7 @@ def status(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
     def go() -> int:
         data = st.collect(cfg)
         _emit(data, st.render(data), as_json)
-        return 1 if "error" in data else 0
+        return 0 if data["ok"] else 1
 
     _guard(go)
 

@@ -8,7 +8,8 @@ an ACL that denies a command); the apply step's replies become RewindRequired or
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -198,6 +199,9 @@ class RedisSink:
         self.holdoff_ms = holdoff_ms
         self.leader_token: str | None = None  # HA: every apply checks that this token still holds <ns>:leader
         self.client = client if client is not None else make_client(cfg)
+        # step name -> (monotonic time of its first failure, why) while it keeps failing (statusreport.py)
+        self.failing: dict[str, tuple[float, str]] = {}
+        self.on_status: Callable[[Mapping[str, str | int | float]], None] | None = None  # see report_status
         self._apply: Script = self.client.register_script(APPLY_LUA)
         self._beat: Script = self.client.register_script(HEARTBEAT_LUA)
         self._evict: Script = self.client.register_script(EVICT_TAGS_LUA)
@@ -209,9 +213,14 @@ class RedisSink:
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except redis.RedisError as exc:
-            raise redis_error(exc, what) from exc
+            error = redis_error(exc, what)
+            self.failing.setdefault(what, (time.monotonic(), str(error)))
+            raise error from exc
+        if self.failing:
+            self.failing.pop(what, None)
+        return result
 
     def load_checkpoint(self) -> str | None:
         value = self._call("GET checkpoint", self.client.get, self.checkpoint_key)
@@ -271,9 +280,10 @@ class RedisSink:
         self._call("SET server", self.client.set, f"{self.ns}:server", identity)
 
     def report_status(self, fields: Mapping[str, str | int | float]) -> None:
-        """Best effort: record the worker's state in ``<ns>:status`` for ``cdc-sync status``."""
-        mapping: dict[str | bytes, str | bytes | int | float] = {k: v for k, v in fields.items()}
-        self._call("HSET status", self.client.hset, f"{self.ns}:status", mapping=mapping)
+        """Record the worker's state for ``cdc-sync status``: handed to ``on_status`` (app.py attaches the
+        StatusReporter, which keeps the record in ``<ns>:workers``, refreshed every second)."""
+        if self.on_status is not None:
+            self.on_status(fields)
 
     def rule_fingerprints(self) -> dict[str, str]:
         """What ``<ns>:rules`` records of the rules the cache was last filled under (table → JSON)."""
