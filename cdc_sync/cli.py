@@ -2,8 +2,8 @@
 
 Every command takes ``--config PATH`` (before or after the command name) and prints a human view;
 ``--json`` prints the same as JSON. Exit codes: 0 fine, 1 a problem was found (doctor FAIL, divergence,
-status not OK, runtime failure), 2 bad configuration, or a server that refuses us for good (wrong password, missing
-privilege, a duplicate server_id), with a ``fix:`` line.
+status not OK, runtime failure), 2 bad configuration, or a server that refuses us for good (wrong password,
+missing privilege, a duplicate server_id), with a ``fix:`` line.
 """
 
 from __future__ import annotations
@@ -47,6 +47,15 @@ def _emit(data: Any, text: str, as_json: bool) -> None:
         click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode())
     else:
         click.echo(text)
+
+
+def _shown(item: str | None) -> str | None:
+    return item
+
+
+def _close_bars(bars: list[Any]) -> None:
+    while bars:
+        bars.pop().__exit__(None, None, None)
 
 
 def _guard(fn: Callable[[], int | None]) -> None:
@@ -253,8 +262,7 @@ def warm(
     counts = {"rows": 0, "started": 0.0}
 
     def on_start(table: str, estimate: int) -> None:
-        if bars:
-            bars.pop().__exit__(None, None, None)
+        _close_bars(bars)
         counts.update(rows=0, started=time.monotonic())
         if not as_json:
             bar = click.progressbar(
@@ -275,8 +283,7 @@ def warm(
                 cfg, tables, chunk=chunk, rate=rate, restart=restart, on_start=on_start, on_progress=on_progress
             )
         finally:
-            if bars:
-                bars.pop().__exit__(None, None, None)
+            _close_bars(bars)
         lines = []
         for r in results:
             lines.append(
@@ -309,7 +316,13 @@ def warm(
 
 @main.command()
 @click.argument("tables", nargs=-1)
-@click.option("--sample", type=click.IntRange(0), default=0, help="Check at most N keys per table (0: all).")
+@click.option(
+    "--sample",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Check only the first N keys per table in SCAN order (spread over the keyspace; 0: all).",
+)
 @click.option("--repair", is_flag=True, help="Evict the divergent keys.")
 @_config_option
 @_json_option
@@ -321,9 +334,37 @@ def verify(
     from cdc_sync.ops import verify as verify_mod
 
     cfg = _load(ctx, config_path)
+    bars: list[Any] = []
+    counts = {"keys": 0, "started": 0.0}
+
+    def on_start(table: str, estimate: int) -> None:
+        _close_bars(bars)
+        counts.update(keys=0, started=time.monotonic())
+        if not as_json:
+            bar: Any = click.progressbar(
+                length=max(estimate, 1),
+                label=table,
+                show_eta=True,
+                show_percent=True,
+                item_show_func=_shown,
+                file=sys.stderr,
+            )
+            bar.__enter__()
+            bars.append(bar)
+
+    def on_progress(n: int) -> None:
+        counts["keys"] += n
+        if bars:
+            rate = counts["keys"] / max(time.monotonic() - counts["started"], 1e-6)
+            bars[0].update(n, f"{rate:,.0f} keys/s")
 
     def go() -> int:
-        results, confirmed = verify_mod.verify(cfg, tables, sample=sample, repair=repair)
+        try:
+            results, confirmed = verify_mod.verify(
+                cfg, tables, sample=sample, repair=repair, on_start=on_start, on_progress=on_progress
+            )
+        finally:
+            _close_bars(bars)
         lines: list[str] = []
         divergent = 0
         for r in results:
