@@ -29,7 +29,6 @@ import orjson
 import redis
 
 from cdc_sync import logs
-from cdc_sync.errors import CdcSyncError
 from cdc_sync.sink import redis_error
 
 log = logs.get("cdc_sync.statusreport")
@@ -177,8 +176,8 @@ class StatusReporter:
         while not self._stop.is_set():
             try:
                 self.refresh_once()
-            except CdcSyncError as exc:  # facts() failing must not end the refresher
-                log.warning("status.refresh_failed", error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - whatever breaks one refresh, the next one must still run
+                log.warning("status.refresh_failed", error=f"{type(exc).__name__}: {exc}")
             self._wake.wait(self.refresh_s)
             self._wake.clear()
 

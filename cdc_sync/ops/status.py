@@ -113,6 +113,11 @@ def assess(
         )
     if ha and main is not None and main["alive"] and not applying:
         problems.append("HA: no leader is applying (only standbys are alive)")
+    if not ha and len(applying) > 1:
+        who = ", ".join(_who(w) for w in applying)
+        problems.append(
+            f"{len(applying)} workers run on this namespace without [ha] ({who}): they fight over the checkpoint"
+        )
     if heartbeat_age_s is None:
         problems.append("no freshness heartbeat: readers bypass the cache")
     elif heartbeat_age_s > max_staleness_s:

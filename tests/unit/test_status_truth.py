@@ -110,3 +110,11 @@ def test_a_redis_step_failing_for_a_while_makes_the_state_reconnecting() -> None
     fresh = _reporter(redis_failing={"apply": (time.monotonic(), "redis apply: blip")})
     fresh.update({"state": "streaming"})
     assert fresh.record()["state"] == "streaming"
+
+
+def test_two_workers_without_ha_are_a_problem() -> None:
+    """Two alive workers applying on one namespace without [ha]: they fight over the checkpoint; said so."""
+    _main, problems = assess([_rec(), _rec(id="h:2", pid=2)], 0.2, 5.0, ha=False)
+    assert problems == [
+        "2 workers run on this namespace without [ha] (pid 1 on h, pid 2 on h): they fight over the checkpoint"
+    ]
