@@ -304,6 +304,7 @@ def _acl_steps(client: redis.Redis, ns: str) -> list[tuple[str, Callable[[], obj
     return [
         ("SET", lambda: client.set(probe, "1", px=10000)),
         ("GET", lambda: client.get(probe)),
+        ("MGET", lambda: client.mget([probe])),
         ("EXISTS", lambda: client.exists(probe)),
         ("PEXPIRE", lambda: client.pexpire(probe, 10000)),
         ("PTTL", lambda: client.pttl(probe)),
