@@ -84,7 +84,12 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 @main.command()
 @_config_option
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default=None,
+    help="Log level (default: [log] level of the config file).",
+)
 @click.pass_context
 def run(ctx: click.Context, config_path: str | None, log_level: str | None) -> None:
     """Run the worker: tail the binlog and keep Redis in step until SIGTERM/SIGINT."""
@@ -95,18 +100,47 @@ def run(ctx: click.Context, config_path: str | None, log_level: str | None) -> N
 
 @main.command("check-config")
 @_config_option
+@_json_option
 @click.pass_context
-def check_config(ctx: click.Context, config_path: str | None) -> None:
-    """Validate the config file (no server is contacted) and print a summary."""
+def check_config(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
+    """Validate the config file (no server is contacted) and print a summary (exit 2 when invalid)."""
     cfg = _load(ctx, config_path)
-    click.echo(f"config OK: {cfg.path}")
-    click.echo(f"  mysql  {cfg.mysql.user}@{cfg.mysql.host}:{cfg.mysql.port} server_id={cfg.mysql.server_id}")
-    click.echo(f"  redis  {cfg.redis.safe_url} namespace={cfg.redis.namespace}")
+    lines = [f"config OK: {cfg.path}"]
+    lines.append(f"  mysql  {cfg.mysql.user}@{cfg.mysql.host}:{cfg.mysql.port} server_id={cfg.mysql.server_id}")
+    lines.append(f"  redis  {cfg.redis.safe_url} namespace={cfg.redis.namespace}")
+    lines.append(f"  ha     {'on' if cfg.ha.enabled else 'off'}; metrics {cfg.metrics.listen or 'off'}")
+    tables = []
     for rule in cfg.tables:
         keys = ", ".join(t.source for t in rule.templates) or "(dependencies only)"
         mode = f"{rule.mode}, {rule.format}" if rule.mode == "update" else rule.mode
         tags = f" tags={[list(t) for t in rule.tags]}" if rule.tags else ""
-        click.echo(f"  table  {rule.name} -> {keys} ({mode}){tags}")
+        lines.append(f"  table  {rule.name} -> {keys} ({mode}){tags}")
+        tables.append(
+            {
+                "table": rule.name,
+                "keys": [t.source for t in rule.templates],
+                "mode": rule.mode,
+                "format": rule.format,
+                "ttl": rule.ttl,
+                "tags": [list(t) for t in rule.tags],
+            }
+        )
+    data = {
+        "ok": True,
+        "path": cfg.path,
+        "mysql": {
+            "user": cfg.mysql.user,
+            "host": cfg.mysql.host,
+            "port": cfg.mysql.port,
+            "server_id": cfg.mysql.server_id,
+            "tls": cfg.mysql.tls,
+        },
+        "redis": {"url": cfg.redis.safe_url, "namespace": cfg.redis.namespace},
+        "ha": {"enabled": cfg.ha.enabled, "lease_ttl_ms": cfg.ha.lease_ttl_ms},
+        "metrics": {"listen": cfg.metrics.listen, "ready_max_lag_s": cfg.metrics.ready_max_lag_s},
+        "tables": tables,
+    }
+    _emit(data, "\n".join(lines), as_json)
 
 
 @main.command()
@@ -239,8 +273,12 @@ def flush(ctx: click.Context, tables: tuple[str, ...], config_path: str | None, 
 
 @main.command()
 @click.argument("tables", nargs=-1)
-@click.option("--rate", type=float, default=0.0, help="At most this many rows per second (0: no limit).")
-@click.option("--chunk", type=click.IntRange(1, 100_000), default=500, help="Rows per primary-key chunk.")
+@click.option(
+    "--rate", type=float, default=0.0, show_default=True, help="At most this many rows per second (0: no limit)."
+)
+@click.option(
+    "--chunk", type=click.IntRange(1, 100_000), default=500, show_default=True, help="Rows per primary-key chunk."
+)
 @click.option("--restart", is_flag=True, help="Start over instead of resuming an interrupted warm.")
 @_config_option
 @_json_option
