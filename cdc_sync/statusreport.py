@@ -29,6 +29,7 @@ import orjson
 import redis
 
 from cdc_sync import logs
+from cdc_sync import metrics as m
 from cdc_sync.sink import redis_error
 
 log = logs.get("cdc_sync.statusreport")
@@ -151,6 +152,7 @@ class StatusReporter:
         try:
             self._script(keys=[self.key], args=[self.id, payload, KEEP_MS])
         except redis.RedisError as exc:
+            m.STATUS_REFRESH_ERRORS.inc()
             if not self._failing:
                 log.warning("status.refresh_failed", error=str(redis_error(exc, "status record")))
             self._failing = True
