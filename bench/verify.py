@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -50,8 +51,9 @@ def _fill(conn: pymysql.Connection, r: redis.Redis, keys: int) -> float:  # type
     return time.perf_counter() - t0
 
 
-def _verify(cfg: Path, *args: str) -> tuple[float, dict[str, object], float]:
-    """(seconds, the --json result, peak RSS of the verify process in MB)."""
+def _verify(cfg: Path, *args: str) -> tuple[float, dict[str, object], float, float]:
+    """(seconds, the --json result, peak RSS of the verify process in MB, CPU seconds it used)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "cdc_sync", "verify", "--json", *args, "--config", str(cfg)],
@@ -63,8 +65,9 @@ def _verify(cfg: Path, *args: str) -> tuple[float, dict[str, object], float]:
     seconds = time.perf_counter() - t0
     if proc.returncode not in (0, 1):
         raise SystemExit(f"verify exited {proc.returncode}: {proc.stderr}")
-    rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child so far
-    return seconds, json.loads(proc.stdout), rss_mb
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the servers are children too, but still running
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return seconds, json.loads(proc.stdout), after.ru_maxrss / 1024, cpu  # maxrss: the largest child so far
 
 
 def main() -> None:
@@ -100,14 +103,16 @@ level = "warning"
 listen = ""
 """)
         full: list[float] = []
+        cpus: list[float] = []
         result: dict[str, object] = {}
         rss = 0.0
         for _ in range(args.rounds):
-            t, result, rss = _verify(cfg)
+            t, result, rss, cpu = _verify(cfg)
             full.append(t)
+            cpus.append(cpu)
         table = result["tables"][0]  # type: ignore[index]
         checked, divergent = table["checked"], len(table["divergent"])
-        sampled, sample_result, _ = _verify(cfg, "--sample", "10000")
+        sampled, sample_result, _, _ = _verify(cfg, "--sample", "10000")
         median = statistics.median(full)
         results = {
             "keys": args.keys,
@@ -119,6 +124,8 @@ listen = ""
             "divergent_found": divergent,
             "tampered": args.tampered,
             "peak_rss_mb": round(rss, 1),
+            "cpu_seconds": [round(c, 1) for c in cpus],  # of the verify process; the rest is waiting on servers/CPU
+            "load_average": [round(x, 2) for x in os.getloadavg()],
             "sample_10000_seconds": round(sampled, 2),
             "sample_10000_checked": sample_result["tables"][0]["checked"],  # type: ignore[index]
         }

@@ -1,9 +1,12 @@
 """``cdc-sync verify [TABLE...] [--sample N] [--repair]``: compare cached values with MySQL.
 
 Every key a rule can render is found by SCAN (then the exact template match; a set removes the duplicates
-SCAN may return). Keys are checked in batches of ``batch``: their cached values are read in one pipelined
-round trip, and the rows in one ``SELECT ... WHERE (key columns) IN ((...), ...)`` per template. Each loaded
-row is matched back to a key by rendering the key **from the row**, the way the worker does: MySQL's
+SCAN may return). Keys are gathered a window at a time and sorted by the values they hold, so rows are read in
+index order, then checked in batches of ``batch``: their cached values in one round trip (MGET, or pipelined
+HGETALL), the rows in one ``SELECT ... WHERE (key columns) IN ((...), ...)`` per template, the next batch's
+SELECT running in a helper thread while this batch is compared.
+
+Each loaded row is matched back to a key by rendering the key **from the row**, the way the worker does: MySQL's
 comparison rules match many spellings to one row (``id = '05'`` finds id 5), but only one spelling is the key
 the worker maintains, so a cached key that no row renders (``user:05``) is an orphan, reported divergent
 with the database side ``(absent)``. The row is encoded the way the worker encodes it and compared.
@@ -21,9 +24,12 @@ hash table and so is spread over the keyspace, not sorted by key, but it is not 
 from __future__ import annotations
 
 import contextlib
+import operator
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,9 +47,11 @@ from cdc_sync.reader import NEGATIVE
 from cdc_sync.sink import make_client, redis_error
 
 _BINARY = {"binary", "varbinary", "blob", "tinyblob", "mediumblob", "longblob"}
+_INTEGER = {"tinyint", "smallint", "mediumint", "int", "bigint"}
 ABSENT = "(absent)"
 BATCH = 500  # keys per pipelined read and per SELECT ... IN
 SCAN_COUNT = 5000  # SCAN's COUNT hint: keys looked at per round trip
+WINDOW = 200_000  # keys gathered and sorted before they are checked (rows read in index order; bounded memory)
 
 
 @dataclass
@@ -73,7 +81,7 @@ class _Rows:
         self._conn: pymysql.connections.Connection[Any] | None = None
         self._kinds: dict[str, dict[str, str]] = {}
 
-    def _run(self, sql: str, args: Sequence[object]) -> list[dict[str, Any]]:
+    def _run(self, sql: str, args: Sequence[object] | None) -> list[dict[str, Any]]:
         try:
             if self._conn is None:
                 self._conn = pymysql.connect(
@@ -116,10 +124,17 @@ class _Rows:
         if not values:
             return []
         schema, _, name = table.partition(".")
-        one = "(" + ", ".join(["%s"] * len(columns)) + ")"
         cols = "(" + ", ".join(_quote(c) for c in columns) + ")"
-        sql = f"SELECT * FROM {_quote(schema)}.{_quote(name)} WHERE {cols} IN ({', '.join([one] * len(values))})"  # noqa: S608 - quoted names
-        rows = self._run(sql, [v for tup in values for v in tup])
+        args: list[object] = [v for tup in values for v in tup]
+        if all(type(v) is int for v in args):  # digits only: written inline, saving PyMySQL's escaping of each
+            listed = ", ".join("(" + ", ".join(str(v) for v in tup) + ")" for tup in values)
+            args = []
+        else:
+            listed = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(values))
+        head = f"SELECT * FROM {_quote(schema)}.{_quote(name)} WHERE {cols}"  # noqa: S608 - quoted names
+        if args:  # PyMySQL formats the statement: a '%' in a name must not read as a placeholder
+            head = head.replace("%", "%%")
+        rows = self._run(f"{head} IN ({listed})", args or None)
         kinds = self.kinds(table)
         return [normalize_row(r, kinds) for r in rows]
 
@@ -139,6 +154,8 @@ class _Checker:
         self.rule = rule
         self.hash = rule.format == "hash"
         self.kinds = rows.kinds(rule.name)
+        self._match = [_matcher(t) for t in rule.templates]
+        self._convert = [tuple(self._converter(c) for c in t.fields) for t in rule.templates]
 
     def _cached(self, keys: Sequence[str]) -> list[Any]:
         """Cached values in one round trip: raw bytes (JSON, one MGET), a field dict (hash, pipelined), or None."""
@@ -156,21 +173,34 @@ class _Checker:
             return None
         return self.rule.value_columns(list(row))
 
-    def compare(self, template: KeyTemplate, keys: Sequence[str]) -> list[Divergence]:
-        """The keys (all rendered by ``template``) whose cached value differs from what the worker would write."""
-        cached = self._cached(keys)
-        present = [(k, c) for k, c in zip(keys, cached, strict=True) if c is not None]  # evicted meanwhile: skip
-        values: dict[tuple[object, ...], None] = {}
-        for key, _ in present:
-            parsed = _parse(template, key)
-            if parsed is None:
-                continue
-            values[tuple(self._value(c, v) for c, v in zip(template.fields, parsed, strict=True))] = None
+    def params(self, i: int, key: str) -> tuple[object, ...] | None:
+        """The query values key ``key`` holds for template ``i`` (None: not a key of that template)."""
+        m = self._match[i](key)
+        if m is None:
+            return None
+        return tuple(convert(_unescape(raw)) for convert, raw in zip(self._convert[i], m.groups(), strict=True))
+
+    def compare(self, template: KeyTemplate, items: Sequence[Item]) -> list[Divergence]:
+        """The keys (all rendered by ``template``, each with its query values) whose cached value differs from
+        what the worker would write."""
+        return self.judge(template, items, self.rows_for(template, items))
+
+    def rows_for(self, template: KeyTemplate, items: Sequence[Item]) -> dict[str, list[dict[str, Any]]]:
+        """The rows MySQL matches to the items' values, by the key each row renders (the key the worker keeps)."""
         by_key: dict[str, list[dict[str, Any]]] = {}
-        for row in self.rows.matching(self.rule.name, template.fields, list(values)):
-            rendered = template.render(row)  # the key the worker maintains for this row
+        for row in self.rows.matching(self.rule.name, template.fields, list(dict.fromkeys(p for _, p in items))):
+            rendered = template.render(row)
             if rendered is not None:
                 by_key.setdefault(rendered, []).append(row)
+        return by_key
+
+    def judge(
+        self, template: KeyTemplate, items: Sequence[Item], by_key: dict[str, list[dict[str, Any]]]
+    ) -> list[Divergence]:
+        """Read the items' cached values and compare each with the row that renders its key."""
+        cached = self._cached([key for key, _ in items])
+        # evicted meanwhile: nothing to compare
+        present = [(key, value) for (key, _), value in zip(items, cached, strict=True) if value is not None]
         out: list[Divergence] = []
         for key, value in present:
             found = by_key.get(key, [])
@@ -194,8 +224,14 @@ class _Checker:
                 out.append(Divergence(key, self._shown(value), orjson.loads(encoded)))
         return out
 
-    def _value(self, column: str, text: str) -> object:
-        return text.encode("latin-1") if self.kinds.get(column) in _BINARY else text
+    def _converter(self, column: str) -> Callable[[str], object]:
+        """How a key's field becomes a query value: bytes for a binary column, an int for an integer column when
+        it reads as one (MySQL then compares without converting), else the text as it is. Whatever MySQL matches
+        it to, the row must render this very key to count (see the module docstring)."""
+        kind = self.kinds.get(column)
+        if kind in _BINARY:
+            return _latin1
+        return _int_or_text if kind in _INTEGER else str
 
     def _shown(self, value: Any) -> Any:
         if isinstance(value, bytes):
@@ -204,6 +240,8 @@ class _Checker:
 
 
 _PERCENT = re.compile(r"%([0-9A-F]{2})")
+Item = tuple[str, tuple[object, ...]]  # a key, and the query values it holds
+_VALUES = operator.itemgetter(1)
 _MATCHERS: dict[KeyTemplate, Callable[[str], re.Match[str] | None]] = {}
 
 
@@ -216,28 +254,41 @@ def _matcher(template: KeyTemplate) -> Callable[[str], re.Match[str] | None]:
     return found
 
 
-def _parse(template: KeyTemplate, key: str) -> tuple[str, ...] | None:
-    """The field values of a key, unescaped, as KeyTemplate.parse_key returns them (None: not this template's)."""
-    m = _matcher(template)(key)
-    if m is None:
-        return None
-    return tuple(_PERCENT.sub(lambda e: chr(int(e.group(1), 16)), raw) if "%" in raw else raw for raw in m.groups())
+def _latin1(text: str) -> bytes:
+    return text.encode("latin-1")
 
 
-def _scan(client: redis.Redis, rule: TableRule, limit: int) -> Iterator[tuple[int, list[str]]]:
-    """(template index, new keys) per SCAN page, each key once, at most ``limit`` keys (0: all)."""
+def _int_or_text(text: str) -> object:
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _unescape(raw: str) -> str:
+    """A key's field value as KeyTemplate.parse_key returns it (``%XX`` back to its character)."""
+    return _PERCENT.sub(lambda e: chr(int(e.group(1), 16)), raw) if "%" in raw else raw
+
+
+def _scan(
+    client: redis.Redis, rule: TableRule, limit: int, params: Callable[[int, str], tuple[object, ...] | None]
+) -> Iterator[tuple[int, list[Item]]]:
+    """(template index, new keys with their query values) per SCAN page: each key once (a set: SCAN may repeat
+    keys), only keys the template renders (``params`` says, None: not one), at most ``limit`` keys (0: all)."""
     seen: set[str] = set()
     for i, template in enumerate(rule.templates):
-        match = _matcher(template)
         cursor = 0
         while True:
             cursor, page = client.scan(cursor, match=template.pattern(), count=SCAN_COUNT)
-            fresh: list[str] = []
+            fresh: list[Item] = []
             for raw in page:
                 key = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-                if key not in seen and match(key):
+                if key in seen:
+                    continue
+                values = params(i, key)
+                if values is not None:
                     seen.add(key)
-                    fresh.append(key)
+                    fresh.append((key, values))
             if limit and len(seen) >= limit:
                 yield i, fresh[: len(fresh) - (len(seen) - limit)]
                 return
@@ -247,18 +298,45 @@ def _scan(client: redis.Redis, rule: TableRule, limit: int) -> Iterator[tuple[in
                 break
 
 
-def _batches(pages: Iterator[tuple[int, list[str]]], size: int) -> Iterator[tuple[int, list[str]]]:
-    """Regroup SCAN pages into batches of ``size`` keys of one template."""
-    pending: dict[int, list[str]] = {}
-    for i, keys in pages:
+def _batches(pages: Iterator[tuple[int, list[Item]]], size: int, window: int = 0) -> Iterator[tuple[int, list[Item]]]:
+    """Regroup SCAN pages into batches of ``size`` keys of one template.
+
+    With ``window``, keys are gathered ``window`` at a time and sorted by the values they hold first: SCAN returns
+    keys in hash order, so rows would be read in random index order; sorted, a window's rows are read in index
+    order and share pages (a table larger than the server's buffer pool is otherwise read from disk once per key).
+    Memory stays bounded by the window.
+    """
+    pending: dict[int, list[Item]] = {}
+    hold = max(window, size)
+    for i, items in pages:
         buf = pending.setdefault(i, [])
-        buf.extend(keys)
-        while len(buf) >= size:
-            yield i, buf[:size]
-            del buf[:size]
+        buf.extend(items)
+        if len(buf) >= hold:
+            ready = _sorted(buf) if window else buf
+            full = len(ready) - len(ready) % size
+            yield from _cut(i, ready[:full], size)
+            pending[i] = ready[full:]
     for i, buf in pending.items():
         if buf:
-            yield i, buf
+            yield from _cut(i, _sorted(buf) if window else buf, size)
+
+
+def _cut(i: int, items: list[Item], size: int) -> Iterator[tuple[int, list[Item]]]:
+    for start in range(0, len(items), size):
+        yield i, items[start : start + size]
+
+
+def _sorted(items: list[Item]) -> list[Item]:
+    try:
+        return sorted(items, key=_VALUES)  # the usual case: values of one type per column, compared in C
+    except TypeError:
+        return sorted(items, key=_row_order)
+
+
+def _row_order(item: Item) -> tuple[tuple[int, Any], ...]:
+    """Order keys by their values as the index does (near enough: texts by code point, not by collation; this
+    only decides the order rows are read in). A column's values may be ints and texts (a stray spelling)."""
+    return tuple((0, v) if isinstance(v, int) else (1, v) if isinstance(v, bytes) else (2, str(v)) for v in item[1])
 
 
 def _redis_ms(client: redis.Redis) -> int:
@@ -304,9 +382,11 @@ def verify(
             checker = _Checker(client, rows, rule)
             result = VerifyResult(rule.name)
             suspects: dict[str, int] = {}  # key -> template index
-            for i, keys in _batches(_scan(client, rule, sample), batch):
+            for i, keys, divergences in _pipelined(
+                checker, _batches(_scan(client, rule, sample, checker.params), batch, WINDOW)
+            ):
                 result.checked += len(keys)
-                suspects.update((d.key, i) for d in checker.compare(rule.templates[i], keys))
+                suspects.update((d.key, i) for d in divergences)
                 if on_progress is not None:
                     on_progress(len(keys))
             divergent: list[Divergence] = []
@@ -331,10 +411,31 @@ def verify(
     return results, confirmed
 
 
+def _pipelined(
+    checker: _Checker, batches: Iterator[tuple[int, list[Item]]]
+) -> Iterator[tuple[int, list[Item], list[Divergence]]]:
+    """Check batches with the next batch's SELECT already running in a helper thread, so MySQL works on it
+    while this thread reads the cache and compares (the connection is used by the helper thread only)."""
+    templates = checker.rule.templates
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdc-sync-verify") as pool:
+        ahead: deque[tuple[int, list[Item], Future[dict[str, list[dict[str, Any]]]]]] = deque()
+        for i, items in batches:
+            ahead.append((i, items, pool.submit(checker.rows_for, templates[i], items)))
+            if len(ahead) > 1:
+                j, done, rows = ahead.popleft()
+                yield j, done, checker.judge(templates[j], done, rows.result())
+        while ahead:
+            j, done, rows = ahead.popleft()
+            yield j, done, checker.judge(templates[j], done, rows.result())
+
+
 def _compare(checker: _Checker, rule: TableRule, keys: dict[str, int], batch: int) -> list[Divergence]:
-    by_template: dict[int, list[str]] = {}
+    """Compare again the keys given with their template index (the re-check of suspects)."""
+    by_template: dict[int, list[Item]] = {}
     for key, i in keys.items():
-        by_template.setdefault(i, []).append(key)
+        values = checker.params(i, key)
+        if values is not None:
+            by_template.setdefault(i, []).append((key, values))
     out: list[Divergence] = []
     for i, group in by_template.items():
         for start in range(0, len(group), batch):
