@@ -30,6 +30,7 @@ from cdc_sync.sink import make_client, plain_redis_error, redis_error
 from cdc_sync.statusreport import WORKERS_KEY, read_records
 
 ALIVE_MIN_MS = 5000  # a record is "recent" within max(3 x refresh, this)
+SHOWN_GONE = 3  # the human view lists this many records of workers no longer running (--json has them all)
 STUCK_S = 60.0  # the sync loop still for this long, while its refresher runs: stuck (as /healthz judges it)
 
 
@@ -81,7 +82,11 @@ def _who(w: dict[str, Any]) -> str:
 
 
 def assess(
-    workers: Sequence[dict[str, Any]], heartbeat_age_s: float | None, max_staleness_s: float, ha: bool
+    workers: Sequence[dict[str, Any]],
+    heartbeat_age_s: float | None,
+    max_staleness_s: float,
+    ha: bool,
+    checkpoint: str | None = None,
 ) -> tuple[dict[str, Any] | None, list[str]]:
     """The worker that matters (the applying one, else the last seen) and every problem, in plain sentences."""
     problems: list[str] = []
@@ -89,8 +94,13 @@ def assess(
     by_seen = sorted(workers, key=lambda w: float(w["last_seen_ms"]), reverse=True)
     candidates = [w for w in applying if w.get("state") == "streaming"] + applying + by_seen
     main = candidates[0] if candidates else None
-    if main is None:
+    if main is None and checkpoint is None:
         problems.append("no worker has ever reported on this namespace (none is running)")
+    elif main is None:  # a worker ran here (it left a checkpoint), but Redis holds no record: none runs now
+        problems.append(
+            f"no worker is running: none has a status record here, though one left checkpoint {checkpoint} "
+            "(Redis lost the records, or that worker ran an older cdc-sync)"
+        )
     elif not main["alive"]:
         state = main.get("state", "?")
         if state == "stopped":
@@ -162,7 +172,7 @@ def collect(config: Config) -> dict[str, Any]:
     out["flushing"] = [rule.name for rule, present in zip(config.tables, flushing, strict=True) if present]
     workers = [describe_worker(rec, now_ms) for rec in read_records(records)]
     workers.sort(key=lambda w: (not w["alive"], -float(w["last_seen_ms"])))
-    main, problems = assess(workers, out["heartbeat_age_s"], max_staleness_s, config.ha.enabled)
+    main, problems = assess(workers, out["heartbeat_age_s"], max_staleness_s, config.ha.enabled, out["checkpoint"])
     out["worker"] = main
     out["workers"] = workers
     out["leader"] = leader.decode() if leader else None
@@ -211,13 +221,16 @@ def render(data: dict[str, Any]) -> str:
     lines.extend(f"problem      {p}" for p in data.get("problems", []))
     if "error" in data:
         return "\n".join(lines)
-    workers: list[dict[str, Any]] = data.get("workers") or []
+    workers: list[dict[str, Any]] = data.get("workers") or []  # alive first, then the most recently seen
     if not workers:
-        lines.append("worker       (none has ever reported here)")
-    for w in workers:
+        lines.append("worker       (none has reported here)")
+    gone = [w for w in workers if not w["alive"]]
+    for w in [w for w in workers if w["alive"]] + gone[:SHOWN_GONE]:
         lines.append(f"worker       {_worker_line(w)}")
         if w.get("last_error") and w is data.get("worker"):
             lines.append(f"last error   {w['last_error']} at {w.get('last_error_at', '?')}")
+    if len(gone) > SHOWN_GONE:
+        lines.append(f"worker       ... and {len(gone) - SHOWN_GONE} more not running, seen earlier (see --json)")
     lines.append(f"checkpoint   {data.get('checkpoint') or '(none: the worker has not started here)'}")
     server = data.get("server", {})
     if "error" in server:

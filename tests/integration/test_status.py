@@ -194,4 +194,4 @@ def test_a_namespace_no_worker_ever_ran_on(
     assert code == 1 and data["ok"] is False and data["worker"] is None and data["workers"] == []
     assert "no worker has ever reported" in data["problems"][0]
     code, text = human(cfg)
-    assert code == 1 and "(none has ever reported here)" in text and "status       NOT OK" in text
+    assert code == 1 and "(none has reported here)" in text and "status       NOT OK" in text

@@ -60,6 +60,13 @@ def test_no_record_at_all_means_no_worker_ever() -> None:
     assert "no freshness heartbeat" in problems[1]
 
 
+def test_no_record_but_a_checkpoint_does_not_claim_no_worker_ever_ran() -> None:
+    """Redis lost the records (restart) while no worker runs: not running, without claiming none ever ran."""
+    _main, problems = assess([], None, 5.0, ha=False, checkpoint="0-1-42")
+    assert problems[0].startswith("no worker is running") and "0-1-42" in problems[0]
+    assert "ever" not in problems[0]
+
+
 def test_a_heartbeat_older_than_the_staleness_bound_is_a_problem() -> None:
     """Worker streaming, heartbeat 7 s old with max_staleness 5 s: readers bypass, not OK."""
     _main, problems = assess([_rec()], 7.0, 5.0, ha=False)
@@ -118,3 +125,16 @@ def test_two_workers_without_ha_are_a_problem() -> None:
     assert problems == [
         "2 workers run on this namespace without [ha] (pid 1 on h, pid 2 on h): they fight over the checkpoint"
     ]
+
+
+def test_the_human_view_lists_live_workers_and_only_the_last_few_gone() -> None:
+    """Restarts leave records behind (pruned after a week): the human view shows every live worker and the three
+    most recent gone ones, then a count; --json keeps them all."""
+    from cdc_sync.ops.status import render
+
+    live = _rec()
+    gone = [_rec(60_000 * (n + 1), id=f"h:{n + 10}", pid=n + 10, state="stopped") for n in range(5)]
+    data = {"namespace": "cdc", "redis": "redis://r", "ok": True, "problems": [], "workers": [live, *gone]}
+    lines = [ln for ln in render(data).splitlines() if ln.startswith("worker")]
+    assert len(lines) == 5 and "pid 1 " in lines[0] and "pid 10 " in lines[1]
+    assert lines[-1] == "worker       ... and 2 more not running, seen earlier (see --json)"
