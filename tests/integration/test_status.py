@@ -165,7 +165,9 @@ def test_mysql_unreachable_shows_reconnecting(
     mysql_forwarder.off()
     data = _not_ok_soon(cfg, "is reconnecting, not streaming")
     assert data["worker"]["alive"] and data["worker"]["state"] == "reconnecting" and w.alive()
-    assert "connection refused" in data["worker"]["last_error"]
+    # first the cut ("binlog connection lost"), then each retry's reason
+    data = _not_ok_soon(cfg, "connection refused")
+    assert data["worker"]["state"] == "reconnecting" and "connection refused" in data["worker"]["last_error"]
     assert "worker       reconnecting" in human(cfg)[1]
     mysql_forwarder.on()
     _ok_soon(cfg)
