@@ -52,6 +52,7 @@ bench: setup
 	$(BIN)/python bench/reader.py
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/summary.py
 
 # The long consistency profile (about 6 minutes, 12 fault kinds, about 30 faults); the short one (about 2 minutes)

@@ -36,6 +36,17 @@ def rows(s: dict[str, Any]) -> list[tuple[str, float | None, str, bool | None]]:
             if isinstance(res, dict) and "peak_rss_mb" in res:
                 rss = res["peak_rss_mb"]
                 out.append((f"peak RSS, {name.replace('_', ' ')} (MB)", rss, "<= 150 MB", rss <= 150))
+    if "verify" in s:
+        v = s["verify"]
+        out.append(
+            (
+                f"verify {v['keys']:,} keys, end to end (s)",
+                v["median_seconds"],
+                "well under 60 s",
+                v["median_seconds"] < 60,
+            )
+        )
+        out.append(("verify keys/s", v["keys_per_s"], "(no target)", None))
     return out
 
 

@@ -1,6 +1,8 @@
 """Composition root: config → adapters → worker; HA terms; signals; exit codes.
 
-Exit codes: 0 clean stop, 1 runtime failure, 2 bad configuration (or a server not set up for CDC).
+Exit codes: 0 clean stop, 1 runtime failure, 2 bad configuration, a server not set up for CDC, or a server
+that refuses us for a reason no retry can fix (errors.ServerRefused: credentials, privileges, a duplicate
+server_id); transient failures (a server down or restarting, a timeout) are retried, never an exit.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from cdc_sync import logs
 from cdc_sync import metrics as m
 from cdc_sync.config import Config
-from cdc_sync.errors import CdcSyncError, ConfigError, Fenced, SinkUnavailable
+from cdc_sync.errors import CdcSyncError, ConfigError, Fenced, ServerRefused, SinkUnavailable
 from cdc_sync.ha import LeaderLease, Renewer
 from cdc_sync.health import Health, HealthServer
 from cdc_sync.heartbeat import Prober
@@ -25,6 +27,7 @@ from cdc_sync.notify import Notifier
 from cdc_sync.ops import doctor
 from cdc_sync.sink import RedisSink
 from cdc_sync.source import BinlogSource
+from cdc_sync.statusreport import StatusReporter
 from cdc_sync.sync import Worker
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -50,6 +53,9 @@ class Service:
         self._stop = threading.Event()
         self.role = "leader" if not config.ha.enabled else "standby"
         self._standby_tick = time.monotonic()
+        self.reporter = StatusReporter(self.sink.client, config.redis.namespace, facts=self._status_facts)
+        self.reporter.update({"ha": config.ha.enabled, "role": None if not config.ha.enabled else "standby"})
+        self.sink.on_status = self.reporter.update  # the sync loop sets the state; the reporter keeps it in Redis
         self.http: HealthServer | None = None
         if config.metrics.listen:
             try:
@@ -65,6 +71,11 @@ class Service:
         # prepare() has read the server's flavor before the first stream is opened
         flavor = self.worker.info.flavor if self.worker.info else "mysql"
         return BinlogSource(self.config.mysql, tables, flavor, needed=tables)
+
+    def _status_facts(self) -> dict[str, object]:
+        """Live facts for the status record: how long the loop has been still, and failing Redis steps."""
+        tick = self._standby_tick if self.role == "standby" else self.worker.last_tick
+        return {"loop_idle_s": time.monotonic() - tick, "redis_failing": dict(self.sink.failing)}
 
     def _heartbeat_age(self) -> float | None:
         return self.prober.heartbeat_age_s() if self.prober is not None else None
@@ -90,12 +101,15 @@ class Service:
 
     def stop(self) -> None:
         self._stop.set()
+        self.reporter.update({"state": "stopping"})
         self.worker.stop()
 
     def run(self) -> None:
         if self.http is not None:
             self.http.start()
             log.info("worker.http_listening", listen=self.config.metrics.listen, port=self.http.port)
+        self.reporter.start()
+        failure: BaseException | None = None
         try:
             if not self.config.ha.enabled:
                 m.HA_LEADER.set(1)
@@ -109,6 +123,7 @@ class Service:
                 except Fenced as exc:
                     m.HA_TRANSITIONS.labels(to="fenced").inc()
                     log.error("ha.fenced", fence=self.lease.fence, error=str(exc), action="step_down")
+                    self.reporter.update({"state": "fenced", "last_error": f"fenced: {exc}"[:500]})
                 finally:
                     m.HA_LEADER.set(0)
                     self.role = "standby"
@@ -116,17 +131,32 @@ class Service:
                 if not self._stop.is_set():
                     log.warning("ha.stepped_down", fence=self.lease.fence)
                     self.worker = self._new_worker()
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
             self.notifier.send("STOPPING=1")
+            # the final record: a clean stop (also when asked to stop while connecting), or the failure
+            if failure is None or (self._stop.is_set() and not isinstance(failure, ConfigError)):
+                self.reporter.stop("stopped")
+            else:
+                self.reporter.stop("failed", last_error=str(failure)[:500])
             if self.http is not None:
                 self.http.stop()
             self.sink.close()
+
+    def _still_leader(self) -> bool:
+        try:
+            return self.lease.renew()
+        except CdcSyncError:
+            return False
 
     def _wait_for_lease(self) -> bool:
         """Standby: poll for the lease until it is ours (True) or we are stopped (False)."""
         self.lease.new_term()
         log.info("ha.standby", holder=self.lease.token)
         self.notifier.send("READY=1", "STATUS=standby: waiting for the leader lease")
+        self.reporter.update({"state": "standby", "role": "standby", "fence": None})
         poll = max(0.1, self.config.ha.lease_ttl_ms / 10000)
         while not self._stop.is_set():
             self._standby_tick = time.monotonic()
@@ -137,6 +167,7 @@ class Service:
                     m.HA_LEADER.set(1)
                     log.info("ha.acquired", fence=self.lease.fence, holder=self.lease.token)
                     self.role = "leader"
+                    self.reporter.update({"state": "starting", "role": "leader", "fence": self.lease.fence})
                     return True
             except SinkUnavailable as exc:
                 log.warning("ha.acquire_failed", error=str(exc))
@@ -156,6 +187,10 @@ class Service:
             except CdcSyncError as exc:
                 if renewer is not None and renewer.lost and not isinstance(exc, Fenced):
                     raise Fenced(f"the leader lease was lost ({exc})") from exc  # a step-down, not a failure
+                taken_over = renewer is not None and isinstance(exc, ServerRefused) and exc.kind == "server_id"
+                if taken_over and not self._still_leader():
+                    # a new leader with the same server_id took over the binlog stream: a step-down, not a failure
+                    raise Fenced(f"another leader took over ({exc})") from exc
                 raise
             if isinstance(self.worker.applier.failure, Fenced):
                 raise self.worker.applier.failure
@@ -181,7 +216,7 @@ def run(config: Config) -> int:
     try:
         service = Service(config)
     except ConfigError as exc:
-        log.error("worker.config_error", error=str(exc))
+        _log_config_error(exc, config)
         return EXIT_CONFIG
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -204,7 +239,7 @@ def run(config: Config) -> int:
     try:
         service.run()
     except ConfigError as exc:
-        log.error("worker.config_error", error=str(exc))
+        _log_config_error(exc, config)
         return EXIT_CONFIG
     except CdcSyncError as exc:
         if service.worker.stopping:  # asked to stop while still connecting: not a failure
@@ -216,3 +251,12 @@ def run(config: Config) -> int:
         log.exception("worker.crashed", error=repr(exc))
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _log_config_error(exc: ConfigError, config: Config) -> None:
+    """``worker.config_error`` with the fix line a ServerRefused carries (and the server_id it names)."""
+    if isinstance(exc, ServerRefused):
+        extra: dict[str, object] = {"server_id": config.mysql.server_id} if exc.kind == "server_id" else {}
+        log.error("worker.config_error", error=str(exc), fix=exc.fix, refused=exc.kind, **extra)
+    else:
+        log.error("worker.config_error", error=str(exc))

@@ -2,7 +2,8 @@
 
 Every command takes ``--config PATH`` (before or after the command name) and prints a human view;
 ``--json`` prints the same as JSON. Exit codes: 0 fine, 1 a problem was found (doctor FAIL, divergence,
-runtime failure), 2 bad configuration.
+status not OK, runtime failure), 2 bad configuration, or a server that refuses us for good (wrong password,
+missing privilege, a duplicate server_id), with a ``fix:`` line.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import orjson
 
 from cdc_sync import __version__, app, logs
 from cdc_sync import config as config_mod
-from cdc_sync.errors import CdcSyncError, ConfigError
+from cdc_sync.errors import CdcSyncError, ConfigError, ServerRefused
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,12 +49,23 @@ def _emit(data: Any, text: str, as_json: bool) -> None:
         click.echo(text)
 
 
+def _shown(item: str | None) -> str | None:
+    return item
+
+
+def _close_bars(bars: list[Any]) -> None:
+    while bars:
+        bars.pop().__exit__(None, None, None)
+
+
 def _guard(fn: Callable[[], int | None]) -> None:
     """Run an operator command: configuration errors exit 2, other failures 1, with a message, no traceback."""
     try:
         code = fn()
     except ConfigError as exc:
         click.echo(f"cdc-sync: {exc}", err=True)
+        if isinstance(exc, ServerRefused):
+            click.echo(f"  fix: {exc.fix}", err=True)
         sys.exit(app.EXIT_CONFIG)
     except (CdcSyncError, ValueError) as exc:
         click.echo(f"cdc-sync: {exc}", err=True)
@@ -72,7 +84,12 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 @main.command()
 @_config_option
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default=None,
+    help="Log level (default: [log] level of the config file).",
+)
 @click.pass_context
 def run(ctx: click.Context, config_path: str | None, log_level: str | None) -> None:
     """Run the worker: tail the binlog and keep Redis in step until SIGTERM/SIGINT."""
@@ -83,18 +100,47 @@ def run(ctx: click.Context, config_path: str | None, log_level: str | None) -> N
 
 @main.command("check-config")
 @_config_option
+@_json_option
 @click.pass_context
-def check_config(ctx: click.Context, config_path: str | None) -> None:
-    """Validate the config file (no server is contacted) and print a summary."""
+def check_config(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
+    """Validate the config file (no server is contacted) and print a summary (exit 2 when invalid)."""
     cfg = _load(ctx, config_path)
-    click.echo(f"config OK: {cfg.path}")
-    click.echo(f"  mysql  {cfg.mysql.user}@{cfg.mysql.host}:{cfg.mysql.port} server_id={cfg.mysql.server_id}")
-    click.echo(f"  redis  {cfg.redis.safe_url} namespace={cfg.redis.namespace}")
+    lines = [f"config OK: {cfg.path}"]
+    lines.append(f"  mysql  {cfg.mysql.user}@{cfg.mysql.host}:{cfg.mysql.port} server_id={cfg.mysql.server_id}")
+    lines.append(f"  redis  {cfg.redis.safe_url} namespace={cfg.redis.namespace}")
+    lines.append(f"  ha     {'on' if cfg.ha.enabled else 'off'}; metrics {cfg.metrics.listen or 'off'}")
+    tables = []
     for rule in cfg.tables:
         keys = ", ".join(t.source for t in rule.templates) or "(dependencies only)"
         mode = f"{rule.mode}, {rule.format}" if rule.mode == "update" else rule.mode
         tags = f" tags={[list(t) for t in rule.tags]}" if rule.tags else ""
-        click.echo(f"  table  {rule.name} -> {keys} ({mode}){tags}")
+        lines.append(f"  table  {rule.name} -> {keys} ({mode}){tags}")
+        tables.append(
+            {
+                "table": rule.name,
+                "keys": [t.source for t in rule.templates],
+                "mode": rule.mode,
+                "format": rule.format,
+                "ttl": rule.ttl,
+                "tags": [list(t) for t in rule.tags],
+            }
+        )
+    data = {
+        "ok": True,
+        "path": cfg.path,
+        "mysql": {
+            "user": cfg.mysql.user,
+            "host": cfg.mysql.host,
+            "port": cfg.mysql.port,
+            "server_id": cfg.mysql.server_id,
+            "tls": cfg.mysql.tls,
+        },
+        "redis": {"url": cfg.redis.safe_url, "namespace": cfg.redis.namespace},
+        "ha": {"enabled": cfg.ha.enabled, "lease_ttl_ms": cfg.ha.lease_ttl_ms},
+        "metrics": {"listen": cfg.metrics.listen, "ready_max_lag_s": cfg.metrics.ready_max_lag_s},
+        "tables": tables,
+    }
+    _emit(data, "\n".join(lines), as_json)
 
 
 @main.command()
@@ -111,7 +157,8 @@ def doctor(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
         checks = doc.run(cfg)
         fails = sum(c.status == doc.FAIL for c in checks)
         warns = sum(c.status == doc.WARN for c in checks)
-        summary = f"\n{len(checks)} checks: {fails} FAIL, {warns} WARN"
+        skips = sum(c.status == doc.SKIP for c in checks)
+        summary = f"\n{len(checks)} checks: {fails} FAIL, {warns} WARN" + (f", {skips} SKIP" if skips else "")
         _emit(doc.as_json(checks), "\n".join(c.line() for c in checks) + summary, as_json)
         return 1 if fails else 0
 
@@ -123,7 +170,10 @@ def doctor(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
 @_json_option
 @click.pass_context
 def status(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
-    """Show the checkpoint, the server's position, lag, the worker's state and applied counts."""
+    """Is a worker alive and streaming, and the cache fresh? Exit 1 when not (the problems are listed).
+
+    Also shows the checkpoint, the server's position, lag, flushing tables and applied counts.
+    """
     from cdc_sync.ops import status as st
 
     cfg = _load(ctx, config_path)
@@ -131,7 +181,7 @@ def status(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
     def go() -> int:
         data = st.collect(cfg)
         _emit(data, st.render(data), as_json)
-        return 1 if "error" in data else 0
+        return 0 if data["ok"] else 1
 
     _guard(go)
 
@@ -227,8 +277,12 @@ def flush(ctx: click.Context, tables: tuple[str, ...], config_path: str | None, 
 
 @main.command()
 @click.argument("tables", nargs=-1)
-@click.option("--rate", type=float, default=0.0, help="At most this many rows per second (0: no limit).")
-@click.option("--chunk", type=click.IntRange(1, 100_000), default=500, help="Rows per primary-key chunk.")
+@click.option(
+    "--rate", type=float, default=0.0, show_default=True, help="At most this many rows per second (0: no limit)."
+)
+@click.option(
+    "--chunk", type=click.IntRange(1, 100_000), default=500, show_default=True, help="Rows per primary-key chunk."
+)
 @click.option("--restart", is_flag=True, help="Start over instead of resuming an interrupted warm.")
 @_config_option
 @_json_option
@@ -250,8 +304,7 @@ def warm(
     counts = {"rows": 0, "started": 0.0}
 
     def on_start(table: str, estimate: int) -> None:
-        if bars:
-            bars.pop().__exit__(None, None, None)
+        _close_bars(bars)
         counts.update(rows=0, started=time.monotonic())
         if not as_json:
             bar = click.progressbar(
@@ -272,8 +325,7 @@ def warm(
                 cfg, tables, chunk=chunk, rate=rate, restart=restart, on_start=on_start, on_progress=on_progress
             )
         finally:
-            if bars:
-                bars.pop().__exit__(None, None, None)
+            _close_bars(bars)
         lines = []
         for r in results:
             lines.append(
@@ -306,7 +358,13 @@ def warm(
 
 @main.command()
 @click.argument("tables", nargs=-1)
-@click.option("--sample", type=click.IntRange(0), default=0, help="Check at most N keys per table (0: all).")
+@click.option(
+    "--sample",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Check only the first N keys per table in SCAN order (spread over the keyspace; 0: all).",
+)
 @click.option("--repair", is_flag=True, help="Evict the divergent keys.")
 @_config_option
 @_json_option
@@ -318,9 +376,37 @@ def verify(
     from cdc_sync.ops import verify as verify_mod
 
     cfg = _load(ctx, config_path)
+    bars: list[Any] = []
+    counts = {"keys": 0, "started": 0.0}
+
+    def on_start(table: str, estimate: int) -> None:
+        _close_bars(bars)
+        counts.update(keys=0, started=time.monotonic())
+        if not as_json:
+            bar: Any = click.progressbar(
+                length=max(estimate, 1),
+                label=table,
+                show_eta=True,
+                show_percent=True,
+                item_show_func=_shown,
+                file=sys.stderr,
+            )
+            bar.__enter__()
+            bars.append(bar)
+
+    def on_progress(n: int) -> None:
+        counts["keys"] += n
+        if bars:
+            rate = counts["keys"] / max(time.monotonic() - counts["started"], 1e-6)
+            bars[0].update(n, f"{rate:,.0f} keys/s")
 
     def go() -> int:
-        results, confirmed = verify_mod.verify(cfg, tables, sample=sample, repair=repair)
+        try:
+            results, confirmed = verify_mod.verify(
+                cfg, tables, sample=sample, repair=repair, on_start=on_start, on_progress=on_progress
+            )
+        finally:
+            _close_bars(bars)
         lines: list[str] = []
         divergent = 0
         for r in results:

@@ -2,7 +2,9 @@
 
 CdcSyncError
 ├── ConfigError            bad configuration; the CLI exits 2
-│   └── ServerConfigError  the MySQL server lacks a required binlog setting
+│   ├── ServerConfigError  the MySQL server lacks a required binlog setting
+│   └── ServerRefused      a server refused us for a reason retrying cannot fix (credentials, unknown
+│                          database, missing privilege, server_id taken by another replica); carries ``fix``
 ├── SourceError            the binlog source failed (connection, protocol)
 │   ├── PositionLostError  the start position is no longer on the server (purged)
 │   ├── ServerChanged      a file position was resumed on another server's binlog
@@ -58,6 +60,21 @@ class RewindRequired(CdcSyncError):
 
 class ServerConfigError(ConfigError):
     """The MySQL server is not set up for row-based change capture (log_bin, ROW, FULL image/metadata)."""
+
+
+class ServerRefused(ConfigError):
+    """A server refused this client for good: retrying cannot help, a person must change something.
+
+    Classified once, where the driver's error is translated (mysql.translate_error, sink.redis_error):
+    a wrong password (MySQL 1045, Redis WRONGPASS), an unknown database (1049), a missing privilege, another
+    replica connected with this worker's ``server_id``. ``kind`` says which; ``fix`` is one line saying what
+    to change. Transient failures (refused connection, timeout, a restarting server) are never this.
+    """
+
+    def __init__(self, message: str, fix: str, kind: str) -> None:
+        super().__init__(message)
+        self.fix = fix
+        self.kind = kind  # "credentials" | "database" | "privilege" | "server_id" | "redis_auth" | "redis_acl"
 
 
 class Fenced(CdcSyncError):

@@ -21,7 +21,8 @@ import redis
 
 from cdc_sync import logs
 from cdc_sync import metrics as m
-from cdc_sync.errors import SinkUnavailable
+from cdc_sync.errors import ServerRefused, SinkUnavailable
+from cdc_sync.sink import redis_error
 
 log = logs.get("cdc_sync.ha")
 
@@ -56,7 +57,7 @@ class LeaderLease:
         try:
             return int(fn())
         except redis.RedisError as exc:
-            raise SinkUnavailable(f"redis lease {what}: {type(exc).__name__}: {exc}") from exc
+            raise redis_error(exc, f"lease {what}") from exc
 
     def new_term(self) -> None:
         """A fresh token for the next leadership term (a fenced term's token must never match again)."""
@@ -105,6 +106,8 @@ class Renewer:
             except SinkUnavailable as exc:
                 log.warning("ha.renew_failed", error=str(exc))
                 continue  # if Redis stays away past the TTL, the next renewal finds the lease gone
+            except ServerRefused as exc:  # a wrong password or an ACL: the lease cannot be held; the term ends
+                log.error("ha.renew_refused", error=str(exc), fix=exc.fix)
             m.HA_TRANSITIONS.labels(to="lost").inc()
             log.error("ha.lease_lost", fence=self.lease.fence, action="step_down")
             self.lost = True

@@ -64,5 +64,8 @@ READER_HEARTBEAT_REGRESSIONS = Counter(
 )
 READER_LOADER_ERRORS = Counter("cdc_sync_reader_loader_errors", "Loader calls that raised")
 READER_REDIS_ERRORS = Counter("cdc_sync_reader_redis_errors", "Reader Redis failures (fell back to MySQL)")
+STATUS_REFRESH_ERRORS = Counter(
+    "cdc_sync_status_refresh_errors", "Failed rewrites of the worker's status record (cdc-sync status then ages it)"
+)
 HA_TRANSITIONS = Counter("cdc_sync_ha_transitions", "Leader lease transitions of this worker", ["to"])
 HA_LEADER = Gauge("cdc_sync_ha_leader", "1 while this worker holds the leader lease (or HA is off)")

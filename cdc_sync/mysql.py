@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import ssl
 import threading
 import time
@@ -23,7 +24,7 @@ import pymysql.cursors
 
 from cdc_sync.canonical import ColumnInfo
 from cdc_sync.config import MySQLConfig
-from cdc_sync.errors import PositionLostError, SourceError
+from cdc_sync.errors import PositionLostError, ServerRefused, SourceError
 from cdc_sync.events import ServerInfo
 
 ER_MASTER_FATAL_ERROR_READING_BINLOG = 1236
@@ -57,15 +58,89 @@ def connection_settings(cfg: MySQLConfig) -> dict[str, Any]:
     return settings
 
 
-def translate_error(exc: BaseException, what: str) -> SourceError:
-    """Map a PyMySQL error to the project's tree (the message never holds the password)."""
-    if isinstance(exc, pymysql.err.OperationalError | pymysql.err.InternalError) and exc.args:
+def translate_error(exc: BaseException, what: str) -> SourceError | ServerRefused:
+    """Map a PyMySQL error to the project's tree (the message never holds the password).
+
+    A refusal that retrying cannot fix (see ``refusal``) becomes ServerRefused; a purged position
+    PositionLostError; anything else SourceError, which the worker retries.
+    """
+    if isinstance(exc, pymysql.MySQLError) and exc.args and isinstance(exc.args[0], int):
         code = exc.args[0]
         text = str(exc.args[1]) if len(exc.args) > 1 else ""
         if code == ER_MASTER_FATAL_ERROR_READING_BINLOG and any(t in text.lower() for t in _POSITION_LOST_TEXTS):
             return PositionLostError(f"{what}: server error {code}: {text}")
-        return SourceError(f"{what}: MySQL error {code}: {text}")
-    return SourceError(f"{what}: {type(exc).__name__}: {exc}")
+        refused = refusal(code, text)
+        if refused is not None:
+            kind, why, fix = refused
+            return ServerRefused(f"{what}: {why}: {plain_error(exc)}", fix, kind)
+        return SourceError(f"{what}: {plain_error(exc)}")
+    return SourceError(f"{what}: {plain_error(exc)}")
+
+
+# MySQL/MariaDB error codes that no retry can heal, with what they mean and the fix (kind, why, fix).
+_CREDENTIALS_FIX = (
+    "check mysql.user and its password (mysql.password, mysql.password_file or $CDC_SYNC_MYSQL_PASSWORD), "
+    "and that the user may connect from this host"
+)
+_REFUSALS: dict[int, tuple[str, str, str]] = {
+    1045: ("credentials", "MySQL refused the login", _CREDENTIALS_FIX),
+    1698: ("credentials", "MySQL refused the login", _CREDENTIALS_FIX),
+    1130: ("credentials", "MySQL does not let this host connect", "allow the user to connect from this host"),
+    1251: (
+        "credentials",
+        "MySQL asks for an authentication method this client does not support",
+        "give the user an authentication plugin PyMySQL supports (e.g. mysql_native_password or caching_sha2_password)",
+    ),
+    3118: ("credentials", "the MySQL account is locked", "unlock it: ALTER USER ... ACCOUNT UNLOCK"),
+    4151: ("credentials", "the MySQL account is locked", "unlock it: ALTER USER ... ACCOUNT UNLOCK"),
+    1044: ("privilege", "MySQL denied access to a database", "grant the user access to the mapped schemas"),
+    1049: ("database", "the database does not exist", 'check the schema part of [[tables]] table = "schema.table"'),
+    1227: (
+        "privilege",
+        "MySQL denied a privilege the worker needs",
+        "GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* (MariaDB >= 10.5: also BINLOG MONITOR); "
+        "run cdc-sync doctor for the exact statements",
+    ),
+}
+ER_SLAVE_SAME_ID = 4052  # MariaDB, sent to the stream whose server_id a newer connection took over
+_SERVER_ID_FIX = (
+    "give every replica and every cdc-sync worker its own mysql.server_id, "
+    "or set mysql.server_id = 0 to derive one from the host name"
+)
+
+
+def refusal(code: int, text: str) -> tuple[str, str, str] | None:
+    """(kind, why, fix) when MySQL error ``code`` is one that no retry heals, else None.
+
+    A duplicate ``server_id``: MariaDB 10.11 sends error 4052 ("A slave with the same server_uuid/server_id is
+    already connected") to the binlog stream another connection with the same id took over (measured); MySQL
+    sends 1236 "A slave with the same server_uuid/server_id as this slave has connected to the master".
+    """
+    if code == ER_SLAVE_SAME_ID or (code == ER_MASTER_FATAL_ERROR_READING_BINLOG and "same server_" in text.lower()):
+        return (
+            "server_id",
+            "another replica connected with this worker's server_id and took over its stream",
+            _SERVER_ID_FIX,
+        )
+    return _REFUSALS.get(code)
+
+
+_ERRNO = re.compile(r"\s*\(\[Errno -?\d+\] ([^)]*)\)")
+_PAREN_TIMEOUT = re.compile(r"\s*\((timed out)\)")
+
+
+def plain_error(exc: BaseException) -> str:
+    """A driver error as one plain sentence: ``Can't connect to MySQL server on '10.0.0.5': connection refused
+    (MySQL error 2003)``, never a repr such as ``OperationalError(2003, ...)``."""
+    if isinstance(exc, pymysql.MySQLError) and exc.args and isinstance(exc.args[0], int):
+        text = str(exc.args[1]) if len(exc.args) > 1 else ""
+        text = _ERRNO.sub(lambda m: ": " + m.group(1).lower(), text)
+        text = _PAREN_TIMEOUT.sub(r": \1", text)
+        return f"{text} (MySQL error {exc.args[0]})" if text else f"MySQL error {exc.args[0]}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower() if not exc.filename else f"{exc.strerror.lower()}: {exc.filename}"
+    text = str(exc.args[0]) if len(exc.args) == 1 else str(exc)
+    return text or type(exc).__name__
 
 
 @dataclass(frozen=True, slots=True)

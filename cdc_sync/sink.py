@@ -1,19 +1,22 @@
 """Redis side: the atomic apply step (Lua), checkpoint, heartbeat and wholesale flushes.
 
-The only module besides the reader that imports redis. Every redis-py error is translated here into
-SinkUnavailable (retryable) or RewindRequired.
+The only module besides the reader that imports redis. Every redis-py error is translated here
+(``redis_error``) into SinkUnavailable (retryable), or ServerRefused when retrying cannot help (wrong password,
+an ACL that denies a command); the apply step's replies become RewindRequired or Fenced.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import redis
 from redis.commands.core import Script
 
 from cdc_sync.config import RedisConfig, TableRule
-from cdc_sync.errors import Fenced, RewindRequired, SinkUnavailable
+from cdc_sync.errors import Fenced, RewindRequired, ServerRefused, SinkUnavailable
 from cdc_sync.keys import glob_escape
 from cdc_sync.planner import Count, Delete, EvictTag, RedisOp, SetHash, SetJson
 
@@ -151,6 +154,42 @@ def make_client(cfg: RedisConfig) -> redis.Redis:
     return redis.Redis.from_url(cfg.url, **client_kwargs(cfg))
 
 
+_REDIS_AUTH_FIX = (
+    "check the user and password in redis.url (or $CDC_SYNC_REDIS_URL) against the server's ACL/requirepass"
+)
+_CONNECT_FAILED = re.compile(r"^Error (-?\d+) connecting to (.+?)\. (.+?)\.?$", re.S)
+
+
+def redis_error(exc: BaseException, what: str) -> SinkUnavailable | ServerRefused:
+    """Translate a redis-py error, once, for every Redis client of the worker and the CLI.
+
+    A wrong password or missing password (WRONGPASS, NOAUTH) and a command the ACL denies (NOPERM) cannot heal
+    by retrying: ServerRefused (exit 2). Everything else (refused connection, timeout, loading, read-only replica
+    after a failover, out of memory) is SinkUnavailable, which the worker retries.
+    """
+    text = plain_redis_error(exc)
+    if isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthenticationWrongNumberOfArgsError):
+        return ServerRefused(f"redis {what}: Redis refused the login: {text}", _REDIS_AUTH_FIX, "redis_auth")
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        fix = "allow the command for the Redis user (run cdc-sync doctor: redis.acl lists every command needed)"
+        return ServerRefused(f"redis {what}: the Redis ACL denies a command: {text}", fix, "redis_acl")
+    return SinkUnavailable(f"redis {what}: {text}")
+
+
+def plain_redis_error(exc: BaseException) -> str:
+    """A redis-py error as a plain sentence: ``cannot connect to 127.0.0.1:6379: connection refused``."""
+    text = str(exc).strip()
+    match = _CONNECT_FAILED.match(text)
+    if match:
+        reason = match.group(3)
+        return f"cannot connect to {match.group(2)}: {reason[:1].lower()}{reason[1:]}"
+    if isinstance(exc, redis.TimeoutError):
+        return f"no answer in time ({text.lower() or 'timeout'})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return text.rstrip(".") or type(exc).__name__
+
+
 def encode_ops(ops: Iterable[RedisOp]) -> list[bytes | str | int]:
     """Flatten planner operations into the script's ARGV tail."""
     out: list[bytes | str | int] = []
@@ -177,6 +216,9 @@ class RedisSink:
         self.holdoff_ms = holdoff_ms
         self.leader_token: str | None = None  # HA: every apply checks that this token still holds <ns>:leader
         self.client = client if client is not None else make_client(cfg)
+        # step name -> (monotonic time of its first failure, why) while it keeps failing (statusreport.py)
+        self.failing: dict[str, tuple[float, str]] = {}
+        self.on_status: Callable[[Mapping[str, str | int | float]], None] | None = None  # see report_status
         self._apply: Script = self.client.register_script(APPLY_LUA)
         self._beat: Script = self.client.register_script(HEARTBEAT_LUA)
         self._evict: Script = self.client.register_script(EVICT_TAGS_LUA)
@@ -188,9 +230,14 @@ class RedisSink:
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except redis.RedisError as exc:
-            raise SinkUnavailable(f"redis {what}: {type(exc).__name__}: {exc}") from exc
+            error = redis_error(exc, what)
+            self.failing.setdefault(what, (time.monotonic(), str(error)))
+            raise error from exc
+        if self.failing:
+            self.failing.pop(what, None)
+        return result
 
     def load_checkpoint(self) -> str | None:
         value = self._call("GET checkpoint", self.client.get, self.checkpoint_key)
@@ -250,9 +297,10 @@ class RedisSink:
         self._call("SET server", self.client.set, f"{self.ns}:server", identity)
 
     def report_status(self, fields: Mapping[str, str | int | float]) -> None:
-        """Best effort: record the worker's state in ``<ns>:status`` for ``cdc-sync status``."""
-        mapping: dict[str | bytes, str | bytes | int | float] = {k: v for k, v in fields.items()}
-        self._call("HSET status", self.client.hset, f"{self.ns}:status", mapping=mapping)
+        """Record the worker's state for ``cdc-sync status``: handed to ``on_status`` (app.py attaches the
+        StatusReporter, which keeps the record in ``<ns>:workers``, refreshed every second)."""
+        if self.on_status is not None:
+            self.on_status(fields)
 
     def rule_fingerprints(self) -> dict[str, str]:
         """What ``<ns>:rules`` records of the rules the cache was last filled under (table → JSON)."""

@@ -390,6 +390,7 @@ class Worker:
             except SourceError as exc:
                 m.SOURCE_ERRORS.labels(kind=type(exc).__name__).inc()
                 log.warning("source.unavailable", step=what, error=str(exc), attempt=failures + 1)
+                self.report_error("source", str(exc))
                 if self.stopping:
                     raise
                 self._stop.wait(self._backoff.compute(failures))
@@ -488,10 +489,10 @@ class Worker:
         self.tick()
         if not self.streaming:
             self.streaming = True
+            self._report(state="streaming")  # again after every reconnect
             if not self._ready_sent:
                 self._ready_sent = True
                 self.notifier.send("READY=1", f"STATUS=streaming from {assembler.tracker.render()}")
-                self._report(state="streaming")
         # The watchdog is fed only while Redis takes what is decoded (or nothing waits for it).
         applier = self.applier
         if applier.queue.qsize() == 0 or time.monotonic() - applier.last_applied < 30:
@@ -505,7 +506,8 @@ class Worker:
         return Health(alive=alive, ready=ready, detail=detail)
 
     def report_error(self, kind: str, message: str) -> None:
-        self._report(last_error=f"{kind}: {message}"[:500], last_error_at=time.time())
+        """A connection failed and is being retried: the state is "reconnecting" until events flow again."""
+        self._report(state="reconnecting", last_error=f"{kind}: {message}"[:500], last_error_at=time.time())
 
     def _report(self, **fields: str | int | float) -> None:
         with contextlib.suppress(SinkUnavailable):  # best effort: if Redis is down, the logs have it

@@ -1,11 +1,15 @@
 """``cdc-sync doctor``: every precondition of exact sync, each marked PASS, WARN or FAIL with its fix.
 
 ``run`` performs the same checks first and refuses to start on a FAIL that configuration must fix
-(connection failures are left to the worker, which retries).
+(connection failures are left to the worker, which retries; a server that refuses the login is a FAIL
+that blocks). A check that cannot mean anything behind a root cause (SHOW BINARY LOGS with the binlog
+off, SELECT on a table that does not exist) is SKIP, naming the check that holds the cause, so one
+problem is reported once. Every detail is a plain sentence, never a driver's exception repr.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -14,15 +18,15 @@ from typing import Any
 import redis
 
 from cdc_sync.config import Config, check_against_schema
-from cdc_sync.errors import CdcSyncError, ConfigError, SinkUnavailable
+from cdc_sync.errors import CdcSyncError, ConfigError, ServerRefused, SinkUnavailable
 from cdc_sync.keys import templates_overlap
-from cdc_sync.mysql import MySQLAdmin
+from cdc_sync.mysql import MySQLAdmin, plain_error, translate_error
 from cdc_sync.positions import has_tagged_gtids
-from cdc_sync.sink import make_client
+from cdc_sync.sink import make_client, plain_redis_error, redis_error
 from cdc_sync.source import REPORT_HOST
 from cdc_sync.sync import REFUSED_SETTINGS, REQUIRED_SETTINGS
 
-PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
+PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,7 @@ class Check:
     blocking: bool = True  # a FAIL that configuration must fix (False: a connection failure, retried by run)
 
     def line(self) -> str:
-        fix = f"\n       fix: {self.fix}" if self.fix and self.status != PASS else ""
+        fix = f"\n       fix: {self.fix}" if self.fix and self.status in (WARN, FAIL) else ""
         return f"{self.status}  {self.name}: {self.detail}{fix}"
 
 
@@ -50,19 +54,35 @@ def as_json(checks: list[Check]) -> dict[str, Any]:
 # ---- MySQL ----------------------------------------------------------------------------------------
 
 
+def _reason(exc: BaseException) -> str:
+    """The plain sentence for a translated error: the driver's error it came from, without the step name."""
+    cause = exc.__cause__
+    return plain_error(cause) if cause is not None else str(exc)
+
+
+def _mysql_code(exc: BaseException) -> int | None:
+    args = getattr(exc.__cause__, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
 def _mysql_checks(config: Config) -> list[Check]:
     admin = MySQLAdmin(config.mysql)
+    where = f"{config.mysql.user}@{config.mysql.host}:{config.mysql.port}"
     try:
         info = admin.server_info()
     except CdcSyncError as exc:
-        where = f"{config.mysql.user}@{config.mysql.host}:{config.mysql.port}"
+        error = translate_error(exc.__cause__, where) if exc.__cause__ is not None else exc
+        if isinstance(error, ServerRefused):  # retrying cannot fix it: the worker must not start
+            return [Check("mysql.connect", FAIL, str(error), error.fix)]
         fix = "check [mysql] host/port/user/password and TLS settings, and that the server runs"
-        return [Check("mysql.connect", FAIL, f"{where}: {exc}", fix, blocking=False)]
+        return [Check("mysql.connect", FAIL, str(error), fix, blocking=False)]
     out = [Check("mysql.connect", PASS, f"{info.flavor} {info.version} at {config.mysql.host}:{config.mysql.port}")]
     v = info.variables
     for name, want in REQUIRED_SETTINGS.items():
         have = v.get(name, "(missing)").upper()
         fix = f"set {name}={want} in the server's configuration" + ("" if name == "log_bin" else " (and SET GLOBAL)")
+        if name == "log_bin":
+            fix = "set log_bin = mysql-bin (a file basename: log_bin = ON names the files ON.000001) and restart"
         if name == "binlog_row_metadata":
             fix += "; it needs MariaDB >= 10.5 or MySQL >= 8.0.14"
         out.append(Check(f"mysql.{name}", PASS if have == want else FAIL, f"{name} is {have}", fix))
@@ -70,20 +90,39 @@ def _mysql_checks(config: Config) -> list[Check]:
         have = v.get(name, "")
         status = FAIL if have.upper() == refused else PASS
         out.append(Check(f"mysql.{name}", status, f"{name} is {have or 'not present'}", f"turn it off: {why}"))
-    out.append(_gtid_check(info.flavor, info.gtid_position, v))
-    out.append(_retention_check(admin, info.flavor, config.doctor.max_downtime_s))
-    out.extend(_privilege_checks(admin, config))
+    binlog_on = v.get("log_bin", "OFF").upper() == "ON"
+    no_binlog = "skipped: binary logging is off (see mysql.log_bin)"
+    out.append(_gtid_check(info.flavor, info.gtid_position, v) if binlog_on else Check("mysql.gtid", SKIP, no_binlog))
+    out.append(
+        _retention_check(admin, info.flavor, config.doctor.max_downtime_s)
+        if binlog_on
+        else Check("mysql.binlog_retention", SKIP, no_binlog)
+    )
+    privileges, hidden = _privilege_checks(admin, config, binlog_on)
+    out.extend(privileges)
     out.append(_server_id_check(admin, info.flavor, config.mysql.server_id, v))
-    try:
-        check_against_schema(config, admin.table_columns([r.name for r in config.tables]))
-        out.append(Check("mysql.tables", PASS, f"{len(config.tables)} mapped table(s) exist with every named column"))
-    except ConfigError as exc:
-        out.append(Check("mysql.tables", FAIL, str(exc), "fix the [[tables]] entry or the table"))
-    except CdcSyncError as exc:
-        fix = "check SELECT on information_schema"
-        out.append(Check("mysql.tables", FAIL, f"cannot read the tables: {exc}", fix, blocking=False))
+    out.append(_tables_check(admin, config, hidden))
     admin.close()
     return out
+
+
+def _tables_check(admin: MySQLAdmin, config: Config, hidden: set[str]) -> Check:
+    """Every mapped table exists with every named column; tables the user may not read are the privilege
+    checks' finding, not this one's (information_schema hides them, so they would look missing)."""
+    visible = tuple(r for r in config.tables if r.name not in hidden)
+    try:
+        check_against_schema(
+            dataclasses.replace(config, tables=visible), admin.table_columns([r.name for r in visible])
+        )
+    except ConfigError as exc:
+        return Check("mysql.tables", FAIL, str(exc), "fix the [[tables]] entry or the table")
+    except CdcSyncError as exc:
+        fix = "check SELECT on information_schema"
+        return Check("mysql.tables", FAIL, f"cannot read the tables: {_reason(exc)}", fix, blocking=False)
+    if hidden:
+        names = ", ".join(sorted(hidden))
+        return Check("mysql.tables", SKIP, f"skipped for {names}: not readable (see mysql.privilege.select.*)")
+    return Check("mysql.tables", PASS, f"{len(config.tables)} mapped table(s) exist with every named column")
 
 
 def _gtid_check(flavor: str, gtid: str, v: dict[str, str]) -> Check:
@@ -124,7 +163,7 @@ def _retention_check(admin: MySQLAdmin, flavor: str, max_downtime_s: int) -> Che
             "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('binlog_expire_logs_seconds', 'expire_logs_days')"
         )
     except CdcSyncError as exc:
-        return Check("mysql.binlog_retention", WARN, f"cannot read: {exc}")
+        return Check("mysql.binlog_retention", WARN, f"cannot read: {_reason(exc)}")
     values = {r["Variable_name"]: float(r["Value"] or 0) for r in rows}
     seconds = values.get("binlog_expire_logs_seconds") or values.get("expire_logs_days", 0) * 86400
     if not seconds:
@@ -136,13 +175,14 @@ def _retention_check(admin: MySQLAdmin, flavor: str, max_downtime_s: int) -> Che
     return Check("mysql.binlog_retention", PASS, detail)
 
 
-def _privilege_checks(admin: MySQLAdmin, config: Config) -> list[Check]:
+def _privilege_checks(admin: MySQLAdmin, config: Config, binlog_on: bool) -> tuple[list[Check], set[str]]:
+    """The privilege checks, and the mapped tables the user may not read."""
     out: list[Check] = []
     try:
         grants = " ".join(str(next(iter(r.values()))) for r in admin.query("SHOW GRANTS FOR CURRENT_USER()")).upper()
     except CdcSyncError as exc:
         grants = ""
-        out.append(Check("mysql.grants", WARN, f"cannot read grants: {exc}"))
+        out.append(Check("mysql.grants", WARN, f"cannot read grants: {_reason(exc)}"))
     everything = "ALL PRIVILEGES ON *.*" in grants
     user = config.mysql.user
     ok = everything or bool(re.search(r"REPLICATION (SLAVE|REPLICA)", grants))
@@ -156,39 +196,49 @@ def _privilege_checks(admin: MySQLAdmin, config: Config) -> list[Check]:
             f"GRANT REPLICATION SLAVE ON *.* TO '{user}'@'%'",
         )
     )
-    out.append(
-        _try(
-            "mysql.privilege.binlog_monitor",
-            lambda: admin.query("SHOW BINARY LOGS"),
-            "SHOW BINARY LOGS allowed",
-            f"GRANT REPLICATION CLIENT ON *.* TO '{user}'@'%' (MariaDB >= 10.5: GRANT BINLOG MONITOR)",
+    if binlog_on:
+        out.append(
+            _try(
+                "mysql.privilege.binlog_monitor",
+                lambda: admin.query("SHOW BINARY LOGS"),
+                "SHOW BINARY LOGS allowed",
+                f"GRANT REPLICATION CLIENT ON *.* TO '{user}'@'%' (MariaDB >= 10.5: GRANT BINLOG MONITOR)",
+            )[0]
         )
-    )
+    else:  # SHOW BINARY LOGS fails without a binlog whatever the grants: nothing to learn
+        out.append(Check("mysql.privilege.binlog_monitor", SKIP, "skipped: binary logging is off (see mysql.log_bin)"))
+    hidden: set[str] = set()
     for rule in config.tables:
         schema, table = rule.schema.replace("`", "``"), rule.table.replace("`", "``")
         sql = f"SELECT 1 FROM `{schema}`.`{table}` LIMIT 0"  # noqa: S608 - identifiers quoted
-        out.append(
-            _try(
-                f"mysql.privilege.select.{rule.name}",
-                lambda sql=sql: admin.query(sql),  # type: ignore[misc]
-                f"SELECT on {rule.name} allowed",
-                f"GRANT SELECT ON {rule.name} TO '{user}'@'%'",
-            )
+        check, code = _try(
+            f"mysql.privilege.select.{rule.name}",
+            lambda sql=sql: admin.query(sql),  # type: ignore[misc]
+            f"SELECT on {rule.name} allowed",
+            f"GRANT SELECT ON {rule.name} TO '{user}'@'%'",
         )
-    return out
+        if check.status == FAIL and code in _NO_SUCH_TABLE:
+            # mysql.tables reports it; no GRANT can help
+            check = Check(check.name, SKIP, f"skipped: {rule.name} does not exist (see mysql.tables)")
+        elif check.status == FAIL and check.blocking:
+            hidden.add(rule.name)
+        out.append(check)
+    return out, hidden
 
 
 # MySQL errors that mean "not allowed" (anything else, e.g. too many connections, is not a verdict)
-_DENIED = ("error 1142", "error 1227", "error 1044", "error 1045", "error 1143", "error 1370")
+_DENIED = frozenset({1142, 1227, 1044, 1045, 1143, 1370})
+_NO_SUCH_TABLE = frozenset({1146, 1049})  # no such table, no such database
 
 
-def _try(name: str, fn: Callable[[], object], ok: str, fix: str) -> Check:
+def _try(name: str, fn: Callable[[], object], ok: str, fix: str) -> tuple[Check, int | None]:
+    """Run ``fn``: PASS, or FAIL with the MySQL error code (blocking when it means "not allowed")."""
     try:
         fn()
     except CdcSyncError as exc:
-        denied = any(code in str(exc).lower() for code in _DENIED)
-        return Check(name, FAIL, str(exc), fix, blocking=denied)
-    return Check(name, PASS, ok)
+        code = _mysql_code(exc)
+        return Check(name, FAIL, _reason(exc), fix, blocking=code in _DENIED), code
+    return Check(name, PASS, ok), None
 
 
 def _server_id_check(admin: MySQLAdmin, flavor: str, server_id: int, v: dict[str, str]) -> Check:
@@ -227,13 +277,20 @@ def _redis_checks(config: Config) -> list[Check]:
         client.ping()
         server = client.info("server")
     except redis.RedisError as exc:
-        return [Check("redis.connect", FAIL, f"{where}: {exc}", "check [redis] url and TLS settings", blocking=False)]
+        client.close()
+        error = redis_error(exc, "connect")
+        if isinstance(error, ServerRefused):  # a wrong password: retrying cannot fix it
+            return [
+                Check("redis.connect", FAIL, f"{where}: Redis refused the login: {plain_redis_error(exc)}", error.fix)
+            ]
+        fix = "check [redis] url and TLS settings, and that the server runs"
+        return [Check("redis.connect", FAIL, f"{where}: {plain_redis_error(exc)}", fix, blocking=False)]
     out = [Check("redis.connect", PASS, f"Redis {server.get('redis_version', '?')} at {where}")]
     try:
         policy = str(client.config_get("maxmemory-policy").get("maxmemory-policy", ""))
     except redis.RedisError as exc:
         policy = ""
-        out.append(Check("redis.maxmemory_policy", WARN, f"cannot read (CONFIG GET denied?): {exc}"))
+        out.append(Check("redis.maxmemory_policy", WARN, f"cannot read (CONFIG GET denied?): {plain_redis_error(exc)}"))
     if policy.startswith("allkeys-"):
         out.append(
             Check(
@@ -259,28 +316,54 @@ def _redis_checks(config: Config) -> list[Check]:
     return out
 
 
-def _acl_check(client: redis.Redis, ns: str) -> Check:
+def _acl_steps(client: redis.Redis, ns: str) -> list[tuple[str, Callable[[], object]]]:
+    """One step per command the worker, the readers and the CLI send (commands inside scripts included:
+    the ACL applies to those too). Each works on throwaway keys under ``<ns>:doctor:probe``."""
     probe = f"{ns}:doctor:probe"
-    steps: list[tuple[str, Callable[[], object]]] = [
+    script = "return redis.call('TIME')[1]"
+    return [
         ("SET", lambda: client.set(probe, "1", px=10000)),
         ("GET", lambda: client.get(probe)),
-        ("HSET", lambda: client.hset(f"{probe}:h", "f", "v")),
+        ("MGET", lambda: client.mget([probe])),
+        ("EXISTS", lambda: client.exists(probe)),
+        ("PEXPIRE", lambda: client.pexpire(probe, 10000)),
+        ("PTTL", lambda: client.pttl(probe)),
+        ("PERSIST", lambda: client.persist(probe)),
+        ("HSET", lambda: client.hset(f"{probe}:h", "f", "1")),
+        ("HINCRBY", lambda: client.hincrby(f"{probe}:h", "f", 1)),
+        ("HGETALL", lambda: client.hgetall(f"{probe}:h")),
+        ("HLEN", lambda: client.hlen(f"{probe}:h")),
+        ("HDEL", lambda: client.hdel(f"{probe}:h", "none")),
         ("SADD", lambda: client.sadd(f"{probe}:s", "m")),
+        ("SMEMBERS", lambda: client.smembers(f"{probe}:s")),
         ("SCAN", lambda: client.scan(0, match=f"{probe}*", count=10)),
-        # as the worker and readers run scripts: EVALSHA, and SCRIPT LOAD on NOSCRIPT
-        ("EVALSHA", lambda: client.register_script("return redis.call('TIME')[1]")(keys=[], args=[])),
+        ("TIME", lambda: client.time()),
+        ("SCRIPT LOAD", lambda: client.script_load(script)),
+        ("EVALSHA", lambda: client.evalsha(client.script_load(script), 0)),
         ("UNLINK", lambda: client.unlink(f"{probe}:h", f"{probe}:s")),
-        ("DEL", lambda: client.delete(probe)),
+        ("DEL", lambda: client.delete(probe, f"{probe}:h", f"{probe}:s")),
     ]
-    for command, step in steps:
+
+
+def _acl_check(client: redis.Redis, ns: str) -> Check:
+    """Try every command; list every one the ACL refuses, in one check."""
+    denied: list[str] = []
+    for command, step in _acl_steps(client, ns):
         try:
             step()
-        except redis.exceptions.NoPermissionError as exc:
-            return Check(
-                "redis.acl", FAIL, f"{command} refused: {exc}", f"allow {command} on {ns}:* and the cached keys"
-            )
+        except redis.exceptions.NoPermissionError:
+            denied.append(command)
         except redis.RedisError as exc:
-            return Check("redis.acl", FAIL, f"{command} failed: {exc}", "check the Redis user's ACL", blocking=False)
+            detail = f"{command} failed: {plain_redis_error(exc)}"
+            return Check("redis.acl", FAIL, detail, "check the Redis user's ACL", blocking=False)
+    if denied:
+        rules = " ".join(f"+{c}" for c in dict.fromkeys(c.split()[0].lower() for c in denied))
+        return Check(
+            "redis.acl",
+            FAIL,
+            f"the Redis user may not run {', '.join(denied)}",
+            f"allow them on {ns}:* and the cached keys, e.g. ACL SETUSER <user> {rules}",
+        )
     return Check("redis.acl", PASS, "the commands the worker and readers use are allowed")
 
 
@@ -313,4 +396,4 @@ def blocking_failures(checks: list[Check]) -> list[Check]:
     return [c for c in checks if c.status == FAIL and c.blocking]
 
 
-__all__ = ["FAIL", "PASS", "WARN", "Check", "SinkUnavailable", "as_json", "blocking_failures", "run"]
+__all__ = ["FAIL", "PASS", "SKIP", "WARN", "Check", "SinkUnavailable", "as_json", "blocking_failures", "run"]

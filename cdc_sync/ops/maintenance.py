@@ -47,7 +47,11 @@ def set_position(config: Config, position: str) -> tuple[str, int | None]:
     try:
         PositionTracker(position)
     except PositionError as exc:
-        raise ConfigError(str(exc)) from None
+        formats = (
+            "a MariaDB GTID state (0-1-42, one domain-server-sequence per domain), a MySQL GTID set "
+            "(uuid:1-42, e.g. 3e11fa47-71ca-11e1-9e33-c80aa9429562:1-42), or a file position (bin.000003:1234)"
+        )
+        raise ConfigError(f"{exc}; a position is {formats}") from None
     sink = RedisSink(config.redis, config.reader.holdoff_ms)
     try:
         previous = sink.load_checkpoint()

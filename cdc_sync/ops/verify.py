@@ -1,28 +1,57 @@
 """``cdc-sync verify [TABLE...] [--sample N] [--repair]``: compare cached values with MySQL.
 
-Every key a rule can render (SCAN, then the exact template match) is parsed back into its column values,
-the row is read from MySQL and encoded the way the worker encodes it, and the two are compared. A mismatch
-may only mean the worker has not applied that change yet, so mismatches are checked again once the
-freshness heartbeat has passed the time of the first comparison; only what still differs is divergent.
-Excluded columns never appear in a report (the cached value does not hold them; the database side is encoded
-with the rule's columns). ``repair`` evicts divergent keys (with a hold-off marker, as the worker does).
+Every key a rule can render is found by SCAN (then the exact template match; a set removes the duplicates
+SCAN may return). Keys are gathered a window at a time and sorted by the values they hold, so rows are read in
+index order, then checked in batches of ``batch``: their cached values in one round trip (MGET, or pipelined
+HGETALL), the rows in one ``SELECT ... WHERE (key columns) IN ((...), ...)`` per template, the next batch's
+SELECT running in a helper thread while this batch is compared.
+
+Each loaded row is matched back to a key by rendering the key **from the row**, the way the worker does: MySQL's
+comparison rules match many spellings to one row (``id = '05'`` finds id 5), but only one spelling is the key
+the worker maintains, so a cached key that no row renders (``user:05``) is an orphan, reported divergent
+with the database side ``(absent)``. The row is encoded the way the worker encodes it and compared.
+
+A mismatch may only mean the worker has not applied that change yet, so mismatches are checked again once the
+freshness heartbeat has passed the time of a second read; only what still differs, with the row unchanged
+between the two reads, is divergent. Excluded columns never appear in a report (the cached value does not hold
+them; the database side is encoded with the rule's columns). ``repair`` evicts divergent keys (with a hold-off
+marker, as the worker does).
+
+``sample`` stops the SCAN after the first N keys of each table: first-N in SCAN order, which follows Redis's
+hash table and so is spread over the keyspace, not sorted by key, but it is not a uniform random sample.
 """
 
 from __future__ import annotations
 
-import random
+import contextlib
+import operator
+import re
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import pymysql
+import pymysql.cursors
+import redis
 
-from cdc_sync.config import Config, TableRule
+from cdc_sync.codec import encode_hash, encode_json
+from cdc_sync.config import Config, MySQLConfig, TableRule
+from cdc_sync.keys import KeyTemplate
+from cdc_sync.mysql import connection_settings, normalize_row, translate_error
 from cdc_sync.ops.maintenance import select_rules
-from cdc_sync.reader import NEGATIVE, CacheReader, Lookup
+from cdc_sync.reader import NEGATIVE
+from cdc_sync.sink import make_client, redis_error
 
 _BINARY = {"binary", "varbinary", "blob", "tinyblob", "mediumblob", "longblob"}
+_INTEGER = {"tinyint", "smallint", "mediumint", "int", "bigint"}
+ABSENT = "(absent)"
+BATCH = 500  # keys per pipelined read and per SELECT ... IN
+SCAN_COUNT = 5000  # SCAN's COUNT hint: keys looked at per round trip
+WINDOW = 200_000  # keys gathered and sorted before they are checked (rows read in index order; bounded memory)
 
 
 @dataclass
@@ -40,51 +69,285 @@ class VerifyResult:
     repaired: int = 0
 
 
-def _cached(reader: CacheReader, lookup: Lookup) -> Any:
-    if lookup.fmt == "h":
-        fields: dict[bytes, bytes] = reader.redis.hgetall(lookup.key)  # type: ignore[assignment]
-        return {k.decode(): v.decode() for k, v in fields.items()} if fields else None
-    raw: bytes | None = reader.redis.get(lookup.key)  # type: ignore[assignment]
-    if raw is None:
-        return None
-    return "(absent)" if raw == NEGATIVE else orjson.loads(raw)
+def _quote(identifier: str) -> str:
+    return "`" + identifier.replace("`", "``") + "`"
 
 
-def _expected(reader: CacheReader, rule: TableRule, lookup: Lookup, where: dict[str, object]) -> Any:
-    row = reader.row_loader.load(rule.name, where)
-    if row is None:
-        return "(absent)"
-    return reader.decode(lookup, reader.encode_row(lookup, row))
+class _Rows:
+    """Rows by key columns, a batch per query, over one PyMySQL connection (UTC, as the reader's loader)."""
+
+    def __init__(self, cfg: MySQLConfig) -> None:
+        self.cfg = cfg
+        self._conn: pymysql.connections.Connection[Any] | None = None
+        self._kinds: dict[str, dict[str, str]] = {}
+
+    def _run(self, sql: str, args: Sequence[object] | None) -> list[dict[str, Any]]:
+        try:
+            if self._conn is None:
+                self._conn = pymysql.connect(
+                    **connection_settings(self.cfg),
+                    cursorclass=pymysql.cursors.DictCursor,
+                    autocommit=True,
+                    init_command="SET time_zone = '+00:00'",
+                )
+            with self._conn.cursor() as cur:
+                cur.execute(sql, args)
+                return list(cur.fetchall())
+        except pymysql.MySQLError as exc:
+            self.close()
+            raise translate_error(exc, "verify") from exc
+
+    def kinds(self, table: str) -> dict[str, str]:
+        """Column -> DATA_TYPE (cached)."""
+        if table not in self._kinds:
+            schema, _, name = table.partition(".")
+            rows = self._run(
+                "SELECT COLUMN_NAME AS c, DATA_TYPE AS t FROM information_schema.COLUMNS "
+                "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+                (schema, name),
+            )
+            self._kinds[table] = {str(r["c"]): str(r["t"]).lower() for r in rows}
+        return self._kinds[table]
+
+    def estimate(self, table: str) -> int:
+        schema, _, name = table.partition(".")
+        rows = self._run(
+            "SELECT TABLE_ROWS AS n FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+            (schema, name),
+        )
+        return int(rows[0]["n"] or 0) if rows else 0
+
+    def matching(
+        self, table: str, columns: Sequence[str], values: Sequence[tuple[object, ...]]
+    ) -> list[dict[str, Any]]:
+        """Every row whose ``columns`` equal one of ``values`` by MySQL's comparison rules, normalized."""
+        if not values:
+            return []
+        schema, _, name = table.partition(".")
+        cols = "(" + ", ".join(_quote(c) for c in columns) + ")"
+        args: list[object] = [v for tup in values for v in tup]
+        if all(type(v) is int for v in args):  # digits only: written inline, saving PyMySQL's escaping of each
+            listed = ", ".join("(" + ", ".join(str(v) for v in tup) + ")" for tup in values)
+            args = []
+        else:
+            listed = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(values))
+        head = f"SELECT * FROM {_quote(schema)}.{_quote(name)} WHERE {cols}"  # noqa: S608 - quoted names
+        if args:  # PyMySQL formats the statement: a '%' in a name must not read as a placeholder
+            head = head.replace("%", "%%")
+        rows = self._run(f"{head} IN ({listed})", args or None)
+        kinds = self.kinds(table)
+        return [normalize_row(r, kinds) for r in rows]
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(pymysql.MySQLError, OSError):
+                self._conn.close()
+            self._conn = None
 
 
-def _compare(reader: CacheReader, rule: TableRule, keys: Sequence[str]) -> list[Divergence]:
-    kinds = reader.row_loader.kinds(rule.name)
-    out: list[Divergence] = []
-    for key in keys:
-        template = next((t for t in rule.templates if t.matches(key)), None)
-        parsed = template.parse_key(key) if template is not None else None
-        if parsed is None:
-            continue
-        where: dict[str, object] = {c: v.encode("latin-1") if kinds.get(c) in _BINARY else v for c, v in parsed.items()}
-        lookup = Lookup(key, "h" if rule.format == "hash" else "j", (rule.name,), (), 0, rule.columns, rule.exclude)
-        cached = _cached(reader, lookup)
-        if cached is None:
-            continue  # evicted meanwhile: nothing to compare
-        expected = _expected(reader, rule, lookup, where)
-        if cached != expected:
-            out.append(Divergence(key, cached, expected))
-    return out
+class _Checker:
+    """Compares batches of one rule's keys with the database."""
+
+    def __init__(self, client: redis.Redis, rows: _Rows, rule: TableRule) -> None:
+        self.client = client
+        self.rows = rows
+        self.rule = rule
+        self.hash = rule.format == "hash"
+        self.kinds = rows.kinds(rule.name)
+        self._match = [_matcher(t) for t in rule.templates]
+        self._convert = [tuple(self._converter(c) for c in t.fields) for t in rule.templates]
+
+    def _cached(self, keys: Sequence[str]) -> list[Any]:
+        """Cached values in one round trip: raw bytes (JSON, one MGET), a field dict (hash, pipelined), or None."""
+        if not self.hash:
+            values: list[Any] = self.client.mget(keys)
+            return values
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        return [{k.decode(): v.decode() for k, v in r.items()} if r else None for r in pipe.execute()]
+
+    def _columns(self, row: dict[str, Any]) -> list[str] | None:
+        """The value's columns (None: the whole row, as it comes)."""
+        if self.rule.columns is None and not self.rule.exclude:
+            return None
+        return self.rule.value_columns(list(row))
+
+    def params(self, i: int, key: str) -> tuple[object, ...] | None:
+        """The query values key ``key`` holds for template ``i`` (None: not a key of that template)."""
+        m = self._match[i](key)
+        if m is None:
+            return None
+        return tuple(convert(_unescape(raw)) for convert, raw in zip(self._convert[i], m.groups(), strict=True))
+
+    def compare(self, template: KeyTemplate, items: Sequence[Item]) -> list[Divergence]:
+        """The keys (all rendered by ``template``, each with its query values) whose cached value differs from
+        what the worker would write."""
+        return self.judge(template, items, self.rows_for(template, items))
+
+    def rows_for(self, template: KeyTemplate, items: Sequence[Item]) -> dict[str, list[dict[str, Any]]]:
+        """The rows MySQL matches to the items' values, by the key each row renders (the key the worker keeps)."""
+        by_key: dict[str, list[dict[str, Any]]] = {}
+        for row in self.rows.matching(self.rule.name, template.fields, list(dict.fromkeys(p for _, p in items))):
+            rendered = template.render(row)
+            if rendered is not None:
+                by_key.setdefault(rendered, []).append(row)
+        return by_key
+
+    def judge(
+        self, template: KeyTemplate, items: Sequence[Item], by_key: dict[str, list[dict[str, Any]]]
+    ) -> list[Divergence]:
+        """Read the items' cached values and compare each with the row that renders its key."""
+        cached = self._cached([key for key, _ in items])
+        # evicted meanwhile: nothing to compare
+        present = [(key, value) for (key, _), value in zip(items, cached, strict=True) if value is not None]
+        out: list[Divergence] = []
+        for key, value in present:
+            found = by_key.get(key, [])
+            if len(found) > 1:
+                out.append(Divergence(key, self._shown(value), f"(ambiguous: {len(found)} rows render this key)"))
+                continue
+            if self.hash:
+                expected: Any = ABSENT
+                if found:
+                    flat = encode_hash(found[0], self._columns(found[0]) or list(found[0]))
+                    expected = dict(zip(flat[::2], flat[1::2], strict=True))
+                if value != expected:
+                    out.append(Divergence(key, value, expected))
+                continue
+            if not found:
+                if value != NEGATIVE:  # a cached "absent" for a key no row renders is right
+                    out.append(Divergence(key, self._shown(value), ABSENT))
+                continue
+            encoded = encode_json(found[0], self._columns(found[0]))
+            if value != encoded and self._shown(value) != orjson.loads(encoded):
+                out.append(Divergence(key, self._shown(value), orjson.loads(encoded)))
+        return out
+
+    def _converter(self, column: str) -> Callable[[str], object]:
+        """How a key's field becomes a query value: bytes for a binary column, an int for an integer column when
+        it reads as one (MySQL then compares without converting), else the text as it is. Whatever MySQL matches
+        it to, the row must render this very key to count (see the module docstring)."""
+        kind = self.kinds.get(column)
+        if kind in _BINARY:
+            return _latin1
+        return _int_or_text if kind in _INTEGER else str
+
+    def _shown(self, value: Any) -> Any:
+        if isinstance(value, bytes):
+            return ABSENT if value == NEGATIVE else orjson.loads(value)
+        return value
 
 
-def _redis_ms(reader: CacheReader) -> int:
-    s, us = reader.redis.time()
+_PERCENT = re.compile(r"%([0-9A-F]{2})")
+Item = tuple[str, tuple[object, ...]]  # a key, and the query values it holds
+_VALUES = operator.itemgetter(1)
+_MATCHERS: dict[KeyTemplate, Callable[[str], re.Match[str] | None]] = {}
+
+
+def _matcher(template: KeyTemplate) -> Callable[[str], re.Match[str] | None]:
+    """``template``'s exact match, compiled once (KeyTemplate.matches/parse_key rebuild it on every call,
+    which costs more than everything else verify does per key)."""
+    found = _MATCHERS.get(template)
+    if found is None:
+        found = _MATCHERS[template] = template._regex(groups=True).fullmatch
+    return found
+
+
+def _latin1(text: str) -> bytes:
+    return text.encode("latin-1")
+
+
+def _int_or_text(text: str) -> object:
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _unescape(raw: str) -> str:
+    """A key's field value as KeyTemplate.parse_key returns it (``%XX`` back to its character)."""
+    return _PERCENT.sub(lambda e: chr(int(e.group(1), 16)), raw) if "%" in raw else raw
+
+
+def _scan(
+    client: redis.Redis, rule: TableRule, limit: int, params: Callable[[int, str], tuple[object, ...] | None]
+) -> Iterator[tuple[int, list[Item]]]:
+    """(template index, new keys with their query values) per SCAN page: each key once (a set: SCAN may repeat
+    keys), only keys the template renders (``params`` says, None: not one), at most ``limit`` keys (0: all)."""
+    seen: set[str] = set()
+    for i, template in enumerate(rule.templates):
+        cursor = 0
+        while True:
+            cursor, page = client.scan(cursor, match=template.pattern(), count=SCAN_COUNT)
+            fresh: list[Item] = []
+            for raw in page:
+                key = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+                if key in seen:
+                    continue
+                values = params(i, key)
+                if values is not None:
+                    seen.add(key)
+                    fresh.append((key, values))
+            if limit and len(seen) >= limit:
+                yield i, fresh[: len(fresh) - (len(seen) - limit)]
+                return
+            if fresh:
+                yield i, fresh
+            if cursor == 0:
+                break
+
+
+def _batches(pages: Iterator[tuple[int, list[Item]]], size: int, window: int = 0) -> Iterator[tuple[int, list[Item]]]:
+    """Regroup SCAN pages into batches of ``size`` keys of one template.
+
+    With ``window``, keys are gathered ``window`` at a time and sorted by the values they hold first: SCAN returns
+    keys in hash order, so rows would be read in random index order; sorted, a window's rows are read in index
+    order and share pages (a table larger than the server's buffer pool is otherwise read from disk once per key).
+    Memory stays bounded by the window.
+    """
+    pending: dict[int, list[Item]] = {}
+    hold = max(window, size)
+    for i, items in pages:
+        buf = pending.setdefault(i, [])
+        buf.extend(items)
+        if len(buf) >= hold:
+            ready = _sorted(buf) if window else buf
+            full = len(ready) - len(ready) % size
+            yield from _cut(i, ready[:full], size)
+            pending[i] = ready[full:]
+    for i, buf in pending.items():
+        if buf:
+            yield from _cut(i, _sorted(buf) if window else buf, size)
+
+
+def _cut(i: int, items: list[Item], size: int) -> Iterator[tuple[int, list[Item]]]:
+    for start in range(0, len(items), size):
+        yield i, items[start : start + size]
+
+
+def _sorted(items: list[Item]) -> list[Item]:
+    try:
+        return sorted(items, key=_VALUES)  # the usual case: values of one type per column, compared in C
+    except TypeError:
+        return sorted(items, key=_row_order)
+
+
+def _row_order(item: Item) -> tuple[tuple[int, Any], ...]:
+    """Order keys by their values as the index does (near enough: texts by code point, not by collation; this
+    only decides the order rows are read in). A column's values may be ints and texts (a stray spelling)."""
+    return tuple((0, v) if isinstance(v, int) else (1, v) if isinstance(v, bytes) else (2, str(v)) for v in item[1])
+
+
+def _redis_ms(client: redis.Redis) -> int:
+    s, us = client.time()
     return int(s) * 1000 + int(us) // 1000
 
 
-def _wait_for_heartbeat(reader: CacheReader, past_ms: int, timeout_s: float) -> bool:
+def _wait_for_heartbeat(client: redis.Redis, ns: str, past_ms: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        beat = reader.redis.get(f"{reader.ns}:heartbeat")
+        beat = client.get(f"{ns}:heartbeat")
         if beat is not None and int(beat) >= past_ms:
             return True
         time.sleep(0.1)
@@ -98,48 +361,93 @@ def verify(
     sample: int = 0,
     repair: bool = False,
     recheck_timeout_s: float = 30.0,
-    reader: CacheReader | None = None,
+    batch: int = BATCH,
+    on_start: Callable[[str, int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> tuple[list[VerifyResult], bool]:
-    """Results per table, and whether mismatches were re-checked after the heartbeat (False: worker not fresh)."""
-    reader = reader or CacheReader(config)
+    """Results per table, and whether mismatches were re-checked after the heartbeat (False: worker not fresh).
+
+    ``on_start(table, estimated keys)`` and ``on_progress(keys checked)`` drive a progress bar.
+    """
+    client = make_client(config.redis)
+    rows = _Rows(config.mysql)
+    ns = config.redis.namespace
     results: list[VerifyResult] = []
     confirmed = True
     try:
         for rule in select_rules(config, tables):
-            keys: list[str] = []
-            for template in rule.templates:
-                for key in reader.redis.scan_iter(match=template.pattern(), count=1000):
-                    text = key.decode(errors="replace")
-                    if template.matches(text) and text not in keys:
-                        keys.append(text)
-            if sample and len(keys) > sample:
-                keys = random.sample(keys, sample)
-            result = VerifyResult(rule.name, checked=len(keys))
-            suspects = _compare(reader, rule, keys)
+            if on_start is not None:
+                estimate = rows.estimate(rule.name) * len(rule.templates)
+                on_start(rule.name, min(estimate, sample) if sample else estimate)
+            checker = _Checker(client, rows, rule)
+            result = VerifyResult(rule.name)
+            suspects: dict[str, int] = {}  # key -> template index
+            for i, keys, divergences in _pipelined(
+                checker, _batches(_scan(client, rule, sample, checker.params), batch, WINDOW)
+            ):
+                result.checked += len(keys)
+                suspects.update((d.key, i) for d in divergences)
+                if on_progress is not None:
+                    on_progress(len(keys))
+            divergent: list[Divergence] = []
             if suspects:
                 # A change not yet applied is not divergence. For each suspect: read the row (d1), note Redis's
                 # time, wait until the worker has applied everything committed before it, read the cache, read
                 # the row again (d2): divergent only if the row did not move (d1 == d2) and the cache differs.
-                first = {d.key: d.database for d in _compare(reader, rule, [d.key for d in suspects])}
-                at = _redis_ms(reader)
-                confirmed = _wait_for_heartbeat(reader, at, recheck_timeout_s) and confirmed
-                again = _compare(reader, rule, list(first))
-                suspects = [d for d in again if first.get(d.key) == d.database]
-            result.divergent = suspects
-            if repair and suspects:
-                result.repaired = _evict(reader, [d.key for d in suspects])
+                first = {d.key: d.database for d in _compare(checker, rule, suspects, batch)}
+                at = _redis_ms(client)
+                confirmed = _wait_for_heartbeat(client, ns, at, recheck_timeout_s) and confirmed
+                again = _compare(checker, rule, {k: suspects[k] for k in first}, batch)
+                divergent = [d for d in again if first.get(d.key) == d.database]
+            result.divergent = divergent
+            if repair and divergent:
+                result.repaired = _evict(client, ns, config.reader.holdoff_ms, [d.key for d in divergent])
             results.append(result)
+    except redis.RedisError as exc:
+        raise redis_error(exc, "verify") from exc
     finally:
-        reader.close()
+        rows.close()
+        client.close()
     return results, confirmed
 
 
-def _evict(reader: CacheReader, keys: Sequence[str]) -> int:
-    pipe = reader.redis.pipeline(transaction=True)
-    holdoff = reader.cfg.holdoff_ms
+def _pipelined(
+    checker: _Checker, batches: Iterator[tuple[int, list[Item]]]
+) -> Iterator[tuple[int, list[Item], list[Divergence]]]:
+    """Check batches with the next batch's SELECT already running in a helper thread, so MySQL works on it
+    while this thread reads the cache and compares (the connection is used by the helper thread only)."""
+    templates = checker.rule.templates
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdc-sync-verify") as pool:
+        ahead: deque[tuple[int, list[Item], Future[dict[str, list[dict[str, Any]]]]]] = deque()
+        for i, items in batches:
+            ahead.append((i, items, pool.submit(checker.rows_for, templates[i], items)))
+            if len(ahead) > 1:
+                j, done, rows = ahead.popleft()
+                yield j, done, checker.judge(templates[j], done, rows.result())
+        while ahead:
+            j, done, rows = ahead.popleft()
+            yield j, done, checker.judge(templates[j], done, rows.result())
+
+
+def _compare(checker: _Checker, rule: TableRule, keys: dict[str, int], batch: int) -> list[Divergence]:
+    """Compare again the keys given with their template index (the re-check of suspects)."""
+    by_template: dict[int, list[Item]] = {}
+    for key, i in keys.items():
+        values = checker.params(i, key)
+        if values is not None:
+            by_template.setdefault(i, []).append((key, values))
+    out: list[Divergence] = []
+    for i, group in by_template.items():
+        for start in range(0, len(group), batch):
+            out.extend(checker.compare(rule.templates[i], group[start : start + batch]))
+    return out
+
+
+def _evict(client: redis.Redis, ns: str, holdoff: int, keys: Sequence[str]) -> int:
+    pipe = client.pipeline(transaction=True)
     for key in keys:
-        pipe.delete(key, f"{reader.ns}:lease:{key}")
+        pipe.delete(key, f"{ns}:lease:{key}")
         if holdoff > 0:
-            pipe.set(f"{reader.ns}:inv:{key}", "1", px=holdoff)
+            pipe.set(f"{ns}:inv:{key}", "1", px=holdoff)
     pipe.execute()
     return len(keys)

@@ -28,6 +28,34 @@ def _unit() -> dict[str, str]:
     return out
 
 
+def _sections() -> dict[str, dict[str, list[str]]]:
+    """The unit file as {section: {key: [values, in order]}}."""
+    out: dict[str, dict[str, list[str]]] = {}
+    section = ""
+    for line in (DEPLOY / "systemd" / "cdc-sync.service").read_text().splitlines():
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+        elif "=" in line and not line.startswith(("#", ";")):
+            key, _, value = line.partition("=")
+            out.setdefault(section, {}).setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def test_systemd_unit_survives_servers_that_come_up_after_it() -> None:
+    """Boot order: nothing that needs MySQL or Redis runs before the worker and can fail the start; restarts never
+    give up on a transient failure; exit 2 (configuration, or a server refusing us for good) is not restarted."""
+    unit = _sections()
+    service, head = unit["Service"], unit["Unit"]
+    for pre in service.get("ExecStartPre", []) + service.get("ExecStartPost", []):
+        assert pre.startswith("-"), f"{pre}: a failing pre-start command fails the unit (and uses up the start limit)"
+    assert service["Restart"] == ["on-failure"] and service["RestartPreventExitStatus"] == ["2"]
+    assert head.get("StartLimitIntervalSec") == ["0"], "the start limit must never stop restarts"
+    assert "StartLimitIntervalSec" not in service and "StartLimitBurst" not in service, "those belong in [Unit]"
+    assert service["TimeoutStartSec"] == ["infinity"], "waiting for a late server is part of a normal start"
+    assert float(service["RestartSec"][0]) >= 1
+
+
 def test_systemd_unit_is_notify_watchdog_and_hardened() -> None:
     """Type=notify with a watchdog, restart on failure, no privileges, credentials for the password."""
     unit = _unit()
@@ -61,6 +89,7 @@ def test_dockerfile_is_multistage_slim_nonroot_with_healthcheck() -> None:
     assert not re.search(r"apt-get install|build-essential|gcc", final), "no build tools in the final image"
     assert re.search(r'^ENTRYPOINT\s+\["cdc-sync"\]', final, re.M)
     assert re.search(r"^HEALTHCHECK\b.*\n?.*healthz", final, re.M)
+    assert "readyz" not in final, "liveness (/healthz) holds while servers are retried; readiness does not"
 
 
 def _manifests(folder: Path) -> list[dict[str, object]]:
@@ -125,7 +154,9 @@ def test_deployment_is_ha_probed_and_locked_down() -> None:
     assert isinstance(spec, dict) and spec["replicas"] == 2
     pod = spec["template"]["spec"]
     container = pod["containers"][0]
+    # liveness must not depend on MySQL/Redis being up (/healthz is alive while they are retried; /readyz is not)
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert "startupProbe" not in container or container["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["resources"]["limits"]["memory"] and container["resources"]["requests"]["cpu"]
     assert pod["securityContext"]["runAsNonRoot"] is True

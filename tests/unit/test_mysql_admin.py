@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cdc_sync.config import MySQLConfig
-from cdc_sync.errors import PositionLostError, SourceError
+from cdc_sync.errors import PositionLostError, ServerRefused, SourceError
 from cdc_sync.mysql import MySQLAdmin, connection_settings
 from cdc_sync.mysql import translate_error as _translate
 
@@ -173,13 +173,15 @@ def test_mysql_config_repr_hides_password(secret: str) -> None:
 
 
 def test_duplicate_server_id_is_not_a_lost_position() -> None:
-    """Error 1236 for a duplicate server_id is retried like any disconnect, never treated as purged."""
+    """Error 1236 for a duplicate server_id is a refusal naming server_id (see test_refusals), never a purge."""
     import pymysql
 
     exc = pymysql.err.OperationalError(
         1236, "A slave with the same server_uuid/server_id as this slave has connected to the master"
     )
-    assert type(_translate(exc, "binlog stream")) is SourceError
+    refused = _translate(exc, "binlog stream")
+    assert isinstance(refused, ServerRefused) and refused.kind == "server_id"
+    assert not isinstance(refused, PositionLostError)
     gtid = pymysql.err.OperationalError(
         1236, "Error: connecting slave requested to start from GTID 0-1-5, which is not in the master's binlog"
     )
