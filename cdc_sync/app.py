@@ -89,13 +89,14 @@ class Service:
 
     def _start_prober(self) -> None:
         flavor = self.worker.info.flavor if self.worker.info else "mysql"
-        applier = self.worker.applier
+        worker = self.worker
         self.prober = Prober(
             self.sink,
             MySQLAdmin(self.config.mysql),
             flavor,
-            lambda: applier.expected,
+            lambda: worker.applier.expected,
             interval_s=self.config.worker.heartbeat_interval_ms / 1000,
+            streaming=lambda: worker.streaming,
         )
         self.prober.start()
 

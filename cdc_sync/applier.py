@@ -37,6 +37,7 @@ class SinkPort(Protocol):
     def apply(self, ops: Sequence[RedisOp], expected: str | None, new: str) -> bool: ...
     def count_keys(self, rules: Sequence[TableRule], limit: int = 1) -> int: ...
     def flush(self, rule: TableRule) -> int: ...
+    def mark_flushing(self, rules: Sequence[TableRule]) -> None: ...
     def server_identity(self) -> str | None: ...
     def save_server_identity(self, identity: str) -> None: ...
     def report_status(self, fields: Mapping[str, str | int | float]) -> None: ...
@@ -188,16 +189,25 @@ class Applier:
                 self.abort.wait(delay)
 
     def flush(self, flushes: Sequence[Flush]) -> None:
-        """Invalidate the tables named by ``flushes`` (each table once), logged and counted."""
-        seen: set[str] = set()
+        """Invalidate the tables named by ``flushes`` (each table once), logged and counted.
+
+        Every table is marked as flushing before the first is flushed: a flush of many tables takes a while, and
+        the heartbeat may vouch meanwhile (after a lost position, say), so no table may wait unmarked.
+        """
+        todo: list[tuple[TableRule, Flush]] = []
         for f in flushes:
             for rule in self.rules:
-                if rule.name in seen or (f.table is not None and (rule.schema, rule.table) != (f.schema, f.table)):
+                if any(rule is r for r, _ in todo):
                     continue
-                seen.add(rule.name)
-                self.flush_rule(rule, f.reason, f.detail)
+                if f.table is None or (rule.schema, rule.table) == (f.schema, f.table):
+                    todo.append((rule, f))
             if f.reason == "unknown_event":
                 m.UNKNOWN_EVENTS.labels(event_type=f.detail.split(" ", 1)[0]).inc()
+        if len(todo) > 1:
+            rules = [rule for rule, _ in todo]
+            self.retry("mark flushing", lambda: self.sink.mark_flushing(rules))
+        for rule, f in todo:
+            self.flush_rule(rule, f.reason, f.detail)
 
     def flush_rule(
         self, rule: TableRule, reason: str, detail: str = "", give_up: Callable[[], bool] | None = None

@@ -120,7 +120,11 @@ _REFERENCES = re.compile(
 )
 _ON_DELETE = re.compile(rf"ON\s+DELETE\s+{_ACTING}\b", re.I)
 _ON_UPDATE = re.compile(rf"ON\s+UPDATE\s+{_ACTING}\b", re.I)
-_SCHEMA_CHANGE = re.compile(r"^\s*(?:/\*!\d*\s*)?(?:CREATE|ALTER|DROP|RENAME)\b", re.I)
+# Statements on tables (and DROP DATABASE, which drops them): not ALTER USER, CREATE VIEW, DROP TRIGGER and such
+_SCHEMA_CHANGE = re.compile(
+    r"^\s*(?:/\*!\d*\s*)?(?:(?:CREATE|ALTER|DROP|RENAME)\s+(?:[A-Z_]+\s+){0,3}?TABLES?\b|DROP\s+(?:DATABASE|SCHEMA)\b)",
+    re.I,
+)
 # MariaDB's per-statement settings, logged verbatim: SET STATEMENT var = value [, ...] FOR <statement>
 _SET_STATEMENT = re.compile(
     r"^\s*SET\s+STATEMENT\s.*?\bFOR\s+(?=(?:/\*!\d*\s*)?(?:CREATE|ALTER|DROP|RENAME)\b)", re.I | re.S

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from cdc_sync import logs
@@ -47,11 +48,15 @@ class Prober:
         applied: AppliedPosition,
         interval_s: float,
         wait_limit_s: float = 30.0,
+        streaming: Callable[[], bool] = lambda: True,
     ) -> None:
+        """``streaming``: whether the worker reads the binlog from its position right now. A position the worker
+        rewound to, or cannot read (a purged file, a bad checkpoint), is nothing to vouch for."""
         self.sink = sink
         self.mysql = mysql
         self.flavor = flavor
         self.applied = applied
+        self.streaming = streaming
         self.interval_s = interval_s
         self.wait_limit_s = wait_limit_s
         self._stop = threading.Event()
@@ -75,7 +80,7 @@ class Prober:
     def probe_once(self) -> bool:
         """One probe; True when the heartbeat was moved."""
         expected = self.applied()
-        if expected is None:
+        if expected is None or not self.streaming():
             return False
         probe_started = time.monotonic()
         t0 = self.sink.time_ms()
@@ -85,13 +90,17 @@ class Prober:
             expected = self.applied()
             if expected is None:
                 return False
+            if not target:
+                return False  # the server has no position of this form (RESET MASTER, no GTID yet): no order
             try:
-                if not target or reached(expected, target):
+                if reached(expected, target):
                     break
             except PositionError:
                 return False  # the worker rewound to another form of position; probe again
             if self._stop.wait(0.005) or time.monotonic() > deadline:
                 return False
+        if not self.streaming():
+            return False
         moved = self.sink.set_heartbeat(t0, expected)
         if moved:
             self.last_beat_at = probe_started

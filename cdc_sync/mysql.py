@@ -36,6 +36,8 @@ _POSITION_LOST_TEXTS = (
     "not in the master's binlog",
     "could not find gtid state",
     "is missing the gtid",  # MariaDB: a GTID resume after sequence numbers went backwards (strict mode)
+    "impossible position",  # a file position past the end (a binlog tail lost in a crash, a bad checkpoint)
+    "bogus data in log event",  # a file position inside an event
 )
 
 
@@ -161,6 +163,7 @@ class MySQLAdmin:
         self.cfg = cfg
         self._conn: pymysql.connections.Connection[Any] | None = None
         self._lock = threading.Lock()
+        self._file_servers: dict[str, int] = {}  # binlog file → the server_id of its format description
 
     def query(self, sql: str, args: Sequence[object] = ()) -> list[dict[str, Any]]:
         """Run one statement on a kept-open connection (reopened after any failure)."""
@@ -234,10 +237,14 @@ class MySQLAdmin:
         if kind == "file":
             return self._binlog_status(flavor)
         if kind == "mariadb":
-            rows = self.query("SELECT @@global.gtid_binlog_pos AS p, @@global.server_id AS s")
-            state, server = str(rows[0]["p"] or ""), int(rows[0]["s"])
-            end = self._binlog_status(flavor)
-            return f"{state}@{server}:{end}" if state and end else state
+            # The server id of the binlog file itself (what the stream's format description events say): after a
+            # SET GLOBAL server_id the current file still carries the old one until it rotates.
+            rows = self.query("SELECT @@global.gtid_binlog_pos AS p")
+            state, end = str(rows[0]["p"] or ""), self._binlog_status(flavor)
+            server = self.binlog_server_id(end.rpartition(":")[0]) if end else None
+            if not state or server is None:
+                return ""  # nothing to compare with in stream order: the prober does not vouch
+            return f"{state}@{server}:{end}"
         rows = self.query("SELECT @@global.gtid_executed AS p")
         return str(rows[0]["p"] or "").replace("\n", "")
 
@@ -267,6 +274,26 @@ class MySQLAdmin:
             if rows:
                 out[name] = [str(r["c"]) for r in rows]
         return out
+
+    def binlog_server_id(self, file: str) -> int | None:
+        """The server id in the format description of binlog ``file`` (the server that wrote it), None when the
+        server has no such file. Cached per file name (a file's first event never changes)."""
+        known = self._file_servers.get(file)
+        if known is not None:
+            return known
+        try:
+            rows = self.query("SHOW BINLOG EVENTS IN %s LIMIT 1", (file,))
+        except SourceError as exc:
+            if "1220" in str(exc) or "could not find target log" in str(exc).lower():
+                return None
+            raise
+        if not rows:
+            return None
+        server = int(rows[0]["Server_id"])
+        if len(self._file_servers) > 1000:
+            self._file_servers.clear()
+        self._file_servers[file] = server
+        return server
 
     def gtid_at(self, file_pos: str) -> str | None:
         """MariaDB: the GTID state at ``file:pos`` of this server's binlog (None: no such position any more)."""

@@ -167,6 +167,15 @@ _XA_COMMIT = re.compile(r"^\s*XA\s+(COMMIT|ROLLBACK)\b", re.I)
 _DATABASE_DDL = re.compile(r"^\s*(DROP|ALTER|CREATE\s+OR\s+REPLACE)\s+(DATABASE|SCHEMA)\b", re.I)
 
 
+_LITERAL = re.compile(r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"", re.S)
+
+
+def sql_for_log(sql: str, limit: int = 200) -> str:
+    """A statement as logs may show it: every string literal replaced by '?' (``ALTER USER ... IDENTIFIED BY
+    'secret'``, ``SET PASSWORD``, data values), then cut to ``limit`` characters."""
+    return _LITERAL.sub("'?'", sql)[:limit]
+
+
 def is_txn_control(sql: str) -> bool:
     """BEGIN/COMMIT/... statements that change no table."""
     return bool(_TXN_CONTROL.match(_COMMENT.sub(" ", sql)))
@@ -183,13 +192,13 @@ def statement_flushes(sql: str, rules: Iterable[TableRule]) -> list[Flush]:
     text = _COMMENT.sub(" ", sql)  # only for the statement's leading keywords
     rules = list(rules)
     if _XA_COMMIT.match(text):
-        return [Flush("xa_commit", r.schema, r.table, detail=sql[:200]) for r in rules]
+        return [Flush("xa_commit", r.schema, r.table, detail=sql_for_log(sql)) for r in rules]
     tokens = {(m.group(1) or m.group(2)).replace("``", "`").lower() for m in _IDENT.finditer(sql)}
     database_ddl = bool(_DATABASE_DDL.match(text))
     out: list[Flush] = []
     for rule in rules:
         if rule.table.lower() in tokens or (database_ddl and rule.schema.lower() in tokens):
-            out.append(Flush("statement", rule.schema, rule.table, detail=sql[:200]))
+            out.append(Flush("statement", rule.schema, rule.table, detail=sql_for_log(sql)))
     return out
 
 

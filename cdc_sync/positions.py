@@ -39,8 +39,9 @@ class PositionError(CdcSyncError):
 
 
 FORMATS_HELP = (
-    "a MariaDB GTID state (0-1-42 or 0-1-42,1-2-7, optionally @server_id:file:pos), "
-    "a MySQL GTID set (3e11fa47-71ca-11e1-9e33-c80aa9429562:1-42) or a file position (bin.000003:1234)"
+    "a MariaDB GTID state (0-1-42, one domain-server-sequence per domain, optionally with where in which server's "
+    "binlog: 0-1-42@1:bin.000003:1234), a MySQL GTID set (uuid:1-42, e.g. 3e11fa47-71ca-11e1-9e33-c80aa9429562:1-42) "
+    "or a file position (bin.000003:1234)"
 )
 
 
@@ -121,6 +122,12 @@ def parse_mariadb(text: str) -> dict[int, tuple[int, int]]:
         domain, server, seq = (int(x) for x in part.split("-"))
         state[domain] = (server, seq)
     return state
+
+
+def same_state(a: str, b: str) -> bool:
+    """Two MariaDB GTID states name the same GTIDs (domain order and stream parts aside; "" is the empty one)."""
+    a, b = gtid_part(a), gtid_part(b)
+    return a == b if not (a and b) else parse_mariadb(a) == parse_mariadb(b)
 
 
 def render_mariadb(state: dict[int, tuple[int, int]]) -> str:

@@ -138,6 +138,13 @@ end
 return #KEYS
 """
 
+# KEYS: the lock. ARGV: token, ms. Extends the lock while it is ours (1), or releases it (ms = 0).
+OPERATOR_LOCK_LUA = r"""
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if tonumber(ARGV[2]) > 0 then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return redis.call('DEL', KEYS[1])
+"""
+
 FLUSH_MARKER_TTL_MS = 600_000  # a crashed flush leaves the marker at most this long (replay redoes it)
 
 
@@ -223,6 +230,7 @@ class RedisSink:
         self._beat: Script = self.client.register_script(HEARTBEAT_LUA)
         self._evict: Script = self.client.register_script(EVICT_TAGS_LUA)
         self._flush_step: Script = self.client.register_script(FLUSH_STEP_LUA)
+        self._operator: Script = self.client.register_script(OPERATOR_LOCK_LUA)
 
     @property
     def checkpoint_key(self) -> str:
@@ -338,6 +346,26 @@ class RedisSink:
                     if found >= limit:
                         return found
         return found
+
+    def take_operator_lock(self, token: str, ttl_ms: int) -> str | None:
+        """``<ns>:operator``: one operator command at a time moves checkpoints or holds tables. Returns None when
+        taken, else who holds it."""
+        key = f"{self.ns}:operator"
+        if self._call("SET operator", self.client.set, key, token, nx=True, px=ttl_ms):
+            return None
+        holder = self._call("GET operator", self.client.get, key)
+        return holder.decode(errors="replace") if holder is not None else "(just released)"
+
+    def keep_operator_lock(self, token: str, ttl_ms: int) -> bool:
+        """Extend the lock while it is ours (``ttl_ms`` 0: release it)."""
+        key = f"{self.ns}:operator"
+        return bool(self._call("operator lock", self._operator, keys=[key], args=[token, ttl_ms]))
+
+    def mark_flushing(self, rules: Sequence[TableRule]) -> None:
+        """Mark the tables as being flushed, as ``flush`` does (expiring after FLUSH_MARKER_TTL_MS), before a
+        flush of several tables starts: none of them waits unmarked while the others are flushed."""
+        if rules:
+            self._step("mark", [f"{self.ns}:flushing:{r.name}" for r in rules], FLUSH_MARKER_TTL_MS)
 
     def hold_flushing(self, rules: Sequence[TableRule]) -> None:
         """Mark the tables as being flushed (readers bypass them, fills are refused) until ``flush(rule,

@@ -45,8 +45,16 @@ from cdc_sync.events import Flush, RawEvent, RawQuery, ServerInfo, Transaction
 from cdc_sync.health import Health
 from cdc_sync.mysql import CascadeEdge
 from cdc_sync.notify import Notifier
-from cdc_sync.planner import needed_columns
-from cdc_sync.positions import PositionError, PositionTracker, contains, has_tagged_gtids, parse_mariadb, split_stream
+from cdc_sync.planner import needed_columns, sql_for_log
+from cdc_sync.positions import (
+    PositionError,
+    PositionTracker,
+    contains,
+    has_tagged_gtids,
+    kind_of,
+    same_state,
+    split_stream,
+)
 from cdc_sync.transactions import Assembler
 
 log = logs.get("cdc_sync.sync")
@@ -64,6 +72,7 @@ class AdminPort(Protocol):
     def cascade_edges(self) -> list[CascadeEdge]: ...
     def stored_names(self, names: Sequence[str]) -> dict[str, tuple[str, str]]: ...
     def gtid_at(self, file_pos: str) -> str | None: ...
+    def binlog_server_id(self, file: str) -> int | None: ...
 
 
 class RulesPort(Protocol):
@@ -273,16 +282,20 @@ class Worker:
     def _gtid_lineage_holds(self, info: ServerInfo, checkpoint: str) -> bool:
         """Whether the server's history holds the GTID checkpoint.
 
-        A MariaDB checkpoint that records a position in this very server's binlog holds exactly when the server's
-        GTID state at that position is the checkpoint's (sequence numbers may have gone backwards since, so
-        comparing numbers with the current state proves nothing). Otherwise the server's current GTID state must
-        contain the checkpoint's (a failover to a replica that applied it).
+        A MariaDB checkpoint that records a position in a binlog file this server wrote holds exactly when the
+        server's GTID state at that position is the checkpoint's (sequence numbers may have gone backwards since,
+        so comparing numbers with the current state proves nothing); the checkpoint's own server without that
+        file (purged) is a lost position, which resuming finds (and flushes). Otherwise (a failover to a replica
+        that applied it) the server's current GTID state must contain the checkpoint's.
         """
         gtid, stream = split_stream(checkpoint) if info.flavor == "mariadb" else (checkpoint, None)
-        if stream is not None and str(stream.server_id) == info.variables.get("server_id"):
-            at = self._retry_source("binlog position", lambda: self._admin.gtid_at(str(stream.at)))
-            if at is not None:
-                return at == gtid if not (at and gtid) else parse_mariadb(at) == parse_mariadb(gtid)
+        if stream is not None:
+            writer = self._retry_source("binlog file", lambda: self._admin.binlog_server_id(stream.at.file))
+            if writer == stream.server_id:
+                at = self._retry_source("binlog position", lambda: self._admin.gtid_at(str(stream.at)))
+                return at is not None and same_state(at, gtid)
+            if writer is None and info.variables.get("server_id") == str(stream.server_id):
+                return True  # its own server, its file gone (purged): a lost position, which the resume finds
         try:
             return bool(info.gtid_position) and contains(info.gtid_position, checkpoint)
         except PositionError:
@@ -330,7 +343,7 @@ class Worker:
         self.tables = tables
         if ddl is not None:
             m.SCHEMA_REFRESHES.inc()
-            log.info("sync.schema_refreshed", statement=ddl.sql[:200], streamed_tables_changed=changed)
+            log.info("sync.schema_refreshed", statement=sql_for_log(ddl.sql), streamed_tables_changed=changed)
         return changed
 
     def _schema_changed_by(self, query: RawQuery) -> bool:
@@ -418,6 +431,8 @@ class Worker:
                 reconnect = False  # the streamed tables changed (DDL): reconnect once between transactions
                 log.info("source.connecting", position=position)
                 try:
+                    if assembler.tracker.stream is not None and not self._file_resume_holds(assembler):
+                        continue  # resume by GTID instead (the finally below resets the assembler)
                     for raw in source.events(position):
                         failures = 0
                         self._on_event(assembler)
@@ -434,20 +449,19 @@ class Worker:
                         if self.applier.rewind_to is not None:
                             target = self.applier.rewound()
                             log.warning("sync.rewound", position=target)
-                            assembler = self._assembler(target)
+                            if self._readable(target):
+                                assembler = self._assembler(target)
+                            else:  # written by hand: another server's form, or garbage
+                                lost = PositionLostError(f"the stored checkpoint {target!r} cannot be read here")
+                                assembler = self._position_lost(assembler, lost)
                             break
                         if self.stopping and not assembler.in_txn:
                             break
-                except (PositionLostError, ServerChanged) as exc:
-                    if assembler.tracker.stream is not None:
-                        # the file position of a MariaDB checkpoint is gone or another server's: resume by GTID
-                        log.warning("source.resume_by_gtid", error=str(exc), position=assembler.tracker.render())
-                        m.SOURCE_ERRORS.labels(kind=type(exc).__name__).inc()
-                        assembler.tracker.forget_stream()
-                    elif isinstance(exc, PositionLostError):
-                        assembler = self._position_lost(assembler, exc)
-                    else:
-                        raise
+                except ServerChanged as exc:
+                    # a failover behind the same address: this server's file offsets mean nothing, resume by GTID
+                    self._resume_by_gtid(assembler, str(exc))
+                except PositionLostError as exc:
+                    assembler = self._position_lost(assembler, exc)
                 except SourceError as exc:
                     self.streaming = False
                     m.SOURCE_ERRORS.labels(kind=type(exc).__name__).inc()
@@ -459,6 +473,7 @@ class Worker:
                     self._stop.wait(delay)
                     self.tick()
                 finally:
+                    self.streaming = False  # until the next connection delivers: the prober does not vouch
                     source.close()
                     assembler.reset()
         finally:
@@ -517,6 +532,40 @@ class Worker:
         return Assembler(
             PositionTracker(position), self.rules, on_skip=self._on_skip, chunk_rows=self.config.worker.chunk_rows
         )
+
+    def _readable(self, position: str) -> bool:
+        """Whether ``position`` is one this server's binlog can be read from (its form fits the server)."""
+        try:
+            kind = kind_of(position)
+        except PositionError:
+            return False
+        flavor = self.info.flavor if self.info is not None else ""
+        return kind == "file" or kind == flavor
+
+    def _file_resume_holds(self, assembler: Assembler) -> bool:
+        """Before resuming a MariaDB position by its file position: is that file this very server's?
+
+        The file's own format description names the server that wrote it. Another server's file (a failover
+        behind one address: its offsets mean nothing here), or no such file on another server: resume by GTID
+        (returns False). No such file on the server the checkpoint came from (purged, RESET MASTER): the position
+        is lost (PositionLostError); resuming by GTID could start after a later repeat of the same GTID.
+        """
+        stream = assembler.tracker.stream
+        assert stream is not None
+        writer = self._retry_source("binlog file", lambda: self._admin.binlog_server_id(stream.at.file))
+        if writer == stream.server_id:
+            return True
+        if writer is None:
+            info = self._retry_source("server_info", self._admin.server_info)
+            if info.variables.get("server_id") == str(stream.server_id):
+                raise PositionLostError(f"binlog file {stream.at.file} is gone from server {stream.server_id}")
+        self._resume_by_gtid(assembler, f"binlog file {stream.at.file} is not server {stream.server_id}'s here")
+        return False
+
+    def _resume_by_gtid(self, assembler: Assembler, why: str) -> None:
+        log.warning("source.resume_by_gtid", error=why, position=assembler.tracker.render())
+        m.SOURCE_ERRORS.labels(kind="ServerChanged").inc()
+        assembler.tracker.forget_stream()
 
     def _position_lost(self, assembler: Assembler, exc: PositionLostError) -> Assembler:
         """The position is gone from the server: drain, flush everything, restart at the server's end."""

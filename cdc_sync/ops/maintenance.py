@@ -7,14 +7,30 @@ the affected tables as flushing first (``_move``), so the heartbeat never vouche
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Iterator, Sequence
 
 from cdc_sync.config import Config, TableRule
-from cdc_sync.errors import ConfigError
+from cdc_sync.errors import CdcSyncError, ConfigError
 from cdc_sync.mysql import MySQLAdmin
-from cdc_sync.positions import PositionError, PositionTracker, kind_of, reached, split_stream
+from cdc_sync.positions import (
+    FilePos,
+    PositionError,
+    PositionTracker,
+    contains,
+    kind_of,
+    reached,
+    same_state,
+    split_stream,
+)
 from cdc_sync.sink import RedisSink
 from cdc_sync.sync import initial_position
+
+OPERATOR_LOCK_TTL_MS = 60_000  # an operator command that died releases the lock after this
 
 
 def select_rules(config: Config, tables: Sequence[str]) -> list[TableRule]:
@@ -47,20 +63,77 @@ def set_position(config: Config, position: str) -> tuple[str, int | None]:
     try:
         PositionTracker(position)
     except PositionError as exc:
-        formats = (
-            "a MariaDB GTID state (0-1-42, one domain-server-sequence per domain), a MySQL GTID set "
-            "(uuid:1-42, e.g. 3e11fa47-71ca-11e1-9e33-c80aa9429562:1-42), or a file position (bin.000003:1234)"
-        )
-        raise ConfigError(f"{exc}; a position is {formats}") from None
+        raise ConfigError(str(exc)) from None
+    _check_on_server(config, position)
     sink = RedisSink(config.redis, config.reader.holdoff_ms)
     try:
-        previous = sink.load_checkpoint()
-        if previous is not None and _reaches(previous, position):
-            _move(sink, [], position)
-            return previous, None
-        return previous or "", _move(sink, list(config.tables), position)
+        with _operator(sink, "checkpoint set"):
+            previous = sink.load_checkpoint()
+            if previous is not None and _reaches(previous, position):
+                _move(sink, [], position)
+                return previous, None
+            return previous or "", _move(sink, list(config.tables), position)
     finally:
         sink.close()
+
+
+def _check_on_server(config: Config, position: str) -> None:
+    """Refuse a position the server cannot stream from: another flavor's form, a file or offset the server does
+    not have, a MariaDB state that is not the server's at its stated file position, GTIDs the server lacks."""
+    admin = MySQLAdmin(config.mysql)
+    try:
+        info = admin.server_info()
+        kind = kind_of(position)
+        if kind not in ("file", info.flavor):
+            raise ConfigError(f"{position!r} is a {kind} position, but the server is {info.flavor}")
+        gtid, stream = split_stream(position) if kind == "mariadb" else (position, None)
+        if stream is not None:
+            at = admin.gtid_at(str(stream.at)) if admin.binlog_server_id(stream.at.file) == stream.server_id else None
+            if at is None or not same_state(at, gtid):
+                raise ConfigError(
+                    f"{position!r} is not a position of this server's binlog (its GTID state at {stream.at} is "
+                    f"{at!r}); take one from 'cdc-sync checkpoint show' or 'cdc-sync status'"
+                )
+        elif kind == "file":
+            at_file = FilePos.parse(position)
+            sizes = {str(r["Log_name"]): int(r["File_size"]) for r in admin.query("SHOW BINARY LOGS")}
+            if at_file.file not in sizes or at_file.pos > sizes[at_file.file]:
+                raise ConfigError(f"{position!r} is not in the server's binary logs ({', '.join(sizes) or 'none'})")
+        elif not info.gtid_position or not contains(info.gtid_position, gtid):
+            raise ConfigError(
+                f"{position!r} holds GTIDs the server has not logged (its state is {info.gtid_position!r})"
+            )
+    finally:
+        admin.close()
+
+
+@contextlib.contextmanager
+def _operator(sink: RedisSink, what: str) -> Iterator[None]:
+    """One operator command at a time moves the checkpoint or holds tables (``<ns>:operator``): two holding the
+    same table would release each other's hold. The lock is kept alive while the command runs."""
+    token = f"{what} on {socket.gethostname()} pid {os.getpid()} ({secrets.token_hex(4)})"
+    holder = sink.take_operator_lock(token, OPERATOR_LOCK_TTL_MS)
+    if holder is not None:
+        raise CdcSyncError(
+            f"another operator command is running: {holder}; wait for it (a command that died lets go of "
+            f"{sink.ns}:operator {OPERATOR_LOCK_TTL_MS // 1000} s after it stopped)"
+        )
+    done = threading.Event()
+
+    def keep() -> None:
+        while not done.wait(OPERATOR_LOCK_TTL_MS / 3000):
+            with contextlib.suppress(CdcSyncError):
+                sink.keep_operator_lock(token, OPERATOR_LOCK_TTL_MS)
+
+    keeper = threading.Thread(target=keep, name="cdc-sync-operator-lock", daemon=True)
+    keeper.start()
+    try:
+        yield
+    finally:
+        done.set()
+        keeper.join(5)
+        with contextlib.suppress(CdcSyncError):
+            sink.keep_operator_lock(token, 0)
 
 
 def reset(config: Config) -> tuple[str, int]:
@@ -72,7 +145,8 @@ def reset(config: Config) -> tuple[str, int]:
         admin.close()
     sink = RedisSink(config.redis, config.reader.holdoff_ms)
     try:
-        return start, _move(sink, list(config.tables), start)
+        with _operator(sink, "checkpoint reset"):
+            return start, _move(sink, list(config.tables), start)
     finally:
         sink.close()
 
@@ -105,7 +179,8 @@ def flush(config: Config, tables: Sequence[str]) -> int:
     rules = select_rules(config, tables)
     sink = RedisSink(config.redis, config.reader.holdoff_ms)
     try:
-        sink.hold_flushing(rules)
-        return sum(sink.flush(rule, held=True) for rule in rules)
+        with _operator(sink, "flush"):
+            sink.hold_flushing(rules)
+            return sum(sink.flush(rule, held=True) for rule in rules)
     finally:
         sink.close()

@@ -37,6 +37,9 @@ class FakeAdmin:
     def cascade_edges(self) -> list[CascadeEdge]:
         return list(self.edges)
 
+    def binlog_server_id(self, file: str) -> int | None:
+        return None  # no binlog files here: a stream part resumes by GTID
+
     def gtid_at(self, file_pos: str) -> str | None:
         return None  # no binlog to look into: the lineage check compares GTID states
 
@@ -128,6 +131,9 @@ class FakeSink:
 
     def count_keys(self, rules: Sequence[TableRule], limit: int = 1) -> int:
         return sum(1 for k in self.store if not k.startswith("cdc:"))
+
+    def mark_flushing(self, rules: Sequence[TableRule]) -> None:
+        self.marked = [r.name for r in rules]
 
     def flush(self, rule: TableRule) -> int:
         self.flushed.append(rule.name)

@@ -267,10 +267,11 @@ def test_statement_unrelated_no_flush(sql: str) -> None:
 
 
 def test_statement_flush_details() -> None:
-    """A statement flush carries reason 'statement' and the SQL (truncated to 200 characters)."""
-    sql = "ALTER TABLE users COMMENT '" + "x" * 300 + "'"
+    """A statement flush carries reason 'statement' and the SQL without its literals, cut to 200 characters."""
+    sql = "ALTER TABLE users COMMENT '" + "x" * 300 + "', " + "ADD COLUMN c INT, " * 20
     (flush,) = statement_flushes(sql, _rules())
-    assert flush == Flush("statement", "shop", "users", detail=sql[:200])
+    assert flush.reason == "statement" and (flush.schema, flush.table) == ("shop", "users")
+    assert flush.detail.startswith("ALTER TABLE users COMMENT '?', ADD COLUMN") and len(flush.detail) == 200
 
 
 @pytest.mark.parametrize("sql", ["XA COMMIT 'trx1'", "/* x */ xa commit X'01'", "XA ROLLBACK 'trx1'"])
@@ -334,3 +335,12 @@ def test_is_txn_control(sql: str, control: bool) -> None:
 def test_statement_names_in_comments_flush_on_purpose(sql: str) -> None:
     """A table named only in a comment is flushed too: comments are searched, since the server runs some."""
     assert _flushed(sql) == ["shop.users"]
+
+
+def test_statements_are_logged_without_their_string_literals() -> None:
+    """A statement in a log line never shows a literal: ALTER USER ... IDENTIFIED BY 'secret', data values."""
+    from cdc_sync.planner import sql_for_log
+
+    text = sql_for_log("ALTER USER 'cdc'@'%' IDENTIFIED BY 'It''s \\'secret\\''; UPDATE t SET a = \"x\"")
+    assert "secret" not in text and "cdc" not in text and '"x"' not in text
+    assert text.startswith("ALTER USER '?'@'?' IDENTIFIED BY '?'")
