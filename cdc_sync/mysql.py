@@ -154,6 +154,7 @@ class CascadeEdge:
     parent_columns: tuple[str, ...]  # the referenced columns
     on_delete: bool  # CASCADE / SET NULL / SET DEFAULT on delete
     on_update: bool  # ... on update of the referenced columns
+    assumed: bool = False  # its actions are hidden from this user: taken to cascade both ways
 
 
 class MySQLAdmin:
@@ -354,7 +355,43 @@ class MySQLAdmin:
                     on_update=str(first["ur"]).upper() in acting,
                 )
             )
-        return edges
+        return edges + self.hidden_foreign_keys()
+
+    def hidden_foreign_keys(self) -> list[CascadeEdge]:
+        """Foreign keys whose actions this user cannot see, taken to cascade on delete and update.
+
+        information_schema shows a user KEY_COLUMN_USAGE for the tables it may SELECT, but
+        REFERENTIAL_CONSTRAINTS (the ON DELETE/UPDATE rules) only with a privilege besides SELECT (REFERENCES,
+        INSERT, ...). A key whose rule is unknown may cascade: watched as if it did (a needless flush is safe).
+        """
+        known = {
+            (str(r["s"]), str(r["t"]), str(r["n"]))
+            for r in self.query(
+                "SELECT CONSTRAINT_SCHEMA AS s, TABLE_NAME AS t, CONSTRAINT_NAME AS n "
+                "FROM information_schema.REFERENTIAL_CONSTRAINTS"
+            )
+        }
+        grouped: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        for r in self.query(
+            "SELECT CONSTRAINT_SCHEMA AS s, TABLE_NAME AS t, CONSTRAINT_NAME AS n, REFERENCED_TABLE_SCHEMA AS ps, "
+            "REFERENCED_TABLE_NAME AS pt, REFERENCED_COLUMN_NAME AS pc FROM information_schema.KEY_COLUMN_USAGE "
+            "WHERE REFERENCED_TABLE_NAME IS NOT NULL ORDER BY CONSTRAINT_SCHEMA, TABLE_NAME, CONSTRAINT_NAME, "
+            "ORDINAL_POSITION"
+        ):
+            ident = (str(r["s"]), str(r["t"]), str(r["n"]))
+            if ident not in known:
+                grouped.setdefault(ident, []).append(r)
+        return [
+            CascadeEdge(
+                parent=f"{cols[0]['ps']}.{cols[0]['pt']}",
+                child=f"{schema}.{table}",
+                parent_columns=tuple(str(c["pc"]) for c in cols),
+                on_delete=True,
+                on_update=True,
+                assumed=True,
+            )
+            for (schema, table, _name), cols in grouped.items()
+        ]
 
 
 # ---- reading rows the way the worker sees them (for reader fills) -----------------------------------

@@ -166,6 +166,7 @@ class Worker:
         self.info: ServerInfo | None = None
         self.tables = needed_columns(self.rules, ())
         self.watches: list[CascadeWatch] = []  # only grows while running (see _derive_schema)
+        self._hidden_noted: set[str] = set()  # tables whose foreign keys' actions information_schema hides
         self.applier.on_checkpoint_lost = self._republish
         self.notifier = Notifier()
         self.streaming = False  # the binlog stream is connected and delivering events
@@ -318,6 +319,15 @@ class Worker:
             if rule.stored is not None and rule.stored != (rule.schema, rule.table):
                 log.info("sync.table_name_resolved", table=rule.name, stored=".".join(rule.stored))
         edges = self._retry_source("foreign keys", self._admin.cascade_edges)
+        hidden = sorted({e.child for e in edges if e.assumed} - self._hidden_noted)
+        if hidden:
+            self._hidden_noted.update(hidden)
+            log.warning(
+                "sync.cascade_actions_hidden",
+                tables=hidden,
+                action="their foreign keys are watched as if they cascaded (parent changes flush mapped children)",
+                fix=f"GRANT REFERENCES ON *.* TO '{self.config.mysql.user}'@'%' so that their actions can be read",
+            )
         found = cascades.watches(edges, self.rules) + (self._ddl_watches(ddl, edges) if ddl is not None else [])
         new = [w for w in dict.fromkeys(found) if w not in self.watches]
         self.watches += new

@@ -175,6 +175,33 @@ def _retention_check(admin: MySQLAdmin, flavor: str, max_downtime_s: int) -> Che
     return Check("mysql.binlog_retention", PASS, detail)
 
 
+def _foreign_key_check(admin: MySQLAdmin, user: str, references: bool) -> Check:
+    """Can the worker read the actions of foreign keys? Cascades change mapped rows without binlog events."""
+    name, fix = "mysql.privilege.foreign_keys", f"GRANT REFERENCES ON *.* TO '{user}'@'%'"
+    try:
+        hidden = sorted({e.child for e in admin.hidden_foreign_keys()})
+    except CdcSyncError as exc:
+        return Check(name, WARN, f"cannot read foreign keys: {_reason(exc)}", fix)
+    if hidden:
+        return Check(
+            name,
+            WARN,
+            f"the ON DELETE/UPDATE rules of foreign keys on {', '.join(hidden)} are hidden from this user "
+            "(information_schema shows them only with a privilege besides SELECT): they are watched as if they "
+            "cascaded, so every delete or key update of their parents flushes the mapped children",
+            fix,
+        )
+    if not references:
+        return Check(
+            name,
+            WARN,
+            "without REFERENCES on *.*, foreign keys on tables this user may not read are invisible to it: a "
+            "cascade through such a table into a mapped one would not be watched",
+            fix,
+        )
+    return Check(name, PASS, "foreign-key actions are readable")
+
+
 def _privilege_checks(admin: MySQLAdmin, config: Config, binlog_on: bool) -> tuple[list[Check], set[str]]:
     """The privilege checks, and the mapped tables the user may not read."""
     out: list[Check] = []
@@ -196,6 +223,7 @@ def _privilege_checks(admin: MySQLAdmin, config: Config, binlog_on: bool) -> tup
             f"GRANT REPLICATION SLAVE ON *.* TO '{user}'@'%'",
         )
     )
+    out.append(_foreign_key_check(admin, user, everything or bool(re.search(r"REFERENCES[^`]* ON \*\.\*", grants))))
     if binlog_on:
         out.append(
             _try(

@@ -76,6 +76,7 @@ def test_password_never_appears_in_logs(
         if mysql_server.flavor == "mariadb":
             cur.execute("GRANT BINLOG MONITOR ON *.* TO 'cdcuser'@'%'")
         cur.execute(f"GRANT SELECT ON {db}.* TO 'cdcuser'@'%'")
+        cur.execute("GRANT REFERENCES ON *.* TO 'cdcuser'@'%'")
     w = start_worker(_tables(db), user="cdcuser", password=secret)
     with sql.cursor() as cur:
         cur.execute("INSERT INTO users VALUES (1, 'a@x', 'A')")

@@ -877,7 +877,6 @@ def test_reset_master_then_the_same_shape_of_history_passes_the_exact_lineage_ch
     )
 
 
-@pytest.mark.xfail(strict=True, reason="review finding not fixed yet")
 def test_with_the_documented_least_privileges_no_cascade_is_ever_watched(
     tmp_path: Path,
     own_mariadb: MySQLTarget,

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from cdc_sync.events import Flush, Op, RowChange
+from cdc_sync.events import Op, RowChange
 from cdc_sync.planner import (
     Delete,
     MissingColumn,
