@@ -93,6 +93,7 @@ class RawCommit:
     pos: int
     timestamp: int
     rollback: bool = False
+    xid: tuple[int, bytes, bytes] | None = None  # XA PREPARE: (formatID, gtrid, bqual) of the prepared transaction
 
 
 @dataclass(frozen=True, slots=True)

@@ -393,7 +393,11 @@ class BinlogSource:
             schema = event.schema.decode("utf-8", "replace") if isinstance(event.schema, bytes) else str(event.schema)
             return RawQuery(sql, schema, stream.log_file, stream.log_pos, event.timestamp)
         if isinstance(event, XAPrepareEvent):
-            return RawCommit(stream.log_file, stream.log_pos, event.timestamp, rollback=True)
+            # XA PREPARE: evict-only now; the rows become visible at its XA COMMIT, which evicts them again
+            xid = (
+                None if event.one_phase else (int(event.xid_format_id), bytes(event.xid_gtrid), bytes(event.xid_bqual))
+            )
+            return RawCommit(stream.log_file, stream.log_pos, event.timestamp, rollback=True, xid=xid)
         if isinstance(event, HeartbeatLogEvent):
             return RawHeartbeat(stream.log_file or "", int(stream.log_pos or 0))
         if isinstance(event, FormatDescriptionEvent):

@@ -8,11 +8,15 @@ Boundaries, as both servers write them:
 * MySQL: GTID (or anonymous GTID) event, ``BEGIN``, rows, XID; DDL: GTID, then the statement.
 
 A ``ROLLBACK`` group (non-transactional rows inside a rolled-back transaction) and an XA PREPARE
-group are kept as evict-only transactions: an eviction is always safe.
+group are kept as evict-only transactions: an eviction is always safe. A prepared XA transaction's rows become
+visible at its ``XA COMMIT`` (readers may have filled the old values meanwhile), so that statement evicts the
+same rows again; an XID prepared before the worker's start (or forgotten: too many open) flushes every table.
 """
 
 from __future__ import annotations
 
+import re
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from cdc_sync.config import TableRule
@@ -42,6 +46,24 @@ BENIGN_UNKNOWN_TYPES = frozenset({0x1C, 0x22, 0x24, 0x25, 0x29, 0xA4})
 # Unknown event types that are a whole transaction or statement by themselves (no XID follows):
 # 0x28 MySQL transaction payload (compressed transaction), 0xA5 MariaDB compressed query.
 SELF_COMMITTING_UNKNOWN_TYPES = frozenset({0x28, 0xA5})
+PREPARED_MAX_ROWS = 200_000  # rows of prepared XA transactions kept for their XA COMMIT (older ones: flush)
+# XA COMMIT/ROLLBACK as the server logs it: X'<gtrid hex>',X'<bqual hex>',<formatID> (or a quoted gtrid)
+_XA_END = re.compile(
+    r"^\s*XA\s+(COMMIT|ROLLBACK)\s+(?:X'([0-9A-Fa-f]*)'\s*,\s*X'([0-9A-Fa-f]*)'\s*,\s*(\d+)|'((?:[^']|'')*)')\s*$", re.I
+)
+XID = tuple[int, bytes, bytes]
+
+
+def xa_end(sql: str) -> XID | None:
+    """The XID an ``XA COMMIT``/``XA ROLLBACK`` statement names (None: not one, or an XID form not known)."""
+    m = _XA_END.match(sql)
+    if m is None:
+        return None
+    if m.group(5) is not None:
+        return (1, m.group(5).replace("''", "'").encode(), b"")
+    return (int(m.group(4)), bytes.fromhex(m.group(2)), bytes.fromhex(m.group(3)))
+
+
 # MySQL >= 8.3 GTID_TAGGED_LOG_EVENT: a transaction with a tagged GTID, whose position cannot be tracked.
 TAGGED_GTID_EVENT = 0x2A
 
@@ -60,6 +82,8 @@ class Assembler:
         self.rules = list(rules)
         self._on_skip = on_skip
         self.chunk_rows = chunk_rows  # 0: never split a transaction
+        self._prepared: OrderedDict[XID, tuple[RowChange, ...]] = OrderedDict()  # XA PREPAREd, not yet ended
+        self._prepared_rows = 0
         self.reset()
 
     def reset(self) -> None:
@@ -70,6 +94,7 @@ class Assembler:
         self._changes: list[RowChange] = []
         self._flushes: list[Flush] = []
         self._evict_only = False
+        self._chunked = False  # rows of this transaction were handed over in chunks already
 
     def feed(self, ev: RawEvent) -> StreamItem | None:
         if isinstance(ev, RawRows):
@@ -87,11 +112,21 @@ class Assembler:
             self._open = self._open or ev.opens
             return None
         if isinstance(ev, RawCommit):
+            if ev.xid is not None and not self._chunked:  # a chunked one's earlier rows are gone: its COMMIT flushes
+                self._remember_prepared(ev.xid, tuple(self._changes))
             return self._commit(ev.file, ev.pos, ev.timestamp, evict_only=ev.rollback)
         if isinstance(ev, RawQuery):
             if is_txn_control(ev.sql):
                 return None
-            self._flushes.extend(statement_flushes(ev.sql, self.rules))
+            xid = xa_end(ev.sql)
+            if xid is not None and xid in self._prepared:
+                # its rows, seen at XA PREPARE, become visible (COMMIT) or stay as they were (ROLLBACK): evict again
+                changes = self._prepared.pop(xid)
+                self._prepared_rows -= len(changes)
+                self._changes.extend(changes)
+                self._evict_only = True
+            else:
+                self._flushes.extend(statement_flushes(ev.sql, self.rules))
             if self._open:
                 return None  # a statement inside BEGIN..COMMIT: the XID/COMMIT ends it
             return self._commit(ev.file, ev.pos, ev.timestamp, evict_only=False)
@@ -129,6 +164,16 @@ class Assembler:
             return None
         raise TypeError(f"unexpected event {ev!r}")
 
+    def _remember_prepared(self, xid: XID, changes: tuple[RowChange, ...]) -> None:
+        """Keep a prepared XA transaction's rows for its XA COMMIT; the oldest are dropped beyond
+        PREPARED_MAX_ROWS (their XA COMMIT then flushes every mapped table)."""
+        old = self._prepared.pop(xid, ())
+        self._prepared_rows += len(changes) - len(old)
+        self._prepared[xid] = changes
+        while self._prepared_rows > PREPARED_MAX_ROWS and len(self._prepared) > 1:
+            _, dropped = self._prepared.popitem(last=False)
+            self._prepared_rows -= len(dropped)
+
     def _chunk(self) -> Transaction:
         """Hand over the rows read so far of a large transaction, as evictions at the previous position.
 
@@ -136,6 +181,7 @@ class Assembler:
         rows are only evicted, never written; the checkpoint does not move until the commit.
         """
         chunk, self._changes = tuple(self._changes), []
+        self._chunked = True
         return Transaction(position=self.tracker.render(), changes=chunk, evict_only=True, partial=True)
 
     def _commit(self, file: str, pos: int, timestamp: int, evict_only: bool) -> Transaction | None:

@@ -173,3 +173,32 @@ def test_a_fresh_start_flushes_reader_keys_of_tag_only_rules(
     w = start_worker(_tables(db), extra=READER)
     assert r.get("orders-of:5") is None
     assert "sync.no_checkpoint_with_keys" in w.event_names()
+
+
+def test_xa_commit_evicts_what_its_prepare_changed_and_nothing_else(
+    tmp_path: Path,
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    db: str,
+    schema: None,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+) -> None:
+    """XA PREPARE evicts a:1; while prepared, a value of the old row is cached again (as a reader would); the
+    XA COMMIT makes the new row visible and evicts a:1 once more, with no flush of any table."""
+    w = start_worker(_tables(db), extra=READER)
+    wait_for(lambda: r.get("cdc:heartbeat") is not None, 30, "a heartbeat")
+    with sql.cursor() as cur:
+        cur.execute("XA START 'x1'")
+        cur.execute("UPDATE a SET v = 'by xa' WHERE id = 1")
+        cur.execute("XA END 'x1'")
+        cur.execute("XA PREPARE 'x1'")
+    wait_for(lambda: "sync.batch_applied" in w.event_names() and r.get("a:1") is None, 30, "the prepare's eviction")
+    r.set("a:1", json.dumps({"id": 1, "v": "db"}))  # a fill of the still-visible old row during the prepare
+    r.set("b:1", json.dumps({"id": 1, "v": "db"}))
+    with sql.cursor() as cur:
+        cur.execute("XA COMMIT 'x1'")
+    wait_caught_up(r, sql, mysql_server.flavor, w)
+    assert r.get("a:1") is None, "the commit evicted the row its prepare changed"
+    assert r.get("b:1") is not None, "and nothing else"
+    assert not [e for e in w.events() if e.get("event") == "sync.table_flushed" and e.get("reason") == "xa_commit"]

@@ -971,7 +971,6 @@ def test_a_provisional_on_update_watch_flushes_the_children_on_every_parent_upda
     assert after - before == 0, f"{after - before} wholesale flushes of d.kids for 20 updates of parents.note"
 
 
-@pytest.mark.xfail(strict=True, reason="review finding not fixed yet")
 def test_xa_transactions_on_an_unmapped_table_flush_every_mapped_table(
     tmp_path: Path,
     own_mariadb: MySQLTarget,

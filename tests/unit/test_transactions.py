@@ -374,3 +374,28 @@ def test_partial_rows_make_the_transaction_evict_only() -> None:
     asm, _ = _assembler("0-1-5")
     txn = _only(_feed(asm, [RawBegin("0-1-6", opens=True), RawRows((ROW,), evict_only=True), RawCommit("b.1", 9, TS)]))
     assert txn.evict_only
+
+
+def test_xa_commit_of_a_known_prepared_xid_evicts_its_rows_again() -> None:
+    """XA PREPARE's rows are remembered by XID; its XA COMMIT (as the server logs it) evicts them again instead
+    of flushing every table. An XID the worker never saw prepared still flushes everything."""
+    asm, _ = _assembler("0-1-100")
+    xid = (1, b"x0", b"")
+    prepare = [RawBegin("0-1-101", True), RawRows((ROW,)), _query("XA END X'7830',X'',1")]
+    first = _only(_feed(asm, [*prepare, RawCommit("bin.000001", 500, TS, rollback=True, xid=xid)]))
+    assert first.evict_only and first.changes == (ROW,)
+    second = _only(_feed(asm, [RawBegin("0-1-102"), _query("XA COMMIT X'7830',X'',1", 600)]))
+    assert second.flushes == () and second.changes == (ROW,) and second.evict_only
+    unknown = _only(_feed(asm, [RawBegin("0-1-103"), _query("XA COMMIT X'7831',X'',1", 700)]))
+    assert [f.reason for f in unknown.flushes] == ["xa_commit", "xa_commit"]
+
+
+def test_xa_prepare_of_a_chunked_transaction_is_not_remembered() -> None:
+    """A prepared transaction handed over in chunks has rows the assembler no longer holds: its XA COMMIT flushes."""
+    asm = Assembler(PositionTracker("0-1-100"), RULES, chunk_rows=1)
+    xid = (1, b"big", b"")
+    assert asm.feed(RawBegin("0-1-101", True)) is None
+    assert asm.feed(RawRows((ROW,))) is not None, "a chunk"
+    _feed(asm, [RawRows((ROW2,)), RawCommit("bin.000001", 500, TS, rollback=True, xid=xid)])
+    commit = _only(_feed(asm, [RawBegin("0-1-102"), _query("XA COMMIT X'626967',X'',1", 600)]))
+    assert [f.reason for f in commit.flushes] == ["xa_commit", "xa_commit"]
