@@ -36,8 +36,10 @@ class SinkPort(Protocol):
     def load_checkpoint(self) -> str | None: ...
     def apply(self, ops: Sequence[RedisOp], expected: str | None, new: str) -> bool: ...
     def count_keys(self, rules: Sequence[TableRule], limit: int = 1) -> int: ...
-    def flush(self, rule: TableRule) -> int: ...
+    def flush(self, rule: TableRule, held: bool = False) -> int: ...
     def mark_flushing(self, rules: Sequence[TableRule]) -> None: ...
+    def hold_flushing(self, rules: Sequence[TableRule]) -> None: ...
+    def held_tables(self, rules: Sequence[TableRule]) -> list[TableRule]: ...
     def server_identity(self) -> str | None: ...
     def save_server_identity(self, identity: str) -> None: ...
     def report_status(self, fields: Mapping[str, str | int | float]) -> None: ...
@@ -203,17 +205,26 @@ class Applier:
                     todo.append((rule, f))
             if f.reason == "unknown_event":
                 m.UNKNOWN_EVENTS.labels(event_type=f.detail.split(" ", 1)[0]).inc()
+        held = [rule for rule, f in todo if f.hold == "hold"]
+        if held:  # marked until a later "release" flush: the flush's own unmark leaves a held marker
+            self.retry("hold flushing", lambda: self.sink.hold_flushing(held))
         if len(todo) > 1:
             rules = [rule for rule, _ in todo]
             self.retry("mark flushing", lambda: self.sink.mark_flushing(rules))
         for rule, f in todo:
-            self.flush_rule(rule, f.reason, f.detail)
+            self.flush_rule(rule, f.reason, f.detail, release=f.hold == "release")
 
     def flush_rule(
-        self, rule: TableRule, reason: str, detail: str = "", give_up: Callable[[], bool] | None = None
+        self,
+        rule: TableRule,
+        reason: str,
+        detail: str = "",
+        give_up: Callable[[], bool] | None = None,
+        release: bool = False,
     ) -> None:
-        """Invalidate one table's keys (retried while Redis is away), logged and counted by reason."""
-        deleted = self.retry("flush", lambda: self.sink.flush(rule), give_up=give_up)
+        """Invalidate one table's keys (retried while Redis is away), logged and counted by reason; ``release``:
+        also end a hold of its flushing marker."""
+        deleted = self.retry("flush", lambda: self.sink.flush(rule, held=release), give_up=give_up)
         m.FLUSHES.labels(table=rule.name, reason=reason).inc()
         log.warning("sync.table_flushed", table=rule.name, reason=reason, keys=deleted, detail=detail)
 

@@ -160,6 +160,15 @@ class DeclaredKey:
     on_update: bool
 
 
+_REWIRING = re.compile(r"^\s*RENAME\b|\bRENAME\s+(?:TO|AS)\b|\bFOREIGN\s+KEY\b|\bREFERENCES\b", re.I)
+
+
+def may_rewire(sql: str) -> bool:
+    """A DDL statement that may change which tables cascade into which: RENAME (a table swap brings the new
+    table's keys under the old name), or any text declaring or dropping foreign keys."""
+    return bool(_REWIRING.search(_body(sql)))
+
+
 def ddl_references(sql: str, default_schema: str) -> tuple[tuple[str, str] | None, list[DeclaredKey]]:
     """The table a DDL statement creates or alters (None when the text does not say) and the cascading foreign
     keys it declares (``REFERENCES p (c) ON DELETE CASCADE`` and the like; RESTRICT and NO ACTION, the default,

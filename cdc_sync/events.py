@@ -40,6 +40,7 @@ class Flush:
     schema: str | None = None
     table: str | None = None
     detail: str = ""
+    hold: str = ""  # "hold": the table stays marked as flushing after this flush, until a later "release" one
 
 
 @dataclass(frozen=True, slots=True)

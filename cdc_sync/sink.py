@@ -361,6 +361,17 @@ class RedisSink:
         key = f"{self.ns}:operator"
         return bool(self._call("operator lock", self._operator, keys=[key], args=[token, ttl_ms]))
 
+    def held_tables(self, rules: Sequence[TableRule]) -> list[TableRule]:
+        """The tables whose flushing marker is held (no expiry) while no operator command runs: a held marker
+        nobody will release (a worker died holding it)."""
+        if self._call("GET operator", self.client.get, f"{self.ns}:operator") is not None:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for rule in rules:
+            pipe.pttl(f"{self.ns}:flushing:{rule.name}")
+        ttls = self._call("PTTL flushing", pipe.execute)
+        return [rule for rule, ttl in zip(rules, ttls, strict=True) if ttl == -1]
+
     def mark_flushing(self, rules: Sequence[TableRule]) -> None:
         """Mark the tables as being flushed, as ``flush`` does (expiring after FLUSH_MARKER_TTL_MS), before a
         flush of several tables starts: none of them waits unmarked while the others are flushed."""

@@ -45,13 +45,14 @@ from cdc_sync.events import Flush, RawEvent, RawQuery, ServerInfo, Transaction
 from cdc_sync.health import Health
 from cdc_sync.mysql import CascadeEdge
 from cdc_sync.notify import Notifier
-from cdc_sync.planner import needed_columns, sql_for_log
+from cdc_sync.planner import needed_columns, sql_for_log, statement_flushes
 from cdc_sync.positions import (
     PositionError,
     PositionTracker,
     contains,
     has_tagged_gtids,
     kind_of,
+    reached,
     same_state,
     split_stream,
 )
@@ -73,6 +74,7 @@ class AdminPort(Protocol):
     def stored_names(self, names: Sequence[str]) -> dict[str, tuple[str, str]]: ...
     def gtid_at(self, file_pos: str) -> str | None: ...
     def binlog_server_id(self, file: str) -> int | None: ...
+    def current_position(self, flavor: str, kind: str) -> str: ...
 
 
 class RulesPort(Protocol):
@@ -167,6 +169,8 @@ class Worker:
         self.tables = needed_columns(self.rules, ())
         self.watches: list[CascadeWatch] = []  # only grows while running (see _derive_schema)
         self._hidden_noted: set[str] = set()  # tables whose foreign keys' actions information_schema hides
+        self._uncertain_rules: list[TableRule] = []  # held as flushing until the stream reaches _uncertain_until
+        self._uncertain_until = ""
         self.applier.on_checkpoint_lost = self._republish
         self.notifier = Notifier()
         self.streaming = False  # the binlog stream is connected and delivering events
@@ -202,6 +206,7 @@ class Worker:
         names = [r.name for r in self.rules]
         check_against_schema(self.config, self._retry_source("table_columns", lambda: self._admin.table_columns(names)))
         self._derive_schema()
+        self._release_leftover_holds()
         checkpoint = self._retry_sink("load_checkpoint", self._sink.load_checkpoint)
         if checkpoint is not None:
             try:
@@ -233,6 +238,13 @@ class Worker:
         log.info("sync.fresh_start", start=start, mode=self.config.mysql.start, flavor=info.flavor)
         self._report_start(start)
         return start
+
+    def _release_leftover_holds(self) -> None:
+        """A table held as flushing with no operator command running (``<ns>:operator``) was held by a worker
+        that died before releasing it (``_hold_while_uncertain``): flush it and release it."""
+        held = self._retry_sink("held tables", lambda: self._sink.held_tables(self.rules))
+        for rule in held:
+            self.applier.flush_rule(rule, "leftover_hold", give_up=self._waiting, release=True)
 
     def _report_start(self, position: str) -> None:
         from cdc_sync import __version__
@@ -356,9 +368,64 @@ class Worker:
             log.info("sync.schema_refreshed", statement=sql_for_log(ddl.sql), streamed_tables_changed=changed)
         return changed
 
-    def _schema_changed_by(self, query: RawQuery) -> bool:
+    def _schema_changed_by(self, query: RawQuery, assembler: Assembler) -> bool:
         """After a DDL statement: re-derive the schema state; True when the stream must reconnect."""
-        return cascades.is_schema_change(query.sql) and self._derive_schema(query)
+        if not cascades.is_schema_change(query.sql):
+            return False
+        changed = self._derive_schema(query)
+        if cascades.may_rewire(query.sql):
+            self._hold_while_uncertain(query, assembler)
+        return changed
+
+    def _hold_while_uncertain(self, query: RawQuery, assembler: Assembler) -> None:
+        """A DDL that may rewire foreign keys, read while the stream lags behind the server: information_schema
+        may already show a later schema (a swap renamed again, a key dropped again), so a cascade between the
+        statement and the server's position now may go unwatched. The mapped tables it names, and every mapped
+        table a cascade watch reaches, are held as flushing from here until the stream reaches that position,
+        then flushed and released (``_release_when_certain``)."""
+        info = self.info
+        target = ""
+        if info is not None:
+            kind = assembler.tracker.kind
+            target = self._retry_source("binlog position", lambda: self._admin.current_position(info.flavor, kind))
+        try:
+            lagging = not target or not reached(assembler.tracker.render(), target)
+        except PositionError:
+            lagging = True
+        if not lagging:
+            return
+        named = {(f.schema, f.table) for f in statement_flushes(query.sql, self.rules)}
+        rules = [r for r in self.rules if (r.schema, r.table) in named or any(r in w.targets for w in self.watches)]
+        fresh = [r for r in rules if r.name not in {h.name for h in self._uncertain_rules}]
+        self._uncertain_rules += fresh
+        self._uncertain_until = target
+        if fresh:
+            flushes = tuple(
+                Flush("schema_uncertain", r.schema, r.table, detail=sql_for_log(query.sql), hold="hold") for r in fresh
+            )
+            self.applier.put(Transaction(position=assembler.tracker.render(), flushes=flushes), give_up=self._waiting)
+        log.warning(
+            "sync.schema_uncertain",
+            statement=sql_for_log(query.sql),
+            held=[r.name for r in self._uncertain_rules],
+            until=target,
+            note="read while lagging: these tables bypass the cache until the stream reaches the position",
+        )
+
+    def _release_when_certain(self, assembler: Assembler) -> None:
+        """Once the stream has reached the position of the last uncertain schema read: flush and release."""
+        if not self._uncertain_rules or assembler.in_txn:
+            return
+        try:
+            done = not self._uncertain_until or reached(assembler.tracker.render(), self._uncertain_until)
+        except PositionError:
+            done = False
+        if not done:
+            return
+        rules, self._uncertain_rules, self._uncertain_until = self._uncertain_rules, [], ""
+        flushes = tuple(Flush("schema_certain", r.schema, r.table, hold="release") for r in rules)
+        self.applier.put(Transaction(position=assembler.tracker.render(), flushes=flushes), give_up=self._waiting)
+        log.info("sync.schema_certain", released=[r.name for r in rules], position=assembler.tracker.render())
 
     def _ddl_watches(self, ddl: RawQuery, edges: Sequence[CascadeEdge]) -> list[CascadeWatch]:
         """Watches for the cascading keys a DDL statement's text declares (names resolved as stored)."""
@@ -449,9 +516,10 @@ class Worker:
                         item = assembler.feed(raw)
                         if item is not None:
                             self.applier.put(item, give_up=self._waiting)
+                            self._release_when_certain(assembler)
                         # After a DDL's own transaction the tables to stream may have grown (a new cascade
                         # parent): read them again from the position just after the statement.
-                        if isinstance(raw, RawQuery) and self._schema_changed_by(raw):
+                        if isinstance(raw, RawQuery) and self._schema_changed_by(raw, assembler):
                             reconnect = True
                         if reconnect and not assembler.in_txn:  # (CREATE ... SELECT: after its rows)
                             log.info("source.reconnect_for_schema", position=assembler.tracker.render())

@@ -37,6 +37,9 @@ class FakeAdmin:
     def cascade_edges(self) -> list[CascadeEdge]:
         return list(self.edges)
 
+    def current_position(self, flavor: str, kind: str) -> str:
+        return self.gtid_position
+
     def binlog_server_id(self, file: str) -> int | None:
         return None  # no binlog files here: a stream part resumes by GTID
 
@@ -135,7 +138,13 @@ class FakeSink:
     def mark_flushing(self, rules: Sequence[TableRule]) -> None:
         self.marked = [r.name for r in rules]
 
-    def flush(self, rule: TableRule) -> int:
+    def hold_flushing(self, rules: Sequence[TableRule]) -> None:
+        self.held = [r.name for r in rules]
+
+    def held_tables(self, rules: Sequence[TableRule]) -> list[TableRule]:
+        return []
+
+    def flush(self, rule: TableRule, held: bool = False) -> int:
         self.flushed.append(rule.name)
         prefixes = tuple(t.literals[0] for t in rule.templates)
         doomed = [k for k in self.store if k.startswith(prefixes)]

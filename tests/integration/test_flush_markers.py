@@ -204,3 +204,24 @@ def test_xa_commit_evicts_what_its_prepare_changed_and_nothing_else(
     assert r.get("a:1") is None, "the commit evicted the row its prepare changed"
     assert r.get("b:1") is not None, "and nothing else"
     assert not [e for e in w.events() if e.get("event") == "sync.table_flushed" and e.get("reason") == "xa_commit"]
+
+
+def test_a_hold_left_by_a_dead_worker_is_flushed_and_released_at_start(
+    tmp_path: Path, start_worker: StartWorker, db: str, schema: None, r: redis.Redis
+) -> None:
+    """A flushing marker held with no expiry while no operator command runs was left by a worker that died
+    holding it: the next start flushes the table and releases the marker (held by an operator: left alone)."""
+    r.set(f"cdc:flushing:{db}.a", "1")  # held, no expiry
+    r.set(f"cdc:flushing:{db}.b", "1")
+    r.set("cdc:operator", "flush on another host")  # an operator command holds b... and a: nothing is released
+    w = start_worker(_tables(db), extra=READER)
+    assert r.pttl(f"cdc:flushing:{db}.a") == -1 and r.pttl(f"cdc:flushing:{db}.b") == -1
+    w.kill9()
+    r.delete("cdc:operator")
+    r.set("a:1", json.dumps({"id": 1, "v": "stale"}))
+    w2 = start_worker(_tables(db), name="w2", extra=READER, wait=False)
+    wait_for(lambda: "source.connecting" in w2.event_names(), 60, "restart")
+    assert r.get("a:1") is None, "the held table is flushed before it is released"
+    assert r.pttl(f"cdc:flushing:{db}.a") != -1 and r.pttl(f"cdc:flushing:{db}.b") != -1
+    reasons = [e.get("reason") for e in w2.events() if e.get("event") == "sync.table_flushed"]
+    assert reasons.count("leftover_hold") == 2

@@ -432,7 +432,6 @@ def test_a_binlog_tail_lost_in_a_host_crash_wedges_a_running_worker(
 KIDS = '[[tables]]\ntable = "d.kids"\nkey = "kid:{id}"\nmode = "update"\n'
 
 
-@pytest.mark.xfail(strict=True, reason="known limit (README): a lagging worker and a key-rewiring RENAME swap")
 def test_a_rename_swap_brings_a_cascade_the_lagging_worker_never_sees(
     tmp_path: Path,
     own_mariadb: MySQLTarget,

@@ -120,7 +120,7 @@ def test_foreign_key_added_and_dropped_before_the_worker_reads_it_is_still_watch
         cur.execute("UPDATE kids SET v = 'again' WHERE id = 10")  # cached again after the ALTER's flush
         cur.execute("DELETE FROM parents WHERE id = 1")  # cascades: kid 10 is gone, no row event
         cur.execute("ALTER TABLE kids DROP FOREIGN KEY kfk")
-    w2 = start_worker("", name="w", wait=False)
+    w2 = start_worker(_kids(db), name="w2", wait=False)
     wait_for(lambda: "source.connecting" in w2.event_names(), 60, "restart")
     wait_caught_up(r, sql, mysql_server.flavor, w2)
     assert r.exists("kid:10") == 0

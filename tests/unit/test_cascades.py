@@ -134,3 +134,16 @@ def test_a_provisional_watch_compares_its_declared_columns_case_insensitively() 
     assert flushes_for(other, [w]) == []
     moved = RowChange(Op.UPDATE, "shop", "users", {"Id": 1, "n": "a"}, {"Id": 2, "n": "a"})
     assert [f.table for f in flushes_for(moved, [w])] == ["orders"]
+
+
+def test_statements_that_may_rewire_foreign_keys() -> None:
+    """RENAME (a swap) and any foreign-key text may rewire cascades; other DDL does not."""
+    from cdc_sync.cascades import may_rewire
+
+    assert may_rewire("RENAME TABLE kids TO kids_old, kids_gho TO kids")
+    assert may_rewire("ALTER TABLE kids RENAME TO kids_old")
+    assert may_rewire("ALTER TABLE kids DROP FOREIGN KEY fk")
+    assert may_rewire(
+        "SET STATEMENT lock_wait_timeout=5 FOR ALTER TABLE k ADD CONSTRAINT f FOREIGN KEY (p) REFERENCES q (id)"
+    )
+    assert not may_rewire("ALTER TABLE kids ADD COLUMN x INT")
