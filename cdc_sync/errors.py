@@ -7,6 +7,7 @@ CdcSyncError
 │                          database, missing privilege, server_id taken by another replica); carries ``fix``
 ├── SourceError            the binlog source failed (connection, protocol)
 │   ├── PositionLostError  the start position is no longer on the server (purged)
+│   │   └── HistoryChanged the binlog file of the position was written anew (RESET MASTER)
 │   ├── ServerChanged      a file position was resumed on another server's binlog
 │   └── DecodeError        an event could not be decoded
 ├── SinkError              Redis failed
@@ -32,6 +33,10 @@ class SourceError(CdcSyncError):
 
 class PositionLostError(SourceError):
     """The requested binlog position is not on the server any more."""
+
+
+class HistoryChanged(PositionLostError):
+    """The binlog file a position names exists, but was created anew since (RESET MASTER): the position is lost."""
 
 
 class ServerChanged(SourceError):

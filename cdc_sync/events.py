@@ -128,9 +128,12 @@ class RawHeartbeat:
 
 @dataclass(frozen=True, slots=True)
 class RawServer:
-    """The binlog being read is written by this server (a format description event's ``server_id``)."""
+    """The binlog being read is written by this server (a format description event's ``server_id``); ``file``
+    was created at ``created`` (the event's timestamp, seconds)."""
 
     server_id: int
+    file: str = ""
+    created: int = 0
 
 
 RawEvent = RawBegin | RawRows | RawCommit | RawQuery | RawUnknown | RawHeartbeat | RawServer

@@ -38,6 +38,7 @@ _POSITION_LOST_TEXTS = (
     "is missing the gtid",  # MariaDB: a GTID resume after sequence numbers went backwards (strict mode)
     "impossible position",  # a file position past the end (a binlog tail lost in a crash, a bad checkpoint)
     "bogus data in log event",  # a file position inside an event
+    "exceeded max_allowed_packet",  # ... as MariaDB reports some of those (or an event no replica can read)
 )
 
 

@@ -4,7 +4,8 @@ Three textual forms, all human readable and stored as such in ``<namespace>:chec
 
 * file position ``bin.000042:1234`` (works everywhere),
 * MariaDB GTID state ``0-1-100,1-7-5`` (``domain-server-sequence`` per domain), optionally followed by where
-  in which server's binlog that state was reached: ``0-1-100,1-7-5@1:bin.000042:1234`` (``@server_id:file:pos``),
+  in which server's binlog that state was reached: ``0-1-100,1-7-5@1:bin.000042:1234/1796168716``
+  (``@server_id:file:pos``, and when known ``/`` the creation time of that file, which a RESET MASTER changes),
 * MySQL GTID set ``3e11fa47-71ca-11e1-9e33-c80aa9429562:1-100:200-210,...``.
 
 **Stream order, not numbers.** MariaDB sequence numbers need not grow: with ``gtid_strict_mode=OFF`` (the
@@ -27,7 +28,7 @@ from cdc_sync.errors import CdcSyncError
 
 _FILE_RE = re.compile(r"^(?P<file>[^:\s@]+\.(?P<seq>\d+)):(?P<pos>\d+)$")
 _MARIADB_RE = re.compile(r"^\d+-\d+-\d+(,\d+-\d+-\d+)*$")
-_STREAM_RE = re.compile(r"^(?P<server>\d+):(?P<at>[^:\s@]+\.\d+:\d+)$")
+_STREAM_RE = re.compile(r"^(?P<server>\d+):(?P<at>[^:\s@/]+\.\d+:\d+)(?:/(?P<created>\d+))?$")
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _MYSQL_ONE_RE = re.compile(rf"^(?P<uuid>{_UUID})(?P<ranges>(:\d+(-\d+)?)+)$")
 # MySQL >= 8.3 tagged GTIDs: uuid:tag:1-5 (a tag is a letter or _ then up to 31 letters, digits or _)
@@ -87,13 +88,18 @@ class FilePos:
 
 @dataclass(frozen=True, slots=True)
 class StreamPos:
-    """Where in one server's binlog (``server_id``) a MariaDB GTID state was reached: its stream order."""
+    """Where in one server's binlog (``server_id``) a MariaDB GTID state was reached: its stream order.
+
+    ``created``: the creation time of that binlog file (its format description's timestamp; 0: unknown), so that a
+    file of the same name written anew (RESET MASTER) is not taken for it.
+    """
 
     server_id: int
     at: FilePos
+    created: int = field(default=0, compare=False)
 
     def __str__(self) -> str:
-        return f"{self.server_id}:{self.at}"
+        return f"{self.server_id}:{self.at}/{self.created}" if self.created else f"{self.server_id}:{self.at}"
 
 
 def split_stream(text: str) -> tuple[str, StreamPos | None]:
@@ -104,7 +110,7 @@ def split_stream(text: str) -> tuple[str, StreamPos | None]:
     m = _STREAM_RE.match(stream)
     if not m or not _MARIADB_RE.match(gtid):
         raise PositionError(f"not a MariaDB position: {text!r}; expected {FORMATS_HELP}")
-    return gtid, StreamPos(int(m["server"]), FilePos.parse(m["at"]))
+    return gtid, StreamPos(int(m["server"]), FilePos.parse(m["at"]), int(m["created"] or 0))
 
 
 def gtid_part(text: str) -> str:
@@ -176,10 +182,11 @@ class PositionTracker:
 
     def __init__(self, start: str) -> None:
         self.kind = kind_of(start)
-        self._file: FilePos | None = FilePos.parse(start) if self.kind == "file" else None
         self._maria = parse_mariadb(start) if self.kind == "mariadb" else {}
         self._stream = split_stream(start)[1] if self.kind == "mariadb" else None
         self._server: int | None = None  # server_id of the binlog being read (MariaDB), once known
+        self._file: FilePos | None = FilePos.parse(start) if self.kind == "file" else None
+        self._reading: tuple[str, int] = ("", 0)  # the binlog file being read and its creation time
         self._mysql = parse_mysql(start) if self.kind == "mysql" else {}
 
     @property
@@ -187,9 +194,11 @@ class PositionTracker:
         """The MariaDB stream position of the last transaction (None: unknown, resume by GTID)."""
         return self._stream
 
-    def set_server(self, server_id: int) -> None:
-        """The binlog now read is ``server_id``'s: a stream position on another server means nothing here."""
+    def set_server(self, server_id: int, file: str = "", created: int = 0) -> None:
+        """The binlog now read (``file``, created at ``created``) is ``server_id``'s: a stream position on another
+        server means nothing here."""
         self._server = server_id
+        self._reading = (file, created)
         if self._stream is not None and self._stream.server_id != server_id:
             self._stream = None
 
@@ -248,7 +257,7 @@ class PositionTracker:
             return False
         if self._stream is not None and self._stream.server_id == self._server and at <= self._stream.at:
             return False
-        self._stream = StreamPos(self._server, at)
+        self._stream = StreamPos(self._server, at, self._reading[1] if self._reading[0] == at.file else 0)
         return True
 
     def render(self) -> str:

@@ -49,7 +49,7 @@ from pymysqlreplication.row_event import (
 from cdc_sync import logs
 from cdc_sync import metrics as m
 from cdc_sync.config import MySQLConfig
-from cdc_sync.errors import ConfigError, ServerChanged, SourceError
+from cdc_sync.errors import ConfigError, HistoryChanged, ServerChanged, SourceError
 from cdc_sync.events import (
     Op,
     RawBegin,
@@ -276,6 +276,7 @@ class BinlogSource:
         self._decoded_metric = {k: m.ROWS_EVENTS_DECODED.labels(decoder=k) for k in self.decoded}
         self._stream: BinLogStreamReader | None = None
         self._resume_server: int | None = None  # resuming by a file position of this server: it must be this one
+        self._resume_file: tuple[str, int] = ("", 0)  # ... in this file, created then (0: unknown)
         self._by_table_id: dict[int, tuple[object, RowDecoder | None]] = {}  # last table map seen per id
         self._by_layout: dict[tuple[tuple[ColumnSpec, ...], frozenset[str] | None], RowDecoder | None] = {}
 
@@ -303,7 +304,7 @@ class BinlogSource:
         # A read that sees nothing for this long means a dead link: heartbeats arrive every heartbeat_s.
         settings["read_timeout"] = max(3.0, self.cfg.heartbeat_s * 4)
         position_args: dict[str, Any]
-        self._resume_server = None
+        self._resume_server, self._resume_file = None, ("", 0)
         if kind != "file" and (kind == "mariadb") != (self.flavor == "mariadb"):
             raise ConfigError(f"checkpoint {start!r} is a {kind} GTID but the server is {self.flavor}")
         gtid, stream_pos = split_stream(start) if kind == "mariadb" else (start, None)
@@ -315,6 +316,7 @@ class BinlogSource:
             file, _, pos = at.rpartition(":")
             position_args = {"log_file": file, "log_pos": int(pos), "resume_stream": True, "is_mariadb": False}
             self._resume_server = stream_pos.server_id if stream_pos is not None else None
+            self._resume_file = (stream_pos.at.file, stream_pos.created) if stream_pos is not None else ("", 0)
         else:
             position_args = {"auto_position": gtid, "is_mariadb": kind == "mariadb"}
         self._stream = stream = BinLogStreamReader(
@@ -406,7 +408,14 @@ class BinlogSource:
                 raise ServerChanged(
                     f"the binlog at {stream.log_file} is server {server_id}'s, not server {self._resume_server}'s"
                 )
-            return RawServer(server_id)
+            created = int(event.timestamp or 0)
+            file, was = self._resume_file
+            if file == stream.log_file and was and created and created != was:
+                raise HistoryChanged(
+                    f"binlog file {file} was created at {created}, not at {was} as when the checkpoint was written "
+                    "(RESET MASTER?)"
+                )
+            return RawServer(server_id, stream.log_file or "", created)
         if isinstance(event, NotImplementedEvent):
             return RawUnknown(int(event.event_type), "", stream.log_file or "", int(stream.log_pos or 0))
         return None  # rotate, format description, table map, GTID lists, binlog checkpoints, intvar...

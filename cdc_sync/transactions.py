@@ -160,7 +160,7 @@ class Assembler:
                 return Heartbeat(self.tracker.render())
             return Heartbeat()
         if isinstance(ev, RawServer):
-            self.tracker.set_server(ev.server_id)
+            self.tracker.set_server(ev.server_id, ev.file, ev.created)
             return None
         raise TypeError(f"unexpected event {ev!r}")
 

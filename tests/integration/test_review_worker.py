@@ -830,7 +830,6 @@ def test_a_redis_restart_from_an_older_snapshot_is_served_inside_a_readers_plain
         server.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="known limit (README): RESET MASTER then the same history shape")
 def test_reset_master_then_the_same_shape_of_history_passes_the_exact_lineage_check(
     tmp_path: Path,
     own_mariadb: MySQLTarget,

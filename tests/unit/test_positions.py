@@ -315,3 +315,17 @@ def test_tracker_renders_start_canonically() -> None:
     assert PositionTracker(f" {U1.upper()}:3:1-2 ").render() == f"{U1}:1-3"
     assert PositionTracker("1-1-1,0-1-1").render() == "0-1-1,1-1-1"
     assert PositionTracker("bin.000001:4").render() == "bin.000001:4"
+
+
+def test_mariadb_stream_part_records_the_binlog_files_creation_time() -> None:
+    """The stream part names the file's creation time once the format description told it: a file of the same
+    name written anew (RESET MASTER) is then told apart. Positions without it still parse."""
+    t = PositionTracker("0-1-5")
+    t.set_server(1, "bin.000002", 1796168716)
+    t.advance("0-1-6", "bin.000002", 900)
+    assert t.render() == "0-1-6@1:bin.000002:900/1796168716"
+    again = PositionTracker(t.render())
+    assert again.stream is not None and again.stream.created == 1796168716
+    assert str(again.stream.at) == "bin.000002:900"
+    t.advance_stream("bin.000003", 4)  # a rotation before the next file's format description: time unknown
+    assert t.render() == "0-1-6@1:bin.000003:4"
