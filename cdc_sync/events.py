@@ -152,3 +152,4 @@ class ServerInfo:
     server_uuid: str = ""
     variables: dict[str, str] = field(default_factory=dict)
     gtid_at_file: str | None = None  # MariaDB: the GTID state exactly at file_position (BINLOG_GTID_POS)
+    file_server_id: int | None = None  # MariaDB: the server id in that binlog file's format description

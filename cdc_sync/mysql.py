@@ -212,6 +212,7 @@ class MySQLAdmin:
         logs = self.query("SHOW BINARY LOGS") if variables.get("log_bin", "OFF").upper() == "ON" else []
         # MariaDB: the state exactly at that file position (gtid_binlog_pos, read apart, may include a later commit)
         gtid_at_file = self.gtid_at(status) if flavor == "mariadb" and status else None
+        file_server_id = self.binlog_server_id(status.rpartition(":")[0]) if flavor == "mariadb" and status else None
         return ServerInfo(
             flavor=flavor,
             version=variables.get("version", ""),
@@ -221,6 +222,7 @@ class MySQLAdmin:
             server_uuid=variables.get("server_uuid", ""),
             variables=variables,
             gtid_at_file=gtid_at_file,
+            file_server_id=file_server_id,
         )
 
     @staticmethod
@@ -298,12 +300,10 @@ class MySQLAdmin:
         return server
 
     def gtid_at(self, file_pos: str) -> str | None:
-        """MariaDB: the GTID state at ``file:pos`` of this server's binlog (None: no such position any more)."""
+        """MariaDB: the GTID state at ``file:pos`` of this server's binlog (None: no such position any more).
+        A failure to ask is raised (the callers retry): it must never read as "no such position"."""
         file, _, pos = file_pos.rpartition(":")
-        try:
-            rows = self.query("SELECT BINLOG_GTID_POS(%s, %s) AS g", (file, int(pos)))
-        except SourceError:
-            return None
+        rows = self.query("SELECT BINLOG_GTID_POS(%s, %s) AS g", (file, int(pos)))
         value = rows[0]["g"] if rows else None
         return None if value is None else str(value)
 

@@ -133,7 +133,8 @@ def initial_position(info: ServerInfo, start: str, mode: str) -> str:
             raise ServerConfigError("the server lists no binary logs")
         return f"{info.first_file}:4"
     if mode != "file" and info.gtid_position:
-        server_id = info.variables.get("server_id", "")
+        # the server id the binlog file itself carries (after SET GLOBAL server_id, the old one until it rotates)
+        server_id = str(info.file_server_id or info.variables.get("server_id", ""))
         if info.flavor == "mariadb" and info.gtid_at_file and info.file_position and server_id.isdigit():
             return f"{info.gtid_at_file}@{server_id}:{info.file_position}"
         return info.gtid_position

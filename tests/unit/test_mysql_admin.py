@@ -96,9 +96,11 @@ def test_mariadb_uses_gtid_binlog_pos_and_show_master_status() -> None:
             "SHOW MASTER STATUS": [{"File": "cdc-bin.000001", "Position": 777}],
             "SHOW BINARY LOGS": [{"Log_name": "cdc-bin.000001"}],
             "SELECT BINLOG_GTID_POS(%s, %s) AS g": [{"g": "0-1-41"}],
+            "SHOW BINLOG EVENTS IN %s LIMIT 1": [{"Server_id": 3}],
         },
     )
     info = admin.server_info()
+    assert info.file_server_id == 3, "the server id the binlog file itself carries"
     assert (info.flavor, info.gtid_position, info.file_position) == ("mariadb", "0-1-42", "cdc-bin.000001:777")
     assert info.gtid_at_file == "0-1-41", "the state at the file position, not one read apart from it"
     assert "SHOW BINARY LOG STATUS" not in admin.seen
