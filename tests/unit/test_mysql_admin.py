@@ -122,6 +122,17 @@ def test_mariadb_start_position_carries_the_stream_part() -> None:
     )
     assert initial_position(info, "current", "auto") == "0-1-41@7:bin.000003:900"
     assert initial_position(info, "current", "file") == "bin.000003:900"
+    renamed = ServerInfo(
+        "mariadb",
+        "10.11",
+        "0-1-42",
+        "bin.000003:900",
+        "bin.000001",
+        variables={"server_id": "8"},
+        gtid_at_file="0-1-41",
+        file_server_id=7,
+    )
+    assert initial_position(renamed, "current", "auto") == "0-1-41@7:bin.000003:900", "the file's own server id"
     plain = ServerInfo("mariadb", "10.11", "0-1-42", "bin.000003:900", "bin.000001", variables={"server_id": "7"})
     assert initial_position(plain, "current", "auto") == "0-1-42"
 
