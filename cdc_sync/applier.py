@@ -40,6 +40,7 @@ class SinkPort(Protocol):
     def mark_flushing(self, rules: Sequence[TableRule]) -> None: ...
     def hold_flushing(self, rules: Sequence[TableRule]) -> None: ...
     def held_tables(self, rules: Sequence[TableRule]) -> list[TableRule]: ...
+    def release_flushing(self, rules: Sequence[TableRule]) -> None: ...
     def server_identity(self) -> str | None: ...
     def save_server_identity(self, identity: str) -> None: ...
     def report_status(self, fields: Mapping[str, str | int | float]) -> None: ...
@@ -205,9 +206,16 @@ class Applier:
                     todo.append((rule, f))
             if f.reason == "unknown_event":
                 m.UNKNOWN_EVENTS.labels(event_type=f.detail.split(" ", 1)[0]).inc()
+        # holds and releases without a flush touch the markers only, no key
         held = [rule for rule, f in todo if f.hold == "hold"]
-        if held:  # marked until a later "release" flush: the flush's own unmark leaves a held marker
+        if held:
             self.retry("hold flushing", lambda: self.sink.hold_flushing(held))
+            log.warning("sync.tables_held", tables=[r.name for r in held])
+        unheld = [rule for rule, f in todo if f.hold == "unhold"]
+        if unheld:
+            self.retry("release flushing", lambda: self.sink.release_flushing(unheld))
+            log.info("sync.tables_released", tables=[r.name for r in unheld])
+        todo = [(rule, f) for rule, f in todo if f.hold not in ("hold", "unhold")]
         if len(todo) > 1:
             rules = [rule for rule, _ in todo]
             self.retry("mark flushing", lambda: self.sink.mark_flushing(rules))

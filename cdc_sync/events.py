@@ -40,7 +40,8 @@ class Flush:
     schema: str | None = None
     table: str | None = None
     detail: str = ""
-    hold: str = ""  # "hold": the table stays marked as flushing after this flush, until a later "release" one
+    # "hold": mark the table as flushing until a later "release" (flush, then end the mark) or "unhold" (end it)
+    hold: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -361,6 +361,11 @@ class RedisSink:
         key = f"{self.ns}:operator"
         return bool(self._call("operator lock", self._operator, keys=[key], args=[token, ttl_ms]))
 
+    def release_flushing(self, rules: Sequence[TableRule]) -> None:
+        """End held marks without flushing, leaving each as a hold-off marker for ``holdoff_ms``."""
+        if rules:
+            self._step("release", [f"{self.ns}:flushing:{r.name}" for r in rules], self.holdoff_ms)
+
     def held_tables(self, rules: Sequence[TableRule]) -> list[TableRule]:
         """The tables whose flushing marker is held (no expiry) while no operator command runs: a held marker
         nobody will release (a worker died holding it)."""

@@ -172,6 +172,7 @@ class Worker:
         self._hidden_noted: set[str] = set()  # tables whose foreign keys' actions information_schema hides
         self._uncertain_rules: list[TableRule] = []  # held as flushing until the stream reaches _uncertain_until
         self._uncertain_until = ""
+        self._uncertain_dirty = False  # another rewiring statement came inside the window: flush at its end
         self.applier.on_checkpoint_lost = self._republish
         self.notifier = Notifier()
         self.streaming = False  # the binlog stream is connected and delivering events
@@ -382,8 +383,12 @@ class Worker:
         """A DDL that may rewire foreign keys, read while the stream lags behind the server: information_schema
         may already show a later schema (a swap renamed again, a key dropped again), so a cascade between the
         statement and the server's position now may go unwatched. The mapped tables it names, and every mapped
-        table a cascade watch reaches, are held as flushing from here until the stream reaches that position,
-        then flushed and released (``_release_when_certain``)."""
+        table a cascade watch reaches, are held as flushing from here until the stream reaches that position
+        (``_release_when_certain``). The statements in between are all read on the way: if none of them may
+        rewire keys, information_schema showed exactly the graph of that stretch and the tables are released as
+        they are; if one does, the window was uncertain and they are flushed before the release."""
+        if self._uncertain_rules:
+            self._uncertain_dirty = True  # another rewiring statement inside the window: it was uncertain
         info = self.info
         target = ""
         if info is not None:
@@ -424,9 +429,13 @@ class Worker:
         if not done:
             return
         rules, self._uncertain_rules, self._uncertain_until = self._uncertain_rules, [], ""
-        flushes = tuple(Flush("schema_certain", r.schema, r.table, hold="release") for r in rules)
+        dirty, self._uncertain_dirty = self._uncertain_dirty, False
+        mode = "release" if dirty else "unhold"
+        flushes = tuple(Flush("schema_certain", r.schema, r.table, hold=mode) for r in rules)
         self.applier.put(Transaction(position=assembler.tracker.render(), flushes=flushes), give_up=self._waiting)
-        log.info("sync.schema_certain", released=[r.name for r in rules], position=assembler.tracker.render())
+        log.info(
+            "sync.schema_certain", released=[r.name for r in rules], flushed=dirty, position=assembler.tracker.render()
+        )
 
     def _ddl_watches(self, ddl: RawQuery, edges: Sequence[CascadeEdge]) -> list[CascadeWatch]:
         """Watches for the cascading keys a DDL statement's text declares (names resolved as stored)."""
@@ -517,11 +526,12 @@ class Worker:
                         item = assembler.feed(raw)
                         if item is not None:
                             self.applier.put(item, give_up=self._waiting)
-                            self._release_when_certain(assembler)
                         # After a DDL's own transaction the tables to stream may have grown (a new cascade
                         # parent): read them again from the position just after the statement.
                         if isinstance(raw, RawQuery) and self._schema_changed_by(raw, assembler):
                             reconnect = True
+                        if item is not None:  # (after the statement itself was seen as rewiring keys or not)
+                            self._release_when_certain(assembler)
                         if reconnect and not assembler.in_txn:  # (CREATE ... SELECT: after its rows)
                             log.info("source.reconnect_for_schema", position=assembler.tracker.render())
                             break

@@ -144,6 +144,9 @@ class FakeSink:
     def held_tables(self, rules: Sequence[TableRule]) -> list[TableRule]:
         return []
 
+    def release_flushing(self, rules: Sequence[TableRule]) -> None:
+        self.released = [r.name for r in rules]
+
     def flush(self, rule: TableRule, held: bool = False) -> int:
         self.flushed.append(rule.name)
         prefixes = tuple(t.literals[0] for t in rule.templates)

@@ -135,7 +135,7 @@ def test_checkpoint_set_past_the_binlog_end_wedges_the_worker_under_a_fresh_hear
     wait_caught_up(r, conn, "mariadb", w)
     wait_for(lambda: _heartbeat(r) is not None, 30, "a heartbeat")
     gtid, _, stream = (checkpoint(r) or "").partition("@")
-    server, file, _pos = stream.split(":")
+    server, file, _pos = stream.split("/")[0].split(":")
     bogus = f"{gtid}@{server}:{file}:999999999"
     done = _cli(tmp_path / "w.toml", "checkpoint", "set", bogus)
     assert done.returncode == 2 and "not a position of this server's binlog" in done.stderr, done.stderr
@@ -547,7 +547,7 @@ def test_failover_to_a_replica_whose_binlog_file_is_shorter_wedges_the_worker(
         cur.execute("RESET SLAVE ALL")
         sizes = dict(_q(cur, "SHOW BINARY LOGS"))  # type: ignore[arg-type]
     stored = checkpoint(r) or ""
-    offset = int(stored.rsplit(":", 1)[1])
+    offset = int(stored.rsplit(":", 1)[1].split("/")[0])  # @server:file:pos[/created]
     assert stored.split("@")[1].startswith("1:bin.000001:") and sizes["bin.000001"] < offset, (stored, sizes)
     (tmp_path / "w.toml").write_text(
         (tmp_path / "w.toml").read_text().replace(f"port = {primary.port}", f"port = {replica.port}")
