@@ -24,7 +24,7 @@ renders a dependency's values as the worker renders the stored values, or widens
 **Hits between checks.** A hit also tells the reader how long the heartbeat it saw keeps the cache trusted
 (``max_staleness_ms`` minus its age, on Redis's clock) and that heartbeat. For that long (measured locally
 from before the script was sent, and capped at ``freshness_check_ms``) hits are a plain ``MGET key
-<ns>:heartbeat <ns>:flushing:<table>...`` (a pipelined ``HGETALL`` + ``MGET`` for hashes), one round trip and no
+<ns>:heartbeat <ns>:flushing:<table>...`` (``HGETALL`` + ``MGET`` in one ``MULTI`` for hashes), one round trip and no
 script, accepted only if the heartbeat read with the value is present and not older than the one that opened
 the window, no table of the lookup is being flushed (the window may have been opened by another table's
 lookup), and the reply arrived inside the window. A heartbeat seen going back (Redis restarted from an older
@@ -182,7 +182,7 @@ class CacheReader(_ReaderBase):
             gates = self.plain_keys(lookup)
             try:
                 if lookup.fmt == "h":
-                    pipe = self.redis.pipeline(transaction=False)
+                    pipe = self.redis.pipeline(transaction=True)  # one moment: value and gates together
                     pipe.hgetall(lookup.key)
                     pipe.mget(gates)
                     raw, seen = pipe.execute()
@@ -323,7 +323,7 @@ class AsyncCacheReader(_ReaderBase):
             gates = self.plain_keys(lookup)
             try:
                 if lookup.fmt == "h":
-                    pipe = self.redis.pipeline(transaction=False)
+                    pipe = self.redis.pipeline(transaction=True)  # one moment: value and gates together
                     pipe.hgetall(lookup.key)
                     pipe.mget(gates)
                     raw, seen = await pipe.execute()

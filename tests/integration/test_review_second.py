@@ -712,7 +712,6 @@ def with_suppress_close(s: Any) -> None:
         s.close()
 
 
-@pytest.mark.xfail(strict=True, reason="second review finding not fixed yet")
 def test_a_hash_plain_read_takes_the_value_and_the_heartbeat_from_two_moments(
     tmp_path: Path,
     mysql_server: MySQLTarget,
