@@ -102,14 +102,23 @@ def canonical(info: ColumnInfo | None, value: object) -> object:
 
 def renders_as_given(info: ColumnInfo | None, value: object) -> bool:
     """True when ``value`` itself is canonical: a key rendered from it is the key the worker renders for every
-    row it matches (``id=5`` on an INT column; not ``'05'``, ``5.0``, a ``_ci`` string, or one with trailing
-    spaces)."""
+    row it matches (``id=5`` on an INT column; not ``'05'``, ``5.0``, a ``_ci`` string, nor any string under a
+    PAD SPACE collation, which also matches stored values with trailing spaces). What may be cached as "absent"."""
     canon = canonical(info, value)
     if canon is NOT_CANONICAL:
         return False
     if canon is None:
         return True
+    if info is not None and info.data_type in TEXT_TYPES and _pads(info):
+        return False  # PAD SPACE: the value also matches stored spellings with trailing spaces (other keys)
     return escape(canon) == escape(value)
+
+
+def _pads(info: ColumnInfo) -> bool:
+    """A PAD SPACE collation: ``'a'`` equals ``'a '`` (every MariaDB collation but the ``nopad`` ones; MySQL's
+    ``_0900_`` ones are NO PAD)."""
+    collation = (info.collation or "").lower()
+    return "nopad" not in collation and "_0900_" not in collation
 
 
 def _integer(value: object) -> object:

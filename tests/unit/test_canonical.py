@@ -16,6 +16,7 @@ DEC2 = ColumnInfo("decimal", "decimal(10,2)", numeric_scale=2)
 DEC0 = ColumnInfo("decimal", "decimal(10,0)", numeric_scale=0)
 CI = ColumnInfo("varchar", "varchar(40)", charset="utf8mb4", collation="utf8mb4_general_ci")
 BIN = ColumnInfo("varchar", "varchar(40)", charset="utf8mb4", collation="utf8mb4_bin")
+NOPAD = ColumnInfo("varchar", "varchar(40)", charset="utf8mb4", collation="utf8mb4_nopad_bin")
 LATIN_BIN = ColumnInfo("varchar", "varchar(40)", charset="latin1", collation="latin1_bin")
 UTF8MB3_BIN = ColumnInfo("char", "char(4)", charset="utf8mb3", collation="utf8mb3_bin")
 ENUM_BIN = ColumnInfo("enum", "enum('a','b')", charset="utf8mb4", collation="utf8mb4_bin")
@@ -199,7 +200,8 @@ def test_null_is_canonical_everywhere(info: ColumnInfo | None) -> None:
         (INT, Decimal("5.0"), False),
         (DEC2, Decimal("5.00"), True),
         (DEC2, Decimal("5"), False),
-        (BIN, "a@x", True),
+        (BIN, "a@x", False),  # utf8mb4_bin is PAD SPACE: 'a@x' also matches a stored 'a@x '
+        (NOPAD, "a@x", True),
         (BIN, "a@x ", False),
         (CI, "a@x", False),
     ],
