@@ -75,6 +75,12 @@ def translate_error(exc: BaseException, what: str) -> SourceError | ServerRefuse
         refused = refusal(code, text)
         if refused is not None:
             kind, why, fix = refused
+            if code == 1045 and what.startswith("binlog stream"):
+                # MariaDB refuses a dump without REPLICATION SLAVE with 1045 too, after the same login worked
+                why, fix = "MySQL refused the binlog stream", (
+                    "GRANT REPLICATION SLAVE ON *.* TO the user (MariaDB answers a dump without it with error "
+                    "1045); if cdc-sync doctor cannot log in either, " + _CREDENTIALS_FIX
+                )
             return ServerRefused(f"{what}: {why}: {plain_error(exc)}", fix, kind)
         return SourceError(f"{what}: {plain_error(exc)}")
     return SourceError(f"{what}: {plain_error(exc)}")
@@ -96,7 +102,11 @@ _REFUSALS: dict[int, tuple[str, str, str]] = {
     ),
     3118: ("credentials", "the MySQL account is locked", "unlock it: ALTER USER ... ACCOUNT UNLOCK"),
     4151: ("credentials", "the MySQL account is locked", "unlock it: ALTER USER ... ACCOUNT UNLOCK"),
+    1820: ("credentials", "the MySQL password has expired", "set a new password: ALTER USER ... IDENTIFIED BY ..."),
+    1862: ("credentials", "the MySQL password has expired", "set a new password: ALTER USER ... IDENTIFIED BY ..."),
     1044: ("privilege", "MySQL denied access to a database", "grant the user access to the mapped schemas"),
+    1142: ("privilege", "MySQL denied a table privilege", "GRANT SELECT ON each mapped table (all its columns)"),
+    1143: ("privilege", "MySQL denied a column privilege", "GRANT SELECT ON each mapped table (all its columns)"),
     1049: ("database", "the database does not exist", 'check the schema part of [[tables]] table = "schema.table"'),
     1227: (
         "privilege",

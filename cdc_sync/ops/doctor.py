@@ -212,7 +212,7 @@ def _privilege_checks(admin: MySQLAdmin, config: Config, binlog_on: bool) -> tup
         out.append(Check("mysql.grants", WARN, f"cannot read grants: {_reason(exc)}"))
     everything = "ALL PRIVILEGES ON *.*" in grants
     user = config.mysql.user
-    ok = everything or bool(re.search(r"REPLICATION (SLAVE|REPLICA)", grants))
+    ok = everything or bool(re.search(r"REPLICATION (SLAVE|REPLICA)(?! ADMIN)\b", grants))
     # Grants through roles (MySQL 8) are not listed here, and unreadable grants prove nothing: WARN, not FAIL.
     roles = bool(re.search(r"GRANT `[^`]+`@`[^`]+` TO", grants))
     out.append(
@@ -238,7 +238,8 @@ def _privilege_checks(admin: MySQLAdmin, config: Config, binlog_on: bool) -> tup
     hidden: set[str] = set()
     for rule in config.tables:
         schema, table = rule.schema.replace("`", "``"), rule.table.replace("`", "``")
-        sql = f"SELECT 1 FROM `{schema}`.`{table}` LIMIT 0"  # noqa: S608 - identifiers quoted
+        # every column: the loader, warm and verify read whole rows (a column-level grant passes SELECT 1)
+        sql = f"SELECT * FROM `{schema}`.`{table}` LIMIT 0"  # noqa: S608 - identifiers quoted
         check, code = _try(
             f"mysql.privilege.select.{rule.name}",
             lambda sql=sql: admin.query(sql),  # type: ignore[misc]

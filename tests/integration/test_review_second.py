@@ -207,7 +207,6 @@ def mysql_user(sql: pymysql.Connection) -> Iterator[Callable[..., tuple[str, str
         _exec(sql, f"DROP USER IF EXISTS '{name}'@'%'")
 
 
-@pytest.mark.xfail(strict=True, reason="second review finding not fixed yet")
 def test_doctor_passes_replication_slave_admin_for_replication_slave(
     tmp_path: Path,
     mysql_server: MySQLTarget,
@@ -300,7 +299,6 @@ def test_a_redis_acl_that_denies_the_cached_keys_passes_the_doctor_and_the_worke
 LEAST = ("REPLICATION SLAVE, BINLOG MONITOR, REFERENCES ON *.*",)
 
 
-@pytest.mark.xfail(strict=True, reason="second review finding not fixed yet")
 def test_an_expired_mysql_password_is_retried_forever_instead_of_exit_2(
     tmp_path: Path,
     mysql_server: MySQLTarget,
@@ -787,7 +785,6 @@ def test_a_hash_plain_read_takes_the_value_and_the_heartbeat_from_two_moments(
         client.close()
 
 
-@pytest.mark.xfail(strict=True, reason="second review finding not fixed yet")
 def test_doctor_passes_a_column_level_select_that_the_reader_and_verify_cannot_use(
     tmp_path: Path,
     mysql_server: MySQLTarget,
