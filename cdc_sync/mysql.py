@@ -77,9 +77,12 @@ def translate_error(exc: BaseException, what: str) -> SourceError | ServerRefuse
             kind, why, fix = refused
             if code == 1045 and what.startswith("binlog stream"):
                 # MariaDB refuses a dump without REPLICATION SLAVE with 1045 too, after the same login worked
-                why, fix = "MySQL refused the binlog stream", (
-                    "GRANT REPLICATION SLAVE ON *.* TO the user (MariaDB answers a dump without it with error "
-                    "1045); if cdc-sync doctor cannot log in either, " + _CREDENTIALS_FIX
+                why, fix = (
+                    "MySQL refused the binlog stream",
+                    (
+                        "GRANT REPLICATION SLAVE ON *.* TO the user (MariaDB answers a dump without it with error "
+                        "1045); if cdc-sync doctor cannot log in either, " + _CREDENTIALS_FIX
+                    ),
                 )
             return ServerRefused(f"{what}: {why}: {plain_error(exc)}", fix, kind)
         return SourceError(f"{what}: {plain_error(exc)}")

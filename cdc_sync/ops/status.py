@@ -152,9 +152,10 @@ def collect(config: Config) -> dict[str, Any]:
         pipe.hgetall(f"{ns}:{WORKERS_KEY}")
         pipe.hgetall(f"{ns}:stats")
         pipe.get(f"{ns}:leader")
+        pipe.get(f"{ns}:operator")
         for rule in config.tables:
-            pipe.exists(f"{ns}:flushing:{rule.name}")
-        checkpoint, heartbeat, now, records, stats, leader, *flushing = pipe.execute()
+            pipe.pttl(f"{ns}:flushing:{rule.name}")
+        checkpoint, heartbeat, now, records, stats, leader, operator, *flushing = pipe.execute()
     except redis.RedisError as exc:
         error = redis_error(exc, "status")
         if isinstance(error, ServerRefused):
@@ -169,7 +170,11 @@ def collect(config: Config) -> dict[str, Any]:
     out["heartbeat_age_s"] = round((now_ms - int(heartbeat)) / 1000, 3) if heartbeat else None
     out["max_staleness_s"] = max_staleness_s
     out["fresh"] = out["heartbeat_age_s"] is not None and out["heartbeat_age_s"] <= max_staleness_s
-    out["flushing"] = [rule.name for rule, present in zip(config.tables, flushing, strict=True) if present]
+    out["flushing"] = [rule.name for rule, ttl in zip(config.tables, flushing, strict=True) if ttl != -2]
+    out["operator"] = operator.decode(errors="replace") if operator else None
+    # held with no expiry and no operator command running: left by a command (or worker) that died; readers bypass
+    # the table until someone flushes it
+    stranded = [rule.name for rule, ttl in zip(config.tables, flushing, strict=True) if ttl == -1]
     workers = [describe_worker(rec, now_ms) for rec in read_records(records)]
     workers.sort(key=lambda w: (not w["alive"], -float(w["last_seen_ms"])))
     main, problems = assess(workers, out["heartbeat_age_s"], max_staleness_s, config.ha.enabled, out["checkpoint"])
@@ -195,8 +200,16 @@ def collect(config: Config) -> dict[str, Any]:
             out["behind_transactions"] = behind(out["checkpoint"], server_pos)
     except (CdcSyncError, PositionError) as exc:
         out["server"] = {"error": plain_error(exc.__cause__) if exc.__cause__ is not None else str(exc)}
+        if isinstance(exc, ServerRefused):  # the worker will exit 2 at its next connection
+            problems.append(f"MySQL refuses the configured login: {out['server']['error']}; fix: {exc.fix}")
     finally:
         admin.close()
+    if stranded and out["operator"] is None:
+        problems.append(
+            f"{', '.join(stranded)} held as flushing with no operator command running (an interrupted command, "
+            "unless a worker is catching up after a DDL): readers bypass it; if this persists, run: "
+            f"cdc-sync flush {' '.join(stranded)}"
+        )
     out["problems"] = problems
     out["ok"] = not problems
     return out

@@ -342,7 +342,6 @@ def own_mariadb() -> Iterator[tuple[LocalServer, MySQLTarget]]:
         server.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="second review finding not fixed yet")
 def test_status_exits_0_when_mysql_refuses_the_configured_login(
     tmp_path: Path,
     mysql_server: MySQLTarget,
@@ -931,7 +930,6 @@ def test_a_fetch_key_that_a_rule_renders_is_accepted_and_get_row_serves_it(
     assert reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "a"}, r.get("user:1")
 
 
-@pytest.mark.xfail(strict=True, reason="second review finding not fixed yet")
 def test_status_is_ok_while_an_interrupted_operator_command_keeps_a_table_bypassed(
     start_worker: StartWorker,
     tmp_path: Path,
