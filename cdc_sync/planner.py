@@ -167,13 +167,13 @@ _XA_COMMIT = re.compile(r"^\s*XA\s+(COMMIT|ROLLBACK)\b", re.I)
 _DATABASE_DDL = re.compile(r"^\s*(DROP|ALTER|CREATE\s+OR\s+REPLACE)\s+(DATABASE|SCHEMA)\b", re.I)
 
 
-_LITERAL = re.compile(r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"", re.S)
-
-
 def sql_for_log(sql: str, limit: int = 200) -> str:
-    """A statement as logs may show it: every string literal replaced by '?' (``ALTER USER ... IDENTIFIED BY
-    'secret'``, ``SET PASSWORD``, data values), then cut to ``limit`` characters."""
-    return _LITERAL.sub("'?'", sql)[:limit]
+    """A statement as logs may show it: cut at its first quote (``ALTER USER '?'...``), so that no string literal
+    (``IDENTIFIED BY 'secret'``, ``SET PASSWORD``, data values) is ever shown, whatever the session's quoting
+    rules (NO_BACKSLASH_ESCAPES changes where a literal ends), then cut to ``limit`` characters."""
+    quote = min((i for i in (sql.find("'"), sql.find('"')) if i >= 0), default=-1)
+    text = sql if quote < 0 else sql[:quote] + "'?'..."
+    return text[:limit]
 
 
 def is_txn_control(sql: str) -> bool:

@@ -598,7 +598,6 @@ def test_verify_calls_a_cached_absence_right_while_mysql_matches_a_row_for_it(
 # ---- 3. the worker's fixes after review1 ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="second review finding not fixed yet")
 def test_a_statement_logged_under_no_backslash_escapes_shows_its_literals(
     start_worker: StartWorker,
     mysql_server: MySQLTarget,
