@@ -270,10 +270,23 @@ class AsyncCacheReader(_ReaderBase):
         self, config: Config, client: redis.asyncio.Redis | None = None, loader: RowLoader | None = None
     ) -> None:
         super().__init__(config, loader)
-        self.redis = client if client is not None else _async_client(config)
-        self._lookup_script = self.redis.register_script(LOOKUP_LUA)
-        self._fill_script = self.redis.register_script(FILL_LUA)
-        self._release_script = self.redis.register_script(RELEASE_LUA)
+        self._own_client = client is None
+        self._use(client if client is not None else _async_client(config))
+
+    def _use(self, client: redis.asyncio.Redis) -> None:
+        self.redis = client
+        self._lookup_script = client.register_script(LOOKUP_LUA)
+        self._fill_script = client.register_script(FILL_LUA)
+        self._release_script = client.register_script(RELEASE_LUA)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the redis.asyncio pool (unlike the sync one) never checks the pid, and its
+        connections belong to the parent's event loop, so a reader of its own gets a new pool. The parent's
+        connections are left alone (closing them here would write on the parent's sockets). A client the
+        application passed in is its own to replace."""
+        super()._after_fork()
+        if self._own_client:
+            self._use(_async_client(self.config))
 
     @classmethod
     def from_config(cls, path: str | None = None) -> AsyncCacheReader:

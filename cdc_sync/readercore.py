@@ -209,6 +209,13 @@ class _ReaderBase:
         column-dependency table (None: none needed, or read it now through the row loader)."""
         if key.startswith(f"{self.ns}:"):
             raise ValueError(f"fetch key {key!r} is in the worker's namespace {self.ns!r}; use another prefix")
+        for rule in self._rules.values():
+            for template in rule.templates:
+                if template.matches(key):
+                    raise ValueError(
+                        f"fetch key {key!r} is a key of {rule.name} ({template.source!r}), which the worker "
+                        "maintains; use a prefix no key template renders"
+                    )
         needed = column_dependency_tables(depends_on)
         if info is None:
             info = self.read_column_info(needed) if needed else {}

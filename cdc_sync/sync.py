@@ -524,12 +524,14 @@ class Worker:
                         failures = 0
                         self._on_event(assembler)
                         item = assembler.feed(raw)
-                        if item is not None:
-                            self.applier.put(item, give_up=self._waiting)
-                        # After a DDL's own transaction the tables to stream may have grown (a new cascade
-                        # parent): read them again from the position just after the statement.
+                        # A DDL statement: the schema is read again (and any hold queued) before its own
+                        # transaction moves the checkpoint past it, so a caught-up checkpoint means a schema read
+                        # at least that late. The tables to stream may have grown (a new cascade parent): they are
+                        # read again from the position just after the statement.
                         if isinstance(raw, RawQuery) and self._schema_changed_by(raw, assembler):
                             reconnect = True
+                        if item is not None:
+                            self.applier.put(item, give_up=self._waiting)
                         if item is not None:  # (after the statement itself was seen as rewiring keys or not)
                             self._release_when_certain(assembler)
                         if reconnect and not assembler.in_txn:  # (CREATE ... SELECT: after its rows)
