@@ -9,7 +9,11 @@ SELECT running in a helper thread while this batch is compared.
 Each loaded row is matched back to a key by rendering the key **from the row**, the way the worker does: MySQL's
 comparison rules match many spellings to one row (``id = '05'`` finds id 5), but only one spelling is the key
 the worker maintains, so a cached key that no row renders (``user:05``) is an orphan, reported divergent
-with the database side ``(absent)``. The row is encoded the way the worker encodes it and compared.
+with the database side ``(absent)``. The row is encoded the way the worker encodes it and compared. A cached
+absence (``null``) under a key no row renders is right only if MySQL matches no row to its values: a reader's
+lookup by them would find one (``code = 'a'`` finds ``'a '`` under PAD SPACE). Fields MySQL cannot compare by
+their rendered text are looked up by what they mean: a SET's members in the column's definition order (the
+worker sorts them by name), a FLOAT by its float32 (between its neighbours; MySQL compares it as a double).
 
 A mismatch may only mean the worker has not applied that change yet, so mismatches are checked again once the
 freshness heartbeat has passed the time of a second read; only what still differs, with the row unchanged
@@ -24,8 +28,10 @@ hash table and so is spread over the keyspace, not sorted by key, but it is not 
 from __future__ import annotations
 
 import contextlib
+import math
 import operator
 import re
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -49,6 +55,7 @@ from cdc_sync.sink import make_client, redis_error
 _BINARY = {"binary", "varbinary", "blob", "tinyblob", "mediumblob", "longblob"}
 _INTEGER = {"tinyint", "smallint", "mediumint", "int", "bigint"}
 ABSENT = "(absent)"
+MATCHED = "(a row matches this key's values, though it renders another key)"
 BATCH = 500  # keys per pipelined read and per SELECT ... IN
 SCAN_COUNT = 5000  # SCAN's COUNT hint: keys looked at per round trip
 WINDOW = 200_000  # keys gathered and sorted before they are checked (rows read in index order; bounded memory)
@@ -73,6 +80,24 @@ def _quote(identifier: str) -> str:
     return "`" + identifier.replace("`", "``") + "`"
 
 
+@dataclass(frozen=True)
+class _Between:
+    """A query value matched as a range, ends excluded: a FLOAT column's field (the stored float32, which MySQL
+    compares as a double, is not the double the rendered text reads as; only it lies between its neighbours)."""
+
+    low: float
+    high: float
+
+
+@dataclass
+class _Found:
+    """A batch's rows by the key each renders, and the items' query values that MySQL matches to some row
+    while no row renders the item's key (a cached absence there is wrong: a reader's lookup finds that row)."""
+
+    by_key: dict[str, list[dict[str, Any]]]
+    matched: set[tuple[object, ...]] = field(default_factory=set)
+
+
 class _Rows:
     """Rows by key columns, a batch per query, over one PyMySQL connection (UTC, as the reader's loader)."""
 
@@ -80,6 +105,7 @@ class _Rows:
         self.cfg = cfg
         self._conn: pymysql.connections.Connection[Any] | None = None
         self._kinds: dict[str, dict[str, str]] = {}
+        self._members: dict[str, dict[str, list[str]]] = {}
 
     def _run(self, sql: str, args: Sequence[object] | None) -> list[dict[str, Any]]:
         try:
@@ -102,12 +128,22 @@ class _Rows:
         if table not in self._kinds:
             schema, _, name = table.partition(".")
             rows = self._run(
-                "SELECT COLUMN_NAME AS c, DATA_TYPE AS t FROM information_schema.COLUMNS "
+                "SELECT COLUMN_NAME AS c, DATA_TYPE AS t, COLUMN_TYPE AS ct FROM information_schema.COLUMNS "
                 "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
                 (schema, name),
             )
             self._kinds[table] = {str(r["c"]): str(r["t"]).lower() for r in rows}
+            self._members[table] = {
+                str(r["c"]): [m.replace("''", "'") for m in _MEMBER.findall(str(r["ct"]))]
+                for r in rows
+                if str(r["t"]).lower() == "set"
+            }
         return self._kinds[table]
+
+    def members(self, table: str, column: str) -> list[str]:
+        """A SET column's members in definition order (the order MySQL spells a value in)."""
+        self.kinds(table)
+        return self._members[table].get(column, [])
 
     def estimate(self, table: str) -> int:
         schema, _, name = table.partition(".")
@@ -126,23 +162,61 @@ class _Rows:
         schema, _, name = table.partition(".")
         cols = "(" + ", ".join(_quote(c) for c in columns) + ")"
         args: list[object] = [v for tup in values for v in tup]
-        if all(type(v) is int for v in args):  # digits only: written inline, saving PyMySQL's escaping of each
-            listed = ", ".join("(" + ", ".join(str(v) for v in tup) + ")" for tup in values)
-            args = []
+        if any(isinstance(v, _Between) for v in args):
+            conditions = [_condition(columns, tup) for tup in values]
+            where = " OR ".join(c for c, _ in conditions)
+            args = [a for _, tup_args in conditions for a in tup_args]
+            sql = f"SELECT * FROM {_escaped(_quote(schema))}.{_escaped(_quote(name))} WHERE {where}"  # noqa: S608
         else:
-            listed = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(values))
-        head = f"SELECT * FROM {_quote(schema)}.{_quote(name)} WHERE {cols}"  # noqa: S608 - quoted names
-        if args:  # PyMySQL formats the statement: a '%' in a name must not read as a placeholder
-            head = head.replace("%", "%%")
-        rows = self._run(f"{head} IN ({listed})", args or None)
+            if all(type(v) is int for v in args):  # digits only: written inline, saving PyMySQL's escaping of each
+                listed = ", ".join("(" + ", ".join(str(v) for v in tup) + ")" for tup in values)
+                args = []
+            else:
+                listed = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(values))
+            head = f"SELECT * FROM {_quote(schema)}.{_quote(name)} WHERE {cols}"  # noqa: S608 - quoted names
+            if args:  # PyMySQL formats the statement: a '%' in a name must not read as a placeholder
+                head = head.replace("%", "%%")
+            sql = f"{head} IN ({listed})"
+        rows = self._run(sql, args or None)
         kinds = self.kinds(table)
         return [normalize_row(r, kinds) for r in rows]
+
+    def matches_any(self, table: str, columns: Sequence[str], values: Sequence[tuple[object, ...]]) -> list[bool]:
+        """For each tuple of ``values``: whether MySQL matches some row to it (one statement for all)."""
+        if not values:
+            return []
+        schema, _, name = table.partition(".")
+        source = f"{_escaped(_quote(schema))}.{_escaped(_quote(name))}"
+        conditions = [_condition(columns, tup) for tup in values]
+        probes = ", ".join(f"EXISTS(SELECT 1 FROM {source} WHERE {c})" for c, _ in conditions)  # noqa: S608
+        row = self._run(f"SELECT {probes}", [a for _, tup_args in conditions for a in tup_args])
+        return [bool(v) for v in (row[0].values() if row else [])]
 
     def close(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(pymysql.MySQLError, OSError):
                 self._conn.close()
             self._conn = None
+
+
+def _condition(columns: Sequence[str], values: tuple[object, ...]) -> tuple[str, list[object]]:
+    """``columns`` equal to ``values`` (a _Between: inside its range), as SQL with %s placeholders for PyMySQL
+    (a '%' in a name doubled, so that it does not read as one)."""
+    parts: list[str] = []
+    args: list[object] = []
+    for column, value in zip(columns, values, strict=True):
+        name = _escaped(_quote(column))
+        if isinstance(value, _Between):
+            parts.append(f"{name} > %s AND {name} < %s")
+            args += [value.low, value.high]
+        else:
+            parts.append(f"{name} = %s")
+            args.append(value)
+    return "(" + " AND ".join(parts) + ")", args
+
+
+def _escaped(sql: str) -> str:
+    return sql.replace("%", "%%")
 
 
 class _Checker:
@@ -185,19 +259,27 @@ class _Checker:
         what the worker would write."""
         return self.judge(template, items, self.rows_for(template, items))
 
-    def rows_for(self, template: KeyTemplate, items: Sequence[Item]) -> dict[str, list[dict[str, Any]]]:
-        """The rows MySQL matches to the items' values, by the key each row renders (the key the worker keeps)."""
+    def rows_for(self, template: KeyTemplate, items: Sequence[Item]) -> _Found:
+        """The rows MySQL matches to the items' values, by the key each row renders (the key the worker keeps),
+        and which values of the items no row renders MySQL still matches to a row (one more statement, for
+        those items only: orphans and cached absences, rare)."""
         by_key: dict[str, list[dict[str, Any]]] = {}
-        for row in self.rows.matching(self.rule.name, template.fields, list(dict.fromkeys(p for _, p in items))):
+        rows = self.rows.matching(self.rule.name, template.fields, list(dict.fromkeys(p for _, p in items)))
+        for row in rows:
             rendered = template.render(row)
             if rendered is not None:
                 by_key.setdefault(rendered, []).append(row)
-        return by_key
+        found = _Found(by_key)
+        if rows:
+            unrendered = list(dict.fromkeys(p for key, p in items if key not in by_key))
+            answers = self.rows.matches_any(self.rule.name, template.fields, unrendered)
+            found.matched = {p for p, yes in zip(unrendered, answers, strict=True) if yes}
+        return found
 
-    def judge(
-        self, template: KeyTemplate, items: Sequence[Item], by_key: dict[str, list[dict[str, Any]]]
-    ) -> list[Divergence]:
+    def judge(self, template: KeyTemplate, items: Sequence[Item], found_rows: _Found) -> list[Divergence]:
         """Read the items' cached values and compare each with the row that renders its key."""
+        by_key = found_rows.by_key
+        params = dict(items)
         cached = self._cached([key for key, _ in items])
         # evicted meanwhile: nothing to compare
         present = [(key, value) for (key, _), value in zip(items, cached, strict=True) if value is not None]
@@ -216,9 +298,11 @@ class _Checker:
                     out.append(Divergence(key, value, expected))
                 continue
             if not found:
-                if value != NEGATIVE:  # a cached "absent" for a key no row renders is right
+                if value != NEGATIVE:
                     out.append(Divergence(key, self._shown(value), ABSENT))
-                continue
+                elif params[key] in found_rows.matched:  # a lookup by these values finds a row: not absent
+                    out.append(Divergence(key, ABSENT, MATCHED))
+                continue  # (a cached absence for values no row matches is right)
             encoded = encode_json(found[0], self._columns(found[0]))
             if value != encoded and self._shown(value) != orjson.loads(encoded):
                 out.append(Divergence(key, self._shown(value), orjson.loads(encoded)))
@@ -231,6 +315,11 @@ class _Checker:
         kind = self.kinds.get(column)
         if kind in _BINARY:
             return _latin1
+        if kind == "set":  # the worker sorts the members by name; MySQL compares a set by its own spelling
+            order = {m.lower(): i for i, m in enumerate(self.rows.members(self.rule.name, column))}
+            return lambda text: ",".join(sorted(text.split(","), key=lambda m: order.get(m.lower(), len(order))))
+        if kind == "float":
+            return _float32_between
         return _int_or_text if kind in _INTEGER else str
 
     def _shown(self, value: Any) -> Any:
@@ -240,6 +329,7 @@ class _Checker:
 
 
 _PERCENT = re.compile(r"%([0-9A-F]{2})")
+_MEMBER = re.compile(r"'((?:[^']|'')*)'")  # one member of a COLUMN_TYPE "set('a','b')", quotes doubled
 Item = tuple[str, tuple[object, ...]]  # a key, and the query values it holds
 _VALUES = operator.itemgetter(1)
 _MATCHERS: dict[KeyTemplate, Callable[[str], re.Match[str] | None]] = {}
@@ -256,6 +346,29 @@ def _matcher(template: KeyTemplate) -> Callable[[str], re.Match[str] | None]:
 
 def _latin1(text: str) -> bytes:
     return text.encode("latin-1")
+
+
+def _float32_between(text: str) -> object:
+    """A FLOAT field: the float32 the text rounds to, as the range between its float32 neighbours (text that is
+    no finite float32 stays text: no row renders it)."""
+    try:
+        stored = struct.unpack("<f", struct.pack("<f", float(text)))[0]
+    except (ValueError, OverflowError):
+        return text
+    if not math.isfinite(stored):
+        return text
+    return _Between(_next_float32(stored, up=False), _next_float32(stored, up=True))
+
+
+def _next_float32(value: float, *, up: bool) -> float:
+    if value == 0:
+        return _TINY_FLOAT32 if up else -_TINY_FLOAT32
+    bits = struct.unpack("<I", struct.pack("<f", value))[0]
+    bits += 1 if (value > 0) == up else -1  # a float32's bit pattern orders its magnitude
+    return float(struct.unpack("<f", struct.pack("<I", bits))[0])
+
+
+_TINY_FLOAT32 = float(struct.unpack("<f", struct.pack("<I", 1))[0])
 
 
 def _int_or_text(text: str) -> object:
@@ -418,7 +531,7 @@ def _pipelined(
     while this thread reads the cache and compares (the connection is used by the helper thread only)."""
     templates = checker.rule.templates
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdc-sync-verify") as pool:
-        ahead: deque[tuple[int, list[Item], Future[dict[str, list[dict[str, Any]]]]]] = deque()
+        ahead: deque[tuple[int, list[Item], Future[_Found]]] = deque()
         for i, items in batches:
             ahead.append((i, items, pool.submit(checker.rows_for, templates[i], items)))
             if len(ahead) > 1:

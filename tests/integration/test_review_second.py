@@ -519,7 +519,6 @@ def test_volatile_lru_evicts_a_readers_tag_set_and_the_result_outlives_the_chang
         client.close()
 
 
-@pytest.mark.xfail(strict=True, reason="second review finding not fixed yet")
 def test_verify_reports_a_correct_key_over_a_set_column_as_an_orphan_and_repair_evicts_it(
     start_worker: StartWorker,
     tmp_path: Path,
@@ -562,7 +561,6 @@ def test_verify_reports_a_correct_key_over_a_set_column_as_an_orphan_and_repair_
     )
 
 
-@pytest.mark.xfail(strict=True, reason="second review finding not fixed yet")
 def test_verify_calls_a_cached_absence_right_while_mysql_matches_a_row_for_it(
     start_worker: StartWorker,
     tmp_path: Path,
