@@ -164,22 +164,29 @@ def make_client(cfg: RedisConfig) -> redis.Redis:
 _REDIS_AUTH_FIX = (
     "check the user and password in redis.url (or $CDC_SYNC_REDIS_URL) against the server's ACL/requirepass"
 )
+_SCRIPT_ACL = re.compile(r"The user executing the script can't (?:access|run)|\bNOPERM\b")
 _CONNECT_FAILED = re.compile(r"^Error (-?\d+) connecting to (.+?)\. (.+?)\.?$", re.S)
 
 
 def redis_error(exc: BaseException, what: str) -> SinkUnavailable | ServerRefused:
     """Translate a redis-py error, once, for every Redis client of the worker and the CLI.
 
-    A wrong password or missing password (WRONGPASS, NOAUTH) and a command the ACL denies (NOPERM) cannot heal
-    by retrying: ServerRefused (exit 2). Everything else (refused connection, timeout, loading, read-only replica
-    after a failover, out of memory) is SinkUnavailable, which the worker retries.
+    A wrong password or missing password (WRONGPASS, NOAUTH) and a command or key the ACL denies (NOPERM, or
+    inside a script "The user executing the script can't access ...") cannot heal by retrying: ServerRefused
+    (exit 2). Everything else (refused connection, timeout, loading, read-only replica after a failover, out of
+    memory) is SinkUnavailable, which the worker retries.
     """
     text = plain_redis_error(exc)
     if isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthenticationWrongNumberOfArgsError):
         return ServerRefused(f"redis {what}: Redis refused the login: {text}", _REDIS_AUTH_FIX, "redis_auth")
-    if isinstance(exc, redis.exceptions.NoPermissionError):
-        fix = "allow the command for the Redis user (run cdc-sync doctor: redis.acl lists every command needed)"
-        return ServerRefused(f"redis {what}: the Redis ACL denies a command: {text}", fix, "redis_acl")
+    if isinstance(exc, redis.exceptions.NoPermissionError) or (
+        isinstance(exc, redis.ResponseError) and _SCRIPT_ACL.search(text)
+    ):  # (inside a script, a refused key or command is a plain error with its own wording)
+        fix = (
+            "allow the command and the keys for the Redis user (run cdc-sync doctor: redis.acl lists every "
+            "command and key pattern needed)"
+        )
+        return ServerRefused(f"redis {what}: the Redis ACL denies a command or key: {text}", fix, "redis_acl")
     return SinkUnavailable(f"redis {what}: {text}")
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
 
-from cdc_sync.config import Config, check_against_schema
+from cdc_sync.config import Config, TableRule, check_against_schema
 from cdc_sync.errors import CdcSyncError, ConfigError, ServerRefused, SinkUnavailable
 from cdc_sync.keys import templates_overlap
 from cdc_sync.mysql import MySQLAdmin, plain_error, translate_error
@@ -340,7 +340,7 @@ def _redis_checks(config: Config) -> list[Check]:
         )
     elif policy:
         out.append(Check("redis.maxmemory_policy", PASS, f"maxmemory-policy {policy}"))
-    out.append(_acl_check(client, config.redis.namespace))
+    out.append(_acl_check(client, config.redis.namespace, config.tables))
     client.close()
     return out
 
@@ -374,8 +374,15 @@ def _acl_steps(client: redis.Redis, ns: str) -> list[tuple[str, Callable[[], obj
     ]
 
 
-def _acl_check(client: redis.Redis, ns: str) -> Check:
-    """Try every command; list every one the ACL refuses, in one check."""
+# A field value no row holds in practice: the probe keys of the cached key space (read, then deleted: deleting a
+# cached key is always safe, the next read fills it again).
+_PROBE_VALUE = "\x00cdc-sync-doctor"
+
+
+def _acl_check(client: redis.Redis, ns: str, rules: Sequence[TableRule] = ()) -> Check:
+    """Try every command, then reading and deleting a key each template renders (an ACL limits keys too: a
+    user confined to ``<ns>:*`` can run every command and still write no cached key); list every refusal, in
+    one check."""
     denied: list[str] = []
     for command, step in _acl_steps(client, ns):
         try:
@@ -385,15 +392,33 @@ def _acl_check(client: redis.Redis, ns: str) -> Check:
         except redis.RedisError as exc:
             detail = f"{command} failed: {plain_redis_error(exc)}"
             return Check("redis.acl", FAIL, detail, "check the Redis user's ACL", blocking=False)
-    if denied:
-        rules = " ".join(f"+{c}" for c in dict.fromkeys(c.split()[0].lower() for c in denied))
+    patterns: list[str] = []
+    for rule in rules:
+        for template in rule.templates:
+            key = template.render(dict.fromkeys(template.fields, _PROBE_VALUE))
+            if key is None or template.pattern() in patterns:
+                continue
+            try:
+                client.exists(key)
+                client.unlink(key)
+            except redis.exceptions.NoPermissionError:
+                patterns.append(template.pattern())
+            except redis.RedisError as exc:
+                detail = f"reading and deleting {key!r} failed: {plain_redis_error(exc)}"
+                return Check("redis.acl", FAIL, detail, "check the Redis user's ACL", blocking=False)
+    if denied or patterns:
+        rules_text = " ".join(f"+{c}" for c in dict.fromkeys(c.split()[0].lower() for c in denied))
+        parts = [f"may not run {', '.join(denied)}"] if denied else []
+        if patterns:
+            parts.append(f"may not read and write the cached keys {', '.join(patterns)}")
+            rules_text = " ".join([*(f"~{p}" for p in patterns), rules_text]).strip()
         return Check(
             "redis.acl",
             FAIL,
-            f"the Redis user may not run {', '.join(denied)}",
-            f"allow them on {ns}:* and the cached keys, e.g. ACL SETUSER <user> {rules}",
+            f"the Redis user {' and '.join(parts)}",
+            f"allow them on {ns}:* and the cached keys, e.g. ACL SETUSER <user> {rules_text}",
         )
-    return Check("redis.acl", PASS, "the commands the worker and readers use are allowed")
+    return Check("redis.acl", PASS, "the commands the worker and readers use are allowed, on its and the cached keys")
 
 
 # ---- rules ----------------------------------------------------------------------------------------

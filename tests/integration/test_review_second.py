@@ -247,7 +247,6 @@ def test_doctor_passes_replication_slave_admin_for_replication_slave(
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="second review finding not fixed yet")
 def test_a_redis_acl_that_denies_the_cached_keys_passes_the_doctor_and_the_worker_retries_forever(
     tmp_path: Path,
     mysql_server: MySQLTarget,

@@ -83,6 +83,12 @@ def test_mysql_messages_are_plain_sentences() -> None:
         redis.AuthenticationError("invalid username-password pair or user is disabled."),
         redis.exceptions.AuthenticationWrongNumberOfArgsError("wrong number of arguments for 'auth' command"),
         redis.exceptions.NoPermissionError("this user has no permissions to run the 'hset' command"),
+        # inside a script (redis 7): a plain error, worded its own way
+        redis.ResponseError(
+            "The user executing the script can't access at least one of the keys mentioned in the command "
+            "arguments script: a297a5c762c0523e8999829d973177e226d859dc, on @user_script:1."
+        ),
+        redis.ResponseError("The user executing the script can't run this command or subcommand script: f0, on @x:1."),
     ],
 )
 def test_redis_refusals_are_server_refused(exc: redis.RedisError) -> None:
@@ -98,6 +104,7 @@ def test_redis_refusals_are_server_refused(exc: redis.RedisError) -> None:
         redis.TimeoutError("Timeout reading from socket"),
         redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"),
         redis.exceptions.ReadOnlyError("You can't write against a read only replica."),
+        redis.ResponseError("ERR Error running script (call to f_1): @user_script:1: user_script:1: OOM"),
     ],
 )
 def test_transient_redis_failures_stay_retryable(exc: redis.RedisError) -> None:
