@@ -856,6 +856,11 @@ def test_reset_master_then_the_same_shape_of_history_passes_the_exact_lineage_ch
     w.kill9()
     old = checkpoint(r) or ""
     assert _cached(r, "user:1") == "bbbbb"
+    # A binlog file's creation time (in the checkpoint) has one-second resolution: a RESET MASTER within the
+    # second the old file was created is the README's known limit, not what this test is about.
+    created = int(old.rsplit("/", 1)[1])
+    while time.time() < created + 1.05:
+        time.sleep(0.05)
     with conn.cursor() as cur:
         cur.execute("RESET MASTER")
         cur.execute("CREATE DATABASE x")  # the fixture's statements, same lengths
@@ -864,7 +869,7 @@ def test_reset_master_then_the_same_shape_of_history_passes_the_exact_lineage_ch
         cur.execute("UPDATE d.users SET name = 'first' WHERE id = 1")
         for v in ["zzzzz", "yyyyy"] * 2 + ["zzzzz"]:
             cur.execute(f"UPDATE d.users SET name = '{v}' WHERE id = 1")
-        at = _q(cur, f"SELECT BINLOG_GTID_POS('bin.000001', {old.rsplit(':', 1)[1]})")
+        at = _q(cur, f"SELECT BINLOG_GTID_POS('bin.000001', {old.rsplit(':', 1)[1].split('/')[0]})")
     w2 = _start(tmp_path, own_mariadb, redis_server, workers, name="w2")
     time.sleep(3.0)
     names = w2.event_names()
