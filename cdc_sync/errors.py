@@ -13,7 +13,8 @@ CdcSyncError
 ├── SinkError              Redis failed
 │   └── SinkUnavailable    Redis could not be reached (retryable)
 ├── RewindRequired         Redis holds a checkpoint other than the one the worker wrote
-└── Fenced                 HA: another worker holds the leader lease; this one must stop applying
+├── Fenced                 HA: another worker holds the leader lease; this one must stop applying
+└── OperatorLockLost       an operator command lost ``<ns>:operator`` (paused past its TTL); its steps are refused
 """
 
 from __future__ import annotations
@@ -84,3 +85,9 @@ class ServerRefused(ConfigError):
 
 class Fenced(CdcSyncError):
     """HA: the leader lease belongs to another worker; this one's writes are refused."""
+
+
+class OperatorLockLost(CdcSyncError):
+    """An operator command's lock ``<ns>:operator`` no longer holds its token (the command was paused longer than
+    the lock lasts, and another command may hold it): its flush and checkpoint steps are refused; the CLI exits 1,
+    as for a concurrent operator command."""

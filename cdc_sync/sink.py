@@ -16,7 +16,7 @@ import redis
 from redis.commands.core import Script
 
 from cdc_sync.config import RedisConfig, TableRule
-from cdc_sync.errors import Fenced, RewindRequired, ServerRefused, SinkUnavailable
+from cdc_sync.errors import Fenced, OperatorLockLost, RewindRequired, ServerRefused, SinkUnavailable
 from cdc_sync.keys import glob_escape
 from cdc_sync.planner import Count, Delete, EvictTag, RedisOp, SetHash, SetJson
 
@@ -95,11 +95,13 @@ if cur < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
 return 1
 """
 
-# ARGV: namespace, holdoff ms, then T ops. Evicts the members of each tag (for a flush); returns how many.
+# ARGV: namespace, holdoff ms, leader token, operator token ('' = none), then T ops. Evicts the members of each tag
+# (for a flush); returns how many, or -1 / -2 when fenced like a flush step.
 EVICT_TAGS_LUA = r"""
 local ns, holdoff, n = ARGV[1], tonumber(ARGV[2]), 0
 if ARGV[3] ~= '' and redis.call('GET', ns .. ':leader') ~= ARGV[3] then return -1 end
-for i = 5, #ARGV, 2 do
+if ARGV[4] ~= '' and redis.call('GET', ns .. ':operator') ~= ARGV[4] then return -2 end
+for i = 6, #ARGV, 2 do
   local tag = ns .. ':tag:' .. ARGV[i]
   for _, member in ipairs(redis.call('SMEMBERS', tag)) do
     redis.call('DEL', member, ns .. ':lease:' .. member)
@@ -112,8 +114,11 @@ end
 return n
 """
 
-# One step of a wholesale flush, refused (-1) when HA is on and the lease is not ours.
-# ARGV: namespace, leader token ('' = HA off), op, ms. KEYS: the keys. Ops on flushing markers:
+# One step of a wholesale flush, refused when HA is on and the lease is not ours (-1), or when run by an operator
+# command whose lock ``<ns>:operator`` no longer holds its token (-2: it was paused past the lock's TTL, and the
+# next command may hold the same markers).
+# ARGV: namespace, leader token ('' = HA off), op, ms, operator token ('' = the worker). KEYS: the keys. Ops on
+# flushing markers:
 #   hold     mark until released (operator commands: an interrupted one leaves the tables bypassed, never stale)
 #   mark     mark for ms (the worker: a crashed flush is redone by the replay); never shortens a held mark
 #   unmark   end the worker's mark (a held one stays), leaving it as a hold-off marker for ms (0: delete it)
@@ -123,6 +128,7 @@ return n
 # binlog event can arrive before the commit is visible), so readers do not fill for that long.
 FLUSH_STEP_LUA = r"""
 if ARGV[2] ~= '' and redis.call('GET', ARGV[1] .. ':leader') ~= ARGV[2] then return -1 end
+if ARGV[5] ~= '' and redis.call('GET', ARGV[1] .. ':operator') ~= ARGV[5] then return -2 end
 local op, ms = ARGV[3], tonumber(ARGV[4])
 if op == 'unlink' then return redis.call('UNLINK', unpack(KEYS)) end
 for _, k in ipairs(KEYS) do
@@ -143,6 +149,15 @@ OPERATOR_LOCK_LUA = r"""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if tonumber(ARGV[2]) > 0 then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return redis.call('DEL', KEYS[1])
+"""
+
+# KEYS: checkpoint, heartbeat, operator lock. ARGV: position, operator token ('' = none). Replaces the checkpoint
+# and drops the heartbeat (1), refused (0) when the operator lock no longer holds the token.
+SET_CHECKPOINT_LUA = r"""
+if ARGV[2] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+return 1
 """
 
 FLUSH_MARKER_TTL_MS = 600_000  # a crashed flush leaves the marker at most this long (replay redoes it)
@@ -229,6 +244,8 @@ class RedisSink:
         self.ns = cfg.namespace
         self.holdoff_ms = holdoff_ms
         self.leader_token: str | None = None  # HA: every apply checks that this token still holds <ns>:leader
+        # an operator command: every flush and checkpoint step checks that this token still holds <ns>:operator
+        self.operator_token: str | None = None
         self.client = client if client is not None else make_client(cfg)
         # step name -> (monotonic time of its first failure, why) while it keeps failing (statusreport.py)
         self.failing: dict[str, tuple[float, str]] = {}
@@ -238,6 +255,7 @@ class RedisSink:
         self._evict: Script = self.client.register_script(EVICT_TAGS_LUA)
         self._flush_step: Script = self.client.register_script(FLUSH_STEP_LUA)
         self._operator: Script = self.client.register_script(OPERATOR_LOCK_LUA)
+        self._set_checkpoint: Script = self.client.register_script(SET_CHECKPOINT_LUA)
 
     @property
     def checkpoint_key(self) -> str:
@@ -260,11 +278,12 @@ class RedisSink:
 
     def set_checkpoint(self, position: str) -> None:
         """Replace the checkpoint, and drop the heartbeat in the same step: what the cache holds is vouched
-        for again only once the worker has caught up from the new position."""
-        pipe = self.client.pipeline(transaction=True)
-        pipe.set(self.checkpoint_key, position)
-        pipe.delete(f"{self.ns}:heartbeat")
-        self._call("SET checkpoint", pipe.execute)
+        for again only once the worker has caught up from the new position. Refused (OperatorLockLost) once
+        ``operator_token`` no longer holds the operator lock."""
+        keys = [self.checkpoint_key, f"{self.ns}:heartbeat", f"{self.ns}:operator"]
+        args = [position, self.operator_token or ""]
+        if not self._call("SET checkpoint", self._set_checkpoint, keys=keys, args=args):
+            raise self._lock_lost("checkpoint set")
 
     def apply(self, ops: Sequence[RedisOp], expected: str | None, new: str) -> bool:
         """One atomic step: check ``expected``, apply ``ops``, set the checkpoint to ``new``.
@@ -424,21 +443,34 @@ class RedisSink:
             tag_suffixes.extend(k.decode()[len(self.ns) + 5 :] for k in page)
         for start in range(0, len(tag_suffixes), 500):
             chunk = [EvictTag(s) for s in tag_suffixes[start : start + 500]]
-            args = [self.ns, self.holdoff_ms, self.leader_token or "", *encode_ops(chunk)]
-            evicted = int(self._call("evict tags", self._evict, keys=[], args=args))
-            if evicted < 0:
-                raise Fenced("another worker holds the leader lease")
-            deleted += evicted
+            args = [self.ns, self.holdoff_ms, self.leader_token or "", self.operator_token or "", *encode_ops(chunk)]
+            deleted += self._fenced("evict tags", int(self._call("evict tags", self._evict, keys=[], args=args)))
         self._step("release" if held else "unmark", [marker], self.holdoff_ms)
         return deleted
 
     def _step(self, op: str, keys: Sequence[bytes | str], ms: int = 0) -> int:
-        """One fenced step of a flush (HA: refused once the lease is someone else's)."""
-        args = [self.ns, self.leader_token or "", op, ms]
-        result = int(self._call(f"flush {op}", self._flush_step, keys=list(keys), args=args))
-        if result < 0:
+        """One fenced step of a flush (HA: refused once the lease is someone else's; an operator command: once
+        its lock is)."""
+        args = [self.ns, self.leader_token or "", op, ms, self.operator_token or ""]
+        return self._fenced(f"flush {op}", int(self._call(f"flush {op}", self._flush_step, keys=list(keys), args=args)))
+
+    def _fenced(self, what: str, result: int) -> int:
+        """A flush script's reply: -1 (the leader lease is another's) and -2 (the operator lock is) are refusals."""
+        if result == -1:
             raise Fenced("another worker holds the leader lease")
+        if result == -2:
+            raise self._lock_lost(what)
         return result
+
+    def _lock_lost(self, what: str) -> OperatorLockLost:
+        """The refusal of a step whose operator command no longer holds ``<ns>:operator``."""
+        holder = self._call("GET operator", self.client.get, f"{self.ns}:operator")
+        now = f"held by {holder.decode(errors='replace')}" if holder is not None else "free"
+        return OperatorLockLost(
+            f"{self.ns}:operator no longer holds this command's lock ({self.operator_token}): its {what} step was "
+            f"refused and it stopped (it was paused longer than the lock lasts; the lock is now {now}). Tables it "
+            "held as flushing stay bypassed, never stale, until a flush releases them: run the command again"
+        )
 
     def close(self) -> None:
         self.client.close()

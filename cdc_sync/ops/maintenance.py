@@ -110,7 +110,9 @@ def _check_on_server(config: Config, position: str) -> None:
 @contextlib.contextmanager
 def _operator(sink: RedisSink, what: str) -> Iterator[None]:
     """One operator command at a time moves the checkpoint or holds tables (``<ns>:operator``): two holding the
-    same table would release each other's hold. The lock is kept alive while the command runs."""
+    same table would release each other's hold. The lock is kept alive while the command runs, and it fences the
+    command: every flush and checkpoint step checks the token in the same script (``sink.operator_token``), so a
+    command paused past the lock's TTL stops (OperatorLockLost) instead of releasing the next command's holds."""
     token = f"{what} on {socket.gethostname()} pid {os.getpid()} ({secrets.token_hex(4)})"
     holder = sink.take_operator_lock(token, OPERATOR_LOCK_TTL_MS)
     if holder is not None:
@@ -125,6 +127,7 @@ def _operator(sink: RedisSink, what: str) -> Iterator[None]:
             with contextlib.suppress(CdcSyncError):
                 sink.keep_operator_lock(token, OPERATOR_LOCK_TTL_MS)
 
+    sink.operator_token = token
     keeper = threading.Thread(target=keep, name="cdc-sync-operator-lock", daemon=True)
     keeper.start()
     try:
@@ -132,6 +135,7 @@ def _operator(sink: RedisSink, what: str) -> Iterator[None]:
     finally:
         done.set()
         keeper.join(5)
+        sink.operator_token = None
         with contextlib.suppress(CdcSyncError):
             sink.keep_operator_lock(token, 0)
 

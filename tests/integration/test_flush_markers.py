@@ -11,14 +11,17 @@ from typing import Any
 import pymysql
 import pytest
 import redis
+from click.testing import CliRunner
 
 from cdc_sync import CacheReader
+from cdc_sync.cli import main
 from cdc_sync.config import TableRule, load
+from cdc_sync.errors import OperatorLockLost
 from cdc_sync.ops import maintenance
 from cdc_sync.sink import RedisSink
-from tests.helpers import wait_caught_up, wait_for
+from tests.helpers import wait_caught_up, wait_for, write_config
 from tests.integration.conftest import StartWorker
-from tests.servers import MySQLTarget
+from tests.servers import MySQLTarget, RedisTarget
 
 READER = "[reader]\nholdoff_ms = 60000\nmax_staleness_ms = 60000\n"
 
@@ -225,3 +228,76 @@ def test_a_hold_left_by_a_dead_worker_is_flushed_and_released_at_start(
     assert r.pttl(f"cdc:flushing:{db}.a") != -1 and r.pttl(f"cdc:flushing:{db}.b") != -1
     reasons = [e.get("reason") for e in w2.events() if e.get("event") == "sync.table_flushed"]
     assert reasons.count("leftover_hold") == 2
+
+
+def test_an_operator_sink_whose_lock_is_another_commands_is_refused_every_step_and_the_worker_is_not(
+    tmp_path: Path, mysql_server: MySQLTarget, redis_server: RedisTarget, db: str, r: redis.Redis
+) -> None:
+    """With ``operator_token`` set and ``<ns>:operator`` holding another token, the checkpoint, hold, mark and
+    tag-eviction steps are refused (OperatorLockLost) and change nothing; the worker's sink (no token) runs them."""
+    cfg = load(write_config(tmp_path / "w.toml", mysql_server, redis_server, _tables(db), extra=READER))
+    a = cfg.tables[0]
+    r.set("cdc:checkpoint", "before")
+    r.set("cdc:heartbeat", "1")
+    r.set("cdc:operator", "checkpoint reset on another host")
+    sink = RedisSink(cfg.redis, cfg.reader.holdoff_ms)
+    try:
+        sink.operator_token = "flush on this host"
+        with pytest.raises(OperatorLockLost, match="now held by checkpoint reset on another host"):
+            sink.set_checkpoint("after")
+        assert r.get("cdc:checkpoint") == b"before" and r.get("cdc:heartbeat") == b"1"
+        with pytest.raises(OperatorLockLost, match="hold step was refused"):
+            sink.hold_flushing([a])
+        with pytest.raises(OperatorLockLost, match="mark step was refused"):
+            sink.flush(a, held=True)
+        assert not r.exists(f"cdc:flushing:{db}.a")
+        r.set("cdc:operator", sink.operator_token)
+        r.sadd(f"cdc:tag:{db}.a", "reader-key")
+        r.set("reader-key", "1")
+        steps = sink._step
+
+        def steal_after_mark(op: str, keys: Any, ms: int = 0) -> int:
+            done = steps(op, keys, ms)
+            if op == "mark":
+                r.set("cdc:operator", "checkpoint reset on another host")
+            return done
+
+        sink._step = steal_after_mark  # type: ignore[method-assign]
+        with pytest.raises(OperatorLockLost, match="evict tags step was refused"):
+            sink.flush(a, held=True)
+        assert r.exists("reader-key"), "the refused tag eviction deleted nothing"
+        worker = RedisSink(cfg.redis, cfg.reader.holdoff_ms)
+        try:
+            worker.set_checkpoint("after")
+            assert worker.flush(a) == 1 and not r.exists("reader-key")
+            assert r.get("cdc:checkpoint") == b"after"
+        finally:
+            worker.close()
+    finally:
+        sink.close()
+
+
+def test_cdc_sync_flush_that_loses_its_lock_stops_with_exit_1_and_leaves_its_hold(
+    tmp_path: Path,
+    mysql_server: MySQLTarget,
+    redis_server: RedisTarget,
+    db: str,
+    r: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`cdc-sync flush` whose lock is taken while it runs (it was paused past the TTL) says so and exits 1, as
+    for a concurrent command; the table it held stays held (bypassed, never stale) for the next flush."""
+    path = write_config(tmp_path / "w.toml", mysql_server, redis_server, _tables(db), extra=READER)
+
+    class Paused(RedisSink):
+        def hold_flushing(self, rules: Any) -> None:
+            super().hold_flushing(rules)
+            r.set("cdc:operator", "checkpoint reset on another host")  # the lock expired and was taken
+
+    monkeypatch.setattr(maintenance, "RedisSink", Paused)
+    result = CliRunner().invoke(main, ["flush", f"{db}.b", "--config", str(path)])
+    assert result.exit_code == 1, result.output
+    assert "cdc:operator no longer holds this command's lock" in result.stderr
+    assert "run the command again" in result.stderr
+    assert r.pttl(f"cdc:flushing:{db}.b") == -1, "its hold stands"
+    assert r.get("cdc:operator") == b"checkpoint reset on another host", "the other command's lock is not released"

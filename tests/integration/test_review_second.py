@@ -819,7 +819,6 @@ def test_doctor_passes_a_column_level_select_that_the_reader_and_verify_cannot_u
     )
 
 
-@pytest.mark.xfail(strict=True, reason="second review finding not fixed yet")
 def test_an_operator_command_that_outlives_its_lock_releases_a_hold_of_the_next_one(
     start_worker: StartWorker,
     tmp_path: Path,
@@ -843,6 +842,7 @@ def test_an_operator_command_that_outlives_its_lock_releases_a_hold_of_the_next_
     import signal
     import threading
 
+    from cdc_sync.errors import OperatorLockLost
     from cdc_sync.ops import maintenance
     from cdc_sync.sink import RedisSink
 
@@ -873,7 +873,15 @@ def test_an_operator_command_that_outlives_its_lock_releases_a_hold_of_the_next_
             return super().keep_operator_lock(token, ttl_ms)
 
     monkeypatch.setattr(maintenance, "RedisSink", Hooked)
-    x = threading.Thread(target=maintenance.flush, args=(cfg, [f"{db}.b"]), name="flush-cmd")
+    stopped: list[Exception] = []
+
+    def flush_b() -> None:
+        try:
+            maintenance.flush(cfg, [f"{db}.b"])
+        except OperatorLockLost as exc:
+            stopped.append(exc)  # the thawed command stops with this error, as the CLI reports it (exit 1)
+
+    x = threading.Thread(target=flush_b, name="flush-cmd")
     y = threading.Thread(target=maintenance.reset, args=(cfg,), name="reset-cmd")
     assert w.proc is not None
     reader = CacheReader(cfg)
@@ -899,6 +907,7 @@ def test_an_operator_command_that_outlives_its_lock_releases_a_hold_of_the_next_
             f"{time.monotonic() - committed:.1f} s after 'v3' committed the reader got {row}; "
             f"b's marker: {r.get(f'cdc:flushing:{db}.b')!r}"
         )
+        assert len(stopped) == 1 and "refused" in str(stopped[0]), stopped
     finally:
         w.proc.send_signal(signal.SIGCONT)
         thaw.set()
