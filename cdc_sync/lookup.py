@@ -3,9 +3,22 @@
 * ``LOOKUP_LUA`` / ``FILL_LUA`` / ``RELEASE_LUA``: the scripts, and ``Lookup``, which lays out their KEYS and
   ARGV for one key;
 * ``rule_digest``: how a reader proves it runs the worker's rule (the scripts compare it with ``<ns>:rules``);
+* schema epochs (``schema_key``, ``epoch_of``): how a reader proves its column info is not older than the last
+  DDL of a table (below);
 * ``row_refusal``: whether a loaded row may be filled under the key that was looked up;
 * ``fetch_tags``: the dependency tags of ``fetch(..., depends_on=...)``, canonical or widened;
 * ``TrustWindow``: the plain-GET window after a checked hit, and what ends it.
+
+**Schema epochs.** Keys and tags a reader renders depend on column info read from ``information_schema`` (types
+and collations: whether ``code='X'`` is the precise tag ``code=X`` or must widen; how a loaded row is normalized)
+and kept for a while. The worker bumps ``<ns>:schema:<table>`` whenever it marks the table as flushing (every
+DDL of a mapped table flushes it, and so does every jump that may skip one), before it scans the table's keys
+and tags. A reader reads the epoch *before* it reads the column info and keeps the two together; the scripts
+compare the epoch of every table whose column info a lookup used with the current one: a lease is refused
+(bypass ``schema_changed``) and so is a fill (``FILL_SCHEMA_CHANGED``). A fill that lands before the bump is
+evicted by the flush that follows it (its key joined its tags at the lease). A missing epoch is ``'0'`` on
+both sides; a new epoch key starts at Redis's clock in microseconds, not at 1, so a namespace emptied and
+written again never shows a reader an epoch it saw before a DDL.
 """
 
 from __future__ import annotations
@@ -20,10 +33,12 @@ from cdc_sync.config import TableRule
 from cdc_sync.keys import KeyTemplate, tag_suffix
 
 # KEYS: key, heartbeat, hold-off of key, lease of key, rules, then nflush flushing markers, then the tags'
-#       hold-off markers and the tag sets (ntags each).
+#       hold-off markers and the tag sets (ntags each), then nflush schema epochs.
 # ARGV: max_staleness_ms, lease_ttl_ms, token, nflush, format ('j' | 'h'), tag ttl ms (0: no expiry), ntags,
-#       then for each flushed table: its name and the sha1 of the reader's rule fingerprint.
-# Reply: {'H', value, ms the heartbeat keeps the cache trusted, heartbeat} | {'B', reason[, table]} | {'L'} | {'W'}
+#       then for each flushed table: its name and the sha1 of the reader's rule fingerprint, then for each the
+#       schema epoch its column info was read at ('': none used).
+# Reply: {'H', value, ms the heartbeat keeps the cache trusted, heartbeat} | {'B', reason[, table]}
+#        | {'L', schema epoch of each table now} | {'W'}
 LOOKUP_LUA = r"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -48,8 +63,15 @@ for i = 1, nflush do  -- a lease only under the worker's own rule for every tabl
     return {'B', 'rule_mismatch', table_name}
   end
 end
-if redis.call('EXISTS', KEYS[3]) == 1 then return {'B', 'holdoff'} end
 local first_tag = 6 + nflush
+local first_epoch = first_tag + 2 * ntags
+for i = 1, nflush do  -- and only with column info read since the table's last DDL
+  local want = ARGV[7 + 2 * nflush + i]
+  if want ~= '' and (redis.call('GET', KEYS[first_epoch + i - 1]) or '0') ~= want then
+    return {'B', 'schema_changed', ARGV[6 + 2 * i]}
+  end
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then return {'B', 'holdoff'} end
 for i = first_tag, first_tag + ntags - 1 do
   if redis.call('EXISTS', KEYS[i]) == 1 then return {'B', 'holdoff'} end
 end
@@ -65,12 +87,15 @@ for i = first_tag + ntags, first_tag + 2 * ntags - 1 do
     if (not existed) or (p >= 0 and p < tag_ttl) then redis.call('PEXPIRE', KEYS[i], tag_ttl) end
   end
 end
-return {'L'}
+local reply = {'L'}
+for i = 1, nflush do reply[i + 1] = redis.call('GET', KEYS[first_epoch + i - 1]) or '0' end
+return reply
 """
 
-# KEYS: key, lease, rules, then the flushing markers. ARGV: token, format, ttl_ms, ntables, then for each table
-# its name and rule digest, then value | field value ... Reply: 1 stored, 0 lost (lease gone, or a flush),
-# 2 refused (the worker's rule for a table is no longer the reader's).
+# KEYS: key, lease, rules, then the flushing markers, then the schema epochs. ARGV: token, format, ttl_ms, ntables,
+# then for each table its name and rule digest, then for each the schema epoch its column info was read at
+# ('': none used), then value | field value ... Reply: 1 stored, 0 lost (lease gone, or a flush), 2 refused
+# (the worker's rule for a table is no longer the reader's), 3 refused (a table's schema epoch moved: DDL).
 FILL_LUA = r"""
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[2])
@@ -81,7 +106,11 @@ end
 for i = 1, n do
   if redis.sha1hex(redis.call('HGET', KEYS[3], ARGV[3 + 2 * i]) or '') ~= ARGV[4 + 2 * i] then return 2 end
 end
-local first = 5 + 2 * n
+for i = 1, n do
+  local want = ARGV[4 + 2 * n + i]
+  if want ~= '' and (redis.call('GET', KEYS[3 + n + i]) or '0') ~= want then return 3 end
+end
+local first = 5 + 3 * n
 local ttl = tonumber(ARGV[3])
 if ARGV[2] == 'h' then
   redis.call('DEL', KEYS[1])
@@ -103,7 +132,23 @@ return 0
 
 ScriptArg = bytes | str | int | float
 NEGATIVE = b"null"  # a cached "row absent" (JSON format only)
-FILL_STORED, FILL_LOST, FILL_RULE_MISMATCH = 1, 0, 2
+FILL_STORED, FILL_LOST, FILL_RULE_MISMATCH, FILL_SCHEMA_CHANGED = 1, 0, 2, 3
+NO_EPOCH = ""  # in a lookup's or fill's epochs: no column info of that table was used (not compared)
+UNKNOWN_EPOCH = "?"  # the epoch could not be read (Redis failed): never equal to a stored one
+
+
+def schema_key(ns: str, table: str) -> str:
+    """``<ns>:schema:<table>``: the table's schema epoch, bumped by the worker when it marks the table flushing."""
+    return f"{ns}:schema:{table}"
+
+
+def epoch_of(raw: object) -> str:
+    """A schema epoch as read from Redis (GET or a script's reply): missing (never bumped) is ``'0'``."""
+    if raw is None:
+        return "0"
+    if isinstance(raw, bytes):
+        return raw.decode()
+    return str(raw)
 
 
 def rule_digest(rule: TableRule) -> str:
@@ -123,6 +168,9 @@ class Lookup:
     columns: tuple[str, ...] | None = None  # get_row: the value's columns (None: every column minus exclude)
     exclude: tuple[str, ...] = ()
     digests: tuple[str, ...] = ()  # rule_digest of each table, in the order of ``tables`` (scripts only)
+    # the schema epoch each table's column info was read at, in the order of ``tables`` (NO_EPOCH: none used;
+    # () for all: none at all)
+    epochs: tuple[str, ...] = ()
 
     def _rules_argv(self) -> list[ScriptArg]:
         out: list[ScriptArg] = []
@@ -130,23 +178,37 @@ class Lookup:
             out += (table, digest)
         return out
 
+    def _epochs(self, epochs: Sequence[str] | None = None) -> list[str]:
+        chosen = self.epochs if epochs is None else tuple(epochs)
+        if not chosen:
+            return [NO_EPOCH] * len(self.tables)
+        if len(chosen) != len(self.tables):
+            raise ValueError(f"{self.key}: {len(chosen)} schema epochs for {len(self.tables)} tables")
+        return list(chosen)
+
     def lookup_args(self, ns: str, cfg: config_mod.ReaderConfig, token: str) -> tuple[list[str], list[ScriptArg]]:
         keys = [self.key, f"{ns}:heartbeat", f"{ns}:inv:{self.key}", f"{ns}:lease:{self.key}", f"{ns}:rules"]
         keys += [f"{ns}:flushing:{t}" for t in self.tables]
         keys += [f"{ns}:tinv:{t}" for t in self.tags]
         keys += [f"{ns}:tag:{t}" for t in self.tags]
+        keys += [schema_key(ns, t) for t in self.tables]
         # the tag sets must outlive whatever this key may be filled with (a value, or a cached absence)
         tag_ttl = max(self.ttl_ms, cfg.negative_ttl * 1000) + cfg.lease_ttl_ms if self.ttl_ms else 0
         args: list[ScriptArg] = [cfg.max_staleness_ms, cfg.lease_ttl_ms, token, len(self.tables), self.fmt, tag_ttl]
         args.append(len(self.tags))
         args += self._rules_argv()
+        args += self._epochs()
         return keys, args
 
     def fill_args(
-        self, ns: str, token: str, ttl_ms: int, payload: bytes | list[str]
+        self, ns: str, token: str, ttl_ms: int, payload: bytes | list[str], epochs: Sequence[str] | None = None
     ) -> tuple[list[str], list[ScriptArg]]:
+        """``epochs``: the schema epoch of each table the filled value's keys, tags and form were computed
+        with (the lease reply's, for column info checked against it); None: the lookup's own."""
         keys = [self.key, f"{ns}:lease:{self.key}", f"{ns}:rules", *(f"{ns}:flushing:{t}" for t in self.tables)]
+        keys += [schema_key(ns, t) for t in self.tables]
         args: list[ScriptArg] = [token, self.fmt, ttl_ms, len(self.tables), *self._rules_argv()]
+        args += self._epochs(epochs)
         args.extend(payload if isinstance(payload, list) else [payload])
         return keys, args
 

@@ -436,8 +436,9 @@ def normalize_row(row: dict[str, Any], kinds: dict[str, str]) -> dict[str, Any]:
     return row
 
 
-# Column types and collations are read again after this, and when a reader sees a table being flushed (the
-# worker flushes on DDL, which may change them).
+# Column types and collations are read again after this, when a reader sees a table being flushed (the worker
+# flushes on DDL, which may change them), and when the table's schema epoch (``<ns>:schema:<table>``, see
+# lookup.py) is no longer the one read just before them.
 COLUMN_INFO_MAX_AGE_S = 30.0
 _loaders: weakref.WeakSet[RowLoader] = weakref.WeakSet()
 
@@ -454,8 +455,9 @@ class RowLoader:
         self.pool_size = pool_size
         self._pool: queue.LifoQueue[pymysql.connections.Connection[Any]] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(pool_size)
-        # table → (read at, column → info, column → DATA_TYPE)
-        self._info: dict[str, tuple[float, dict[str, ColumnInfo], dict[str, str]]] = {}
+        self._info_lock = threading.Lock()
+        # table → (read at, column → info, column → DATA_TYPE, stamp: the reader's schema epoch read before it)
+        self._info: dict[str, tuple[float, dict[str, ColumnInfo], dict[str, str], str | None]] = {}
         _loaders.add(self)
 
     def _after_fork(self) -> None:
@@ -463,6 +465,7 @@ class RowLoader:
         the parent's socket) and locks another thread of the parent may have held."""
         self._pool = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(self.pool_size)
+        self._info_lock = threading.Lock()
 
     def _connect(self) -> pymysql.connections.Connection[Any]:
         return pymysql.connect(
@@ -494,14 +497,24 @@ class RowLoader:
 
     def kinds(self, table: str) -> dict[str, str]:
         """Column → DATA_TYPE for ``schema.table`` (cached, see ``column_info``)."""
-        self.column_info(table)
-        return self._info[table][2]
+        entry = self._info.get(table)
+        if entry is None or time.monotonic() - entry[0] > COLUMN_INFO_MAX_AGE_S:
+            info = self.read_column_info(table)
+            return {c: i.data_type for c, i in info.items()}
+        return entry[2]
 
     def column_info(self, table: str) -> dict[str, ColumnInfo]:
         """Column → type and collation for ``schema.table``, read at most every ``COLUMN_INFO_MAX_AGE_S``."""
         cached = self.cached_column_info(table)
         if cached is not None:
             return cached
+        return self.read_column_info(table)
+
+    def read_column_info(self, table: str, stamp: str | None = None) -> dict[str, ColumnInfo]:
+        """Read ``table``'s column info now and remember it with ``stamp`` (what the caller read before it: a
+        reader's schema epoch). Of two reads of one table the one started later is kept, whichever ends first:
+        what is remembered is never older than a read that started before it."""
+        started = time.monotonic()
         schema, _, name = table.partition(".")
         rows = self._run(
             "SELECT COLUMN_NAME AS c, DATA_TYPE AS t, COLUMN_TYPE AS ct, NUMERIC_SCALE AS s, "
@@ -520,20 +533,29 @@ class RowLoader:
             )
             for r in rows
         }
-        self._info[table] = (time.monotonic(), info, {c: i.data_type for c, i in info.items()})
+        with self._info_lock:
+            current = self._info.get(table)
+            if current is None or current[0] <= started:
+                self._info[table] = (started, info, {c: i.data_type for c, i in info.items()}, stamp)
         return info
 
     def cached_column_info(self, table: str) -> dict[str, ColumnInfo] | None:
         """``column_info`` if it was read recently enough, else None (no query)."""
+        stamped = self.stamped_column_info(table)
+        return None if stamped is None else stamped[0]
+
+    def stamped_column_info(self, table: str) -> tuple[dict[str, ColumnInfo], str | None] | None:
+        """The remembered column info and its stamp (``read_column_info``) if read recently enough, else None."""
         entry = self._info.get(table)
         if entry is None or time.monotonic() - entry[0] > COLUMN_INFO_MAX_AGE_S:
             return None
-        return entry[1]
+        return entry[1], entry[3]
 
     def forget_column_info(self, tables: Sequence[str]) -> None:
         """Read these tables' column info again at next use (a flush, e.g. after DDL, was seen)."""
-        for table in tables:
-            self._info.pop(table, None)
+        with self._info_lock:
+            for table in tables:
+                self._info.pop(table, None)
 
     def primary_key(self, table: str) -> list[str]:
         schema, _, name = table.partition(".")

@@ -12,7 +12,8 @@ One Lua round trip per checked lookup (``LOOKUP_LUA`` in lookup.py) decides, on 
 5. ``SET lease NX PX`` succeeds → **lease**: this reader loads and fills; the key joins its tags' sets in
    the same step; otherwise → **wait** for the holder's fill, then bypass after ``lease_wait_ms``.
 
-A fill lands only while the reader's lease still holds its token and the rules still agree (``FILL_LUA``).
+A fill lands only while the reader's lease still holds its token, the rules still agree and no table's schema
+epoch moved since the column info its keys and tags were computed with was read (``FILL_LUA``; lookup.py).
 The worker deletes the lease with every change of the key or of a tag it depends on, so a fill that loaded
 before a change never lands after it. Redis errors fall back to MySQL (logged and counted) unless ``strict``.
 
@@ -40,6 +41,7 @@ MySQL connection; redis-py replaces inherited Redis connections itself.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import random
 import secrets
@@ -53,23 +55,26 @@ import redis
 import redis.asyncio
 
 from cdc_sync import config as config_mod
-from cdc_sync.canonical import ColumnInfo
 from cdc_sync.codec import json_default
 from cdc_sync.config import Config
 from cdc_sync.lookup import (
     FILL_LUA,
     FILL_RULE_MISMATCH,
+    FILL_SCHEMA_CHANGED,
     FILL_STORED,
     LOOKUP_LUA,
     NEGATIVE,
     RELEASE_LUA,
     Lookup,
     column_dependency_tables,
+    epoch_of,
 )
 from cdc_sync.mysql import RowLoader
 from cdc_sync.readercore import (
     CacheUnavailable,
+    ColumnInfos,
     Dependency,
+    Epochs,
     Loaded,
     Payload,
     ReaderStats,
@@ -101,26 +106,45 @@ class CacheReader(_ReaderBase):
     def get_row(self, table: str, **where: object) -> dict[str, Any] | None:
         """The row's cached value (the worker's update-mode format), loading it from MySQL on a miss."""
         row_lookup = self.row_lookup(table, where)
-        result = self._get(row_lookup.lookup, lambda: self.load_row(row_lookup, where))
+        result = self._get(row_lookup.lookup, lambda epochs: self.load_row(row_lookup, where, epochs))
         return None if result is None else dict(result)
 
     def fetch(self, key: str, loader: Callable[[], T], ttl: float, depends_on: Sequence[Dependency] = ()) -> T:
         """Any JSON-serialisable result, cached under ``key`` and evicted when a dependency changes."""
         cache_key, fetch = self.cached_fetch_lookup(key, ttl, depends_on)
         if fetch is None:
-            fetch = self.fetch_lookup(key, ttl, depends_on, cache_key=cache_key)
+            info, epochs = self.column_info_at(column_dependency_tables(depends_on))
+            fetch = self.fetch_lookup(key, ttl, depends_on, info=info, cache_key=cache_key, epochs=epochs)
         for table, _cols in fetch.widened:
             self.stats.add("widened", table)
 
-        def load() -> Loaded:
+        def load(_epochs: Epochs) -> Loaded:
             value = loader()
             return (None if value is None else orjson.dumps(value, default=json_default)), None
 
         result: T = self._get(fetch.lookup, load)
         return result
 
+    def column_info_at(self, tables: Sequence[str]) -> tuple[ColumnInfos, dict[str, str]]:
+        """Column info of ``tables`` and the schema epoch each was read at: what is remembered, else the epochs
+        read from Redis first and then the info (so that the info is at least as new as its epoch)."""
+        info, epochs, missing = self.cached_column_info(tables)
+        if missing:
+            epochs.update(self.schema_epochs(missing))
+            info.update(self.read_column_info(missing, epochs))
+        return info, epochs
+
+    def schema_epochs(self, tables: Sequence[str]) -> dict[str, str]:
+        """The tables' schema epochs now (``UNKNOWN_EPOCH`` when Redis fails: nothing is then filled)."""
+        try:
+            raw = self.redis.mget(self.epoch_keys(tables))
+        except redis.RedisError as exc:
+            self._redis_failed(exc, self.epoch_keys(tables)[0])
+            raw = None
+        return self.epochs_read(tables, raw)
+
     def fill_rows(
-        self, table: str, rows: Sequence[Mapping[str, object]], selected_at: float
+        self, table: str, rows: Sequence[Mapping[str, object]], selected_at: float, epoch: str | None = None
     ) -> tuple[int, int, dict[str, int]]:
         """Pre-fill rows read from MySQL (at monotonic time ``selected_at``) through the lease protocol.
 
@@ -128,7 +152,9 @@ class CacheReader(_ReaderBase):
         ``holdoff_ms`` from when the worker applies it, so leases granted within half that time of the SELECT
         cannot cover a newer change; if the leases took longer, they are given back and nothing is filled
         (bypass reason ``slow``: retry with fewer rows). A rule that is not the worker's fills nothing (bypass
-        reason ``rule_mismatch``). Returns (filled, not filled, bypass reasons).
+        reason ``rule_mismatch``). ``epoch``: the table's schema epoch read before the column info the rows were
+        read with (``schema_epochs``); when it moved, nothing is filled (bypass reason ``schema_changed``).
+        Returns (filled, not filled, bypass reasons).
         """
         rule = self.rule(table)
         lookups: list[tuple[Lookup, str, Payload]] = []
@@ -138,6 +164,8 @@ class CacheReader(_ReaderBase):
                 if key is None:
                     continue
                 lookup = self.rule_lookup(rule, key)
+                if epoch is not None:
+                    lookup = dataclasses.replace(lookup, epochs=(epoch,))
                 lookups.append((lookup, secrets.token_hex(8), self.encode_row(lookup, row)))
         pipe = self.redis.pipeline(transaction=False)
         for lookup, token, _ in lookups:
@@ -157,6 +185,8 @@ class CacheReader(_ReaderBase):
                 bypass[reason] += 1
                 if reason == "rule_mismatch":
                     self._rule_verdict(reply[2].decode(), True)
+                elif reason == "schema_changed":
+                    self.schema_changed([table])
             if kind != "L":
                 continue
             if too_slow or payload == []:
@@ -164,7 +194,8 @@ class CacheReader(_ReaderBase):
                 bypass["slow" if too_slow else "empty_hash"] += 1
                 is_fill.append(False)
                 continue
-            keys, args = lookup.fill_args(self.ns, token, self.jittered(lookup.ttl_ms), payload)
+            epochs = (epoch,) if epoch is not None else tuple(epoch_of(e) for e in reply[1:])
+            keys, args = lookup.fill_args(self.ns, token, self.jittered(lookup.ttl_ms), payload, epochs)
             self._fill_script(keys=keys, args=args, client=pipe)
             is_fill.append(True)
         results = pipe.execute() if is_fill else []
@@ -174,9 +205,12 @@ class CacheReader(_ReaderBase):
                 filled += 1
             elif fill and stored == FILL_RULE_MISMATCH:
                 bypass["rule_mismatch"] += 1
+            elif fill and stored == FILL_SCHEMA_CHANGED:
+                bypass["schema_changed"] += 1
+                self.schema_changed([table])
         return filled, len(lookups) - filled, dict(bypass)
 
-    def _get(self, lookup: Lookup, load: Callable[[], Loaded]) -> Any:
+    def _get(self, lookup: Lookup, load: Callable[[Epochs], Loaded]) -> Any:
         sent = time.monotonic()
         if self.window.is_open(sent):
             gates = self.plain_keys(lookup)
@@ -210,7 +244,7 @@ class CacheReader(_ReaderBase):
             if kind == "B":
                 return self._bypass(lookup, load, detail)
             if kind == "L":
-                return self._load_and_fill(lookup, load, token)
+                return self._load_and_fill(lookup, load, token, detail)
             now = time.monotonic()
             if deadline is None:
                 self.stats.add("lease_wait")
@@ -219,22 +253,22 @@ class CacheReader(_ReaderBase):
                 return self._bypass(lookup, load, "lease_wait_timeout")
             time.sleep(min(0.01, deadline - now) * (0.5 + random.random()))
 
-    def _bypass(self, lookup: Lookup, load: Callable[[], Loaded], reason: str) -> Any:
+    def _bypass(self, lookup: Lookup, load: Callable[[Epochs], Loaded], reason: str) -> Any:
         self.stats.add("bypass", reason)
-        payload, _ = self._call_loader(load)
+        payload, _ = self._call_loader(load, None)
         return None if payload is None else self.decode(lookup, payload)
 
-    def _call_loader(self, load: Callable[[], Loaded]) -> Loaded:
+    def _call_loader(self, load: Callable[[Epochs], Loaded], epochs: Epochs) -> Loaded:
         try:
-            return load()
+            return load(epochs)
         except Exception:
             self.stats.add("loader_error")
             raise
 
-    def _load_and_fill(self, lookup: Lookup, load: Callable[[], Loaded], token: str) -> Any:
+    def _load_and_fill(self, lookup: Lookup, load: Callable[[Epochs], Loaded], token: str, epochs: Epochs) -> Any:
         self.stats.add("miss")
         try:
-            payload, refusal = self._call_loader(load)
+            payload, refusal = self._call_loader(load, epochs)
         except BaseException:
             self._release(lookup, token)
             raise
@@ -244,9 +278,9 @@ class CacheReader(_ReaderBase):
         if fill is None or ttl_ms is None:
             self._release(lookup, token)
         else:
-            keys, args = lookup.fill_args(self.ns, token, self.jittered(ttl_ms), fill)
+            keys, args = lookup.fill_args(self.ns, token, self.jittered(ttl_ms), fill, epochs)
             try:
-                self.fill_outcome(self._fill_script(keys=keys, args=args))
+                self.fill_outcome(self._fill_script(keys=keys, args=args), lookup)
             except redis.RedisError as exc:
                 self._redis_failed(exc, lookup.key)
         return None if payload is None else self.decode(lookup, payload)
@@ -295,8 +329,8 @@ class AsyncCacheReader(_ReaderBase):
     async def get_row(self, table: str, **where: object) -> dict[str, Any] | None:
         row_lookup = self.row_lookup(table, where)
 
-        async def load() -> Loaded:
-            return await asyncio.to_thread(self.load_row, row_lookup, where)
+        async def load(epochs: Epochs) -> Loaded:
+            return await asyncio.to_thread(self.load_row, row_lookup, where, epochs)
 
         result = await self._get(row_lookup.lookup, load)
         return None if result is None else dict(result)
@@ -310,18 +344,15 @@ class AsyncCacheReader(_ReaderBase):
     ) -> T:
         cache_key, fetch = self.cached_fetch_lookup(key, ttl, depends_on)
         if fetch is None:
-            needed = column_dependency_tables(depends_on)
-            info: dict[str, Mapping[str, ColumnInfo] | None] = {}
-            for table in needed:
-                info[table] = self.row_loader.cached_column_info(table)
-            missing = [t for t, i in info.items() if i is None]
-            if missing:
-                info.update(await asyncio.to_thread(self.read_column_info, missing))
-            fetch = self.fetch_lookup(key, ttl, depends_on, info=info, cache_key=cache_key)
+            info, epochs, missing = self.cached_column_info(column_dependency_tables(depends_on))
+            if missing:  # the epochs first, then the column info (see the sync reader's column_info_at)
+                epochs.update(await self.schema_epochs(missing))
+                info.update(await asyncio.to_thread(self.read_column_info, missing, epochs))
+            fetch = self.fetch_lookup(key, ttl, depends_on, info=info, cache_key=cache_key, epochs=epochs)
         for table, _cols in fetch.widened:
             self.stats.add("widened", table)
 
-        async def load() -> Loaded:
+        async def load(_epochs: Epochs) -> Loaded:
             value = loader()
             if inspect.isawaitable(value):
                 value = await value
@@ -330,7 +361,16 @@ class AsyncCacheReader(_ReaderBase):
         result: T = await self._get(fetch.lookup, load)
         return result
 
-    async def _get(self, lookup: Lookup, load: Callable[[], Awaitable[Loaded]]) -> Any:
+    async def schema_epochs(self, tables: Sequence[str]) -> dict[str, str]:
+        """The tables' schema epochs now (``UNKNOWN_EPOCH`` when Redis fails: nothing is then filled)."""
+        try:
+            raw = await self.redis.mget(self.epoch_keys(tables))
+        except redis.RedisError as exc:
+            self._redis_failed(exc, self.epoch_keys(tables)[0])
+            raw = None
+        return self.epochs_read(tables, raw)
+
+    async def _get(self, lookup: Lookup, load: Callable[[Epochs], Awaitable[Loaded]]) -> Any:
         sent = time.monotonic()
         if self.window.is_open(sent):
             gates = self.plain_keys(lookup)
@@ -364,7 +404,7 @@ class AsyncCacheReader(_ReaderBase):
             if kind == "B":
                 return await self._bypass(lookup, load, detail)
             if kind == "L":
-                return await self._load_and_fill(lookup, load, token)
+                return await self._load_and_fill(lookup, load, token, detail)
             now = time.monotonic()
             if deadline is None:
                 self.stats.add("lease_wait")
@@ -373,22 +413,24 @@ class AsyncCacheReader(_ReaderBase):
                 return await self._bypass(lookup, load, "lease_wait_timeout")
             await asyncio.sleep(min(0.01, deadline - now) * (0.5 + random.random()))
 
-    async def _bypass(self, lookup: Lookup, load: Callable[[], Awaitable[Loaded]], reason: str) -> Any:
+    async def _bypass(self, lookup: Lookup, load: Callable[[Epochs], Awaitable[Loaded]], reason: str) -> Any:
         self.stats.add("bypass", reason)
-        payload, _ = await self._call_loader(load)
+        payload, _ = await self._call_loader(load, None)
         return None if payload is None else self.decode(lookup, payload)
 
-    async def _call_loader(self, load: Callable[[], Awaitable[Loaded]]) -> Loaded:
+    async def _call_loader(self, load: Callable[[Epochs], Awaitable[Loaded]], epochs: Epochs) -> Loaded:
         try:
-            return await load()
+            return await load(epochs)
         except Exception:
             self.stats.add("loader_error")
             raise
 
-    async def _load_and_fill(self, lookup: Lookup, load: Callable[[], Awaitable[Loaded]], token: str) -> Any:
+    async def _load_and_fill(
+        self, lookup: Lookup, load: Callable[[Epochs], Awaitable[Loaded]], token: str, epochs: Epochs
+    ) -> Any:
         self.stats.add("miss")
         try:
-            payload, refusal = await self._call_loader(load)
+            payload, refusal = await self._call_loader(load, epochs)
         except BaseException:
             await self._release(lookup, token)
             raise
@@ -398,9 +440,9 @@ class AsyncCacheReader(_ReaderBase):
         if fill is None or ttl_ms is None:
             await self._release(lookup, token)
         else:
-            keys, args = lookup.fill_args(self.ns, token, self.jittered(ttl_ms), fill)
+            keys, args = lookup.fill_args(self.ns, token, self.jittered(ttl_ms), fill, epochs)
             try:
-                self.fill_outcome(await self._fill_script(keys=keys, args=args))
+                self.fill_outcome(await self._fill_script(keys=keys, args=args), lookup)
             except redis.RedisError as exc:
                 self._redis_failed(exc, lookup.key)
         return None if payload is None else self.decode(lookup, payload)

@@ -28,15 +28,20 @@ from cdc_sync.keys import KeyTemplate
 from cdc_sync.lookup import (
     FILL_LOST,
     FILL_RULE_MISMATCH,
+    FILL_SCHEMA_CHANGED,
     FILL_STORED,
     NEGATIVE,
+    NO_EPOCH,
+    UNKNOWN_EPOCH,
     Lookup,
     ScriptArg,
     TrustWindow,
     column_dependency_tables,
+    epoch_of,
     fetch_tags,
     row_refusal,
     rule_digest,
+    schema_key,
 )
 from cdc_sync.mysql import COLUMN_INFO_MAX_AGE_S, RowLoader, translate_error
 
@@ -46,6 +51,9 @@ _PLAN_CACHE_SIZE = 10_000  # lookups remembered per reader (cleared when full)
 Dependency = str | tuple[str, Mapping[str, object]]
 Payload = bytes | list[str]
 Loaded = tuple[Payload | None, str | None]  # (value to return and maybe fill, why it must not be filled)
+# The schema epoch of each table of a lookup as its lease reply gave them (None: no lease, nothing is filled)
+Epochs = tuple[str, ...] | None
+ColumnInfos = dict[str, Mapping[str, ColumnInfo] | None]
 _readers: weakref.WeakSet[_ReaderBase] = weakref.WeakSet()
 
 
@@ -204,9 +212,12 @@ class _ReaderBase:
         depends_on: Sequence[Dependency],
         info: Mapping[str, Mapping[str, ColumnInfo] | None] | None = None,
         cache_key: Any = None,
+        epochs: Mapping[str, str] | None = None,
     ) -> FetchLookup:
         """Build (and remember under ``cache_key``) the lookup of a fetch; ``info``: the column info of each
-        column-dependency table (None: none needed, or read it now through the row loader)."""
+        column-dependency table (None: none needed, or read it now through the row loader); ``epochs``: the
+        schema epoch each was read at, read from Redis before it (``column_info_at``). A table without one
+        (None: all) gets ``UNKNOWN_EPOCH``, which the scripts never accept: such a lookup fills nothing."""
         if key.startswith(f"{self.ns}:"):
             raise ValueError(f"fetch key {key!r} is in the worker's namespace {self.ns!r}; use another prefix")
         for rule in self._rules.values():
@@ -219,10 +230,14 @@ class _ReaderBase:
         needed = column_dependency_tables(depends_on)
         if info is None:
             info = self.read_column_info(needed) if needed else {}
+        epochs = epochs or {}
         tags = fetch_tags(self._rules, depends_on, info)
         digests = tuple(self._digests[t] for t in tags.tables)
-        lookup = Lookup(key, "j", tags.tables, tags.tags, int(ttl * 1000), digests=digests)
-        complete = all(info.get(t) is not None for t in needed)
+        table_epochs = tuple(epochs.get(t, UNKNOWN_EPOCH) if t in needed else NO_EPOCH for t in tags.tables)
+        if all(e == NO_EPOCH for e in table_epochs):
+            table_epochs = ()  # no column info used: nothing to compare
+        lookup = Lookup(key, "j", tags.tables, tags.tags, int(ttl * 1000), digests=digests, epochs=table_epochs)
+        complete = all(info.get(t) is not None and t in epochs for t in needed)
         expires = float("inf") if not needed else time.monotonic() + COLUMN_INFO_MAX_AGE_S
         result = FetchLookup(lookup, tags.widened, expires)
         for table, cols in tags.widened:
@@ -240,17 +255,44 @@ class _ReaderBase:
             self._fetch_lookups[cache_key] = result
         return result
 
-    def read_column_info(self, tables: Sequence[str]) -> dict[str, Mapping[str, ColumnInfo] | None]:
-        """Column info per table through the row loader (None for a table it could not be read for: the
-        dependency is then widened, and the lookup not remembered)."""
+    def read_column_info(
+        self, tables: Sequence[str], epochs: Mapping[str, str] | None = None
+    ) -> dict[str, Mapping[str, ColumnInfo] | None]:
+        """Column info per table read now through the row loader, remembered with its schema epoch (read from
+        Redis before this call); None for a table it could not be read for: the dependency is then widened, and
+        the lookup not remembered."""
         out: dict[str, Mapping[str, ColumnInfo] | None] = {}
         for table in tables:
             try:
-                out[table] = self.row_loader.column_info(table)
+                out[table] = self.row_loader.read_column_info(table, (epochs or {}).get(table, UNKNOWN_EPOCH))
             except (CdcSyncError, pymysql.MySQLError) as exc:
                 log.warning("reader.column_info_error", table=table, error=f"{type(exc).__name__}: {exc}")
                 out[table] = None
         return out
+
+    def cached_column_info(self, tables: Sequence[str]) -> tuple[ColumnInfos, dict[str, str], list[str]]:
+        """(column info, the schema epoch each was read at, the tables with none remembered: to be read, with
+        their epochs read from Redis first, as ``column_info_at`` does)."""
+        info: ColumnInfos = {}
+        epochs: dict[str, str] = {}
+        missing: list[str] = []
+        for table in tables:
+            stamped = self.row_loader.stamped_column_info(table)
+            stamp = None if stamped is None else stamped[1]
+            if stamped is None or stamp is None or stamp == UNKNOWN_EPOCH:
+                missing.append(table)
+            else:
+                info[table], epochs[table] = stamped[0], stamp
+        return info, epochs, missing
+
+    def epoch_keys(self, tables: Sequence[str]) -> list[str]:
+        return [schema_key(self.ns, t) for t in tables]
+
+    def epochs_read(self, tables: Sequence[str], raw: Sequence[object] | None) -> dict[str, str]:
+        """The tables' epochs from an MGET of ``epoch_keys`` (None: Redis failed, ``UNKNOWN_EPOCH``)."""
+        if raw is None:
+            return dict.fromkeys(tables, UNKNOWN_EPOCH)
+        return {t: epoch_of(r) for t, r in zip(tables, raw, strict=True)}
 
     def lookup_plan(self, lookup: Lookup, token: str) -> tuple[list[str], list[ScriptArg]]:
         """KEYS and ARGV of the lookup script (built once per key, the token filled in per call)."""
@@ -283,18 +325,23 @@ class _ReaderBase:
 
     # ---- loading rows ---------------------------------------------------------------------------
 
-    def load_row(self, row_lookup: RowLookup, where: Mapping[str, object]) -> Loaded:
-        """Load the row (blocking: the async reader runs this in a thread) and decide whether it may fill."""
+    def load_row(self, row_lookup: RowLookup, where: Mapping[str, object], epochs: Epochs = None) -> Loaded:
+        """Load the row (blocking: the async reader runs this in a thread) and decide whether it may fill.
+
+        ``epochs``: the lease reply's schema epochs. The column info the row is normalized with (and absence
+        judged by) must be read since then: remembered info read at another epoch is read again, stamped with
+        the lease's, which the fill then checks (a DDL flushed meanwhile refuses it)."""
         lookup, rule, template = row_lookup
+        epoch = epochs[lookup.tables.index(rule.name)] if epochs else None
         try:
+            info = self._row_column_info(rule.name, epoch)
             row = self.row_loader.load(rule.name, dict(where))
         except pymysql.MySQLError as exc:
             raise translate_error(exc, f"load {rule.name}") from exc
         payload = None if row is None else self.encode_row(lookup, row)
         if row is None and not (self.cfg.negative_ttl > 0 and lookup.fmt == "j"):
             return None, None  # nothing would be filled anyway
-        info = self.read_column_info([rule.name])[rule.name] if row is None else None
-        refusal = row_refusal(lookup, template, where, row, info)
+        refusal = row_refusal(lookup, template, where, row, info if row is None else None)
         if refusal is not None:
             rendered = template.render(row) if row is not None else None
             self._note_once(
@@ -309,6 +356,14 @@ class _ReaderBase:
             )
         return payload, refusal
 
+    def _row_column_info(self, table: str, epoch: str | None) -> Mapping[str, ColumnInfo]:
+        """The remembered column info if it was read at ``epoch`` (any, when None: nothing is filled), else
+        read now. The loader then normalizes with it or a later read (it keeps the latest started)."""
+        stamped = self.row_loader.stamped_column_info(table)
+        if stamped is not None and (epoch is None or stamped[1] == epoch):
+            return stamped[0]
+        return self.row_loader.read_column_info(table, epoch if epoch is not None else UNKNOWN_EPOCH)
+
     def _note_once(self, what: Any, event: str, **fields: Any) -> None:
         if what not in self._noted:
             self._noted.add(what)
@@ -317,8 +372,8 @@ class _ReaderBase:
     # ---- replies --------------------------------------------------------------------------------
 
     def verdict(self, lookup: Lookup, reply: Sequence[Any], sent: float) -> tuple[str, Any]:
-        """The lookup script's reply as (kind, detail): ('H', value), ('B', reason), ('L', None), ('W', None).
-        Every reply but a hit ends the plain-GET window; a hit opens or extends it."""
+        """The lookup script's reply as (kind, detail): ('H', value), ('B', reason), ('L', the schema epoch of
+        each table), ('W', None). Every reply but a hit ends the plain-GET window; a hit opens or extends it."""
         kind = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
         if kind == "H":
             if not self.window.opened(sent, time.monotonic(), int(reply[2]), reply[3], self.cfg.freshness_check_ms):
@@ -332,12 +387,23 @@ class _ReaderBase:
                 self._rule_verdict(reply[2].decode(), True)
             elif reason == "flushing":  # after DDL, say: column types and collations are read again
                 self._reread_schema(lookup.tables)
+            elif reason == "schema_changed":
+                self.schema_changed([reply[2].decode()])
             return kind, reason
         if kind == "L":
             for table in lookup.tables:
                 if self._mismatched.get(table):
                     self._rule_verdict(table, False)
+            epochs: tuple[str, ...] = tuple(epoch_of(e) for e in reply[1:])
+            return kind, epochs if len(epochs) == len(lookup.tables) else None
         return kind, None
+
+    def schema_changed(self, tables: Sequence[str]) -> None:
+        """A table's schema epoch moved since its column info was read (a DDL, or a flush that may stand for
+        one): the info and the lookups built on it are dropped, to be read again at the next lookup."""
+        self.row_loader.forget_column_info(tables)
+        self._fetch_lookups.clear()
+        log.info("reader.schema_changed", tables=list(tables), action="not filled; column info read again")
 
     def _reread_schema(self, tables: Sequence[str]) -> None:
         """Drop the tables' column info and the lookups built on it, once per flush: a flush leaves its marker
@@ -389,8 +455,16 @@ class _ReaderBase:
     def close_window(self) -> None:
         self.window.close()
 
-    def fill_outcome(self, stored: Any) -> None:
-        result = {FILL_STORED: "stored", FILL_LOST: "lost", FILL_RULE_MISMATCH: "rule_mismatch"}.get(int(stored))
+    def fill_outcome(self, stored: Any, lookup: Lookup) -> None:
+        outcomes = {
+            FILL_STORED: "stored",
+            FILL_LOST: "lost",
+            FILL_RULE_MISMATCH: "rule_mismatch",
+            FILL_SCHEMA_CHANGED: "schema_changed",
+        }
+        result = outcomes.get(int(stored))
+        if result == "schema_changed":
+            self.schema_changed(lookup.tables)
         self.stats.add("fill", result or "lost")
 
     # ---- values ---------------------------------------------------------------------------------

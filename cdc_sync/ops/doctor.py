@@ -360,6 +360,7 @@ def _acl_steps(client: redis.Redis, ns: str) -> list[tuple[str, Callable[[], obj
         ("PERSIST", lambda: client.persist(probe)),
         ("HSET", lambda: client.hset(f"{probe}:h", "f", "1")),
         ("HINCRBY", lambda: client.hincrby(f"{probe}:h", "f", 1)),
+        ("INCR", lambda: client.incr(f"{probe}:n")),
         ("HGETALL", lambda: client.hgetall(f"{probe}:h")),
         ("HLEN", lambda: client.hlen(f"{probe}:h")),
         ("HDEL", lambda: client.hdel(f"{probe}:h", "none")),
@@ -370,7 +371,7 @@ def _acl_steps(client: redis.Redis, ns: str) -> list[tuple[str, Callable[[], obj
         ("SCRIPT LOAD", lambda: client.script_load(script)),
         ("EVALSHA", lambda: client.evalsha(client.script_load(script), 0)),
         ("UNLINK", lambda: client.unlink(f"{probe}:h", f"{probe}:s")),
-        ("DEL", lambda: client.delete(probe, f"{probe}:h", f"{probe}:s")),
+        ("DEL", lambda: client.delete(probe, f"{probe}:h", f"{probe}:s", f"{probe}:n")),
     ]
 
 

@@ -66,12 +66,17 @@ def warm(
             started = time.monotonic()
             size = chunk
             while True:
+                # The rows are normalized with the table's column info: read since the schema epoch filled with.
+                epoch = reader.schema_epochs([rule.name])[rule.name]
+                stamped = loader.stamped_column_info(rule.name)
+                if stamped is None or stamped[1] != epoch:
+                    loader.read_column_info(rule.name, epoch)
                 selected_at = time.monotonic()
                 rows = loader.scan(rule.name, pk, after, size)
                 if not rows:
                     reader.redis.delete(progress_key)
                     break
-                filled, skipped, bypassed = reader.fill_rows(rule.name, rows, selected_at)
+                filled, skipped, bypassed = reader.fill_rows(rule.name, rows, selected_at, epoch)
                 if bypassed.get("slow") and size > 1:
                     size = max(1, size // 2)  # the chunk took longer than half the hold-off: smaller, again
                     continue

@@ -597,3 +597,80 @@ def test_async_reader_hits_in_the_window_too(
         await reader.close()
 
     asyncio.run(scenario())
+
+
+def test_a_get_row_fill_is_refused_when_the_schema_epoch_moved_while_it_loaded(
+    start_worker: StartWorker, make_reader: Callable[..., CacheReader], db: str, schema: None, r: redis.Redis
+) -> None:
+    """The row was normalized with column info read at the lease's schema epoch; the epoch moves (the worker
+    marked the table flushing, as after DDL) before the fill: nothing is filled, and the next read fills."""
+    start_worker(_tables(db), extra=READER_DEFAULTS)
+    _heartbeat(r)
+    reader = make_reader()
+    gated = GatedLoader(reader.config.mysql, 2)
+    reader.row_loader = gated
+    t, out = _in_thread(lambda: reader.get_row(f"{db}.users", id=1))
+    assert gated.loaded.wait(30)
+    r.incr(f"cdc:schema:{db}.users")
+    gated.release.set()
+    t.join(30)
+    assert out == [{"id": 1, "name": "old"}]
+    assert reader.stats["fill:schema_changed"] == 1
+    assert r.get("user:1") is None
+    assert reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "old"}
+    assert r.get("user:1") is not None, "column info read again at the new epoch: filled"
+
+
+def test_async_fetch_after_a_collation_alter_never_fills_a_precise_tag(
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    """AsyncCacheReader: a lookup remembered with utf8mb4_bin column info is refused after the ALTER to a _ci
+    collation (bypass schema_changed); the next fetch reads the info again and widens to the table's tag."""
+    import asyncio
+
+    from cdc_sync import AsyncCacheReader
+
+    with sql.cursor() as cur:
+        cur.execute("CREATE TABLE codes (id INT PRIMARY KEY, code VARCHAR(10) COLLATE utf8mb4_bin, amount INT)")
+        cur.execute("INSERT INTO codes VALUES (1, 'x', 5)")
+    rule = f'[[tables]]\ntable = "{db}.codes"\ntags = ["code"]\n'
+    w = start_worker(rule, extra="[reader]\nholdoff_ms = 200\nmax_staleness_ms = 60000\nfreshness_check_ms = 0\n")
+    _heartbeat(r)
+    dep = [(f"{db}.codes", {"code": "X"})]
+
+    def amounts() -> list[int]:
+        with sql.cursor() as cur:
+            cur.execute("SELECT amount FROM codes WHERE code = 'X'")
+            return [int(row[0]) for row in cur.fetchall()]
+
+    def run(*statements: str) -> None:
+        with sql.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+        wait_caught_up(r, sql, mysql_server.flavor, w)
+
+    async def scenario() -> None:
+        reader = AsyncCacheReader(load(tmp_path / "w.toml"))
+        try:
+            assert await reader.fetch("codes:X", amounts, ttl=600, depends_on=dep) == []
+            assert r.sismember(f"cdc:tag:{db}.codes:code=X", "codes:X")
+            await asyncio.to_thread(run, "ALTER TABLE codes MODIFY code VARCHAR(10) COLLATE utf8mb4_general_ci")
+            await asyncio.to_thread(
+                wait_for, lambda: not r.exists(f"cdc:flushing:{db}.codes"), 10, "the flush's hold-off to end"
+            )
+            assert await reader.fetch("codes:X", amounts, ttl=600, depends_on=dep) == [5]
+            assert reader.stats["bypass:schema_changed"] == 1
+            assert await reader.fetch("codes:X", amounts, ttl=600, depends_on=dep) == [5]
+            assert r.sismember(f"cdc:tag:{db}.codes", "codes:X"), "widened: a _ci value is not canonical"
+            await asyncio.to_thread(run, "UPDATE codes SET amount = 9 WHERE id = 1")
+            await asyncio.sleep(0.3)
+            assert await reader.fetch("codes:X", amounts, ttl=600, depends_on=dep) == [9]
+        finally:
+            await reader.close()
+
+    asyncio.run(scenario())

@@ -123,7 +123,6 @@ def test_absence_under_a_pad_space_bin_key_survives_the_insert_of_the_row_it_mat
     )
 
 
-@pytest.mark.xfail(strict=True, reason="second review finding not fixed yet")
 def test_a_collation_alter_leaves_precise_tags_on_a_case_insensitive_column_until_the_ttl(
     start_worker: StartWorker,
     mysql_server: MySQLTarget,

@@ -262,7 +262,7 @@ def test_fetch_lookup_deduplicates(base: _ReaderBase) -> None:
 
 
 def test_lookup_args_key_layout() -> None:
-    """KEYS: key, heartbeat, hold-off, lease, rules, flushing markers, tag hold-offs, tag sets."""
+    """KEYS: key, heartbeat, hold-off, lease, rules, flushing markers, tag hold-offs, tag sets, schema epochs."""
     lookup = _lookup(key="r", tables=("s.a", "s.b"), tags=("s.a", "s.b:x=1"))
     keys, _ = lookup.lookup_args(NS, ReaderConfig(), "tok")
     assert keys == [
@@ -277,15 +277,30 @@ def test_lookup_args_key_layout() -> None:
         "cdc:tinv:s.b:x=1",
         "cdc:tag:s.a",
         "cdc:tag:s.b:x=1",
+        "cdc:schema:s.a",
+        "cdc:schema:s.b",
     ]
 
 
 def test_lookup_args_argv_layout() -> None:
-    """ARGV: staleness, lease ttl, token, nflush, fmt, tag ttl (ttl + lease ttl), ntags, (table, rule digest)s."""
-    lookup = _lookup(tables=("s.a", "s.b"), tags=("s.a",), ttl_ms=60_000)
+    """ARGV: staleness, lease ttl, token, nflush, fmt, tag ttl (ttl + lease ttl), ntags, (table, rule digest)s,
+    then the schema epoch of each table ('' where no column info was used)."""
+    lookup = _lookup(tables=("s.a", "s.b"), tags=("s.a",), ttl_ms=60_000, epochs=("", "7"))
     cfg = ReaderConfig(max_staleness_ms=4000, lease_ttl_ms=2500)
     _, args = lookup.lookup_args(NS, cfg, "tok")
-    assert args == [4000, 2500, "tok", 2, "j", 62_500, 1, "s.a", "sha-s.a", "s.b", "sha-s.b"]
+    assert args == [4000, 2500, "tok", 2, "j", 62_500, 1, "s.a", "sha-s.a", "s.b", "sha-s.b", "", "7"]
+
+
+def test_lookup_args_without_epochs_compare_none() -> None:
+    """A lookup that used no column info sends '' for every table: the scripts compare nothing."""
+    _, args = _lookup(tables=("s.a", "s.b")).lookup_args(NS, ReaderConfig(), "tok")
+    assert args[-2:] == ["", ""]
+
+
+def test_lookup_args_need_an_epoch_per_table() -> None:
+    """Epochs are per table: a lookup with another count of them cannot be sent."""
+    with pytest.raises(ValueError, match="schema epochs"):
+        _lookup(tables=("s.a", "s.b"), epochs=("1",)).lookup_args(NS, ReaderConfig(), "tok")
 
 
 def test_lookup_args_need_a_digest_per_table() -> None:
@@ -297,24 +312,39 @@ def test_lookup_args_need_a_digest_per_table() -> None:
 def test_lookup_args_tag_ttl_zero_without_ttl() -> None:
     """A lookup without TTL gives tag ttl 0 (the tag sets never expire)."""
     _, args = _lookup(ttl_ms=0, tags=("s.a",), fmt="h").lookup_args(NS, ReaderConfig(lease_ttl_ms=2500), "tok")
-    assert args[4:] == ["h", 0, 1, "shop.users", "sha-shop.users"]
+    assert args[4:] == ["h", 0, 1, "shop.users", "sha-shop.users", ""]
 
 
 def test_lookup_args_counts_match_keys() -> None:
-    """5 fixed keys + nflush + 2 * ntags keys, as the script expects."""
+    """5 fixed keys + 2 * nflush + 2 * ntags keys, as the script expects."""
     lookup = _lookup(tables=("a.b", "c.d", "e.f"), tags=("a.b", "c.d:x=1"))
     keys, args = lookup.lookup_args(NS, ReaderConfig(), "tok")
     nflush, ntags = args[3], args[6]
     assert isinstance(nflush, int) and isinstance(ntags, int)
-    assert len(keys) == 5 + nflush + 2 * ntags
-    assert len(args) == 7 + 2 * nflush
+    assert len(keys) == 5 + 2 * nflush + 2 * ntags
+    assert len(args) == 7 + 3 * nflush
 
 
 def test_fill_args_json_layout() -> None:
-    """Fill KEYS: key, lease, rules, flushing markers; ARGV: token, fmt, ttl, ntables, (table, digest)s, value."""
-    keys, args = _lookup(key="k", tables=("s.a", "s.b")).fill_args(NS, "tok", 1234, b'{"a":1}')
-    assert keys == ["k", "cdc:lease:k", "cdc:rules", "cdc:flushing:s.a", "cdc:flushing:s.b"]
-    assert args == ["tok", "j", 1234, 2, "s.a", "sha-s.a", "s.b", "sha-s.b", b'{"a":1}']
+    """Fill KEYS: key, lease, rules, flushing markers, schema epochs; ARGV: token, fmt, ttl, ntables,
+    (table, digest)s, the lookup's epochs, value."""
+    keys, args = _lookup(key="k", tables=("s.a", "s.b"), epochs=("3", "")).fill_args(NS, "tok", 1234, b'{"a":1}')
+    assert keys == [
+        "k",
+        "cdc:lease:k",
+        "cdc:rules",
+        "cdc:flushing:s.a",
+        "cdc:flushing:s.b",
+        "cdc:schema:s.a",
+        "cdc:schema:s.b",
+    ]
+    assert args == ["tok", "j", 1234, 2, "s.a", "sha-s.a", "s.b", "sha-s.b", "3", "", b'{"a":1}']
+
+
+def test_fill_args_take_the_lease_epochs() -> None:
+    """The epochs a fill is checked against may be given (the lease reply's), replacing the lookup's."""
+    _, args = _lookup(key="k", tables=("s.a",), epochs=("3",)).fill_args(NS, "tok", 0, b"1", epochs=("4",))
+    assert args == ["tok", "j", 0, 1, "s.a", "sha-s.a", "4", b"1"]
 
 
 def test_fill_args_hash_payload_is_flattened() -> None:

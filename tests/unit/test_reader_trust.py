@@ -11,7 +11,7 @@ import pytest
 
 from cdc_sync.canonical import ColumnInfo
 from cdc_sync.config import rule_fingerprint
-from cdc_sync.lookup import TrustWindow, fetch_tags, row_refusal, rule_digest
+from cdc_sync.lookup import UNKNOWN_EPOCH, TrustWindow, epoch_of, fetch_tags, row_refusal, rule_digest
 from cdc_sync.readercore import _ReaderBase
 from tests.unit.factories import make_config
 
@@ -202,10 +202,44 @@ def test_fetch_lookups_are_remembered_per_arguments(base: _ReaderBase) -> None:
     deps: list[Any] = [("shop.orders", {"user_id": "05"})]
     cache_key, cached = base.cached_fetch_lookup("r", 10, deps)
     assert cached is None
-    built = base.fetch_lookup("r", 10, deps, info={"shop.orders": INFO}, cache_key=cache_key)
+    built = base.fetch_lookup(
+        "r", 10, deps, info={"shop.orders": INFO}, cache_key=cache_key, epochs={"shop.orders": "3"}
+    )
     assert base.cached_fetch_lookup("r", 10, deps) == (cache_key, built)
     _, other = base.cached_fetch_lookup("r", 10, [("shop.orders", {"user_id": 5.0})])
     assert other is None, "5.0 is another argument than '05'"
+
+
+def test_a_fetch_lookup_carries_the_epoch_its_column_info_was_read_at(base: _ReaderBase) -> None:
+    """The epoch of each column-dependency table goes with the lookup (compared by the scripts); a table
+    depended on only as a whole used no column info and compares none."""
+    deps: list[Any] = [("shop.orders", {"user_id": 5}), "shop.users"]
+    lookup = base.fetch_lookup("r", 10, deps, info={"shop.orders": INFO}, epochs={"shop.orders": "17"}).lookup
+    assert lookup.tables == ("shop.orders", "shop.users")
+    assert lookup.epochs == ("17", "")
+    assert base.fetch_lookup("r", 10, ["shop.users"]).lookup.epochs == ()
+
+
+def test_a_fetch_lookup_without_the_epoch_of_its_column_info_never_fills(base: _ReaderBase) -> None:
+    """Column info whose epoch is unknown gets UNKNOWN_EPOCH, which no stored epoch equals; not remembered."""
+    deps: list[Any] = [("shop.orders", {"user_id": 5})]
+    cache_key, _ = base.cached_fetch_lookup("r", 10, deps)
+    lookup = base.fetch_lookup("r", 10, deps, info={"shop.orders": INFO}, cache_key=cache_key).lookup
+    assert lookup.epochs == (UNKNOWN_EPOCH,)
+    assert base.cached_fetch_lookup("r", 10, deps)[1] is None
+
+
+@pytest.mark.parametrize(("raw", "epoch"), [(None, "0"), (b"12", "12"), ("7", "7"), (3, "3")])
+def test_epoch_of_reads_a_missing_epoch_as_zero(raw: object, epoch: str) -> None:
+    """A table never flushed has no epoch key: '0' on both sides (the scripts read it the same way)."""
+    assert epoch_of(raw) == epoch
+
+
+def test_epochs_read_marks_a_failed_read_unknown(base: _ReaderBase) -> None:
+    """An MGET that failed gives UNKNOWN_EPOCH (nothing filled); keys are <ns>:schema:<table>."""
+    assert base.epoch_keys(["shop.orders"]) == ["cdc:schema:shop.orders"]
+    assert base.epochs_read(["a.b", "c.d"], [None, b"5"]) == {"a.b": "0", "c.d": "5"}
+    assert base.epochs_read(["a.b"], None) == {"a.b": UNKNOWN_EPOCH}
 
 
 def test_lookups_built_without_column_info_are_not_remembered(base: _ReaderBase) -> None:
