@@ -346,3 +346,46 @@ def test_a_schema_epoch_repeats_after_redis_comes_back_from_an_older_snapshot(
     finally:
         reader.close()
         client.close()
+
+
+# ---- 4. doctor's key probes ------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason=FINDING)
+def test_a_redis_acl_that_allows_every_key_the_rule_renders_now_stops_the_worker(
+    tmp_path: Path,
+    mysql_server: MySQLTarget,
+    own_redis: tuple[LocalServer, RedisTarget],
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    workers: list[WorkerProcess],
+) -> None:
+    """The rule `user:{id}` over an INT id, and a Redis user confined to `~cdc:* ~user:[0-9]*` (every key the
+    worker and the readers use: ids render as digits). doctor now probes each template with the field value
+    "\\x00cdc-sync-doctor", i.e. the key `user:%00cdc-sync-doctor`, which the ACL refuses: redis.acl FAILs
+    (blocking) and `run`, which runs the doctor's blocking checks first, exits with a configuration error: a
+    deployment that synced fine before no longer starts. (Likewise a user with `-unlink` and `~*` is told that
+    its cached keys `user:*` are refused too.)
+
+    Correct: the probe uses a value the column can hold (or a refusal of the probe key alone is a WARN), and the
+    worker starts and syncs the row."""
+    _server, target = own_redis
+    admin = redis.Redis(host=target.host, port=target.port)
+    admin.execute_command("ACL", "SETUSER", "cdcw", "on", ">Review-Pw-3", "~cdc:*", "~user:[0-9]*", "+@all")
+    _exec(sql, "CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(20))")
+    cfg = write_config(
+        tmp_path / "w.toml", mysql_server, target, f'[[tables]]\ntable = "{db}.users"\nkey = "user:{{id}}"\n'
+    )
+    cfg.write_text(cfg.read_text().replace(target.url, f"redis://cdcw:Review-Pw-3@{target.host}:{target.port}/0"))
+    w = WorkerProcess(cfg, tmp_path / "w.log").start()
+    workers.append(w)
+    try:
+        wait_for(lambda: "source.connecting" in w.event_names() or not w.alive(), 60, "worker start-up")
+        started = w.alive()
+        if started:
+            _exec(sql, "INSERT INTO users VALUES (5, 'e')")
+            wait_for(lambda: admin.get("user:5") is not None or not w.alive(), 30, "user:5 written")
+        errors = [e for e in w.events() if e.get("event") == "worker.config_error"]
+        assert started and admin.get("user:5") is not None, f"worker alive: {w.alive()}; config errors: {errors}"
+    finally:
+        admin.close()
