@@ -44,7 +44,7 @@ _SAFE_BYTES = frozenset(range(0x21, 0x7F)) - {ord(c) for c in "%:{}"}
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 # One rendered value: characters escape() keeps, or %XX escapes; never ':', '{', '}', '%', space, control chars.
 _PERCENT = re.compile(r"%([0-9A-F]{2})")
-_VALUE_RE = r"(?:[^:{}% \x00-\x1f\x7f]|%[0-9A-F]{2})+"
+_VALUE_RE = r"(?:[^:{}% \x00-\x1f\x7f]|%[0-9A-F]{2})*"  # (the empty text too: a field renders it)
 
 
 def escape(value: object) -> str:

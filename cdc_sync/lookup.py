@@ -17,8 +17,8 @@ and tags. A reader reads the epoch *before* it reads the column info and keeps t
 compare the epoch of every table whose column info a lookup used with the current one: a lease is refused
 (bypass ``schema_changed``) and so is a fill (``FILL_SCHEMA_CHANGED``). A fill that lands before the bump is
 evicted by the flush that follows it (its key joined its tags at the lease). A missing epoch is ``'0'`` on
-both sides; a new epoch key starts at Redis's clock in microseconds, not at 1, so a namespace emptied and
-written again never shows a reader an epoch it saw before a DDL.
+both sides; every bump sets Redis's clock in microseconds (or one past the epoch, if that is later), not a
+count, so a namespace emptied, or restored from an older snapshot, never shows a reader an epoch it saw before.
 """
 
 from __future__ import annotations

@@ -127,8 +127,9 @@ return n
 # The hold-off after a flush: the flush evicted keys whose newest commit a reader's SELECT may not see yet (the
 # binlog event can arrive before the commit is visible), so readers do not fill for that long.
 # hold and mark also bump each table's schema epoch <ns>:schema:<table> (lookup.py): a flush may stand for a DDL
-# (or a jump past one), so readers' column info read before it no longer fills. A new epoch starts at Redis's
-# clock in microseconds: an emptied namespace never repeats an epoch a reader may have seen before.
+# (or a jump past one), so readers' column info read before it no longer fills. Each bump goes to Redis's clock in
+# microseconds, or one past the epoch if that is later: an emptied namespace, or one restored from an older
+# snapshot, never repeats an epoch a reader may have seen before.
 FLUSH_STEP_LUA = r"""
 if ARGV[2] ~= '' and redis.call('GET', ARGV[1] .. ':leader') ~= ARGV[2] then return -1 end
 if ARGV[5] ~= '' and redis.call('GET', ARGV[1] .. ':operator') ~= ARGV[5] then return -2 end
@@ -138,10 +139,11 @@ local prefix = ARGV[1] .. ':flushing:'
 for _, k in ipairs(KEYS) do
   if (op == 'hold' or op == 'mark') and string.sub(k, 1, #prefix) == prefix then
     local epoch = ARGV[1] .. ':schema:' .. string.sub(k, #prefix + 1)
-    if redis.call('INCR', epoch) == 1 then
-      local t = redis.call('TIME')
-      redis.call('SET', epoch, t[1] .. string.format('%06d', tonumber(t[2])))
-    end
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    local next = (tonumber(redis.call('GET', epoch) or '0') or 0) + 1
+    if next < now then next = now end
+    redis.call('SET', epoch, string.format('%.0f', next))
   end
   local held = redis.call('PTTL', k) == -1
   if op == 'hold' then

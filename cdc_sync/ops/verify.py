@@ -32,6 +32,7 @@ import math
 import operator
 import re
 import struct
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -134,7 +135,7 @@ class _Rows:
             )
             self._kinds[table] = {str(r["c"]): str(r["t"]).lower() for r in rows}
             self._members[table] = {
-                str(r["c"]): [m.replace("''", "'") for m in _MEMBER.findall(str(r["ct"]))]
+                str(r["c"]): [_unescape_member(m) for m in _MEMBER.findall(str(r["ct"]))]
                 for r in rows
                 if str(r["t"]).lower() == "set"
             }
@@ -188,9 +189,13 @@ class _Rows:
         schema, _, name = table.partition(".")
         source = f"{_escaped(_quote(schema))}.{_escaped(_quote(name))}"
         conditions = [_condition(columns, tup) for tup in values]
-        probes = ", ".join(f"EXISTS(SELECT 1 FROM {source} WHERE {c})" for c, _ in conditions)  # noqa: S608
+        # (named: MariaDB names a column by its expression cut to 256 characters, so long ones may coincide)
+        probes = ", ".join(
+            f"EXISTS(SELECT 1 FROM {source} WHERE {c}) AS e{i}"  # noqa: S608
+            for i, (c, _) in enumerate(conditions)
+        )
         row = self._run(f"SELECT {probes}", [a for _, tup_args in conditions for a in tup_args])
-        return [bool(v) for v in (row[0].values() if row else [])]
+        return [bool(row[0][f"e{i}"]) for i in range(len(values))] if row else [False] * len(values)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -316,8 +321,9 @@ class _Checker:
         if kind in _BINARY:
             return _latin1
         if kind == "set":  # the worker sorts the members by name; MySQL compares a set by its own spelling
-            order = {m.lower(): i for i, m in enumerate(self.rows.members(self.rule.name, column))}
-            return lambda text: ",".join(sorted(text.split(","), key=lambda m: order.get(m.lower(), len(order))))
+            # (members as defined, exactly: the binlog names them so, and a _bin set may hold 'a' and 'A')
+            order = {m: i for i, m in enumerate(self.rows.members(self.rule.name, column))}
+            return lambda text: ",".join(sorted(text.split(","), key=lambda m: order.get(m, len(order))))
         if kind == "float":
             return _float32_between
         return _int_or_text if kind in _INTEGER else str
@@ -329,7 +335,16 @@ class _Checker:
 
 
 _PERCENT = re.compile(r"%([0-9A-F]{2})")
-_MEMBER = re.compile(r"'((?:[^']|'')*)'")  # one member of a COLUMN_TYPE "set('a','b')", quotes doubled
+# One member of a COLUMN_TYPE "set('a','b')": a quote doubled, a backslash and \0 \n \r \Z escaped by one
+_MEMBER = re.compile(r"'((?:[^'\\]|''|\\.)*)'", re.S)
+_MEMBER_ESCAPE = re.compile(r"''|\\(.)", re.S)
+_MEMBER_CHARS = {"0": "\0", "n": "\n", "r": "\r", "Z": "\x1a"}
+
+
+def _unescape_member(text: str) -> str:
+    return _MEMBER_ESCAPE.sub(lambda e: "'" if e.group(1) is None else _MEMBER_CHARS.get(e.group(1), e.group(1)), text)
+
+
 Item = tuple[str, tuple[object, ...]]  # a key, and the query values it holds
 _VALUES = operator.itemgetter(1)
 _MATCHERS: dict[KeyTemplate, Callable[[str], re.Match[str] | None]] = {}
@@ -361,11 +376,13 @@ def _float32_between(text: str) -> object:
 
 
 def _next_float32(value: float, *, up: bool) -> float:
+    """The next float32 up or down; past the largest float32, the largest double (MySQL takes no infinity)."""
     if value == 0:
         return _TINY_FLOAT32 if up else -_TINY_FLOAT32
     bits = struct.unpack("<I", struct.pack("<f", value))[0]
     bits += 1 if (value > 0) == up else -1  # a float32's bit pattern orders its magnitude
-    return float(struct.unpack("<f", struct.pack("<I", bits))[0])
+    out = float(struct.unpack("<f", struct.pack("<I", bits))[0])
+    return out if math.isfinite(out) else math.copysign(sys.float_info.max, out)
 
 
 _TINY_FLOAT32 = float(struct.unpack("<f", struct.pack("<I", 1))[0])

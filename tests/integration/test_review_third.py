@@ -29,7 +29,6 @@ from tests.helpers import WorkerProcess, connect, wait_caught_up, wait_for, writ
 from tests.integration.conftest import StartWorker
 from tests.servers import MySQLTarget, RedisTarget
 
-FINDING = "third review finding not fixed yet"
 READER = "[reader]\nholdoff_ms = 0\nmax_staleness_ms = 60000\nfreshness_check_ms = 0\n"
 
 
@@ -92,7 +91,6 @@ def _divergent(data: dict[str, Any] | None) -> list[dict[str, Any]]:
 # ---- 1. fetch keys a rule renders ----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=FINDING)
 def test_a_fetch_key_a_template_renders_for_an_empty_value_is_not_refused(
     start_worker: StartWorker,
     mysql_server: MySQLTarget,
@@ -129,10 +127,42 @@ def test_a_fetch_key_a_template_renders_for_an_empty_value_is_not_refused(
     )
 
 
+def test_a_flush_deletes_the_key_an_empty_value_renders(
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    tmp_path: Path,
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+) -> None:
+    """(Found while fixing the finding above.) A flush SCANs the template's glob and keeps only the keys
+    `KeyTemplate.matches` accepts, which took no empty field value: `code:`, the key of the row whose code is '',
+    survived every wholesale flush (DDL, TRUNCATE, `cdc-sync flush`) with the old row.
+
+    Correct: the flush deletes it."""
+    table = f"{db}.codes"
+    _exec(
+        sql,
+        "CREATE TABLE codes (id INT PRIMARY KEY, code VARCHAR(20) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin UNIQUE, "
+        "v VARCHAR(10))",
+        "INSERT INTO codes VALUES (1, '', 'old')",
+    )
+    w = start_worker(f'[[tables]]\ntable = "{table}"\nkey = "code:{{code}}"\nmode = "update"\n')
+    _exec(sql, "UPDATE codes SET v = 'cached' WHERE id = 1")
+    wait_caught_up(r, sql, mysql_server.flavor, w)
+    assert json.loads(r.get("code:") or b"{}") == {"id": 1, "code": "", "v": "cached"}
+    assert _cli(tmp_path / "w.toml", "flush", table).returncode == 0
+    assert r.get("code:") is None, "the flush left the empty value's key"
+
+
 # ---- 2. verify: FLOAT and SET fields, cached absences -----------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=FINDING)
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 17 (one encoding per value): SELECT prints FLOAT with 6 digits, the worker the shortest float32; "
+    "the crash on the infinite neighbour is fixed",
+)
 def test_verify_on_a_float_key_at_the_float32_limit_fails_instead_of_checking_it(
     start_worker: StartWorker,
     mysql_server: MySQLTarget,
@@ -164,7 +194,6 @@ def test_verify_on_a_float_key_at_the_float32_limit_fails_instead_of_checking_it
     )
 
 
-@pytest.mark.xfail(strict=True, reason=FINDING)
 @pytest.mark.parametrize(
     ("column", "value"),
     [
@@ -206,7 +235,6 @@ def test_verify_reports_a_consistent_set_key_as_an_orphan(
     )
 
 
-@pytest.mark.xfail(strict=True, reason=FINDING)
 def test_verify_crashes_on_three_cached_absences_of_long_urls(
     start_worker: StartWorker,
     mysql_server: MySQLTarget,
@@ -272,7 +300,6 @@ def _start_on(
     return w
 
 
-@pytest.mark.xfail(strict=True, reason=FINDING)
 def test_a_schema_epoch_repeats_after_redis_comes_back_from_an_older_snapshot(
     tmp_path: Path,
     mysql_server: MySQLTarget,
@@ -330,7 +357,7 @@ def test_a_schema_epoch_repeats_after_redis_comes_back_from_an_older_snapshot(
                 break
             _exec(sql, f"ALTER TABLE codes COMMENT = 'n{n}'")
         now = client.get(epoch_key)
-        assert now == seen, "the worker's DDL flushes bring the epoch back to one the reader saw"
+        assert now != seen, "the worker's DDL flushes bring the epoch back to one the reader saw"
         for _ in range(2):  # (the first call after the restart may find its connection gone: a bypass)
             reader.get_row(table, code="A")
         cached_a = client.get("code:A")
@@ -351,7 +378,6 @@ def test_a_schema_epoch_repeats_after_redis_comes_back_from_an_older_snapshot(
 # ---- 4. doctor's key probes ------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=FINDING)
 def test_a_redis_acl_that_allows_every_key_the_rule_renders_now_stops_the_worker(
     tmp_path: Path,
     mysql_server: MySQLTarget,
@@ -374,7 +400,10 @@ def test_a_redis_acl_that_allows_every_key_the_rule_renders_now_stops_the_worker
     admin.execute_command("ACL", "SETUSER", "cdcw", "on", ">Review-Pw-3", "~cdc:*", "~user:[0-9]*", "+@all")
     _exec(sql, "CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(20))")
     cfg = write_config(
-        tmp_path / "w.toml", mysql_server, target, f'[[tables]]\ntable = "{db}.users"\nkey = "user:{{id}}"\n'
+        tmp_path / "w.toml",
+        mysql_server,
+        target,
+        f'[[tables]]\ntable = "{db}.users"\nkey = "user:{{id}}"\nmode = "update"\n',
     )
     cfg.write_text(cfg.read_text().replace(target.url, f"redis://cdcw:Review-Pw-3@{target.host}:{target.port}/0"))
     w = WorkerProcess(cfg, tmp_path / "w.log").start()

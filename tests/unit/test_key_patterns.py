@@ -12,11 +12,13 @@ def t(source: str) -> KeyTemplate:
 
 
 def test_matches_exactly_what_the_template_renders() -> None:
-    """user:{id} matches user:5 and escaped values, not user:email:x nor user: nor other prefixes."""
+    """user:{id} matches user:5, escaped values and user: (what an empty text renders: flushes must find it),
+    not user:email:x nor other prefixes."""
     tpl = t("user:{id}")
     assert tpl.matches("user:5") and tpl.matches("user:a%3Ab") and tpl.matches(tpl.render({"id": "x:{y} z"}) or "")
     assert not tpl.matches("user:email:x")
-    assert not tpl.matches("user:")
+    assert tpl.matches("user:") and tpl.render({"id": ""}) == "user:"
+    assert t("a:{x}:{y}").parse_key("a::") == {"x": "", "y": ""}
     assert not tpl.matches("users:5")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 
 from cdc_sync.ops.verify import _Between, _condition, _float32_between
@@ -12,7 +13,7 @@ def _f32(x: float) -> float:
 
 
 def test_a_float_field_is_the_range_around_its_float32_only() -> None:
-    for text in ("1.1", "-1.1", "3.4028235e38", "1e-40", "0.1", "-0.0", "0"):
+    for text in ("1.1", "-1.1", "3.4028e38", "1e-40", "0.1", "-0.0", "0"):
         got = _float32_between(text)
         assert isinstance(got, _Between), text
         stored = _f32(float(text))
@@ -32,3 +33,10 @@ def test_a_condition_doubles_a_percent_in_a_name_and_ranges_a_between() -> None:
     sql, args = _condition(["a%b", "w"], ("x", _Between(1.0, 2.0)))
     assert sql == "(`a%%b` = %s AND `w` > %s AND `w` < %s)"
     assert args == ["x", 1.0, 2.0]
+
+
+def test_the_largest_float32_has_a_finite_range_mysql_can_take() -> None:
+    for text in ("3.4028235e38", "-3.4028235e38"):
+        got = _float32_between(text)
+        assert isinstance(got, _Between)
+        assert math.isfinite(got.low) and math.isfinite(got.high) and got.low < float(text) < got.high
