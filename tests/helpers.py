@@ -194,3 +194,50 @@ def wait_caught_up(
 
     wait_for(done, timeout, f"checkpoint {target}")
     return target
+
+
+def cli(cfg: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python -m cdc_sync ARGS --config CFG``, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "cdc_sync", *args, "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def execute(conn: pymysql.Connection, *statements: str) -> None:  # type: ignore[type-arg]
+    with conn.cursor() as cur:
+        for s in statements:
+            cur.execute(s)
+
+
+def query_rows(conn: pymysql.Connection, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:  # type: ignore[type-arg]
+    with conn.cursor() as cur:
+        cur.execute(sql, args)
+        return [tuple(r) for r in cur.fetchall()]
+
+
+def wait_heartbeat(r: redis.Redis, namespace: str = "cdc") -> None:
+    wait_for(lambda: r.get(f"{namespace}:heartbeat") is not None, 30, "the worker's first heartbeat")
+
+
+def start_on(
+    tmp_path: Path,
+    mysql: MySQLTarget,
+    redis_t: RedisTarget,
+    tables: str,
+    workers: list[WorkerProcess],
+    name: str = "w",
+    **kwargs: Any,
+) -> WorkerProcess:
+    """A worker on tmp_path/<name>.toml for these servers, started and caught up."""
+    cfg = write_config(tmp_path / f"{name}.toml", mysql, redis_t, tables, **kwargs)
+    w = WorkerProcess(cfg, tmp_path / f"{name}.log").start()
+    workers.append(w)
+    wait_for(lambda: "source.connecting" in w.event_names() or not w.alive(), 60, "worker start-up")
+    client = redis.Redis(host=redis_t.host, port=redis_t.port, db=redis_t.db)
+    with connect(mysql) as conn:
+        wait_caught_up(client, conn, mysql.flavor, w)
+    client.close()
+    return w

@@ -1,14 +1,20 @@
-"""Shared fixture for end-to-end tests: start a worker for a [[tables]] snippet and wait until ready."""
+"""Shared fixtures for end-to-end tests: start a worker for a [[tables]] snippet and wait until ready; readers on
+its config; a Redis server of the test's own."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
+from cdc_sync import CacheReader
+from cdc_sync.config import load
+from cdc_sync.devservers import LocalServer, start_redis
+from cdc_sync.mysql import RowLoader
 from tests.helpers import WorkerProcess, connect, wait_caught_up, wait_for, write_config
 from tests.servers import MySQLTarget, RedisTarget
 
@@ -39,3 +45,32 @@ def start_worker(
         return w
 
     return start
+
+
+@pytest.fixture
+def reader_for(tmp_path: Path) -> Iterator[Callable[..., CacheReader]]:
+    """reader_for(config name, loader=None, **reader overrides): a CacheReader on tmp_path/<name>.toml, closed at
+    the end."""
+    made: list[CacheReader] = []
+
+    def make(name: str = "w", loader: RowLoader | None = None, **overrides: Any) -> CacheReader:
+        cfg = load(tmp_path / f"{name}.toml")
+        if overrides:
+            cfg = replace(cfg, reader=replace(cfg.reader, **overrides))
+        reader = CacheReader(cfg, loader=loader)
+        made.append(reader)
+        return reader
+
+    yield make
+    for reader in made:
+        reader.close()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[tuple[LocalServer, RedisTarget]]:
+    """A Redis server of the test's own (to restart, reconfigure or snapshot)."""
+    server = start_redis()
+    try:
+        yield server, RedisTarget("127.0.0.1", server.port)
+    finally:
+        server.stop()

@@ -10,7 +10,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -24,7 +24,7 @@ from structlog.testing import capture_logs
 from cdc_sync import AsyncCacheReader, CacheReader
 from cdc_sync.config import Config, from_dict, load, rule_fingerprint
 from cdc_sync.mysql import RowLoader
-from tests.helpers import wait_caught_up, wait_for, write_config
+from tests.helpers import wait_caught_up, wait_for, wait_heartbeat, write_config
 from tests.integration.conftest import StartWorker
 from tests.integration.test_reader import GatedLoader
 from tests.servers import MySQLTarget, RedisTarget
@@ -58,28 +58,6 @@ def tables(sql: pymysql.Connection) -> None:  # type: ignore[type-arg]
         cur.execute("INSERT INTO orders VALUES (1, 'abc', 5.00, 'x '), (2, 'def', 6.00, 'y')")
 
 
-@pytest.fixture
-def reader_for(tmp_path: Path) -> Iterator[Callable[..., CacheReader]]:
-    """reader_for(config name, **reader overrides): a CacheReader on that TOML, closed at the end."""
-    readers: list[CacheReader] = []
-
-    def make(name: str = "w", loader: RowLoader | None = None, **overrides: Any) -> CacheReader:
-        cfg = load(tmp_path / f"{name}.toml")
-        if overrides:
-            cfg = replace(cfg, reader=replace(cfg.reader, **overrides))
-        reader = CacheReader(cfg, loader=loader)
-        readers.append(reader)
-        return reader
-
-    yield make
-    for reader in readers:
-        reader.close()
-
-
-def _wait_heartbeat(r: redis.Redis) -> None:
-    wait_for(lambda: r.get("cdc:heartbeat") is not None, 30, "the worker's first heartbeat")
-
-
 def _change(sql: Any, mysql_server: MySQLTarget, r: redis.Redis, w: Any, statement: str) -> None:
     with sql.cursor() as cur:
         cur.execute(statement)
@@ -109,7 +87,7 @@ def test_get_row_never_fills_a_key_the_worker_does_not_render(
     """id='05', id=5.0, email='A@X' (_ci) and email='a@x ' (PAD SPACE) load the row id=5 but fill nothing;
     Decimal('5') renders user:5 and fills it. After an UPDATE no spelling ever returns the old row."""
     w = start_worker(users_rule(db), extra=READER)
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
     reader = reader_for()
     with capture_logs() as logs:
         for where, key in NONCANONICAL:
@@ -142,7 +120,7 @@ def test_absence_is_cached_only_under_canonical_keys(
     """negative_ttl: "absent" is cached for id=9 (the insert evicts user:9) but not for id='09', nor for an
     email on a _ci column, whose later insert as 'b@x' would never evict user:email:B@X."""
     w = start_worker(users_rule(db), extra=READER)
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
     reader = reader_for(negative_ttl=600)
     for where in ({"id": 9}, {"id": "09"}, {"email": "B@X"}, {"email": "b@x"}):
         assert reader.get_row(f"{db}.users", **where) is None
@@ -167,7 +145,7 @@ def test_fetch_dependencies_render_as_the_worker_renders_the_row(
     depends on amount=5.00; code='x' on a _bin column depends on the stored 'x ' (PAD SPACE). A change of the
     matching row evicts each result; the precise ones survive a change of another row."""
     w = start_worker(users_rule(db) + orders_rule(db), extra=READER)
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
     reader = reader_for()
     orders = f"{db}.orders"
     deps: dict[str, Any] = {
@@ -225,7 +203,7 @@ def test_canonical_values_render_the_workers_tags_for_every_type(
         cur.execute(f"INSERT INTO typed VALUES {TYPED_ROW}, (2, 1, 1, 1, 'q', 0x01, '2020-01-01', NULL, 'x', 'n')")
     tags = ", ".join(f'"{c}"' for c in CALLER_VALUES)
     w = start_worker(f'[[tables]]\ntable = "{db}.typed"\ntags = [{tags}]\n', extra=READER)
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
     reader = reader_for()
     for col, value in CALLER_VALUES.items():
         reader.fetch(f"by-{col}", lambda: 1, ttl=600, depends_on=[(f"{db}.typed", {col: value})])
@@ -250,7 +228,7 @@ def test_dependencies_follow_a_collation_change(
     flushes the table; a reader that sees it flushing reads the column info again) the same dependency widens,
     so a change of the row 'x ', which 'X' now matches, evicts the result."""
     w = start_worker(users_rule(db) + orders_rule(db), extra=READER)
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
     reader = reader_for()
     orders = f"{db}.orders"
     dep = [(orders, {"code": "X"})]
@@ -280,7 +258,7 @@ def test_async_reader_keys_and_tags_come_from_the_database(
 ) -> None:
     """AsyncCacheReader: a non-canonical get_row fills nothing and a _ci dependency is widened."""
     w = start_worker(users_rule(db) + orders_rule(db), extra=READER)
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
 
     async def scenario() -> None:
         reader = AsyncCacheReader(load(tmp_path / "w.toml"))
@@ -331,7 +309,7 @@ def test_window_ends_when_the_heartbeat_goes_back(
     snapshot (older value, checkpoint and heartbeat): the next read sees the heartbeat below the window's
     and checks; the stale snapshot is bypassed and the new row read."""
     w = start_worker(users_rule(db, f'format = "{fmt}"', mode="update"), extra=READER)
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
     reader = reader_for(freshness_check_ms=60000)
     assert reader.get_row(f"{db}.users", id=5)["name"] == "old"  # type: ignore[index]
     snapshot_value = r.dump("user:5")
@@ -359,7 +337,7 @@ def test_window_ends_when_the_heartbeat_vanishes_and_on_any_bypass(
     """A heartbeat deleted (the checkpoint moved by hand, an emptied Redis) ends the window at the next
     read; so does any bypass reply."""
     w = start_worker(users_rule(db), extra=READER)
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
     reader = reader_for(freshness_check_ms=60000)
     reader.get_row(f"{db}.users", id=5)
     assert reader.get_row(f"{db}.users", id=5)["name"] == "old"  # type: ignore[index]
@@ -387,7 +365,7 @@ def test_async_window_ends_when_the_heartbeat_goes_back(
 ) -> None:
     """AsyncCacheReader: the same rollback is noticed inside the window."""
     w = start_worker(users_rule(db, mode="update"), extra=READER)
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
     cfg = load(tmp_path / "w.toml")
     cfg = replace(cfg, reader=replace(cfg.reader, freshness_check_ms=60000))
 
@@ -428,7 +406,7 @@ def test_reader_with_another_exclude_never_caches_the_excluded_column(
     """The worker excludes password_hash, an app's reader excludes nothing: its misses read MySQL and fill
     nothing (rule_mismatch), its hits serve the worker's values, and password_hash never reaches Redis."""
     w = start_worker(users_rule(db, 'exclude = ["password_hash"]', mode="update"), extra=READER)
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
     _reader_config(tmp_path, mysql_server, redis_server, users_rule(db, mode="update"))
     reader = reader_for("app")
     with capture_logs() as logs:
@@ -455,7 +433,7 @@ def test_reader_with_another_also_template_never_fills(
     """A reader whose also template differs from the running worker's fills neither that key nor the
     shared key template (both belong to a rule the worker does not run), nor through warm (fill_rows)."""
     start_worker(users_rule(db), extra=READER)
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
     other = users_rule(db).replace("user:email:{email}", "user:mail:{email}")
     _reader_config(tmp_path, mysql_server, redis_server, other)
     reader = reader_for("app")
@@ -481,7 +459,7 @@ def test_fill_racing_a_rule_change_is_refused(
     """A reader takes the lease under the worker's rule; before it fills, a worker with another rule has
     recorded it in <ns>:rules (after its flush): the fill is refused, and so is the next lease."""
     start_worker(users_rule(db), extra=READER)
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
     reader = reader_for()
     gated = GatedLoader(reader.config.mysql, 2)
     reader.row_loader = gated
@@ -512,10 +490,10 @@ def test_readers_fill_again_after_redis_lost_everything(
     """Redis emptied (restarted without its data) under a running worker: once the worker has noticed (its
     next change finds no checkpoint) and flushed, it records its rules again, and readers fill again."""
     w = start_worker(users_rule(db), extra=READER)
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
     r.flushdb()
     _change(sql, mysql_server, r, w, "UPDATE users SET name = 'new' WHERE id = 5")
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
     reader = reader_for()
     assert reader.get_row(f"{db}.users", id=5)["name"] == "new"  # type: ignore[index]
     assert r.exists("user:5") == 1 and reader.stats["fill:stored"] == 1
@@ -538,7 +516,7 @@ def test_async_reader_refuses_to_fill_under_another_rule(
 ) -> None:
     """AsyncCacheReader: the same rule check (the worker excludes password_hash, the reader does not)."""
     start_worker(users_rule(db, 'exclude = ["password_hash"]'), extra=READER)
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
     _reader_config(tmp_path, mysql_server, redis_server, users_rule(db))
 
     async def scenario() -> None:
@@ -565,7 +543,7 @@ def test_forked_reader_uses_new_tokens_and_its_own_connections(
     """A reader shared across os.fork(): the child's lease tokens differ from the parent's, its loads run on
     its own MySQL connection, and closing the child's reader leaves the parent's pool working."""
     w = start_worker(users_rule(db), extra=READER)
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
     _change(sql, mysql_server, r, w, "INSERT INTO users VALUES (6, 'b@x', 'six', 'h'), (7, 'c@x', 'seven', 'h')")
     reader = reader_for()
     reader.get_row(f"{db}.users", id=5)  # the pool now holds an open connection
@@ -606,7 +584,7 @@ def test_forked_async_reader_uses_new_tokens(
     """AsyncCacheReader built before a fork: the child's tokens are its own and its lookups and loads work
     (each process runs its own event loop); a fetch key in the namespace is refused there too."""
     w = start_worker(users_rule(db), extra=READER)
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
     _change(sql, mysql_server, r, w, "INSERT INTO users VALUES (6, 'b@x', 'six', 'h')")
     reader = AsyncCacheReader(load(tmp_path / "w.toml"))
     reader.row_loader.column_info(f"{db}.users")  # the pool now holds an open MySQL connection
@@ -664,7 +642,7 @@ def test_templates_and_fetch_keys_in_the_namespace_are_refused(
     assert bad.wait(30) == 2
     assert "tables[0].key: template '{email}:heartbeat' can render keys starting with 'cdc:'" in bad.log_text()
     start_worker(users_rule(db), extra=READER)
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
     reader = reader_for()
     beat = r.get("cdc:heartbeat")
     with pytest.raises(ValueError, match="namespace"):

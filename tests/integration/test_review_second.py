@@ -28,60 +28,28 @@ import redis
 
 from cdc_sync import AsyncCacheReader, CacheReader
 from cdc_sync.config import load
-from cdc_sync.devservers import LocalServer, start_mariadb, start_redis
-from tests.helpers import WorkerProcess, connect, wait_caught_up, wait_for, write_config
+from cdc_sync.devservers import LocalServer, start_mariadb
+from tests.helpers import (
+    WorkerProcess,
+    cli,
+    connect,
+    execute,
+    query_rows,
+    start_on,
+    wait_caught_up,
+    wait_for,
+    wait_heartbeat,
+    write_config,
+)
 from tests.integration.conftest import StartWorker
 from tests.servers import MySQLTarget, RedisTarget
 
 PROMPT_S = 30
 
 
-@pytest.fixture
-def reader_for(tmp_path: Path) -> Iterator[Callable[..., CacheReader]]:
-    """reader_for(config name, **reader overrides): a CacheReader on tmp_path/<name>.toml, closed at the end."""
-    made: list[CacheReader] = []
-
-    def make(name: str = "w", **overrides: Any) -> CacheReader:
-        cfg = load(tmp_path / f"{name}.toml")
-        if overrides:
-            cfg = replace(cfg, reader=replace(cfg.reader, **overrides))
-        reader = CacheReader(cfg)
-        made.append(reader)
-        return reader
-
-    yield make
-    for reader in made:
-        reader.close()
-
-
-def _cli(cfg: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cdc_sync", *args, "--config", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def _check(doctor_json: str, name: str) -> dict[str, Any]:
     data = json.loads(doctor_json)
     return next(c for c in data["checks"] if c["name"] == name)
-
-
-def _wait_heartbeat(r: redis.Redis, namespace: str = "cdc") -> None:
-    wait_for(lambda: r.get(f"{namespace}:heartbeat") is not None, 30, "the worker's first heartbeat")
-
-
-def _exec(conn: pymysql.Connection, *statements: str) -> None:  # type: ignore[type-arg]
-    with conn.cursor() as cur:
-        for s in statements:
-            cur.execute(s)
-
-
-def _rows(conn: pymysql.Connection, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:  # type: ignore[type-arg]
-    with conn.cursor() as cur:
-        cur.execute(sql, args)
-        return [tuple(r) for r in cur.fetchall()]
 
 
 # ---- 1. the reader: keys and tags rendered from canonical values -------------------------------------------
@@ -103,19 +71,19 @@ def test_absence_under_a_pad_space_bin_key_survives_the_insert_of_the_row_it_mat
 
     Correct: a cached absence is evicted by the insert of any row the lookup matches (here: text under a PAD SPACE
     collation is never "as given" for absence, or absences are tagged with the trailing-space-stripped value)."""
-    _exec(
+    execute(
         sql,
         "CREATE TABLE codes (id INT PRIMARY KEY, code VARCHAR(20) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin UNIQUE)",
     )
     rule = f'[[tables]]\ntable = "{db}.codes"\nkey = "code:{{code}}"\nmode = "evict"\n'
     w = start_worker(rule, extra="[reader]\nholdoff_ms = 0\nmax_staleness_ms = 60000\nfreshness_check_ms = 0\n")
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
     reader = reader_for(negative_ttl=600)
     assert reader.get_row(f"{db}.codes", code="a") is None
     assert r.get("code:a") is None, "under PAD SPACE, 'a' is not a canonical key value: no absence cached"
-    _exec(sql, "INSERT INTO codes VALUES (1, 'a ')")
+    execute(sql, "INSERT INTO codes VALUES (1, 'a ')")
     wait_caught_up(r, sql, mysql_server.flavor, w)
-    assert _rows(sql, "SELECT id FROM codes WHERE code = 'a'") == [(1,)], "PAD SPACE: 'a' matches 'a '"
+    assert query_rows(sql, "SELECT id FROM codes WHERE code = 'a'") == [(1,)], "PAD SPACE: 'a' matches 'a '"
     assert reader.row_loader.load(f"{db}.codes", {"code": "a"}) == {"id": 1, "code": "a "}
     time.sleep(0.5)
     assert reader.get_row(f"{db}.codes", code="a") == {"id": 1, "code": "a "}, (
@@ -141,7 +109,7 @@ def test_a_collation_alter_leaves_precise_tags_on_a_case_insensitive_column_unti
 
     Correct: a fill never lands under a tag computed from column info older than the last DDL of the table (e.g.
     the worker bumps a per-table schema epoch that the lookup/fill scripts compare, as they compare rules)."""
-    _exec(
+    execute(
         sql,
         "CREATE TABLE orders (id INT PRIMARY KEY, code VARCHAR(10) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin, "
         "amount INT)",
@@ -149,24 +117,24 @@ def test_a_collation_alter_leaves_precise_tags_on_a_case_insensitive_column_unti
     )
     rule = f'[[tables]]\ntable = "{db}.orders"\ntags = ["code"]\n'
     w = start_worker(rule, extra="[reader]\nholdoff_ms = 200\nmax_staleness_ms = 60000\nfreshness_check_ms = 0\n")
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
     reader = reader_for()
     table = f"{db}.orders"
     dep = [(table, {"code": "X"})]
     loads = connect(mysql_server, db)
 
     def load_orders() -> list[list[int]]:
-        return [list(row) for row in _rows(loads, "SELECT id, amount FROM orders WHERE code = %s", ("X",))]
+        return [list(row) for row in query_rows(loads, "SELECT id, amount FROM orders WHERE code = %s", ("X",))]
 
     try:
         assert reader.fetch("orders-by-code:X", load_orders, ttl=600, depends_on=dep) == []
         assert r.sismember(f"cdc:tag:{table}:code=X", "orders-by-code:X"), "precise tag under utf8mb4_bin"
-        _exec(sql, "ALTER TABLE orders MODIFY code VARCHAR(10) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci")
+        execute(sql, "ALTER TABLE orders MODIFY code VARCHAR(10) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci")
         wait_caught_up(r, sql, mysql_server.flavor, w)
         wait_for(lambda: not r.exists(f"cdc:flushing:{table}"), 10, "the flush's hold-off to end")
         assert r.get("orders-by-code:X") is None, "the DDL flush evicted the result"
         assert reader.fetch("orders-by-code:X", load_orders, ttl=600, depends_on=dep) == [[1, 5]]
-        _exec(sql, "UPDATE orders SET amount = 9 WHERE id = 1")
+        execute(sql, "UPDATE orders SET amount = 9 WHERE id = 1")
         wait_caught_up(r, sql, mysql_server.flavor, w)
         time.sleep(0.3)
         assert load_orders() == [[1, 9]]
@@ -187,7 +155,7 @@ USERS = '[[tables]]\ntable = "{db}.users"\nkey = "user:{{id}}"\nmode = "update"\
 
 @pytest.fixture
 def users(sql: pymysql.Connection) -> None:  # type: ignore[type-arg]
-    _exec(sql, "CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(40))", "INSERT INTO users VALUES (1, 'a')")
+    execute(sql, "CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(40))", "INSERT INTO users VALUES (1, 'a')")
 
 
 @pytest.fixture
@@ -197,15 +165,15 @@ def mysql_user(sql: pymysql.Connection) -> Iterator[Callable[..., tuple[str, str
 
     def make(*grants: str, name: str = "cdcrev") -> tuple[str, str]:
         password = "Review-Secret-771"
-        _exec(sql, f"DROP USER IF EXISTS '{name}'@'%'", f"CREATE USER '{name}'@'%' IDENTIFIED BY '{password}'")
+        execute(sql, f"DROP USER IF EXISTS '{name}'@'%'", f"CREATE USER '{name}'@'%' IDENTIFIED BY '{password}'")
         for grant in grants:
-            _exec(sql, f"GRANT {grant} TO '{name}'@'%'")
+            execute(sql, f"GRANT {grant} TO '{name}'@'%'")
         made.append(name)
         return name, password
 
     yield make
     for name in made:
-        _exec(sql, f"DROP USER IF EXISTS '{name}'@'%'")
+        execute(sql, f"DROP USER IF EXISTS '{name}'@'%'")
 
 
 def test_doctor_passes_replication_slave_admin_for_replication_slave(
@@ -235,7 +203,7 @@ def test_doctor_passes_replication_slave_admin_for_replication_slave(
     workers.append(w)
     code = w.wait(60)
     refused = [e for e in w.events() if e.get("event") == "worker.config_error"]
-    doctor = _cli(cfg, "doctor", "--json")
+    doctor = cli(cfg, "doctor", "--json")
     check = _check(doctor.stdout, "mysql.privilege.replication_slave")
     assert check["status"] == "FAIL", (
         f"doctor says {check['status']}: {check['detail']} (exit {doctor.returncode}); the worker exited {code}: "
@@ -275,12 +243,12 @@ def test_a_redis_acl_that_denies_the_cached_keys_passes_the_doctor_and_the_worke
                 f'url = "redis://{user}:{password}@{redis_server.host}:{redis_server.port}/{redis_server.db}"',
             )
         )
-        doctor = _cli(cfg, "doctor", "--json")
+        doctor = cli(cfg, "doctor", "--json")
         w = WorkerProcess(cfg, tmp_path / "w.log").start()
         workers.append(w)
         wait_for(lambda: "source.connecting" in w.event_names() or not w.alive(), 60, "worker start-up")
         time.sleep(1.0)
-        _exec(sql, "UPDATE users SET name = 'b' WHERE id = 1")
+        execute(sql, "UPDATE users SET name = 'b' WHERE id = 1")
         try:
             code: int | None = w.wait(PROMPT_S)
         except subprocess.TimeoutExpired:
@@ -317,7 +285,7 @@ def test_an_expired_mysql_password_is_retried_forever_instead_of_exit_2(
 
     Correct: exit 2 with a fix line ("the MySQL password has expired: ALTER USER ... IDENTIFIED BY ...")."""
     user, password = mysql_user(*LEAST, f"SELECT ON {db}.*")
-    _exec(sql, f"ALTER USER '{user}'@'%' PASSWORD EXPIRE")
+    execute(sql, f"ALTER USER '{user}'@'%' PASSWORD EXPIRE")
     cfg = write_config(
         tmp_path / "w.toml", mysql_server, redis_server, USERS.format(db=db), user=user, password=password
     )
@@ -367,9 +335,9 @@ def test_status_exits_0_when_mysql_refuses_the_configured_login(
     w = WorkerProcess(cfg, tmp_path / "w.log").start()
     workers.append(w)
     wait_caught_up(r, sql, mysql_server.flavor, w)
-    wait_for(lambda: json.loads(_cli(cfg, "status", "--json").stdout)["ok"], 30, "status OK")
-    _exec(sql, f"ALTER USER '{user}'@'%' IDENTIFIED BY 'Rotated-Secret-208'")
-    status = _cli(cfg, "status", "--json")
+    wait_for(lambda: json.loads(cli(cfg, "status", "--json").stdout)["ok"], 30, "status OK")
+    execute(sql, f"ALTER USER '{user}'@'%' IDENTIFIED BY 'Rotated-Secret-208'")
+    status = cli(cfg, "status", "--json")
     data = json.loads(status.stdout)
     assert status.returncode == 2 or not data["ok"], (
         f"exit {status.returncode}, ok={data['ok']}, server={data.get('server')}, problems={data['problems']}"
@@ -392,7 +360,7 @@ def test_an_async_reader_used_before_a_fork_raises_in_the_child(
 
     Correct: the child gets a fresh Redis pool and its lookups work (the row is returned)."""
     start_worker(USERS.format(db=db), extra="[reader]\nmax_staleness_ms = 60000\nfreshness_check_ms = 0\n")
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
     reader = AsyncCacheReader(load(tmp_path / "w.toml"))
     assert asyncio.run(reader.get_row(f"{db}.users", id=1)) == {"id": 1, "name": "a"}
     read, write = os.pipe()
@@ -417,36 +385,6 @@ def test_an_async_reader_used_before_a_fork_raises_in_the_child(
         del reader
         gc.collect()
     assert child == {"row": {"id": 1, "name": "a"}}, child
-
-
-def _start_on(
-    tmp_path: Path,
-    mysql: MySQLTarget,
-    redis_t: RedisTarget,
-    tables: str,
-    workers: list[WorkerProcess],
-    name: str = "w",
-    **kwargs: Any,
-) -> WorkerProcess:
-    """A worker on tmp_path/<name>.toml for these servers, started and caught up."""
-    cfg = write_config(tmp_path / f"{name}.toml", mysql, redis_t, tables, **kwargs)
-    w = WorkerProcess(cfg, tmp_path / f"{name}.log").start()
-    workers.append(w)
-    wait_for(lambda: "source.connecting" in w.event_names() or not w.alive(), 60, "worker start-up")
-    client = redis.Redis(host=redis_t.host, port=redis_t.port, db=redis_t.db)
-    with connect(mysql) as conn:
-        wait_caught_up(client, conn, mysql.flavor, w)
-    client.close()
-    return w
-
-
-@pytest.fixture
-def own_redis() -> Iterator[tuple[LocalServer, RedisTarget]]:
-    server = start_redis()
-    try:
-        yield server, RedisTarget("127.0.0.1", server.port)
-    finally:
-        server.stop()
 
 
 @pytest.mark.xfail(
@@ -474,14 +412,14 @@ def test_volatile_lru_evicts_a_readers_tag_set_and_the_result_outlives_the_chang
     _server, target = own_redis
     client = redis.Redis(host=target.host, port=target.port)
     client.config_set("maxmemory-policy", "volatile-lru")
-    _exec(
+    execute(
         sql, "CREATE TABLE orders (id INT PRIMARY KEY, user_id INT, total INT)", "INSERT INTO orders VALUES (1, 5, 10)"
     )
     rule = f'[[tables]]\ntable = "{db}.orders"\ntags = ["user_id"]\n'
     extra = "[reader]\nholdoff_ms = 0\nmax_staleness_ms = 60000\nfreshness_check_ms = 0\n"
-    w = _start_on(tmp_path, mysql_server, target, rule, workers, extra=extra)
+    w = start_on(tmp_path, mysql_server, target, rule, workers, extra=extra)
     wait_for(lambda: client.get("cdc:heartbeat") is not None, 30, "the first heartbeat")
-    doctor = _check(_cli(tmp_path / "w.toml", "doctor", "--json").stdout, "redis.maxmemory_policy")
+    doctor = _check(cli(tmp_path / "w.toml", "doctor", "--json").stdout, "redis.maxmemory_policy")
     cfg = load(tmp_path / "w.toml")
     reader = CacheReader(cfg)
     loads = connect(mysql_server, db)
@@ -490,7 +428,7 @@ def test_volatile_lru_evicts_a_readers_tag_set_and_the_result_outlives_the_chang
     tag = f"cdc:tag:{table}:user_id=5"
 
     def totals() -> list[int]:
-        return [int(t) for (t,) in _rows(loads, "SELECT total FROM orders WHERE user_id = 5 ORDER BY id")]
+        return [int(t) for (t,) in query_rows(loads, "SELECT total FROM orders WHERE user_id = 5 ORDER BY id")]
 
     try:
         assert reader.fetch("totals:5", totals, ttl=3600, depends_on=dep) == [10]
@@ -507,7 +445,7 @@ def test_volatile_lru_evicts_a_readers_tag_set_and_the_result_outlives_the_chang
                 break
         assert not client.exists(tag) and client.exists("totals:5"), "the tag set was evicted, the result kept"
         client.config_set("maxmemory", "0")
-        _exec(sql, "UPDATE orders SET total = 99 WHERE id = 1")
+        execute(sql, "UPDATE orders SET total = 99 WHERE id = 1")
         wait_caught_up(client, sql, mysql_server.flavor, w)
         time.sleep(0.3)
         got = reader.fetch("totals:5", totals, ttl=3600, depends_on=dep)
@@ -538,7 +476,7 @@ def test_verify_reports_a_correct_key_over_a_set_column_as_an_orphan_and_repair_
     Correct: verify reports nothing for a key the worker renders from the row (exit 0) and repair evicts nothing
     (match SET fields by FIND_IN_SET/bit value, or skip templates whose columns MySQL cannot compare by the
     rendered text)."""
-    _exec(
+    execute(
         sql,
         "CREATE TABLE items (id INT PRIMARY KEY, flags SET('b','a'), weight FLOAT, name VARCHAR(10))",
         "INSERT INTO items VALUES (1, 'a,b', 1.1, 'one')",
@@ -548,13 +486,13 @@ def test_verify_reports_a_correct_key_over_a_set_column_as_an_orphan_and_repair_
         'also = ["item:flags:{flags}", "item:weight:{weight}"]\nmode = "update"\n'
     )
     w = start_worker(rule)
-    _exec(sql, "UPDATE items SET name = 'two' WHERE id = 1")  # the worker writes every key
+    execute(sql, "UPDATE items SET name = 'two' WHERE id = 1")  # the worker writes every key
     wait_caught_up(r, sql, "mariadb", w)
     assert json.loads(r.get("item:flags:a,b") or b"{}") == {"id": 1, "flags": ["a", "b"], "weight": 1.1, "name": "two"}
     assert r.exists("item:weight:1.1")
     cfg = tmp_path / "w.toml"
-    verify = _cli(cfg, "verify", "--json")
-    repair = _cli(cfg, "verify", "--repair", "--json")
+    verify = cli(cfg, "verify", "--json")
+    repair = cli(cfg, "verify", "--repair", "--json")
     assert verify.returncode == 0 and r.exists("item:flags:a,b") and r.exists("item:weight:1.1"), (
         f"verify exit {verify.returncode}: {json.loads(verify.stdout)['tables'][0]['divergent']}; after --repair "
         f"kept {[k for k in ('item:flags:a,b', 'item:weight:1.1') if r.exists(k)]} "
@@ -577,7 +515,7 @@ def test_verify_calls_a_cached_absence_right_while_mysql_matches_a_row_for_it(
     foreign client) is a stale answer, and verify reports 0 divergent (exit 0) and repairs nothing.
 
     Correct: a cached absence is divergent when MySQL matches a row for the key's values."""
-    _exec(
+    execute(
         sql,
         "CREATE TABLE codes (id INT PRIMARY KEY, code VARCHAR(20) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin UNIQUE, "
         "email VARCHAR(40) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci UNIQUE)",
@@ -585,7 +523,7 @@ def test_verify_calls_a_cached_absence_right_while_mysql_matches_a_row_for_it(
     )
     rule = f'[[tables]]\ntable = "{db}.codes"\nkey = "code:{{code}}"\nalso = ["code:email:{{email}}"]\nmode = "evict"\n'
     start_worker(rule, extra="[reader]\nnegative_ttl = 600\n")
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
     r.set("code:a", "null", ex=600)
     r.set("code:email:A@X", "null", ex=600)
     reader = CacheReader(load(tmp_path / "w.toml"))
@@ -593,8 +531,8 @@ def test_verify_calls_a_cached_absence_right_while_mysql_matches_a_row_for_it(
         served = (reader.get_row(f"{db}.codes", code="a"), reader.get_row(f"{db}.codes", email="A@X"))
     finally:
         reader.close()
-    assert _rows(sql, "SELECT id FROM codes WHERE code = 'a' AND email = 'A@X'") == [(1,)]
-    verify = _cli(tmp_path / "w.toml", "verify", "--json")
+    assert query_rows(sql, "SELECT id FROM codes WHERE code = 'a' AND email = 'A@X'") == [(1,)]
+    verify = cli(tmp_path / "w.toml", "verify", "--json")
     divergent = [d["key"] for d in json.loads(verify.stdout)["tables"][0]["divergent"]]
     assert sorted(divergent) == ["code:a", "code:email:A@X"] and verify.returncode == 1, (
         f"the reader serves {served} for rows MySQL matches; verify exit {verify.returncode}, divergent {divergent}"
@@ -622,7 +560,7 @@ def test_a_statement_logged_under_no_backslash_escapes_shows_its_literals(
     the first quote on when the quoting is ambiguous)."""
     w = start_worker(USERS.format(db=db))
     with connect(mysql_server, db) as conn:
-        _exec(
+        execute(
             conn,
             "SET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES'",
             "SET SESSION binlog_format = 'STATEMENT'",
@@ -738,13 +676,13 @@ def test_a_hash_plain_read_takes_the_value_and_the_heartbeat_from_two_moments(
     client = redis.Redis(host=target.host, port=target.port)
     rule = USERS.format(db=db) + 'format = "hash"\n'
     extra = "[reader]\nmax_staleness_ms = 4000\nholdoff_ms = 200\nfreshness_check_ms = 4000\n"
-    w = _start_on(tmp_path, mysql_server, target, rule, workers, extra=extra)
-    _exec(sql, "UPDATE users SET name = 'in the snapshot' WHERE id = 1")
+    w = start_on(tmp_path, mysql_server, target, rule, workers, extra=extra)
+    execute(sql, "UPDATE users SET name = 'in the snapshot' WHERE id = 1")
     wait_caught_up(client, sql, mysql_server.flavor, w)
     client.save()
     saved = tmp_path / "old.rdb"
     saved.write_bytes((server.directory / "dump.rdb").read_bytes())
-    _exec(sql, "UPDATE users SET name = 'newer' WHERE id = 1")
+    execute(sql, "UPDATE users SET name = 'newer' WHERE id = 1")
     committed = time.monotonic()
     wait_caught_up(client, sql, mysql_server.flavor, w)
     time.sleep(4.3)  # 'in the snapshot' is now older than max_staleness_ms
@@ -808,9 +746,9 @@ def test_doctor_passes_a_column_level_select_that_the_reader_and_verify_cannot_u
     cfg = write_config(
         tmp_path / "w.toml", mysql_server, redis_server, USERS.format(db=db), user=user, password=password
     )
-    doctor = _cli(cfg, "doctor", "--json")
+    doctor = cli(cfg, "doctor", "--json")
     r.set("user:1", json.dumps({"id": 1, "name": "a"}))  # a cached key for verify to check
-    verify = _cli(cfg, "verify", "--json")
+    verify = cli(cfg, "verify", "--json")
     check = _check(doctor.stdout, f"mysql.privilege.select.{db}.users")
     assert check["status"] == "FAIL", (
         f"doctor: {check['status']} {check['detail']} (exit {doctor.returncode}); verify exit {verify.returncode}: "
@@ -845,8 +783,8 @@ def test_an_operator_command_that_outlives_its_lock_releases_a_hold_of_the_next_
     from cdc_sync.ops import maintenance
     from cdc_sync.sink import RedisSink
 
-    _exec(sql, *(f"CREATE TABLE {t} (id INT PRIMARY KEY, name VARCHAR(40))" for t in ("a", "b")))
-    _exec(sql, "INSERT INTO a VALUES (1, 'v0')", "INSERT INTO b VALUES (1, 'v0')")
+    execute(sql, *(f"CREATE TABLE {t} (id INT PRIMARY KEY, name VARCHAR(40))" for t in ("a", "b")))
+    execute(sql, "INSERT INTO a VALUES (1, 'v0')", "INSERT INTO b VALUES (1, 'v0')")
     rules = "".join(f'[[tables]]\ntable = "{db}.{t}"\nkey = "{t}:{{id}}"\nmode = "update"\n' for t in ("a", "b"))
     extra = "[reader]\nmax_staleness_ms = 1500\nholdoff_ms = 200\nfreshness_check_ms = 0\n"
     w = start_worker(rules, extra=extra)
@@ -887,10 +825,10 @@ def test_an_operator_command_that_outlives_its_lock_releases_a_hold_of_the_next_
     try:
         x.start()
         assert frozen.wait(30)
-        _exec(sql, "UPDATE b SET name = 'v2' WHERE id = 1")
+        execute(sql, "UPDATE b SET name = 'v2' WHERE id = 1")
         wait_for(lambda: json.loads(r.get("b:1") or b"{}").get("name") == "v2", 30, "the worker writing b:1 = v2")
         w.proc.send_signal(signal.SIGSTOP)  # the worker lags
-        _exec(sql, "UPDATE b SET name = 'v3' WHERE id = 1")
+        execute(sql, "UPDATE b SET name = 'v3' WHERE id = 1")
         committed = time.monotonic()
         time.sleep(2.0)  # the frozen command's lock expires
         assert r.get("cdc:operator") is None
@@ -936,7 +874,7 @@ def test_a_fetch_key_that_a_rule_renders_is_accepted_and_get_row_serves_it(
 
     Correct: fetch refuses keys that a rule's key/also template matches (ValueError, like the namespace)."""
     start_worker(USERS.format(db=db), extra="[reader]\nmax_staleness_ms = 60000\nfreshness_check_ms = 0\n")
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
     reader = reader_for()
     with contextlib.suppress(ValueError):
         reader.fetch("user:1", lambda: {"id": 1, "name": "not the row"}, ttl=600)
@@ -959,7 +897,7 @@ def test_status_is_ok_while_an_interrupted_operator_command_keeps_a_table_bypass
     Correct: a hold with no operator command running (no `<ns>:operator`) is a problem (`status` NOT OK, exit 1,
     naming the table and `cdc-sync flush <table>`)."""
     start_worker(USERS.format(db=db), extra="[reader]\nmax_staleness_ms = 60000\n")
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
     pipe = r.pipeline(transaction=False)
     for i in range(300_000):  # other keys: the flush's SCAN takes a while
         pipe.set(f"other:{i}", "x")
@@ -982,7 +920,7 @@ def test_status_is_ok_while_an_interrupted_operator_command_keeps_a_table_bypass
         assert reader.stats["bypass:flushing"] == 1
     finally:
         reader.close()
-    status = _cli(cfg, "status", "--json")
+    status = cli(cfg, "status", "--json")
     data = json.loads(status.stdout)
     assert status.returncode == 1 and any(f"{db}.users" in p for p in data["problems"]), (
         f"exit {status.returncode}, ok={data['ok']}, flushing={data['flushing']}, problems={data['problems']}"

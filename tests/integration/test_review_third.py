@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,59 +22,26 @@ import redis
 
 from cdc_sync import CacheReader
 from cdc_sync.config import load
-from cdc_sync.devservers import LocalServer, start_redis
-from tests.helpers import WorkerProcess, connect, wait_caught_up, wait_for, write_config
+from cdc_sync.devservers import LocalServer
+from tests.helpers import (
+    WorkerProcess,
+    cli,
+    execute,
+    query_rows,
+    start_on,
+    wait_caught_up,
+    wait_for,
+    wait_heartbeat,
+    write_config,
+)
 from tests.integration.conftest import StartWorker
 from tests.servers import MySQLTarget, RedisTarget
 
 READER = "[reader]\nholdoff_ms = 0\nmax_staleness_ms = 60000\nfreshness_check_ms = 0\n"
 
 
-@pytest.fixture
-def reader_for(tmp_path: Path) -> Iterator[Callable[..., CacheReader]]:
-    """reader_for(config name, **reader overrides): a CacheReader on tmp_path/<name>.toml, closed at the end."""
-    made: list[CacheReader] = []
-
-    def make(name: str = "w", **overrides: Any) -> CacheReader:
-        cfg = load(tmp_path / f"{name}.toml")
-        if overrides:
-            cfg = replace(cfg, reader=replace(cfg.reader, **overrides))
-        reader = CacheReader(cfg)
-        made.append(reader)
-        return reader
-
-    yield make
-    for reader in made:
-        reader.close()
-
-
-def _cli(cfg: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cdc_sync", *args, "--config", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def _exec(conn: pymysql.Connection, *statements: str) -> None:  # type: ignore[type-arg]
-    with conn.cursor() as cur:
-        for s in statements:
-            cur.execute(s)
-
-
-def _rows(conn: pymysql.Connection, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:  # type: ignore[type-arg]
-    with conn.cursor() as cur:
-        cur.execute(sql, args)
-        return [tuple(r) for r in cur.fetchall()]
-
-
-def _wait_heartbeat(r: redis.Redis, namespace: str = "cdc") -> None:
-    wait_for(lambda: r.get(f"{namespace}:heartbeat") is not None, 30, "the worker's first heartbeat")
-
-
 def _verify(cfg: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any] | None]:
-    proc = _cli(cfg, "verify", "--json")
+    proc = cli(cfg, "verify", "--json")
     try:
         data = json.loads(proc.stdout)
     except ValueError:
@@ -108,13 +73,13 @@ def test_a_fetch_key_a_template_renders_for_an_empty_value_is_not_refused(
     Correct: fetch refuses every key a template can render, the empty field value included (ValueError), and
     get_row(code="") answers the row."""
     table = f"{db}.codes"
-    _exec(
+    execute(
         sql,
         "CREATE TABLE codes (id INT PRIMARY KEY, code VARCHAR(20) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin UNIQUE)",
         "INSERT INTO codes VALUES (1, '')",
     )
     start_worker(f'[[tables]]\ntable = "{table}"\nkey = "code:{{code}}"\nmode = "evict"\n', extra=READER)
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
     reader = reader_for()
     refused = False
     try:
@@ -141,17 +106,17 @@ def test_a_flush_deletes_the_key_an_empty_value_renders(
 
     Correct: the flush deletes it."""
     table = f"{db}.codes"
-    _exec(
+    execute(
         sql,
         "CREATE TABLE codes (id INT PRIMARY KEY, code VARCHAR(20) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin UNIQUE, "
         "v VARCHAR(10))",
         "INSERT INTO codes VALUES (1, '', 'old')",
     )
     w = start_worker(f'[[tables]]\ntable = "{table}"\nkey = "code:{{code}}"\nmode = "update"\n')
-    _exec(sql, "UPDATE codes SET v = 'cached' WHERE id = 1")
+    execute(sql, "UPDATE codes SET v = 'cached' WHERE id = 1")
     wait_caught_up(r, sql, mysql_server.flavor, w)
     assert json.loads(r.get("code:") or b"{}") == {"id": 1, "code": "", "v": "cached"}
-    assert _cli(tmp_path / "w.toml", "flush", table).returncode == 0
+    assert cli(tmp_path / "w.toml", "flush", table).returncode == 0
     assert r.get("code:") is None, "the flush left the empty value's key"
 
 
@@ -178,13 +143,13 @@ def test_verify_on_a_float_key_at_the_float32_limit_fails_instead_of_checking_it
     Correct: a consistent cache verifies clean (exit 0, nothing divergent); an open end of the range is left
     out (`f > low` alone)."""
     table = f"{db}.floats"
-    _exec(
+    execute(
         sql,
         "CREATE TABLE floats (id INT PRIMARY KEY, f FLOAT UNIQUE)",
     )
     w = start_worker(f'[[tables]]\ntable = "{table}"\nkey = "f:{{f}}"\nmode = "update"\n', extra=READER)
-    _wait_heartbeat(r)
-    _exec(sql, "INSERT INTO floats VALUES (1, 3.402823466e38), (2, -3.402823466e38), (3, 1.5)")
+    wait_heartbeat(r)
+    execute(sql, "INSERT INTO floats VALUES (1, 3.402823466e38), (2, -3.402823466e38), (3, 1.5)")
     wait_caught_up(r, sql, mysql_server.flavor, w)
     keys = sorted(k.decode() for k in r.scan_iter("f:*"))
     assert len(keys) == 3, keys
@@ -220,13 +185,13 @@ def test_verify_reports_a_consistent_set_key_as_an_orphan(
 
     Correct: verify finds the row of a key the worker maintains: nothing divergent."""
     table = f"{db}.sets"
-    _exec(
+    execute(
         sql,
         f"CREATE TABLE sets (id INT PRIMARY KEY, v {column}, UNIQUE KEY (v))",
     )
     w = start_worker(f'[[tables]]\ntable = "{table}"\nkey = "s:{{v}}"\nmode = "update"\n', extra=READER)
-    _wait_heartbeat(r)
-    _exec(sql, f"INSERT INTO sets VALUES (1, '{value}')")
+    wait_heartbeat(r)
+    execute(sql, f"INSERT INTO sets VALUES (1, '{value}')")
     wait_caught_up(r, sql, mysql_server.flavor, w)
     keys = wait_for(lambda: sorted(k.decode() for k in r.scan_iter("s:*")), 30, "the worker's key")
     proc, data = _verify(w.config)
@@ -252,15 +217,15 @@ def test_verify_crashes_on_three_cached_absences_of_long_urls(
 
     Correct: verify checks the four keys and finds nothing divergent (exit 0)."""
     table = f"{db}.urls"
-    _exec(
+    execute(
         sql,
         "CREATE TABLE urls (id INT PRIMARY KEY, "
         "url VARCHAR(400) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin UNIQUE)",
     )
     prefix = "https://shop.example.com/catalogue/" + "a" * 260 + "/item-"
-    _exec(sql, f"INSERT INTO urls VALUES (1, '{prefix}0')")
+    execute(sql, f"INSERT INTO urls VALUES (1, '{prefix}0')")
     w = start_worker(f'[[tables]]\ntable = "{table}"\nkey = "url:{{url}}"\nmode = "update"\n', extra=READER)
-    _wait_heartbeat(r)
+    wait_heartbeat(r)
     reader = reader_for(negative_ttl=600)
     assert reader.get_row(table, url=f"{prefix}0") == {"id": 1, "url": f"{prefix}0"}
     for i in (1, 2, 3):
@@ -274,30 +239,6 @@ def test_verify_crashes_on_three_cached_absences_of_long_urls(
 
 
 # ---- 3. schema epochs ------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def own_redis() -> Iterator[tuple[LocalServer, RedisTarget]]:
-    server = start_redis()
-    try:
-        yield server, RedisTarget("127.0.0.1", server.port)
-    finally:
-        server.stop()
-
-
-def _start_on(
-    tmp_path: Path, mysql: MySQLTarget, redis_t: RedisTarget, tables: str, workers: list[WorkerProcess], **kwargs: Any
-) -> WorkerProcess:
-    """A worker on tmp_path/w.toml for these servers, started and caught up."""
-    cfg = write_config(tmp_path / "w.toml", mysql, redis_t, tables, **kwargs)
-    w = WorkerProcess(cfg, tmp_path / "w.log").start()
-    workers.append(w)
-    wait_for(lambda: "source.connecting" in w.event_names() or not w.alive(), 60, "worker start-up")
-    client = redis.Redis(host=redis_t.host, port=redis_t.port, db=redis_t.db)
-    with connect(mysql) as conn:
-        wait_caught_up(client, conn, mysql.flavor, w)
-    client.close()
-    return w
 
 
 def test_a_schema_epoch_repeats_after_redis_comes_back_from_an_older_snapshot(
@@ -325,20 +266,20 @@ def test_a_schema_epoch_repeats_after_redis_comes_back_from_an_older_snapshot(
     server, target = own_redis
     client = redis.Redis(host=target.host, port=target.port)
     table = f"{db}.codes"
-    _exec(
+    execute(
         sql,
         "CREATE TABLE codes (id INT PRIMARY KEY, code VARCHAR(20) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin)",
     )
     rule = f'[[tables]]\ntable = "{table}"\nkey = "code:{{code}}"\nmode = "evict"\n'
-    w = _start_on(tmp_path, mysql_server, target, rule, workers, extra=READER + "negative_ttl = 600\n")
-    _wait_heartbeat(client)
+    w = start_on(tmp_path, mysql_server, target, rule, workers, extra=READER + "negative_ttl = 600\n")
+    wait_heartbeat(client)
     epoch_key = f"cdc:schema:{table}"
-    assert _cli(w.config, "flush", table).returncode == 0
+    assert cli(w.config, "flush", table).returncode == 0
     first = client.get(epoch_key)
     client.save()
     snapshot = tmp_path / "older.rdb"
     shutil.copyfile(server.directory / "dump.rdb", snapshot)
-    assert _cli(w.config, "flush", table).returncode == 0
+    assert cli(w.config, "flush", table).returncode == 0
     seen = client.get(epoch_key)
     assert first is not None and seen is not None and int(seen) > int(first)
     reader = CacheReader(load(w.config))
@@ -348,23 +289,23 @@ def test_a_schema_epoch_repeats_after_redis_comes_back_from_an_older_snapshot(
         server.restart(files={"dump.rdb": snapshot})
         client = redis.Redis(host=target.host, port=target.port)
         assert client.get(epoch_key) == first, "Redis is back at the older snapshot"
-        _wait_heartbeat(client)
-        _exec(sql, "ALTER TABLE codes MODIFY code VARCHAR(20) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci")
+        wait_heartbeat(client)
+        execute(sql, "ALTER TABLE codes MODIFY code VARCHAR(20) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci")
         for n in range(10):  # more DDL of the table (comments), each flushed by the worker, until E+k is reached
             wait_caught_up(client, sql, mysql_server.flavor, w)
             wait_for(lambda: not client.exists(f"cdc:flushing:{table}"), 10, "the DDL flush to end")
             if int(client.get(epoch_key) or 0) >= int(seen):
                 break
-            _exec(sql, f"ALTER TABLE codes COMMENT = 'n{n}'")
+            execute(sql, f"ALTER TABLE codes COMMENT = 'n{n}'")
         now = client.get(epoch_key)
         assert now != seen, "the worker's DDL flushes bring the epoch back to one the reader saw"
         for _ in range(2):  # (the first call after the restart may find its connection gone: a bypass)
             reader.get_row(table, code="A")
         cached_a = client.get("code:A")
-        _exec(sql, "INSERT INTO codes VALUES (1, 'a')")
+        execute(sql, "INSERT INTO codes VALUES (1, 'a')")
         wait_caught_up(client, sql, mysql_server.flavor, w)
         time.sleep(0.3)
-        assert _rows(sql, "SELECT id FROM codes WHERE code = 'A'") == [(1,)], "general_ci: 'A' matches 'a'"
+        assert query_rows(sql, "SELECT id FROM codes WHERE code = 'A'") == [(1,)], "general_ci: 'A' matches 'a'"
         got = reader.get_row(table, code="A")
         assert got == {"id": 1, "code": "a"}, (
             f"epochs: seen by the reader {seen!r}, after the ALTER {now!r}; code:A cached {cached_a!r}; "
@@ -398,7 +339,7 @@ def test_a_redis_acl_that_allows_every_key_the_rule_renders_now_stops_the_worker
     _server, target = own_redis
     admin = redis.Redis(host=target.host, port=target.port)
     admin.execute_command("ACL", "SETUSER", "cdcw", "on", ">Review-Pw-3", "~cdc:*", "~user:[0-9]*", "+@all")
-    _exec(sql, "CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(20))")
+    execute(sql, "CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(20))")
     cfg = write_config(
         tmp_path / "w.toml",
         mysql_server,
@@ -412,7 +353,7 @@ def test_a_redis_acl_that_allows_every_key_the_rule_renders_now_stops_the_worker
         wait_for(lambda: "source.connecting" in w.event_names() or not w.alive(), 60, "worker start-up")
         started = w.alive()
         if started:
-            _exec(sql, "INSERT INTO users VALUES (5, 'e')")
+            execute(sql, "INSERT INTO users VALUES (5, 'e')")
             wait_for(lambda: admin.get("user:5") is not None or not w.alive(), 30, "user:5 written")
         errors = [e for e in w.events() if e.get("event") == "worker.config_error"]
         assert started and admin.get("user:5") is not None, f"worker alive: {w.alive()}; config errors: {errors}"
