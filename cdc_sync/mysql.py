@@ -415,6 +415,11 @@ def _quote(identifier: str) -> str:
     return "`" + identifier.replace("`", "``") + "`"
 
 
+def _named(identifier: str) -> str:
+    """``_quote`` for a statement PyMySQL formats with arguments: a ``%`` in a name must not read as one."""
+    return _quote(identifier).replace("%", "%%")
+
+
 def normalize_row(row: dict[str, Any], kinds: dict[str, str]) -> dict[str, Any]:
     """Make a PyMySQL row equal to the binlog's view of it (see source.py's fix-ups).
 
@@ -440,6 +445,7 @@ def normalize_row(row: dict[str, Any], kinds: dict[str, str]) -> dict[str, Any]:
 # flushes on DDL, which may change them), and when the table's schema epoch (``<ns>:schema:<table>``, see
 # lookup.py) is no longer the one read just before them.
 COLUMN_INFO_MAX_AGE_S = 30.0
+_UNKNOWN_COLUMN = 1054  # ER_BAD_FIELD_ERROR
 _loaders: weakref.WeakSet[RowLoader] = weakref.WeakSet()
 
 
@@ -519,7 +525,7 @@ class RowLoader:
         rows = self._run(
             "SELECT COLUMN_NAME AS c, DATA_TYPE AS t, COLUMN_TYPE AS ct, NUMERIC_SCALE AS s, "
             "DATETIME_PRECISION AS p, CHARACTER_SET_NAME AS cs, COLLATION_NAME AS co "
-            "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+            "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
             (schema, name),
         )
         info = {
@@ -576,23 +582,36 @@ class RowLoader:
 
     def scan(self, table: str, pk: Sequence[str], after: Sequence[object] | None, limit: int) -> list[dict[str, Any]]:
         """The next ``limit`` rows in primary-key order after the key ``after`` (normalized)."""
-        schema, _, name = table.partition(".")
-        cols = ", ".join(_quote(c) for c in pk)
+        cols = ", ".join(_named(c) for c in pk)
         where = f"WHERE ({cols}) > ({', '.join(['%s'] * len(pk))}) " if after is not None else ""
-        sql = f"SELECT * FROM {_quote(schema)}.{_quote(name)} {where}ORDER BY {cols} LIMIT {int(limit)}"  # noqa: S608
-        rows = self._run(sql, list(after) if after is not None else [])
+        args = list(after) if after is not None else []
+        rows = self._select(table, f"{where}ORDER BY {cols} LIMIT {int(limit)}", args)
         kinds = self.kinds(table)
         return [normalize_row(r, kinds) for r in rows]
 
     def load(self, table: str, where: dict[str, object]) -> dict[str, Any] | None:
         """The row of ``table`` whose columns equal ``where`` (None when absent), normalized."""
-        schema, _, name = table.partition(".")
-        cond = " AND ".join(f"{_quote(c)} <=> %s" for c in where)
-        sql = f"SELECT * FROM {_quote(schema)}.{_quote(name)} WHERE {cond} LIMIT 2"  # noqa: S608 - quoted names
-        rows = self._run(sql, list(where.values()))
+        cond = " AND ".join(f"{_named(c)} <=> %s" for c in where)
+        rows = self._select(table, f"WHERE {cond} LIMIT 2", list(where.values()))
         if len(rows) > 1:
             raise SourceError(f"{table}: {sorted(where)} matches more than one row; key templates need unique columns")
         return normalize_row(rows[0], self.kinds(table)) if rows else None
+
+    def _select(self, table: str, tail: str, args: list[object]) -> list[dict[str, Any]]:
+        """``SELECT`` every column of ``table`` by name, in table order, then ``tail``: never ``*``, which leaves
+        out INVISIBLE columns (the binlog image has them, so the worker's values do). A column list read before a
+        DDL that dropped one of them is read again, once."""
+        schema, _, name = table.partition(".")
+        for attempt in (0, 1):
+            cols = ", ".join(_named(c) for c in self.kinds(table))
+            sql = f"SELECT {cols} FROM {_named(schema)}.{_named(name)} {tail}"  # noqa: S608 - quoted names
+            try:
+                return self._run(sql, args)
+            except pymysql.err.OperationalError as exc:
+                if attempt or not exc.args or exc.args[0] != _UNKNOWN_COLUMN:
+                    raise
+                self.forget_column_info([table])
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         while True:

@@ -342,7 +342,7 @@ def _decode_step(spec: ColumnSpec, parse_json: JsonParser | None) -> Step | None
     if t == DOUBLE:
         return _int_step("<d")
     if t == YEAR:
-        return lambda data, pos: (data[pos] + 1900, pos + 1)
+        return lambda data, pos: (data[pos] + 1900 if data[pos] else 0, pos + 1)  # YEAR 0000 is 0, as SELECT says
     if t in (VARCHAR, STRING, BLOB, GEOMETRY):
         return _string_step(spec)
     if t == NEWDECIMAL:
@@ -440,8 +440,40 @@ class RowDecoder:
 
 def text_encoding(library_encoding: str) -> str | None:
     """The Python codec for a column's encoding name as the library gives it; None when Python has none
-    (the library then keeps the bytes: BINARY, VARBINARY, BLOB)."""
+    (the library then keeps the bytes: BINARY, VARBINARY, BLOB). MySQL's latin1, which PyMySQL names cp1252,
+    is ``mysql_latin1`` (below)."""
     try:
-        return codecs.lookup(library_encoding).name
+        name = codecs.lookup(library_encoding).name
     except LookupError:
         return None
+    return MYSQL_LATIN1 if name == "cp1252" else name
+
+
+# MySQL's latin1 is Windows-1252 with the five bytes it leaves undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D) read as
+# the C1 controls of the same number, which is what the server converts them to (a SELECT over a utf8mb4
+# connection returns U+0081 for 0x81): Python's cp1252 refuses those bytes.
+MYSQL_LATIN1 = "mysql_latin1"
+
+
+def _latin1_char(b: int) -> str:
+    try:
+        return bytes([b]).decode("cp1252")
+    except UnicodeDecodeError:
+        return chr(b)
+
+
+_LATIN1_DECODING = "".join(_latin1_char(b) for b in range(256))
+_LATIN1_ENCODING = codecs.charmap_build(_LATIN1_DECODING)
+
+
+def _latin1_codec(name: str) -> codecs.CodecInfo | None:
+    if name != MYSQL_LATIN1:
+        return None
+    return codecs.CodecInfo(
+        name=MYSQL_LATIN1,
+        encode=lambda text, errors="strict": codecs.charmap_encode(text, errors, _LATIN1_ENCODING),
+        decode=lambda data, errors="strict": codecs.charmap_decode(data, errors, _LATIN1_DECODING),
+    )
+
+
+codecs.register(_latin1_codec)

@@ -6,9 +6,9 @@ original start) is refused, so the worker reconnects from its own position.
 
 Values are fixed up here so that they equal what a ``SELECT`` through PyMySQL returns (the reader fills
 from SELECTs, the worker from the binlog; both must write the same bytes): BIT as an integer, SET as a
-set (the empty set included), BINARY(n) padded to n bytes, an empty binary value as bytes, FLOAT as its
-shortest float32 text, a negative TIME with a fraction repaired, and MySQL JSON documents with text instead
-of bytes.
+set (the empty set included), YEAR 0000 as 0, BINARY(n) padded to n bytes, an empty binary value as bytes, FLOAT as its
+shortest float32 text, a negative TIME with a fraction repaired, MySQL JSON documents with text instead
+of bytes, and latin1 as MySQL's own (Windows-1252 whose five undefined bytes are the C1 controls).
 
 Row images of mapped tables are decoded by rowdecode.py where it can, only the columns the rules need
 (``needed``); the library decodes the rest, and its values go through the fix-ups above.
@@ -68,6 +68,18 @@ from cdc_sync.rowdecode import ColumnSpec, RowDecodeError, RowDecoder, float32_t
 
 log = logs.get("cdc_sync.source")
 _MARIADB_GTID_STANDALONE = 0x01
+_library_encoding = RowsEvent.charset_to_encoding
+
+
+def _charset_to_encoding(name: str) -> str:
+    """The library's codec for a column charset, with MySQL's own latin1 (rowdecode.MYSQL_LATIN1) where the
+    library says cp1252, which refuses five bytes MySQL stores and a SELECT returns."""
+    encoding: str = _library_encoding(name)
+    return text_encoding(encoding) or encoding
+
+
+# The library decodes text by this one hook (RowsEvent.__read_string): both decoders read latin1 as MySQL does.
+RowsEvent.charset_to_encoding = staticmethod(_charset_to_encoding)
 REPORT_HOST = f"cdc-sync@{socket.gethostname()}"[:60]
 # What the library (or a fix-up below) raises for bytes it cannot decode. Such an event is reported as
 # RawUnknown, so the worker flushes what it may have changed instead of dying on it at every restart.
@@ -106,6 +118,8 @@ def _fixers(event: RowsEvent) -> list[tuple[str, Any]]:
             fixes.append((col.name, "set"))
         elif col.type == FIELD_TYPE.FLOAT:
             fixes.append((col.name, "float"))
+        elif col.type == FIELD_TYPE.YEAR:
+            fixes.append((col.name, "year"))
         elif col.type == FIELD_TYPE.JSON:
             fixes.append((col.name, "json"))
         elif col.type in (FIELD_TYPE.TIMESTAMP, FIELD_TYPE.TIMESTAMP2):
@@ -135,6 +149,9 @@ def _fix_row(values: dict[str, Any], nones: Mapping[str, str], fixes: list[tuple
             values[name] = int(value, 2) if isinstance(value, str) and value else int(value or 0)
         elif fix == "float":
             values[name] = float32_text(value)
+        elif fix == "year":
+            if value == 1900:  # the library adds 1900 to the stored byte, YEAR 0000's 0 included (1900 is no YEAR)
+                values[name] = 0
         elif fix == "json":
             values[name] = json_text(value)
         elif fix == "timestamp":

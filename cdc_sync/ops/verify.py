@@ -130,7 +130,7 @@ class _Rows:
             schema, _, name = table.partition(".")
             rows = self._run(
                 "SELECT COLUMN_NAME AS c, DATA_TYPE AS t, COLUMN_TYPE AS ct FROM information_schema.COLUMNS "
-                "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+                "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
                 (schema, name),
             )
             self._kinds[table] = {str(r["c"]): str(r["t"]).lower() for r in rows}
@@ -167,14 +167,16 @@ class _Rows:
             conditions = [_condition(columns, tup) for tup in values]
             where = " OR ".join(c for c, _ in conditions)
             args = [a for _, tup_args in conditions for a in tup_args]
-            sql = f"SELECT * FROM {_escaped(_quote(schema))}.{_escaped(_quote(name))} WHERE {where}"  # noqa: S608
+            listed_cols = ", ".join(_escaped(_quote(c)) for c in self.kinds(table))
+            sql = f"SELECT {listed_cols} FROM {_escaped(_quote(schema))}.{_escaped(_quote(name))} WHERE {where}"  # noqa: S608
         else:
             if all(type(v) is int for v in args):  # digits only: written inline, saving PyMySQL's escaping of each
                 listed = ", ".join("(" + ", ".join(str(v) for v in tup) + ")" for tup in values)
                 args = []
             else:
                 listed = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(values))
-            head = f"SELECT * FROM {_quote(schema)}.{_quote(name)} WHERE {cols}"  # noqa: S608 - quoted names
+            every = ", ".join(_quote(c) for c in self.kinds(table))  # (never *: INVISIBLE columns are in the values)
+            head = f"SELECT {every} FROM {_quote(schema)}.{_quote(name)} WHERE {cols}"  # noqa: S608 - quoted names
             if args:  # PyMySQL formats the statement: a '%' in a name must not read as a placeholder
                 head = head.replace("%", "%%")
             sql = f"{head} IN ({listed})"

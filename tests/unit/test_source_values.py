@@ -53,3 +53,18 @@ def test_missing_column_names_are_a_decode_error() -> None:
 
     with pytest.raises(ValueError, match="binlog_row_metadata"):
         _changes(NoRows())  # type: ignore[arg-type]
+
+
+def test_year_0000_is_0_on_the_library_path_too() -> None:
+    """The library adds 1900 to YEAR's stored byte, 0 included; SELECT says 0 (1900 is no YEAR value)."""
+    assert _fix_row({"y": 1900, "z": 1901}, {}, [("y", "year"), ("z", "year")]) == {"y": 0, "z": 1901}
+
+
+def test_latin1_reads_as_mysql_does_on_the_library_path() -> None:
+    """The library's one text hook maps MySQL latin1 (PyMySQL: cp1252) to the codec that keeps the five bytes
+    cp1252 leaves undefined as the C1 controls a SELECT returns."""
+    from pymysqlreplication.row_event import RowsEvent
+
+    encoding = RowsEvent.charset_to_encoding("latin1")
+    assert b"\x81\x8d\x8f\x90\x9d\x80\xe9".decode(encoding) == "\x81\x8d\x8f\x90\x9d€é"
+    assert RowsEvent.charset_to_encoding("utf8mb4") in ("utf8", "utf-8")

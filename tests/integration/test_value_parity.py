@@ -1,0 +1,165 @@
+"""One encoding per value: the worker (binlog, both decoders) and the reader's loader (SELECT) write the same
+bytes for every type a mapped table can hold, in JSON and hash formats."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pymysql
+import pytest
+import redis
+
+from cdc_sync.codec import encode_hash, encode_json
+from cdc_sync.config import load
+from cdc_sync.mysql import RowLoader
+from tests.helpers import cli, execute, wait_caught_up
+from tests.integration.conftest import StartWorker
+from tests.servers import MySQLTarget
+
+# (column definition, values): one row per value, id = position; NULL rows are added for every column.
+COLUMNS: list[tuple[str, list[str]]] = [
+    ("f FLOAT", ["1.1", "0.1234567", "123456789", "3.4028235e38", "-1.5e-40", "0", "-0.0", "16777217", "1e-45"]),
+    ("f2 FLOAT(7,2)", ["1.1", "12345.67", "-0.01"]),
+    ("f10 FLOAT(10,4)", ["123456.7891", "0.0001"]),
+    ("d DOUBLE", ["1.1", "0.1234567890123456789", "1e308", "-2.2250738585072014e-308"]),
+    ("d2 DOUBLE(10,3)", ["1.1", "-1234567.891"]),
+    ("y YEAR", ["0", "1901", "2155", "70"]),
+    ("u UUID", ["'123e4567-e89b-12d3-a456-426614174000'", "'00000000-0000-0000-0000-000000000000'"]),
+    ("i4 INET4", ["'10.0.0.1'", "'255.255.255.255'"]),
+    ("i6 INET6", ["'::1'", "'2001:db8::ff00:42:8329'", "'::ffff:1.2.3.4'"]),
+    ("l1 VARCHAR(10) CHARACTER SET latin1", ["x'81'", "x'80'", "x'e9'", "x'8d8f909d'", "x'ff'"]),
+    ("l1t TEXT CHARACTER SET latin1", ["x'81e9'"]),
+    ("dc DECIMAL(30,10)", ["'-12345678901234567890.0123456789'", "0"]),
+    ("bt BIT(64)", ["b'1111111111111111111111111111111111111111111111111111111111111111'", "0"]),
+    ("tm TIME(6)", ["'-838:59:59.000000'", "'00:00:00.000001'"]),
+    ("dt DATETIME(6)", ["'0000-00-00 00:00:00'", "'9999-12-31 23:59:59.999999'"]),
+    ("dte DATE", ["'0000-00-00'", "'2024-02-29'"]),
+    ("st SET('b','a')", ["'a,b'", "''"]),
+    ("js JSON", ['\'{"a": 1.10, "b": [1e2]}\'', "'null'"]),
+]
+
+TABLE = "parity"
+# Columns whose worker and loader values still differ (issue 17, in progress): FLOAT as the server prints it
+# (MariaDB: 6 significant digits, or the column's decimals), UUID/INET4/INET6 as text (the binlog has bytes).
+PENDING = {"f", "f10", "u", "i4", "i6"}
+
+
+def _create(sql: pymysql.Connection) -> None:  # type: ignore[type-arg]
+    defs = ", ".join(d for d, _ in COLUMNS)
+    execute(
+        sql,
+        f"CREATE TABLE {TABLE} (id INT PRIMARY KEY, {defs}, "
+        "hid INT INVISIBLE DEFAULT 7, gen INT AS (id * 2) VIRTUAL, gens INT AS (id + 1) STORED) "
+        "DEFAULT CHARSET=utf8mb4",
+    )
+
+
+def _insert(sql: pymysql.Connection) -> int:  # type: ignore[type-arg]
+    execute(sql, "SET SESSION sql_mode = ''")
+    n = 0
+    for definition, values in COLUMNS:
+        name = definition.split()[0]
+        for value in [*values, "NULL"]:
+            n += 1
+            execute(sql, f"INSERT INTO {TABLE} (id, {name}) VALUES ({n}, {value})")
+    return n
+
+
+def _differences(
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    tmp_path: Any,
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+    fmt: str,
+) -> list[tuple[int, dict[str, Any]]]:
+    """(row id, column -> (worker's value, loader's value)) for every row whose two encodings differ."""
+    _create(sql)
+    w = start_worker(f'[[tables]]\ntable = "{db}.{TABLE}"\nkey = "p:{{id}}"\nmode = "update"\nformat = "{fmt}"\n')
+    n = _insert(sql)
+    execute(sql, f"UPDATE {TABLE} SET hid = 8")  # every row once more, through an update image
+    wait_caught_up(r, sql, mysql_server.flavor, w)
+    loader = RowLoader(load(tmp_path / "w.toml").mysql, 1)
+    diffs = []
+    try:
+        for i in range(1, n + 1):
+            row = loader.load(f"{db}.{TABLE}", {"id": i})
+            assert row is not None
+            if fmt == "json":
+                worker = r.get(f"p:{i}")
+                mine = encode_json(row, list(row))
+                if worker != mine:
+                    diffs.append((i, _delta(json.loads(worker or b"{}"), json.loads(mine))))
+            else:
+                got = {k.decode(): v.decode() for k, v in r.hgetall(f"p:{i}").items()}
+                flat = encode_hash(row, list(row))
+                mine_h = dict(zip(flat[::2], flat[1::2], strict=True))
+                if got != mine_h:
+                    diffs.append((i, _delta(got, mine_h)))
+    finally:
+        loader.close()
+    return diffs
+
+
+@pytest.mark.parametrize("fmt", ["json", "hash"])
+def test_the_worker_and_the_loader_write_the_same_bytes(
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    tmp_path: Any,
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+    fmt: str,
+) -> None:
+    """Every type but PENDING: INVISIBLE and generated columns, YEAR 0000, latin1's undefined bytes, DOUBLE,
+    DECIMAL, BIT, TIME, zero dates, SET, JSON, NULL of each."""
+    diffs = _differences(start_worker, mysql_server, tmp_path, db, sql, r, fmt)
+    settled = [(i, {c: v for c, v in d.items() if c not in PENDING}) for i, d in diffs]
+    assert not [d for d in settled if d[1]], "\n".join(f"row {i}: {d}" for i, d in settled if d)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 17 in progress: FLOAT as the server prints it, UUID/INET as text")
+def test_the_pending_types_are_written_the_same_by_both(
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    tmp_path: Any,
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+) -> None:
+    diffs = _differences(start_worker, mysql_server, tmp_path, db, sql, r, "json")
+    assert not diffs, "\n".join(f"row {i}: {d}" for i, d in diffs)
+
+
+def _delta(worker: dict[str, Any], loader: dict[str, Any]) -> dict[str, Any]:
+    missing = "(missing)"
+    keys = sorted(set(worker) | set(loader))
+    return {
+        k: (worker.get(k, missing), loader.get(k, missing))
+        for k in keys
+        if worker.get(k, missing) != loader.get(k, missing)
+    }
+
+
+def test_verify_agrees_with_the_worker_on_invisible_year_and_latin1_columns(
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    tmp_path: Any,
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+) -> None:
+    """verify loads rows by an explicit column list too: an INVISIBLE column the worker writes is no divergence,
+    nor are YEAR 0000 and latin1's undefined bytes."""
+    execute(
+        sql,
+        "CREATE TABLE vis (id INT PRIMARY KEY, y YEAR, l1 VARCHAR(5) CHARACTER SET latin1, h INT INVISIBLE DEFAULT 3)",
+    )
+    w = start_worker(f'[[tables]]\ntable = "{db}.vis"\nkey = "v:{{id}}"\nmode = "update"\n')
+    execute(sql, "INSERT INTO vis (id, y, l1) VALUES (1, 0, x'81e9'), (2, 2001, 'a')")
+    wait_caught_up(r, sql, mysql_server.flavor, w)
+    assert json.loads(r.get("v:1") or b"{}") == {"id": 1, "y": 0, "l1": "\x81é", "h": 3}
+    proc = cli(tmp_path / "w.toml", "verify", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
