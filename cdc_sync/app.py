@@ -70,7 +70,7 @@ class Service:
     def _source(self, tables: Mapping[tuple[str, str], frozenset[str] | None]) -> BinlogSource:
         # prepare() has read the server's flavor before the first stream is opened
         flavor = self.worker.info.flavor if self.worker.info else "mysql"
-        return BinlogSource(self.config.mysql, tables, flavor, needed=tables)
+        return BinlogSource(self.config.mysql, tables, flavor, needed=tables, kinds=self.worker.value_kinds)
 
     def _status_facts(self) -> dict[str, object]:
         """Live facts for the status record: how long the loop has been still, and failing Redis steps."""

@@ -9,7 +9,7 @@ NULL                        ``null``
 integers (incl. unsigned    number (exact; unsigned BIGINT up to 18446744073709551615)
 BIGINT), YEAR, BIT
 DECIMAL                     string, exact, with the column's scale (``"12.50"``)
-FLOAT, DOUBLE               number (FLOAT is widened to double: ``1.100000023841858``)
+FLOAT, DOUBLE               number, as the server prints it (FLOAT: 6 significant digits or its decimals)
 DATETIME, TIMESTAMP         string ``YYYY-MM-DDTHH:MM:SS[.ffffff]`` (TIMESTAMP in UTC)
 DATE                        string ``YYYY-MM-DD``
 TIME                        string ``[-]HH:MM:SS[.ffffff]`` (hours may exceed 24)

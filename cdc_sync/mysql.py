@@ -26,6 +26,7 @@ from cdc_sync.canonical import ColumnInfo
 from cdc_sync.config import MySQLConfig
 from cdc_sync.errors import PositionLostError, ServerRefused, SourceError
 from cdc_sync.events import ServerInfo
+from cdc_sync.rowdecode import value_kind
 
 ER_MASTER_FATAL_ERROR_READING_BINLOG = 1236
 # Error 1236 means a lost position only with these texts; otherwise (a duplicate server_id, say) it is an
@@ -290,6 +291,25 @@ class MySQLAdmin:
             )
             if rows:
                 out[name] = [str(r["c"]) for r in rows]
+        return out
+
+    def value_kinds(self, tables: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, str]]:
+        """Per table, the columns whose binlog value is not what a SELECT prints, with their
+        rowdecode.server_text kind (FLOAT; MariaDB's UUID, INET4, INET6). Tables without such columns are left out."""
+        out: dict[tuple[str, str], dict[str, str]] = {}
+        for schema, table in tables:
+            rows = self.query(
+                "SELECT COLUMN_NAME AS c, DATA_TYPE AS t, NUMERIC_SCALE AS s FROM information_schema.COLUMNS "
+                "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND DATA_TYPE IN ('float', 'uuid', 'inet4', 'inet6')",
+                (schema, table),
+            )
+            kinds = {
+                str(r["c"]): kind
+                for r in rows
+                if (kind := value_kind(str(r["t"]).lower(), None if r["s"] is None else int(r["s"]))) is not None
+            }
+            if kinds:
+                out[(schema, table)] = kinds
         return out
 
     def binlog_server_id(self, file: str) -> int | None:

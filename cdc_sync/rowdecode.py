@@ -19,6 +19,7 @@ from __future__ import annotations
 import codecs
 import datetime
 import decimal
+import math
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -447,6 +448,59 @@ def text_encoding(library_encoding: str) -> str | None:
     except LookupError:
         return None
     return MYSQL_LATIN1 if name == "cp1252" else name
+
+
+# ---- values the binlog carries in another form than a SELECT prints (kinds from information_schema) ------------
+
+
+def server_text(kind: str, value: Any) -> Any:
+    """A decoded value as a SELECT returns it, for the column kinds ``value_kind`` names: MariaDB's UUID, INET4
+    and INET6 (the binlog has their bytes, SELECT their text) and FLOAT (the binlog has the float32, SELECT prints
+    6 significant digits, or the column's decimals: ``float:D``). Other values pass unchanged."""
+    if kind == "uuid" and isinstance(value, bytes) and len(value) == 16:
+        h = value.hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    if kind == "inet4" and isinstance(value, bytes) and len(value) == 4:
+        return ".".join(str(b) for b in value)
+    if kind == "inet6" and isinstance(value, bytes) and len(value) == 16:
+        return inet6_text(value)
+    if kind.startswith("float") and isinstance(value, float) and math.isfinite(value):
+        exact = struct.unpack("<f", struct.pack("<f", value))[0]  # the float32 itself (value reads back as it)
+        scale = kind.partition(":")[2]
+        return float(f"{exact:.{int(scale)}f}") if scale else float(f"{exact:.6g}")
+    return value
+
+
+def value_kind(data_type: str, numeric_scale: int | None) -> str | None:
+    """The ``server_text`` kind of a column by its information_schema DATA_TYPE and NUMERIC_SCALE (None: the
+    decoded value is already what a SELECT returns)."""
+    if data_type in ("uuid", "inet4", "inet6"):
+        return data_type
+    if data_type == "float":
+        return f"float:{numeric_scale}" if numeric_scale is not None else "float"
+    return None
+
+
+def inet6_text(raw: bytes) -> str:
+    """An IPv6 address as MariaDB prints an INET6 (inet_ntop's rules): the longest run of two or more zero
+    groups as ``::`` (the first of equal runs), lowercase hex, and the last 32 bits as a dotted quad for an
+    IPv4-compatible (``::1.2.3.4``) or IPv4-mapped (``::ffff:1.2.3.4``) address."""
+    words = [raw[i] << 8 | raw[i + 1] for i in range(0, 16, 2)]
+    best, best_len, start = -1, 0, -1
+    for i, w in enumerate([*words, 1]):  # (a sentinel ends a trailing run)
+        if w == 0 and start < 0:
+            start = i
+        elif w != 0 and start >= 0:
+            if i - start > best_len:
+                best, best_len = start, i - start
+            start = -1
+    if best_len < 2:
+        return ":".join(f"{w:x}" for w in words)
+    if best == 0 and (best_len == 6 or (best_len == 5 and words[5] == 0xFFFF)):
+        return ("::" if best_len == 6 else "::ffff:") + ".".join(str(b) for b in raw[12:])
+    head = ":".join(f"{w:x}" for w in words[:best])
+    tail = ":".join(f"{w:x}" for w in words[best + best_len :])
+    return f"{head}::{tail}"
 
 
 # MySQL's latin1 is Windows-1252 with the five bytes it leaves undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D) read as

@@ -7,7 +7,8 @@ original start) is refused, so the worker reconnects from its own position.
 Values are fixed up here so that they equal what a ``SELECT`` through PyMySQL returns (the reader fills
 from SELECTs, the worker from the binlog; both must write the same bytes): BIT as an integer, SET as a
 set (the empty set included), YEAR 0000 as 0, BINARY(n) padded to n bytes, an empty binary value as bytes, FLOAT as its
-shortest float32 text, a negative TIME with a fraction repaired, MySQL JSON documents with text instead
+shortest float32 text (then as the server prints it, with ``kinds``: 6 significant digits or the column's
+decimals; MariaDB's UUID/INET4/INET6 as their text, see rowdecode.server_text), a negative TIME with a fraction repaired, MySQL JSON documents with text instead
 of bytes, and latin1 as MySQL's own (Windows-1252 whose five undefined bytes are the C1 controls).
 
 Row images of mapped tables are decoded by rowdecode.py where it can, only the columns the rules need
@@ -64,7 +65,15 @@ from cdc_sync.events import (
 )
 from cdc_sync.mysql import connection_settings, translate_error
 from cdc_sync.positions import kind_of, split_stream
-from cdc_sync.rowdecode import ColumnSpec, RowDecodeError, RowDecoder, float32_text, json_text, text_encoding
+from cdc_sync.rowdecode import (
+    ColumnSpec,
+    RowDecodeError,
+    RowDecoder,
+    float32_text,
+    json_text,
+    server_text,
+    text_encoding,
+)
 
 log = logs.get("cdc_sync.source")
 _MARIADB_GTID_STANDALONE = 0x01
@@ -163,6 +172,18 @@ def _fix_row(values: dict[str, Any], nones: Mapping[str, str], fixes: list[tuple
             raw = b"" if value == "" else value
             values[name] = raw.ljust(fix[1], b"\0") if isinstance(raw, bytes) and len(raw) < fix[1] else raw
     return values
+
+
+def _as_printed(row: Mapping[str, object] | None, kinds: Mapping[str, str]) -> dict[str, object] | None:
+    """``row`` with the values of ``kinds``'s columns as a SELECT prints them (rowdecode.server_text)."""
+    if row is None:
+        return None
+    out = dict(row)
+    for name, kind in kinds.items():
+        value = out.get(name)
+        if value is not None:
+            out[name] = server_text(kind, value)
+    return out
 
 
 def repair_negative_time(value: Any) -> Any:
@@ -281,14 +302,18 @@ class BinlogSource:
         flavor: str,
         needed: Mapping[tuple[str, str], frozenset[str] | None] | None = None,
         fast: bool = True,
+        kinds: Mapping[tuple[str, str], Mapping[str, str]] | None = None,
     ) -> None:
         """``needed``: per table, the only columns to decode (None or absent: all); ``fast``: decode row
-        images with rowdecode.py where it can (False: always the library, as the differential test does)."""
+        images with rowdecode.py where it can (False: always the library, as the differential test does);
+        ``kinds``: per table, the columns whose values are turned into what a SELECT prints
+        (rowdecode.server_text; read at each event, so the caller may update it after DDL)."""
         self.cfg = cfg
         self.tables = set(tables)  # (schema, table) pairs whose row events are decoded
         self.flavor = flavor
         self.needed = dict(needed or {})
         self.fast = fast
+        self.kinds: Mapping[tuple[str, str], Mapping[str, str]] = kinds if kinds is not None else {}
         self.decoded = {"fast": 0, "library": 0}  # rows events of mapped tables, by decoder (tests, bench)
         self._decoded_metric = {k: m.ROWS_EVENTS_DECODED.labels(decoder=k) for k in self.decoded}
         self._stream: BinLogStreamReader | None = None
@@ -392,6 +417,11 @@ class BinlogSource:
                     m.PARTIAL_IMAGES.labels(table=name).inc()
                     log.warning("source.partial_row_image", table=name, rows=len(changes), action="evict_only")
                     changes, evict_only = partial, True
+            kinds = self.kinds.get((event.schema, event.table))
+            if kinds:
+                changes = tuple(
+                    c._replace(before=_as_printed(c.before, kinds), after=_as_printed(c.after, kinds)) for c in changes
+                )
             return RawRows(changes, evict_only=evict_only)
         if isinstance(event, XidEvent):
             return RawCommit(stream.log_file, stream.log_pos, event.timestamp)

@@ -72,6 +72,7 @@ class AdminPort(Protocol):
     def table_columns(self, names: Sequence[str]) -> dict[str, list[str]]: ...
     def cascade_edges(self) -> list[CascadeEdge]: ...
     def stored_names(self, names: Sequence[str]) -> dict[str, tuple[str, str]]: ...
+    def value_kinds(self, tables: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, str]]: ...
     def gtid_at(self, file_pos: str) -> str | None: ...
     def binlog_server_id(self, file: str) -> int | None: ...
     def current_position(self, flavor: str, kind: str) -> str: ...
@@ -169,6 +170,9 @@ class Worker:
         self.info: ServerInfo | None = None
         self.tables = needed_columns(self.rules, ())
         self.watches: list[CascadeWatch] = []  # only grows while running (see _derive_schema)
+        # per mapped table, the columns whose binlog value is not what a SELECT prints (rowdecode.server_text),
+        # updated in place after DDL: the stream reads it for every rows event it translates
+        self.value_kinds: dict[tuple[str, str], dict[str, str]] = {}
         self._hidden_noted: set[str] = set()  # tables whose foreign keys' actions information_schema hides
         self._uncertain_rules: list[TableRule] = []  # held as flushing until the stream reaches _uncertain_until
         self._uncertain_until = ""
@@ -332,6 +336,10 @@ class Worker:
         for rule in self.rules:
             if rule.stored is not None and rule.stored != (rule.schema, rule.table):
                 log.info("sync.table_name_resolved", table=rule.name, stored=".".join(rule.stored))
+        mapped = [r.stored_as for r in self.rules]
+        kinds = self._retry_source("column types", lambda: self._admin.value_kinds(mapped))
+        self.value_kinds.clear()
+        self.value_kinds.update(kinds)
         edges = self._retry_source("foreign keys", self._admin.cascade_edges)
         hidden = sorted({e.child for e in edges if e.assumed} - self._hidden_noted)
         if hidden:

@@ -13,7 +13,8 @@ with the database side ``(absent)``. The row is encoded the way the worker encod
 absence (``null``) under a key no row renders is right only if MySQL matches no row to its values: a reader's
 lookup by them would find one (``code = 'a'`` finds ``'a '`` under PAD SPACE). Fields MySQL cannot compare by
 their rendered text are looked up by what they mean: a SET's members in the column's definition order (the
-worker sorts them by name), a FLOAT by its float32 (between its neighbours; MySQL compares it as a double).
+worker sorts them by name), a FLOAT by a range around its printed text (the worker renders it as the server
+prints it; MySQL compares the stored float32 as a double).
 
 A mismatch may only mean the worker has not applied that change yet, so mismatches are checked again once the
 freshness heartbeat has passed the time of a second read; only what still differs, with the row unchanged
@@ -28,6 +29,8 @@ hash table and so is spread over the keyspace, not sorted by key, but it is not 
 from __future__ import annotations
 
 import contextlib
+import decimal
+import functools
 import math
 import operator
 import re
@@ -84,7 +87,7 @@ def _quote(identifier: str) -> str:
 @dataclass(frozen=True)
 class _Between:
     """A query value matched as a range, ends excluded: a FLOAT column's field (the stored float32, which MySQL
-    compares as a double, is not the double the rendered text reads as; only it lies between its neighbours)."""
+    compares as a double, is not the double the printed text reads as; see ``_float_between``)."""
 
     low: float
     high: float
@@ -107,6 +110,7 @@ class _Rows:
         self._conn: pymysql.connections.Connection[Any] | None = None
         self._kinds: dict[str, dict[str, str]] = {}
         self._members: dict[str, dict[str, list[str]]] = {}
+        self._scales: dict[str, dict[str, int]] = {}
 
     def _run(self, sql: str, args: Sequence[object] | None) -> list[dict[str, Any]]:
         try:
@@ -134,12 +138,22 @@ class _Rows:
                 (schema, name),
             )
             self._kinds[table] = {str(r["c"]): str(r["t"]).lower() for r in rows}
+            self._scales[table] = {
+                str(r["c"]): int(m.group(1))
+                for r in rows
+                if str(r["t"]).lower() == "float" and (m := _SCALE.search(str(r["ct"]))) is not None
+            }
             self._members[table] = {
                 str(r["c"]): [_unescape_member(m) for m in _MEMBER.findall(str(r["ct"]))]
                 for r in rows
                 if str(r["t"]).lower() == "set"
             }
         return self._kinds[table]
+
+    def scale(self, table: str, column: str) -> int | None:
+        """A FLOAT(M,D) column's D (None: a plain FLOAT, printed with 6 significant digits)."""
+        self.kinds(table)
+        return self._scales[table].get(column)
 
     def members(self, table: str, column: str) -> list[str]:
         """A SET column's members in definition order (the order MySQL spells a value in)."""
@@ -327,7 +341,7 @@ class _Checker:
             order = {m: i for i, m in enumerate(self.rows.members(self.rule.name, column))}
             return lambda text: ",".join(sorted(text.split(","), key=lambda m: order.get(m, len(order))))
         if kind == "float":
-            return _float32_between
+            return functools.partial(_float_between, scale=self.rows.scale(self.rule.name, column))
         return _int_or_text if kind in _INTEGER else str
 
     def _shown(self, value: Any) -> Any:
@@ -338,6 +352,7 @@ class _Checker:
 
 _PERCENT = re.compile(r"%([0-9A-F]{2})")
 # One member of a COLUMN_TYPE "set('a','b')": a quote doubled, a backslash and \0 \n \r \Z escaped by one
+_SCALE = re.compile(r"^float\(\d+,(\d+)\)")  # a COLUMN_TYPE "float(10,4)"
 _MEMBER = re.compile(r"'((?:[^'\\]|''|\\.)*)'", re.S)
 _MEMBER_ESCAPE = re.compile(r"''|\\(.)", re.S)
 _MEMBER_CHARS = {"0": "\0", "n": "\n", "r": "\r", "Z": "\x1a"}
@@ -365,26 +380,27 @@ def _latin1(text: str) -> bytes:
     return text.encode("latin-1")
 
 
-def _float32_between(text: str) -> object:
-    """A FLOAT field: the float32 the text rounds to, as the range between its float32 neighbours (text that is
-    no finite float32 stays text: no row renders it)."""
+def _float_between(text: str, scale: int | None = None) -> object:
+    """A FLOAT field: the worker renders a FLOAT as the server prints it (6 significant digits, or the column's
+    decimals), so the stored float32 lies within half a unit of the text's last digit, or of its sixth
+    significant one: a range around it (the row's own rendering then decides). Text that is no finite number
+    stays text: no row renders it."""
     try:
-        stored = struct.unpack("<f", struct.pack("<f", float(text)))[0]
-    except (ValueError, OverflowError):
+        number = decimal.Decimal(text)
+    except decimal.InvalidOperation:
         return text
-    if not math.isfinite(stored):
+    if not number.is_finite():
         return text
-    return _Between(_next_float32(stored, up=False), _next_float32(stored, up=True))
-
-
-def _next_float32(value: float, *, up: bool) -> float:
-    """The next float32 up or down; past the largest float32, the largest double (MySQL takes no infinity)."""
-    if value == 0:
-        return _TINY_FLOAT32 if up else -_TINY_FLOAT32
-    bits = struct.unpack("<I", struct.pack("<f", value))[0]
-    bits += 1 if (value > 0) == up else -1  # a float32's bit pattern orders its magnitude
-    out = float(struct.unpack("<f", struct.pack("<I", bits))[0])
-    return out if math.isfinite(out) else math.copysign(sys.float_info.max, out)
+    value = float(number)
+    if not math.isfinite(value):
+        return text
+    if scale is not None:  # FLOAT(M,D): printed with D decimals
+        slack = 10.0**-scale / 2
+    else:
+        exponent = number.as_tuple().exponent
+        slack = max(10.0**exponent / 2 if isinstance(exponent, int) else 0.0, abs(value) * 5e-6)
+    slack = slack * (1 + 1e-6) + abs(value) * 1e-12 + _TINY_FLOAT32  # (and a little more than doubles round)
+    return _Between(max(value - slack, -sys.float_info.max), min(value + slack, sys.float_info.max))
 
 
 _TINY_FLOAT32 = float(struct.unpack("<f", struct.pack("<I", 1))[0])

@@ -46,6 +46,9 @@ class FakeAdmin:
     def gtid_at(self, file_pos: str) -> str | None:
         return None  # no binlog to look into: the lineage check compares GTID states
 
+    def value_kinds(self, tables: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, str]]:
+        return {}  # (no column types here: values pass as decoded)
+
     def stored_names(self, names: Sequence[str]) -> dict[str, tuple[str, str]]:
         out: dict[str, tuple[str, str]] = {}
         for n in names:

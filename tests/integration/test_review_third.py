@@ -123,11 +123,6 @@ def test_a_flush_deletes_the_key_an_empty_value_renders(
 # ---- 2. verify: FLOAT and SET fields, cached absences -----------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 17 (one encoding per value): SELECT prints FLOAT with 6 digits, the worker the shortest float32; "
-    "the crash on the infinite neighbour is fixed",
-)
 def test_verify_on_a_float_key_at_the_float32_limit_fails_instead_of_checking_it(
     start_worker: StartWorker,
     mysql_server: MySQLTarget,
