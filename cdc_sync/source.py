@@ -5,11 +5,12 @@ and it owns reconnection: the library's own silent reconnect (which, on MariaDB 
 original start) is refused, so the worker reconnects from its own position.
 
 Values are fixed up here so that they equal what a ``SELECT`` through PyMySQL returns (the reader fills
-from SELECTs, the worker from the binlog; both must write the same bytes): BIT as an integer, SET as a
-set (the empty set included), YEAR 0000 as 0, BINARY(n) padded to n bytes, an empty binary value as bytes, FLOAT as its
+from SELECTs, the worker from the binlog; both must write the same bytes): BIT as an integer, SET as a set (the
+empty set included), YEAR 0000 as 0, BINARY(n) padded to n bytes, an empty binary value as bytes, FLOAT as its
 shortest float32 text (then as the server prints it, with ``kinds``: 6 significant digits or the column's
-decimals; MariaDB's UUID/INET4/INET6 as their text, see rowdecode.server_text), a negative TIME with a fraction repaired, MySQL JSON documents with text instead
-of bytes, and latin1 as MySQL's own (Windows-1252 whose five undefined bytes are the C1 controls).
+decimals; MariaDB's UUID/INET4/INET6 as their text, see rowdecode.server_text), a negative TIME with a fraction
+repaired, MySQL JSON documents with text instead of bytes, and latin1 as MySQL's own (Windows-1252 whose five
+undefined bytes are the C1 controls).
 
 Row images of mapped tables are decoded by rowdecode.py where it can, only the columns the rules need
 (``needed``); the library decodes the rest, and its values go through the fix-ups above.
