@@ -426,16 +426,26 @@ def _tags(s: _Section) -> tuple[tuple[str, ...], ...]:
 _SHAPE_SETTINGS = ("table", "key", "also", "mode", "format", "columns", "exclude", "tags")
 
 
+# How values and keys are rendered from rows, in the fingerprint: a release that renders some value differently
+# (2: FLOAT as the server prints it, UUID/INET as text, YEAR 0000 as 0, latin1 as MySQL's) counts as a changed
+# rule, so its first start flushes what the older one wrote, and readers of the other release fill nothing.
+ENCODING = 2
+
+
 def rule_fingerprint(rule: TableRule) -> str:
-    """The rule's key- and value-shaping settings as canonical JSON (stored in ``<ns>:rules``)."""
-    shape = {k: rule.raw[k] for k in _SHAPE_SETTINGS if k in rule.raw}
+    """The rule's key- and value-shaping settings as canonical JSON (stored in ``<ns>:rules``), and ``ENCODING``."""
+    shape: dict[str, Any] = {k: rule.raw[k] for k in _SHAPE_SETTINGS if k in rule.raw}
+    shape["encoding"] = ENCODING
     return json.dumps(shape, sort_keys=True, separators=(",", ":"))
 
 
 def rule_from_fingerprint(text: str) -> TableRule:
     """Rebuild a rule from its fingerprint (to flush the keys of a rule no longer configured)."""
     try:
-        return _rule(json.loads(text), -1)
+        shape = json.loads(text)
+        if isinstance(shape, dict):
+            shape.pop("encoding", None)
+        return _rule(shape, -1)
     except (ValueError, ConfigError) as exc:
         raise ConfigError(f"stored rule {text[:100]!r} is unreadable: {exc}") from None
 

@@ -386,3 +386,18 @@ def test_encode_ops_of_evict_tag() -> None:
 def test_encode_ops_keeps_tag_ops_in_order_with_deletes() -> None:
     """Mixed ops flatten in the order given."""
     assert encode_ops([Delete("k"), EvictTag("s.t"), Delete("j")]) == ["D", "k", "T", "s.t", "D", "j"]
+
+
+def test_the_fingerprint_carries_the_encoding_so_an_upgrade_that_renders_values_anew_flushes() -> None:
+    """A cache written by a release without ENCODING (or another one) reads as written under another rule; a
+    stored fingerprint of either form still rebuilds its rule (to flush its keys)."""
+    import json
+
+    from cdc_sync.config import ENCODING, rule_from_fingerprint
+
+    rule = make_rule(mode="update")
+    text = rule_fingerprint(rule)
+    assert json.loads(text)["encoding"] == ENCODING
+    older = json.dumps({k: v for k, v in json.loads(text).items() if k != "encoding"})
+    assert older != text
+    assert rule_fingerprint(rule_from_fingerprint(older)) == text == rule_fingerprint(rule_from_fingerprint(text))
