@@ -217,7 +217,7 @@ class MySQLAdmin:
             "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('version', 'version_comment', 'log_bin', "
             "'binlog_format', 'binlog_row_image', 'binlog_row_metadata', 'gtid_mode', 'gtid_binlog_pos', "
             "'gtid_executed', 'server_uuid', 'server_id', 'gtid_domain_id', 'log_bin_compress', "
-            "'binlog_transaction_compression', 'binlog_row_value_options', 'gtid_strict_mode')"
+            "'binlog_transaction_compression', 'binlog_row_value_options', 'gtid_strict_mode', 'gtid_binlog_state')"
         )
         variables = {r["Variable_name"].lower(): str(r["Value"]) for r in rows}
         names = (variables.get("version", "") + variables.get("version_comment", "")).lower()

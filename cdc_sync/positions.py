@@ -130,6 +130,27 @@ def parse_mariadb(text: str) -> dict[int, tuple[int, int]]:
     return state
 
 
+def binlog_state_holds(binlog_state: str, target: str) -> bool:
+    """Whether a MariaDB ``gtid_binlog_state`` (the last sequence number logged per domain *and* server id)
+    holds each GTID of the state ``target`` from its own server: ``(domain, server)`` at or past its number.
+
+    A replica promoted after it fell behind (it holds ``0-1-5``) that wrote its own ``0-2-6`` .. ``0-2-11``
+    shows ``0-2-11`` as its domain's position, which ``contains`` takes for past ``0-1-8``; its binlog state
+    ``0-1-5,0-2-11`` shows that it never had ``0-1-8``."""
+    if not gtid_part(target):
+        return True
+    text = gtid_part(binlog_state)
+    if not text:
+        return False
+    if not _MARIADB_RE.match(text):
+        raise PositionError(f"not a MariaDB GTID binlog state: {text!r}")
+    logged: dict[tuple[int, int], int] = {}
+    for part in text.split(","):
+        domain, server, seq = (int(x) for x in part.split("-"))
+        logged[(domain, server)] = max(seq, logged.get((domain, server), 0))
+    return all(logged.get((d, s), -1) >= n for d, (s, n) in parse_mariadb(target).items())
+
+
 def same_state(a: str, b: str) -> bool:
     """Two MariaDB GTID states name the same GTIDs (domain order and stream parts aside; "" is the empty one)."""
     a, b = gtid_part(a), gtid_part(b)

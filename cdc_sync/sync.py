@@ -49,6 +49,7 @@ from cdc_sync.planner import needed_columns, sql_for_log, statement_flushes
 from cdc_sync.positions import (
     PositionError,
     PositionTracker,
+    binlog_state_holds,
     contains,
     has_tagged_gtids,
     kind_of,
@@ -316,7 +317,13 @@ class Worker:
             if writer is None and info.variables.get("server_id") == str(stream.server_id):
                 return True  # its own server, its file gone (purged): a lost position, which the resume finds
         try:
-            return bool(info.gtid_position) and contains(info.gtid_position, checkpoint)
+            held = bool(info.gtid_position) and contains(info.gtid_position, checkpoint)
+            # ... and, on MariaDB, hold each of the checkpoint's GTIDs from its own server (a replica promoted
+            # after it fell behind has the domain's number past them, from its own later transactions)
+            state = info.variables.get("gtid_binlog_state")
+            if held and info.flavor == "mariadb" and state is not None:
+                held = binlog_state_holds(state, checkpoint)
+            return held
         except PositionError:
             return False
 

@@ -198,3 +198,24 @@ def test_mariadb_contains_ignores_stream_parts() -> None:
 
     assert contains("0-1-10,1-2-3", "0-1-10@1:bin.000001:900")
     assert not contains("0-1-9", "0-1-10@1:bin.000001:900")
+
+
+def test_a_promoted_replica_that_fell_behind_does_not_hold_the_checkpoint() -> None:
+    """It held 0-1-5, then wrote 0-2-6..0-2-11: its domain position 0-2-11 'contains' 0-1-8 by number, its
+    binlog state (last number per domain and server) shows it never had 0-1-8."""
+    from cdc_sync.positions import binlog_state_holds, contains
+
+    checkpoint = "0-1-8@1:bin.000003:1234/1796168716"
+    assert contains("0-2-11", checkpoint)
+    assert not binlog_state_holds("0-1-5,0-2-11", checkpoint)
+
+
+def test_a_failover_to_a_replica_that_applied_the_checkpoint_keeps_it() -> None:
+    """A replica that applied 0-1-8 (log_slave_updates) and wrote 0-2-9..: its binlog state keeps 0-1-8 (or later)."""
+    from cdc_sync.positions import binlog_state_holds
+
+    assert binlog_state_holds("0-1-8,0-2-11", "0-1-8")
+    assert binlog_state_holds("0-2-11,0-1-9", "0-1-8@1:bin.000001:4/1")
+    assert binlog_state_holds("0-1-8,1-3-2,1-7-5", "0-1-8,1-7-4")
+    assert not binlog_state_holds("0-1-8,1-3-9", "0-1-8,1-7-4"), "another server's number in the domain"
+    assert not binlog_state_holds("", "0-1-8") and binlog_state_holds("", "") and binlog_state_holds("0-1-2", "")

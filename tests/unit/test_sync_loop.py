@@ -204,6 +204,24 @@ def test_checkpoint_unknown_to_the_server_flushes_and_starts_at_its_end() -> Non
     assert "source.lineage_changed" in [e["event"] for e in logs]
 
 
+def test_a_promoted_replica_that_fell_behind_is_another_lineage() -> None:
+    """The server's domain position 0-2-11 is past the checkpoint 0-1-8 by number, but its binlog state says it
+    had 0-1-5 from server 1 only (promoted behind, then wrote its own): flush all, start at its end. The same
+    server with 0-1-8 in its binlog state resumes (a failover to a replica that applied it)."""
+    for state, lost in (("0-1-5,0-2-11", True), ("0-1-8,0-2-11", False)):
+        sink = FakeSink()
+        sink.store.update({"cdc:checkpoint": "0-1-8", "user:1": b"cached"})
+        source = FakeSource({}, threading.Event())
+        admin = FakeAdmin(COLUMNS, gtid_position="0-2-11")
+        admin.variables["gtid_binlog_state"] = state
+        worker = Worker(CONFIG, source, admin, sink, NoBackoff())
+        with capture_logs() as logs, running(worker):
+            wait_until(lambda source=source: len(source.starts) == 1)
+        assert source.starts == (["0-2-11"] if lost else ["0-1-8"]), state
+        assert ("user:1" not in sink.store) is lost, state
+        assert ("source.lineage_changed" in [e["event"] for e in logs]) is lost, state
+
+
 def test_file_checkpoint_from_another_server_flushes() -> None:
     """A file checkpoint written against another server identity is meaningless here: flush, start at the end."""
     sink = FakeSink()
