@@ -102,8 +102,49 @@ def _mysql_checks(config: Config) -> list[Check]:
     out.extend(privileges)
     out.append(_server_id_check(admin, info.flavor, config.mysql.server_id, v))
     out.append(_tables_check(admin, config, hidden))
+    out.append(_binlog_bypass_check(admin))
     admin.close()
     return out
+
+
+def _binlog_bypass_check(admin: MySQLAdmin) -> Check:
+    """The accounts that may turn binary logging off for their session (``SET sql_log_bin = 0`` needs SUPER, or
+    BINLOG ADMIN on MariaDB): what they change that way the worker never sees. information_schema lists other
+    accounts' privileges only to a user who may read the grant tables; otherwise this says it cannot tell."""
+    try:
+        rows = admin.query(
+            "SELECT DISTINCT GRANTEE AS g FROM information_schema.USER_PRIVILEGES "
+            "WHERE PRIVILEGE_TYPE IN ('SUPER', 'BINLOG ADMIN') ORDER BY GRANTEE"
+        )
+        me = admin.query("SELECT CURRENT_USER() AS u")
+    except CdcSyncError as exc:
+        return Check("mysql.binlog_bypass", SKIP, f"cannot read the accounts' privileges: {_reason(exc)}")
+    current = str(me[0]["u"]) if me else ""
+    user, _, host = current.partition("@")
+    mine = f"'{user}'@'{host}'"
+    accounts = [str(r["g"]) for r in rows]
+    others = [a for a in accounts if a != mine]
+    fix = "after maintenance with sql_log_bin=0, run cdc-sync flush TABLE... for the tables it touched"
+    if mine in accounts:
+        return Check(
+            "mysql.binlog_bypass",
+            WARN,
+            f"this account ({current}) may turn binary logging off (SUPER or BINLOG ADMIN): more than it needs",
+            f"REVOKE SUPER, BINLOG ADMIN ON *.* FROM {mine}",
+        )
+    if not others:
+        return Check(
+            "mysql.binlog_bypass",
+            SKIP,
+            "cannot tell which accounts may turn binary logging off (SUPER, BINLOG ADMIN): information_schema "
+            "shows other accounts' privileges only to a user who may read the grant tables",
+        )
+    return Check(
+        "mysql.binlog_bypass",
+        PASS,
+        f"accounts that may turn binary logging off, whose changes then never reach the cache: {', '.join(others)}",
+        fix,
+    )
 
 
 def _tables_check(admin: MySQLAdmin, config: Config, hidden: set[str]) -> Check:

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pymysql
 import pytest
 import redis
 
@@ -15,7 +16,7 @@ from cdc_sync import CacheReader
 from cdc_sync.config import load
 from cdc_sync.devservers import LocalServer, start_redis
 from cdc_sync.mysql import RowLoader
-from tests.helpers import WorkerProcess, connect, wait_caught_up, wait_for, write_config
+from tests.helpers import WorkerProcess, connect, execute, wait_caught_up, wait_for, write_config
 from tests.servers import MySQLTarget, RedisTarget
 
 StartWorker = Callable[..., WorkerProcess]
@@ -74,3 +75,21 @@ def own_redis() -> Iterator[tuple[LocalServer, RedisTarget]]:
         yield server, RedisTarget("127.0.0.1", server.port)
     finally:
         server.stop()
+
+
+@pytest.fixture
+def mysql_user(sql: pymysql.Connection) -> Iterator[Callable[..., tuple[str, str]]]:  # type: ignore[type-arg]
+    """mysql_user(grants...): a MySQL user with a password and exactly these grants: (user, password)."""
+    made: list[str] = []
+
+    def make(*grants: str, name: str = "cdcrev") -> tuple[str, str]:
+        password = "Review-Secret-771"
+        execute(sql, f"DROP USER IF EXISTS '{name}'@'%'", f"CREATE USER '{name}'@'%' IDENTIFIED BY '{password}'")
+        for grant in grants:
+            execute(sql, f"GRANT {grant} TO '{name}'@'%'")
+        made.append(name)
+        return name, password
+
+    yield make
+    for name in made:
+        execute(sql, f"DROP USER IF EXISTS '{name}'@'%'")

@@ -33,9 +33,10 @@ def test_undecodable_row_flushes_and_the_worker_goes_on(
     sql: pymysql.Connection,  # type: ignore[type-arg]
     r: redis.Redis,
 ) -> None:
-    """A row the library cannot decode (latin1 byte 0x81) flushes the tables and later changes still land."""
+    """A row that cannot be decoded (cp1250 byte 0x81, which MySQL stores and Python's cp1250 leaves undefined) flushes
+    the tables and later changes still land."""
     with sql.cursor() as cur:
-        cur.execute("CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(20) CHARACTER SET latin1)")
+        cur.execute("CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(20) CHARACTER SET cp1250)")
     w = start_worker(_tables(db))
     r.set("users:7", "stale")
     with sql.cursor() as cur:

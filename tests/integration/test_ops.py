@@ -125,6 +125,36 @@ def test_doctor_fails_on_missing_privileges(
     assert "weak-pw" not in json.dumps(data)
 
 
+def test_doctor_names_the_accounts_that_may_turn_the_binlog_off(
+    tmp_path: Path,
+    mysql_server: MySQLTarget,
+    redis_server: RedisTarget,
+    db: str,
+    users: None,
+    cfg: Path,
+    mysql_user: Any,
+) -> None:
+    """SET sql_log_bin = 0 needs SUPER (or BINLOG ADMIN): changes made that way never reach the cache. Root (the
+    worker's user here) is told it holds more than it needs; a user who may read the grant tables sees the
+    accounts; one who may not is told that doctor cannot tell."""
+    _, data = cli_json("doctor", config=cfg)
+    assert _check(data, "mysql.binlog_bypass")["status"] == "WARN"
+    least = ("REPLICATION SLAVE, BINLOG MONITOR, REFERENCES ON *.*", f"SELECT ON {db}.*")
+    for name, grants, status in (
+        ("cdcsees", (*least, "SELECT ON mysql.*"), "PASS"),
+        ("cdcblind", least, "SKIP"),
+    ):
+        user, password = mysql_user(*grants, name=name)
+        conf = write_config(
+            tmp_path / f"{name}.toml", mysql_server, redis_server, _tables(db), user=user, password=password
+        )
+        _, seen = cli_json("doctor", config=conf)
+        check = _check(seen, "mysql.binlog_bypass")
+        assert check["status"] == status, check
+        if status == "PASS":
+            assert "root" in check["detail"] and name not in check["detail"], check
+
+
 def test_doctor_fails_when_two_tables_render_the_same_keys(
     tmp_path: Path, mysql_server: MySQLTarget, redis_server: RedisTarget, db: str, users: None, sql: pymysql.Connection
 ) -> None:  # type: ignore[type-arg]

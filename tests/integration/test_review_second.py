@@ -158,24 +158,6 @@ def users(sql: pymysql.Connection) -> None:  # type: ignore[type-arg]
     execute(sql, "CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(40))", "INSERT INTO users VALUES (1, 'a')")
 
 
-@pytest.fixture
-def mysql_user(sql: pymysql.Connection) -> Iterator[Callable[..., tuple[str, str]]]:  # type: ignore[type-arg]
-    """mysql_user(grants...): a MySQL user with a password and exactly these grants: (user, password)."""
-    made: list[str] = []
-
-    def make(*grants: str, name: str = "cdcrev") -> tuple[str, str]:
-        password = "Review-Secret-771"
-        execute(sql, f"DROP USER IF EXISTS '{name}'@'%'", f"CREATE USER '{name}'@'%' IDENTIFIED BY '{password}'")
-        for grant in grants:
-            execute(sql, f"GRANT {grant} TO '{name}'@'%'")
-        made.append(name)
-        return name, password
-
-    yield make
-    for name in made:
-        execute(sql, f"DROP USER IF EXISTS '{name}'@'%'")
-
-
 def test_doctor_passes_replication_slave_admin_for_replication_slave(
     tmp_path: Path,
     mysql_server: MySQLTarget,
