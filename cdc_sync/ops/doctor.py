@@ -10,6 +10,7 @@ problem is reported once. Every detail is a plain sentence, never a driver's exc
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -386,11 +387,19 @@ def _redis_checks(config: Config) -> list[Check]:
     return out
 
 
+def _in_multi(client: redis.Redis, key: str) -> object:
+    """A GET inside MULTI ... EXEC (the transaction pipelines of the CLI and readers)."""
+    pipe = client.pipeline(transaction=True)
+    pipe.get(key)
+    return pipe.execute()
+
+
 def _acl_steps(client: redis.Redis, ns: str) -> list[tuple[str, Callable[[], object]]]:
     """One step per command the worker, the readers and the CLI send (commands inside scripts included:
     the ACL applies to those too). Each works on throwaway keys under ``<ns>:doctor:probe``."""
     probe = f"{ns}:doctor:probe"
     script = "return redis.call('TIME')[1]"
+    script_sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
     return [
         ("SET", lambda: client.set(probe, "1", px=10000)),
         ("GET", lambda: client.get(probe)),
@@ -401,7 +410,8 @@ def _acl_steps(client: redis.Redis, ns: str) -> list[tuple[str, Callable[[], obj
         ("PERSIST", lambda: client.persist(probe)),
         ("HSET", lambda: client.hset(f"{probe}:h", "f", "1")),
         ("HINCRBY", lambda: client.hincrby(f"{probe}:h", "f", 1)),
-        ("INCR", lambda: client.incr(f"{probe}:n")),
+        # redis-py incr() sends INCRBY: the scripts send INCR
+        ("INCR", lambda: client.execute_command("INCR", f"{probe}:n")),  # type: ignore[no-untyped-call]
         ("HGETALL", lambda: client.hgetall(f"{probe}:h")),
         ("HLEN", lambda: client.hlen(f"{probe}:h")),
         ("HDEL", lambda: client.hdel(f"{probe}:h", "none")),
@@ -409,7 +419,13 @@ def _acl_steps(client: redis.Redis, ns: str) -> list[tuple[str, Callable[[], obj
         ("SMEMBERS", lambda: client.smembers(f"{probe}:s")),
         ("SCAN", lambda: client.scan(0, match=f"{probe}*", count=10)),
         ("TIME", lambda: client.time()),
+        ("MULTI", lambda: _in_multi(client, probe)),
+        ("EXEC", lambda: None),  # (tried with MULTI: a user denied either fails that step)
+        ("HGET", lambda: client.hget(f"{probe}:h", "f")),
+        ("PING", lambda: client.ping()),
+        ("INFO", lambda: client.info("server")),
         ("SCRIPT LOAD", lambda: client.script_load(script)),
+        ("SCRIPT EXISTS", lambda: client.script_exists(script_sha)),  # (a pipeline of scripts asks it first)
         ("EVALSHA", lambda: client.evalsha(client.script_load(script), 0)),
         ("UNLINK", lambda: client.unlink(f"{probe}:h", f"{probe}:s")),
         ("DEL", lambda: client.delete(probe, f"{probe}:h", f"{probe}:s", f"{probe}:n")),

@@ -13,9 +13,12 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import redis
+
 from cdc_sync.config import Config
 from cdc_sync.ops.maintenance import select_rules
 from cdc_sync.reader import CacheReader
+from cdc_sync.sink import redis_error
 
 
 @dataclass
@@ -93,6 +96,8 @@ def warm(
                     if ahead > 0:
                         time.sleep(ahead)
             result.seconds = time.monotonic() - started
+    except redis.RedisError as exc:
+        raise redis_error(exc, "warm") from exc
     finally:
         reader.close()
     return results
