@@ -312,6 +312,29 @@ class MySQLAdmin:
                 out[(schema, table)] = kinds
         return out
 
+    def single_byte_charsets(self, tables: Sequence[tuple[str, str]]) -> dict[str, str]:
+        """The single-byte charsets of the text columns of ``tables``, each with the server's own decoding of
+        its 256 bytes (``CONVERT(x'NN' USING charset)``, read back as UTF-8): what a SELECT returns, byte by byte."""
+        names: set[str] = set()
+        for schema, table in tables:
+            rows = self.query(
+                "SELECT DISTINCT c.CHARACTER_SET_NAME AS cs FROM information_schema.COLUMNS c "
+                "JOIN information_schema.CHARACTER_SETS s ON s.CHARACTER_SET_NAME = c.CHARACTER_SET_NAME "
+                "WHERE c.TABLE_SCHEMA = %s AND c.TABLE_NAME = %s AND s.MAXLEN = 1",
+                (schema, table),
+            )
+            names.update(str(r["cs"]).lower() for r in rows if r["cs"] is not None)
+        out: dict[str, str] = {}
+        for name in sorted(names - {"binary"}):
+            if not re.fullmatch(r"[a-z0-9_]+", name):
+                continue
+            probes = ", ".join(f"CONVERT(x'{b:02x}' USING {name}) AS b{b}" for b in range(256))
+            row = self.query(f"SELECT {probes}")[0]
+            chars = ["\0" if row[f"b{b}"] is None else str(row[f"b{b}"]) for b in range(256)]
+            if all(len(c) == 1 for c in chars):
+                out[name] = "".join(chars)
+        return out
+
     def binlog_server_id(self, file: str) -> int | None:
         """The server id in the format description of binlog ``file`` (the server that wrote it), None when the
         server has no such file. Cached per file name (a file's first event never changes)."""

@@ -517,17 +517,47 @@ def _latin1_char(b: int) -> str:
 
 
 _LATIN1_DECODING = "".join(_latin1_char(b) for b in range(256))
-_LATIN1_ENCODING = codecs.charmap_build(_LATIN1_DECODING)
 
 
-def _latin1_codec(name: str) -> codecs.CodecInfo | None:
-    if name != MYSQL_LATIN1:
+# Single-byte charsets as the server itself maps them (sync.py reads each mapped column's charset once): Python's
+# codecs of the same names differ from MySQL's in places (cp1256, greek, hebrew, cp866 map some bytes to other
+# characters; cp1250/cp1257 leave bytes undefined that MySQL reads as '?'), and some have none (dec8, swe7, ...).
+_SERVER_TABLES: dict[str, str] = {}  # charset name -> 256 characters, byte b decodes as [b]
+
+
+def register_server_charset(charset: str, table: str) -> None:
+    """Decode ``charset`` with ``table`` (what the server's ``CONVERT(x'NN' USING charset)`` gives each byte)."""
+    if len(table) != 256:
+        raise ValueError(f"{charset}: a single-byte table has 256 characters, not {len(table)}")
+    _SERVER_TABLES[charset.lower()] = table
+
+
+def server_codec(charset: str | None) -> str | None:
+    """The codec name for a MySQL charset the server's own table was read for (None: none was)."""
+    if charset is None or charset.lower() not in _SERVER_TABLES:
         return None
-    return codecs.CodecInfo(
-        name=MYSQL_LATIN1,
-        encode=lambda text, errors="strict": codecs.charmap_encode(text, errors, _LATIN1_ENCODING),
-        decode=lambda data, errors="strict": codecs.charmap_decode(data, errors, _LATIN1_DECODING),
-    )
+    return f"mysql_{charset.lower()}"
 
 
-codecs.register(_latin1_codec)
+def _charmap(name: str, decoding: Callable[[], str]) -> codecs.CodecInfo:
+    def decode(data: Any, errors: str = "strict") -> tuple[str, int]:  # (data: any buffer)
+        return codecs.charmap_decode(data, errors, decoding())
+
+    def encode(text: str, errors: str = "strict") -> tuple[bytes, int]:
+        return codecs.charmap_encode(text, errors, codecs.charmap_build(decoding()))
+
+    return codecs.CodecInfo(name=name, encode=encode, decode=decode)
+
+
+def _mysql_codec(name: str) -> codecs.CodecInfo | None:
+    if not name.startswith("mysql_"):
+        return None
+    charset = name[len("mysql_") :]
+    if charset in _SERVER_TABLES:  # (read at call time: codecs.lookup caches this CodecInfo)
+        return _charmap(name, lambda: _SERVER_TABLES[charset])
+    if name == MYSQL_LATIN1:
+        return _charmap(name, lambda: _SERVER_TABLES.get("latin1", _LATIN1_DECODING))
+    return None
+
+
+codecs.register(_mysql_codec)

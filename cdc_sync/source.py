@@ -72,6 +72,7 @@ from cdc_sync.rowdecode import (
     RowDecoder,
     float32_text,
     json_text,
+    server_codec,
     server_text,
     text_encoding,
 )
@@ -82,10 +83,11 @@ _library_encoding = RowsEvent.charset_to_encoding
 
 
 def _charset_to_encoding(name: str) -> str:
-    """The library's codec for a column charset, with MySQL's own latin1 (rowdecode.MYSQL_LATIN1) where the
-    library says cp1252, which refuses five bytes MySQL stores and a SELECT returns."""
+    """The library's codec for a column charset: the server's own table where one was read
+    (rowdecode.server_codec), else MySQL's latin1 (rowdecode.MYSQL_LATIN1) where the library says cp1252, which
+    refuses five bytes MySQL stores and a SELECT returns."""
     encoding: str = _library_encoding(name)
-    return text_encoding(encoding) or encoding
+    return server_codec(name) or text_encoding(encoding) or encoding
 
 
 # The library decodes text by this one hook (RowsEvent.__read_string): both decoders read latin1 as MySQL does.
@@ -235,7 +237,7 @@ def column_spec(col: Any) -> ColumnSpec:
     if col.type == FIELD_TYPE.GEOMETRY:
         encoding = None
     elif charset is not None:
-        encoding = text_encoding(RowsEvent.charset_to_encoding(charset))
+        encoding = server_codec(charset) or text_encoding(RowsEvent.charset_to_encoding(charset))
     enum_values, set_values = getattr(col, "enum_values", None), getattr(col, "set_values", None)
     return ColumnSpec(
         name=col.name,

@@ -49,6 +49,9 @@ class FakeAdmin:
     def value_kinds(self, tables: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, str]]:
         return {}  # (no column types here: values pass as decoded)
 
+    def single_byte_charsets(self, tables: Sequence[tuple[str, str]]) -> dict[str, str]:
+        return {}
+
     def stored_names(self, names: Sequence[str]) -> dict[str, tuple[str, str]]:
         out: dict[str, tuple[str, str]] = {}
         for n in names:

@@ -33,14 +33,14 @@ def test_undecodable_row_flushes_and_the_worker_goes_on(
     sql: pymysql.Connection,  # type: ignore[type-arg]
     r: redis.Redis,
 ) -> None:
-    """A row that cannot be decoded (cp1250 byte 0x81, which MySQL stores and Python's cp1250 leaves undefined) flushes
-    the tables and later changes still land."""
+    """A row that cannot be decoded (GBK's a4 40, which MariaDB stores and Python's gbk codec refuses) flushes the
+    tables and later changes still land."""
     with sql.cursor() as cur:
-        cur.execute("CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(20) CHARACTER SET cp1250)")
+        cur.execute("CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(20) CHARACTER SET gbk)")
     w = start_worker(_tables(db))
     r.set("users:7", "stale")
     with sql.cursor() as cur:
-        cur.execute("INSERT INTO users VALUES (1, x'81')")
+        cur.execute("INSERT INTO users VALUES (1, x'a440')")
         cur.execute("INSERT INTO users VALUES (2, 'fine')")
     wait_caught_up(r, sql, mysql_server.flavor, w)
     assert r.exists("users:7") == 0, "the undecodable event flushed the table"

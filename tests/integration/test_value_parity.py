@@ -17,6 +17,9 @@ from tests.helpers import cli, execute, wait_caught_up
 from tests.integration.conftest import StartWorker
 from tests.servers import MySQLTarget
 
+SINGLE_BYTE = ("cp1250", "cp1251", "cp1256", "cp1257", "greek", "hebrew", "cp866", "dec8", "swe7", "keybcs2")
+HIGH_BYTES = "x'" + "".join(f"{b:02x}" for b in range(0x80, 0xA8)) + "'"  # 40 bytes, undefined ones among them
+
 # (column definition, values): one row per value, id = position; NULL rows are added for every column.
 COLUMNS: list[tuple[str, list[str]]] = [
     (
@@ -42,6 +45,8 @@ COLUMNS: list[tuple[str, list[str]]] = [
     ),
     ("l1 VARCHAR(10) CHARACTER SET latin1", ["x'81'", "x'80'", "x'e9'", "x'8d8f909d'", "x'ff'"]),
     ("l1t TEXT CHARACTER SET latin1", ["x'81e9'"]),
+    # single-byte charsets where Python's codec of the name differs from MySQL's, or is missing
+    *((f"c_{cs} VARCHAR(40) CHARACTER SET {cs}", [HIGH_BYTES]) for cs in SINGLE_BYTE),
     ("dc DECIMAL(30,10)", ["'-12345678901234567890.0123456789'", "0"]),
     ("bt BIT(64)", ["b'1111111111111111111111111111111111111111111111111111111111111111'", "0"]),
     ("tm TIME(6)", ["'-838:59:59.000000'", "'00:00:00.000001'"]),
