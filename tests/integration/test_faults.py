@@ -31,8 +31,13 @@ mode = "{mode}"
 
 
 def test_unknown_column_in_template_exits_2_naming_the_field(
-    tmp_path: Path, mysql_server: MySQLTarget, redis_server: RedisTarget, db: str, sql: pymysql.Connection
-) -> None:  # type: ignore[type-arg]
+    tmp_path: Path,
+    mysql_server: MySQLTarget,
+    redis_server: RedisTarget,
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    workers: list[WorkerProcess],
+) -> None:
     """A template naming a column the table lacks: exit 2, message names tables[i].field."""
     _users(sql)
     cfg = write_config(
@@ -47,6 +52,7 @@ also = ["user:email:{{emial}}"]
 """,
     )
     w = WorkerProcess(cfg, tmp_path / "w.log").start()
+    workers.append(w)  # (stopped at the end, whatever happens)
     assert w.wait(30) == 2
     errors = [e for e in w.events() if e.get("event") == "worker.config_error"]
     assert errors and "tables[0].also[0]: unknown column 'emial'" in errors[0]["error"]

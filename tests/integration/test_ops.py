@@ -80,7 +80,7 @@ def plain_mariadb() -> Iterator[LocalServer]:
 
 
 def test_doctor_fails_without_binlog_and_run_refuses(
-    tmp_path: Path, plain_mariadb: LocalServer, redis_server: RedisTarget
+    tmp_path: Path, plain_mariadb: LocalServer, redis_server: RedisTarget, workers: list[WorkerProcess]
 ) -> None:
     """A MariaDB started without a binlog: doctor FAILs log_bin with the fix, and run exits 2 with the same message."""
     mysql = MySQLTarget("127.0.0.1", plain_mariadb.port, "root", "", "mariadb")
@@ -92,6 +92,7 @@ def test_doctor_fails_without_binlog_and_run_refuses(
     check = _check(data, "mysql.log_bin")
     assert code == 1 and check["status"] == "FAIL" and "log_bin is OFF" in check["detail"] and check["fix"]
     w = WorkerProcess(cfg, tmp_path / "w.log").start()
+    workers.append(w)  # (stopped at the end, whatever happens)
     assert w.wait(60) == 2
     errors = [e["error"] for e in w.events() if e.get("event") == "worker.config_error"]
     assert "mysql.log_bin: log_bin is OFF" in errors
