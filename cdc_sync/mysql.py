@@ -650,7 +650,7 @@ class RowLoader:
             sql = f"SELECT {cols} FROM {_named(schema)}.{_named(name)} {tail}"  # noqa: S608 - quoted names
             try:
                 return self._run(sql, args)
-            except pymysql.err.OperationalError as exc:
+            except pymysql.MySQLError as exc:
                 if attempt or not exc.args or exc.args[0] != _UNKNOWN_COLUMN:
                     raise
                 self.forget_column_info([table])

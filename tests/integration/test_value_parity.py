@@ -163,3 +163,22 @@ def test_verify_agrees_with_the_worker_on_invisible_year_and_latin1_columns(
     assert json.loads(r.get("v:1") or b"{}") == {"id": 1, "y": 0, "l1": "\x81é", "h": 3}
     proc = cli(tmp_path / "w.toml", "verify", "--json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_loader_reads_its_column_list_again_after_a_column_is_dropped(
+    mysql_server: MySQLTarget,
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+) -> None:
+    """The loader names every column (never ``*``) from column info it keeps for a while: a column dropped since
+    makes the SELECT fail with 1054, and the loader reads the list again once instead of failing the lookup."""
+    from cdc_sync.config import MySQLConfig
+
+    execute(sql, "CREATE TABLE dropped (id INT PRIMARY KEY, a INT, b INT)", "INSERT INTO dropped VALUES (1, 2, 3)")
+    loader = RowLoader(MySQLConfig(host=mysql_server.host, port=mysql_server.port, user="root", password=""), 1)
+    try:
+        assert loader.load(f"{db}.dropped", {"id": 1}) == {"id": 1, "a": 2, "b": 3}
+        execute(sql, "ALTER TABLE dropped DROP COLUMN b")
+        assert loader.load(f"{db}.dropped", {"id": 1}) == {"id": 1, "a": 2}
+    finally:
+        loader.close()
