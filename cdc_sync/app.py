@@ -97,6 +97,7 @@ class Service:
             lambda: worker.applier.expected,
             interval_s=self.config.worker.heartbeat_interval_ms / 1000,
             streaming=lambda: worker.streaming,
+            settled=worker.evictions_settled,
         )
         self.prober.start()
 

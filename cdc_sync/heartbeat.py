@@ -49,14 +49,18 @@ class Prober:
         interval_s: float,
         wait_limit_s: float = 30.0,
         streaming: Callable[[], bool] = lambda: True,
+        settled: Callable[[], bool] = lambda: True,
     ) -> None:
         """``streaming``: whether the worker reads the binlog from its position right now. A position the worker
-        rewound to, or cannot read (a purged file, a bad checkpoint), is nothing to vouch for."""
+        rewound to, or cannot read (a purged file, a bad checkpoint), is nothing to vouch for. ``settled``: asked
+        last, just before the heartbeat moves: whether nothing that invalidations depend on may have been lost
+        since (Redis evicted keys: the worker flushes and says False, see sync.py ``evictions_settled``)."""
         self.sink = sink
         self.mysql = mysql
         self.flavor = flavor
         self.applied = applied
         self.streaming = streaming
+        self.settled = settled
         self.interval_s = interval_s
         self.wait_limit_s = wait_limit_s
         self._stop = threading.Event()
@@ -99,7 +103,7 @@ class Prober:
                 return False  # the worker rewound to another form of position; probe again
             if self._stop.wait(0.005) or time.monotonic() > deadline:
                 return False
-        if not self.streaming():
+        if not self.streaming() or not self.settled():
             return False
         moved = self.sink.set_heartbeat(t0, expected)
         if moved:

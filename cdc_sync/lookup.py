@@ -33,10 +33,11 @@ from cdc_sync.config import TableRule
 from cdc_sync.keys import KeyTemplate, tag_suffix
 
 # KEYS: key, heartbeat, hold-off of key, lease of key, rules, then nflush flushing markers, then the tags'
-#       hold-off markers and the tag sets (ntags each), then nflush schema epochs.
+#       hold-off markers and the tag sets (ntags each), then nflush schema epochs, then the key's stamp.
 # ARGV: max_staleness_ms, lease_ttl_ms, token, nflush, format ('j' | 'h'), tag ttl ms (0: no expiry), ntags,
 #       then for each flushed table: its name and the sha1 of the reader's rule fingerprint, then for each the
-#       schema epoch its column info was read at ('': none used).
+#       schema epoch its column info was read at ('': none used), then '1' when the value is stamped (a fetch
+#       result: a hit only while the stamp is the tables' epochs now).
 # Reply: {'H', value, ms the heartbeat keeps the cache trusted, heartbeat} | {'B', reason[, table]}
 #        | {'L', schema epoch of each table now} | {'W'}
 LOOKUP_LUA = r"""
@@ -50,12 +51,21 @@ local nflush, ntags = tonumber(ARGV[4]), tonumber(ARGV[7])
 for i = 6, 5 + nflush do
   if redis.call('EXISTS', KEYS[i]) == 1 then return {'B', 'flushing'} end
 end
+local first_tag = 6 + nflush
+local first_epoch = first_tag + 2 * ntags
 if ARGV[5] == 'h' then
   local v = redis.call('HGETALL', KEYS[1])
   if #v > 0 then return {'H', v, fresh, hb} end
 else
   local v = redis.call('GET', KEYS[1])
-  if v then return {'H', v, fresh, hb} end
+  if v then
+    if ARGV[8 + 3 * nflush] ~= '1' then return {'H', v, fresh, hb} end
+    local now_epochs = {}
+    for i = 1, nflush do now_epochs[i] = redis.call('GET', KEYS[first_epoch + i - 1]) or '0' end
+    if redis.call('GET', KEYS[first_epoch + nflush]) == table.concat(now_epochs, ',') then
+      return {'H', v, fresh, hb}
+    end  -- (stamped before a flush of one of its tables, or the stamp is gone: a miss)
+  end
 end
 for i = 1, nflush do  -- a lease only under the worker's own rule for every table the value depends on
   local table_name = ARGV[6 + 2 * i]
@@ -63,8 +73,6 @@ for i = 1, nflush do  -- a lease only under the worker's own rule for every tabl
     return {'B', 'rule_mismatch', table_name}
   end
 end
-local first_tag = 6 + nflush
-local first_epoch = first_tag + 2 * ntags
 for i = 1, nflush do  -- and only with column info read since the table's last DDL
   local want = ARGV[7 + 2 * nflush + i]
   if want ~= '' and (redis.call('GET', KEYS[first_epoch + i - 1]) or '0') ~= want then
@@ -92,9 +100,10 @@ for i = 1, nflush do reply[i + 1] = redis.call('GET', KEYS[first_epoch + i - 1])
 return reply
 """
 
-# KEYS: key, lease, rules, then the flushing markers, then the schema epochs. ARGV: token, format, ttl_ms, ntables,
-# then for each table its name and rule digest, then for each the schema epoch its column info was read at
-# ('': none used), then value | field value ... Reply: 1 stored, 0 lost (lease gone, or a flush), 2 refused
+# KEYS: key, lease, rules, then the flushing markers, then the schema epochs, then the key's stamp. ARGV: token,
+# format, ttl_ms, ntables, then for each table its name and rule digest, then for each the schema epoch its column
+# info was read at ('': none used), then '1' to stamp the value with the tables' epochs now (a fetch result), then
+# value | field value ... Reply: 1 stored, 0 lost (lease gone, or a flush), 2 refused
 # (the worker's rule for a table is no longer the reader's), 3 refused (a table's schema epoch moved: DDL).
 FILL_LUA = r"""
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
@@ -110,7 +119,7 @@ for i = 1, n do
   local want = ARGV[4 + 2 * n + i]
   if want ~= '' and (redis.call('GET', KEYS[3 + n + i]) or '0') ~= want then return 3 end
 end
-local first = 5 + 3 * n
+local first = 6 + 3 * n
 local ttl = tonumber(ARGV[3])
 if ARGV[2] == 'h' then
   redis.call('DEL', KEYS[1])
@@ -120,6 +129,15 @@ elseif ttl > 0 then
   redis.call('SET', KEYS[1], ARGV[first], 'PX', ttl)
 else
   redis.call('SET', KEYS[1], ARGV[first])
+end
+if ARGV[5 + 3 * n] == '1' then
+  local epochs = {}
+  for i = 1, n do epochs[i] = redis.call('GET', KEYS[3 + n + i]) or '0' end
+  if ttl > 0 then
+    redis.call('SET', KEYS[4 + 2 * n], table.concat(epochs, ','), 'PX', ttl)
+  else
+    redis.call('SET', KEYS[4 + 2 * n], table.concat(epochs, ','))
+  end
 end
 return 1
 """
@@ -135,6 +153,16 @@ NEGATIVE = b"null"  # a cached "row absent" (JSON format only)
 FILL_STORED, FILL_LOST, FILL_RULE_MISMATCH, FILL_SCHEMA_CHANGED = 1, 0, 2, 3
 NO_EPOCH = ""  # in a lookup's or fill's epochs: no column info of that table was used (not compared)
 UNKNOWN_EPOCH = "?"  # the epoch could not be read (Redis failed): never equal to a stored one
+
+
+def stamp_key(ns: str, key: str) -> str:
+    """``<ns>:stamp:<key>``: the schema epochs of a fetch result's tables when it was filled (``Lookup.stamped``)."""
+    return f"{ns}:stamp:{key}"
+
+
+def stamp_of(epochs: Sequence[object]) -> str:
+    """The stamp of these schema epochs (as read from Redis): what FILL_LUA writes and a hit must find."""
+    return ",".join(epoch_of(e) for e in epochs)
 
 
 def schema_key(ns: str, table: str) -> str:
@@ -171,6 +199,9 @@ class Lookup:
     # the schema epoch each table's column info was read at, in the order of ``tables`` (NO_EPOCH: none used;
     # () for all: none at all)
     epochs: tuple[str, ...] = ()
+    # a fetch result: filled with a stamp of its tables' schema epochs, a hit only while they are unchanged (a
+    # flush bumps them, so it invalidates the result even when Redis evicted the tag set that leads to it)
+    stamped: bool = False
 
     def _rules_argv(self) -> list[ScriptArg]:
         out: list[ScriptArg] = []
@@ -192,12 +223,14 @@ class Lookup:
         keys += [f"{ns}:tinv:{t}" for t in self.tags]
         keys += [f"{ns}:tag:{t}" for t in self.tags]
         keys += [schema_key(ns, t) for t in self.tables]
+        keys.append(stamp_key(ns, self.key))
         # the tag sets must outlive whatever this key may be filled with (a value, or a cached absence)
         tag_ttl = max(self.ttl_ms, cfg.negative_ttl * 1000) + cfg.lease_ttl_ms if self.ttl_ms else 0
         args: list[ScriptArg] = [cfg.max_staleness_ms, cfg.lease_ttl_ms, token, len(self.tables), self.fmt, tag_ttl]
         args.append(len(self.tags))
         args += self._rules_argv()
         args += self._epochs()
+        args.append("1" if self.stamped else "")
         return keys, args
 
     def fill_args(
@@ -207,8 +240,10 @@ class Lookup:
         with (the lease reply's, for column info checked against it); None: the lookup's own."""
         keys = [self.key, f"{ns}:lease:{self.key}", f"{ns}:rules", *(f"{ns}:flushing:{t}" for t in self.tables)]
         keys += [schema_key(ns, t) for t in self.tables]
+        keys.append(stamp_key(ns, self.key))
         args: list[ScriptArg] = [token, self.fmt, ttl_ms, len(self.tables), *self._rules_argv()]
         args += self._epochs(epochs)
+        args.append("1" if self.stamped else "")
         args.extend(payload if isinstance(payload, list) else [payload])
         return keys, args
 

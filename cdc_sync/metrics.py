@@ -41,6 +41,10 @@ PLAN_ERRORS = Counter("cdc_sync_plan_errors", "Row changes that could not be pla
 LAG_SECONDS = Gauge("cdc_sync_lag_seconds", "Now minus the binlog time of the last applied transaction")
 LAST_APPLIED_TIMESTAMP = Gauge("cdc_sync_last_applied_timestamp_seconds", "Binlog time of the last applied transaction")
 CASCADE_WATCHES = Counter("cdc_sync_cascade_watches", "Foreign-key parents watched for cascades (start and DDL)")
+EVICTION_FLUSHES = Counter(
+    "cdc_sync_eviction_flushes",
+    "Flushes of every table because Redis evicted keys (maxmemory): bookkeeping may be gone",
+)
 SCHEMA_REFRESHES = Counter("cdc_sync_schema_refreshes", "Schema-derived state re-read after a DDL statement")
 HEARTBEATS = Counter("cdc_sync_heartbeats", "Freshness heartbeats moved forward in Redis")
 HEARTBEAT_ERRORS = Counter("cdc_sync_heartbeat_errors", "Failed freshness probes (the heartbeat ages meanwhile)")

@@ -42,6 +42,8 @@ from cdc_sync.lookup import (
     row_refusal,
     rule_digest,
     schema_key,
+    stamp_key,
+    stamp_of,
 )
 from cdc_sync.mysql import COLUMN_INFO_MAX_AGE_S, RowLoader, translate_error
 
@@ -236,7 +238,9 @@ class _ReaderBase:
         table_epochs = tuple(epochs.get(t, UNKNOWN_EPOCH) if t in needed else NO_EPOCH for t in tags.tables)
         if all(e == NO_EPOCH for e in table_epochs):
             table_epochs = ()  # no column info used: nothing to compare
-        lookup = Lookup(key, "j", tags.tables, tags.tags, int(ttl * 1000), digests=digests, epochs=table_epochs)
+        lookup = Lookup(
+            key, "j", tags.tables, tags.tags, int(ttl * 1000), digests=digests, epochs=table_epochs, stamped=True
+        )
         complete = all(info.get(t) is not None and t in epochs for t in needed)
         expires = float("inf") if not needed else time.monotonic() + COLUMN_INFO_MAX_AGE_S
         result = FetchLookup(lookup, tags.widened, expires)
@@ -312,7 +316,10 @@ class _ReaderBase:
         if keys is None:
             if len(self._plain) >= _PLAN_CACHE_SIZE:
                 self._plain.clear()
-            keys = self._plain[lookup] = [self._heartbeat_key, *(f"{self.ns}:flushing:{t}" for t in lookup.tables)]
+            keys = [self._heartbeat_key, *(f"{self.ns}:flushing:{t}" for t in lookup.tables)]
+            if lookup.stamped:  # and the result's stamp with its tables' epochs now (see Lookup.stamped)
+                keys += [stamp_key(self.ns, lookup.key), *(schema_key(self.ns, t) for t in lookup.tables)]
+            self._plain[lookup] = keys
         return keys
 
     def token(self) -> str:
@@ -440,8 +447,15 @@ class _ReaderBase:
             if verdict == "regressed":
                 self._heartbeat_regressed(heartbeat)
             return False, None
-        if not raw or any(marker is not None for marker in gates[1:]):
+        n = len(lookup.tables)
+        if not raw or any(marker is not None for marker in gates[1 : 1 + n]):
             return False, None
+        if lookup.stamped:
+            stamp = gates[1 + n]
+            if stamp is None or (stamp.decode() if isinstance(stamp, bytes) else str(stamp)) != stamp_of(
+                gates[2 + n :]
+            ):
+                return False, None  # stamped before a flush of one of its tables (the script decides)
         self.stats.add("hit")
         if lookup.fmt == "h":
             return True, {k.decode(): v.decode() for k, v in raw.items()}

@@ -343,6 +343,20 @@ class RedisSink:
     def save_server_identity(self, identity: str) -> None:
         self._call("SET server", self.client.set, f"{self.ns}:server", identity)
 
+    def evicted_keys(self) -> int:
+        """Redis's count of keys evicted under maxmemory since it started (INFO stats): any eviction may have taken
+        a tag set or a marker an invalidation depends on (sync.py ``evictions_settled``)."""
+        stats = self._call("INFO stats", self.client.info, "stats")
+        return int(stats.get("evicted_keys", 0))
+
+    def recorded_evictions(self) -> int | None:
+        """The eviction count the cache was last made whole at (``<ns>:evictions``), None when never recorded."""
+        value = self._call("GET evictions", self.client.get, f"{self.ns}:evictions")
+        return int(value) if value is not None else None
+
+    def record_evictions(self, count: int) -> None:
+        self._call("SET evictions", self.client.set, f"{self.ns}:evictions", str(count))
+
     def report_status(self, fields: Mapping[str, str | int | float]) -> None:
         """Record the worker's state for ``cdc-sync status``: handed to ``on_status`` (app.py attaches the
         StatusReporter, which keeps the record in ``<ns>:workers``, refreshed every second)."""

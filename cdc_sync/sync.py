@@ -176,6 +176,7 @@ class Worker:
         # per mapped table, the columns whose binlog value is not what a SELECT prints (rowdecode.server_text),
         # updated in place after DDL: the stream reads it for every rows event it translates
         self.value_kinds: dict[tuple[str, str], dict[str, str]] = {}
+        self._evictions_whole: int | None = None  # INFO evicted_keys when the cache was last made whole
         self._hidden_noted: set[str] = set()  # tables whose foreign keys' actions information_schema hides
         self._uncertain_rules: list[TableRule] = []  # held as flushing until the stream reaches _uncertain_until
         self._uncertain_until = ""
@@ -217,6 +218,7 @@ class Worker:
         self._derive_schema()
         self._release_leftover_holds()
         checkpoint = self._retry_sink("load_checkpoint", self._sink.load_checkpoint)
+        self._evictions_at_start(fresh=checkpoint is None)
         if checkpoint is not None:
             try:
                 PositionTracker(checkpoint)
@@ -247,6 +249,42 @@ class Worker:
         log.info("sync.fresh_start", start=start, mode=self.config.mysql.start, flavor=info.flavor)
         self._report_start(start)
         return start
+
+    # ---- evictions ---------------------------------------------------------------------------------
+
+    def _evictions_at_start(self, fresh: bool) -> None:
+        """Keys Redis evicted since the cache was last known whole (``<ns>:evictions``, the INFO count then) may
+        include tag sets and markers that invalidations depend on, also while no worker ran: flush every table
+        (a fresh start flushes anyway). A count never recorded counts as a change when Redis has evicted at all,
+        and one that went down means another Redis (a restart, a restore): flush as well."""
+        now = self._retry_sink("evicted keys", self._sink.evicted_keys)
+        recorded = self._retry_sink("evictions", self._sink.recorded_evictions)
+        if not fresh and recorded != now and (recorded is not None or now > 0):
+            m.EVICTION_FLUSHES.inc()
+            log.error("sync.keys_evicted", evicted=now, recorded=recorded, when="while stopped", action="flush_all")
+            self.applier.flush([Flush("evicted", r.schema, r.table) for r in self.rules])
+        self._retry_sink("evictions", lambda: self._sink.record_evictions(now))
+        self._evictions_whole = now
+
+    def evictions_settled(self) -> bool:
+        """Whether the heartbeat may vouch: no key was evicted since the cache was last made whole (any eviction
+        may have taken a tag set or a hold-off, flushing or schema marker that the next invalidation depends on,
+        and INFO does not say which keys went).
+
+        Called by the prober (its thread) after the checkpoint reached its target and before it moves the
+        heartbeat, so an eviction before that probe's T0 holds the heartbeat back. A new eviction count flushes
+        every table here (eviction-safe: the flush only removes, concurrent applies write fresh values), then
+        records the count it made whole; the next probe vouches again. A crash before the record flushes again
+        at start. Under steady memory pressure this is a flush per probe: doctor FAILs such settings."""
+        now = self._sink.evicted_keys()
+        if now == self._evictions_whole:
+            return True
+        m.EVICTION_FLUSHES.inc()
+        log.error("sync.keys_evicted", evicted=now, previous=self._evictions_whole, when="running", action="flush_all")
+        self.applier.flush([Flush("evicted", r.schema, r.table) for r in self.rules])
+        self._sink.record_evictions(now)
+        self._evictions_whole = now
+        return False
 
     def _release_leftover_holds(self) -> None:
         """A table held as flushing with no operator command running (``<ns>:operator``) was held by a worker

@@ -376,8 +376,9 @@ def _redis_checks(config: Config) -> list[Check]:
             Check(
                 "redis.maxmemory_policy",
                 WARN,
-                f"maxmemory-policy {policy} may evict leases and hold-off markers early (they carry TTLs)",
-                "prefer noeviction",
+                f"maxmemory-policy {policy} may evict tag sets and markers (they carry TTLs): the worker then flushes "
+                "every table at each eviction it sees (safe, but under steady memory pressure the cache stays empty)",
+                "prefer noeviction, or give Redis headroom above the cache's size",
             )
         )
     elif policy:

@@ -91,6 +91,7 @@ class FakeSource:
 class FakeSink:
     def __init__(self) -> None:
         self.store: dict[str, object] = {}
+        self.evictions = 0
         self.fail_next = 0  # raise SinkUnavailable before applying, this many times
         self.lose_reply_next = 0  # apply, then raise SinkUnavailable (the reply was lost), this many times
         self.applied_steps: list[str] = []
@@ -131,6 +132,16 @@ class FakeSink:
 
     def save_server_identity(self, identity: str) -> None:
         self.store["cdc:server"] = identity
+
+    def evicted_keys(self) -> int:
+        return self.evictions  # what INFO stats says (tests raise it)
+
+    def recorded_evictions(self) -> int | None:
+        value = self.store.get("cdc:evictions")
+        return None if value is None else int(str(value))
+
+    def record_evictions(self, count: int) -> None:
+        self.store["cdc:evictions"] = str(count)
 
     def save_rule_fingerprints(self, fingerprints: dict[str, str]) -> None:
         self.store["cdc:rules"] = dict(fingerprints)

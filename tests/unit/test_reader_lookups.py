@@ -9,6 +9,7 @@ import datetime as dt
 import random
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -174,7 +175,9 @@ def test_fetch_lookup_whole_table(base: _ReaderBase) -> None:
     """A table name depends on its whole-table tag and is gated by its flushing marker."""
     lookup = _fetch(base, "report:1", 10, ["shop.orders"])
     digest = rule_digest(base.rule("shop.orders"))
-    assert lookup == Lookup("report:1", "j", ("shop.orders",), ("shop.orders",), 10_000, digests=(digest,))
+    assert lookup == Lookup(
+        "report:1", "j", ("shop.orders",), ("shop.orders",), 10_000, digests=(digest,), stamped=True
+    )
 
 
 def test_fetch_lookup_column_tag(base: _ReaderBase) -> None:
@@ -262,7 +265,8 @@ def test_fetch_lookup_deduplicates(base: _ReaderBase) -> None:
 
 
 def test_lookup_args_key_layout() -> None:
-    """KEYS: key, heartbeat, hold-off, lease, rules, flushing markers, tag hold-offs, tag sets, schema epochs."""
+    """KEYS: key, heartbeat, hold-off, lease, rules, flushing markers, tag hold-offs, tag sets, schema epochs,
+    the key's stamp."""
     lookup = _lookup(key="r", tables=("s.a", "s.b"), tags=("s.a", "s.b:x=1"))
     keys, _ = lookup.lookup_args(NS, ReaderConfig(), "tok")
     assert keys == [
@@ -279,22 +283,25 @@ def test_lookup_args_key_layout() -> None:
         "cdc:tag:s.b:x=1",
         "cdc:schema:s.a",
         "cdc:schema:s.b",
+        "cdc:stamp:r",
     ]
 
 
 def test_lookup_args_argv_layout() -> None:
     """ARGV: staleness, lease ttl, token, nflush, fmt, tag ttl (ttl + lease ttl), ntags, (table, rule digest)s,
-    then the schema epoch of each table ('' where no column info was used)."""
+    then the schema epoch of each table ('' where no column info was used), then whether the value is stamped."""
     lookup = _lookup(tables=("s.a", "s.b"), tags=("s.a",), ttl_ms=60_000, epochs=("", "7"))
     cfg = ReaderConfig(max_staleness_ms=4000, lease_ttl_ms=2500)
     _, args = lookup.lookup_args(NS, cfg, "tok")
-    assert args == [4000, 2500, "tok", 2, "j", 62_500, 1, "s.a", "sha-s.a", "s.b", "sha-s.b", "", "7"]
+    assert args == [4000, 2500, "tok", 2, "j", 62_500, 1, "s.a", "sha-s.a", "s.b", "sha-s.b", "", "7", ""]
+    _, stamped = replace(lookup, stamped=True).lookup_args(NS, cfg, "tok")
+    assert stamped[-1] == "1"
 
 
 def test_lookup_args_without_epochs_compare_none() -> None:
     """A lookup that used no column info sends '' for every table: the scripts compare nothing."""
     _, args = _lookup(tables=("s.a", "s.b")).lookup_args(NS, ReaderConfig(), "tok")
-    assert args[-2:] == ["", ""]
+    assert args[-3:-1] == ["", ""]
 
 
 def test_lookup_args_need_an_epoch_per_table() -> None:
@@ -312,22 +319,22 @@ def test_lookup_args_need_a_digest_per_table() -> None:
 def test_lookup_args_tag_ttl_zero_without_ttl() -> None:
     """A lookup without TTL gives tag ttl 0 (the tag sets never expire)."""
     _, args = _lookup(ttl_ms=0, tags=("s.a",), fmt="h").lookup_args(NS, ReaderConfig(lease_ttl_ms=2500), "tok")
-    assert args[4:] == ["h", 0, 1, "shop.users", "sha-shop.users", ""]
+    assert args[4:] == ["h", 0, 1, "shop.users", "sha-shop.users", "", ""]
 
 
 def test_lookup_args_counts_match_keys() -> None:
-    """5 fixed keys + 2 * nflush + 2 * ntags keys, as the script expects."""
+    """5 fixed keys + 2 * nflush + 2 * ntags keys + the stamp, as the script expects."""
     lookup = _lookup(tables=("a.b", "c.d", "e.f"), tags=("a.b", "c.d:x=1"))
     keys, args = lookup.lookup_args(NS, ReaderConfig(), "tok")
     nflush, ntags = args[3], args[6]
     assert isinstance(nflush, int) and isinstance(ntags, int)
-    assert len(keys) == 5 + 2 * nflush + 2 * ntags
-    assert len(args) == 7 + 3 * nflush
+    assert len(keys) == 5 + 2 * nflush + 2 * ntags + 1
+    assert len(args) == 7 + 3 * nflush + 1
 
 
 def test_fill_args_json_layout() -> None:
-    """Fill KEYS: key, lease, rules, flushing markers, schema epochs; ARGV: token, fmt, ttl, ntables,
-    (table, digest)s, the lookup's epochs, value."""
+    """Fill KEYS: key, lease, rules, flushing markers, schema epochs, stamp; ARGV: token, fmt, ttl, ntables,
+    (table, digest)s, the lookup's epochs, whether to stamp, value."""
     keys, args = _lookup(key="k", tables=("s.a", "s.b"), epochs=("3", "")).fill_args(NS, "tok", 1234, b'{"a":1}')
     assert keys == [
         "k",
@@ -337,21 +344,22 @@ def test_fill_args_json_layout() -> None:
         "cdc:flushing:s.b",
         "cdc:schema:s.a",
         "cdc:schema:s.b",
+        "cdc:stamp:k",
     ]
-    assert args == ["tok", "j", 1234, 2, "s.a", "sha-s.a", "s.b", "sha-s.b", "3", "", b'{"a":1}']
+    assert args == ["tok", "j", 1234, 2, "s.a", "sha-s.a", "s.b", "sha-s.b", "3", "", "", b'{"a":1}']
 
 
 def test_fill_args_take_the_lease_epochs() -> None:
     """The epochs a fill is checked against may be given (the lease reply's), replacing the lookup's."""
     _, args = _lookup(key="k", tables=("s.a",), epochs=("3",)).fill_args(NS, "tok", 0, b"1", epochs=("4",))
-    assert args == ["tok", "j", 0, 1, "s.a", "sha-s.a", "4", b"1"]
+    assert args == ["tok", "j", 0, 1, "s.a", "sha-s.a", "4", "", b"1"]
 
 
 def test_fill_args_hash_payload_is_flattened() -> None:
     """A hash payload's field/value list follows the ttl in ARGV."""
     keys, args = _lookup(key="k", fmt="h", tables=()).fill_args(NS, "tok", 0, ["a", "1", "b", "x"])
-    assert keys == ["k", "cdc:lease:k", "cdc:rules"]
-    assert args == ["tok", "h", 0, 0, "a", "1", "b", "x"]
+    assert keys == ["k", "cdc:lease:k", "cdc:rules", "cdc:stamp:k"]
+    assert args == ["tok", "h", 0, 0, "", "a", "1", "b", "x"]
 
 
 # ---- TTL jitter ----------------------------------------------------------------------------------------

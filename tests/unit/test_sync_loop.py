@@ -255,3 +255,37 @@ def test_large_transaction_is_applied_in_chunks_and_the_checkpoint_waits_for_its
     assert sink.applied_steps[:2] == ["0-1-1", "0-1-1"], "chunks keep the old checkpoint"
     assert all(f"user:{i}" not in sink.store for i in range(20)), "chunked rows are evicted"
     assert all(value(sink, f"user:{i}") == {"id": i, "name": f"n{i}"} for i in range(20, 25))
+
+
+def test_keys_evicted_while_no_worker_ran_flush_at_start() -> None:
+    """Redis evicted keys since the count recorded when the cache was last whole (a tag set may be gone): flush
+    every table before resuming, then record the count. The same count flushes nothing."""
+    for recorded, evicted, flushed in (("3", 5, True), ("5", 5, False), (None, 0, False), (None, 2, True)):
+        sink = FakeSink()
+        sink.store.update({"cdc:checkpoint": "0-1-1", "user:1": b"cached"})
+        if recorded is not None:
+            sink.store["cdc:evictions"] = recorded
+        sink.evictions = evicted
+        worker = Worker(CONFIG, FakeSource({}, threading.Event()), FakeAdmin(COLUMNS), sink, NoBackoff())
+        with capture_logs() as logs:
+            worker.prepare()
+        assert ("user:1" not in sink.store) is flushed, (recorded, evicted)
+        assert ("sync.keys_evicted" in [e["event"] for e in logs]) is flushed
+        assert sink.store["cdc:evictions"] == str(evicted)
+
+
+def test_an_eviction_while_running_holds_the_heartbeat_back_until_every_table_is_flushed() -> None:
+    """evictions_settled (asked by the prober before each heartbeat move): True while the count is the one the
+    cache is whole at; a new count flushes every table, records it and answers False for that probe."""
+    sink = FakeSink()
+    sink.store.update({"cdc:checkpoint": "0-1-1"})
+    worker = Worker(CONFIG, FakeSource({}, threading.Event()), FakeAdmin(COLUMNS), sink, NoBackoff())
+    worker.prepare()
+    assert worker.evictions_settled()
+    sink.store["user:1"] = b"cached"
+    sink.evictions = 4
+    with capture_logs() as logs:
+        assert not worker.evictions_settled()
+    assert "user:1" not in sink.store and sink.store["cdc:evictions"] == "4"
+    assert "sync.keys_evicted" in [e["event"] for e in logs]
+    assert worker.evictions_settled()
