@@ -275,7 +275,7 @@ class Worker:
         heartbeat, so an eviction before that probe's T0 holds the heartbeat back. A new eviction count flushes
         every table here (eviction-safe: the flush only removes, concurrent applies write fresh values), then
         records the count it made whole; the next probe vouches again. A crash before the record flushes again
-        at start. Under steady memory pressure this is a flush per probe: doctor FAILs such settings."""
+        at start. Under steady memory pressure this is a flush per probe (doctor WARNs about volatile-* policies)."""
         now = self._sink.evicted_keys()
         if now == self._evictions_whole:
             return True
