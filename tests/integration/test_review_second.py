@@ -13,6 +13,7 @@ import contextlib
 import gc
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -415,16 +416,21 @@ def test_volatile_lru_evicts_a_readers_tag_set_and_the_result_outlives_the_chang
         assert client.sismember(tag, "totals:5") and client.pttl(tag) > 0
         time.sleep(3.0)  # the tag set ages; the result is read on every hit
         used = int(client.info("memory")["used_memory"])
-        client.config_set("maxmemory", str(used + 512 * 1024))
-        filler = "x" * 1024
-        for i in range(20_000):
-            if i % 50 == 0:
-                assert reader.fetch("totals:5", totals, ttl=3600, depends_on=dep) == [10]  # a hit: recently used
-            client.set(f"other:{i}", filler, ex=3600)
-            if not client.exists(tag):
-                break
-        assert not client.exists(tag) and client.exists("totals:5"), "the tag set was evicted, the result kept"
-        client.config_set("maxmemory", "0")
+        assert w.proc is not None
+        os.kill(w.proc.pid, signal.SIGSTOP)  # (the worker would flush at the first eviction: it sees them after)
+        try:
+            client.config_set("maxmemory", str(used + 512 * 1024))
+            filler = "x" * 1024
+            for i in range(20_000):
+                if i % 50 == 0:
+                    assert reader.fetch("totals:5", totals, ttl=3600, depends_on=dep) == [10]  # a hit: recently used
+                client.set(f"other:{i}", filler, ex=3600)
+                if not client.exists(tag):
+                    break
+            assert not client.exists(tag) and client.exists("totals:5"), "the tag set was evicted, the result kept"
+            client.config_set("maxmemory", "0")
+        finally:
+            os.kill(w.proc.pid, signal.SIGCONT)
         evicted = int(client.info("stats")["evicted_keys"])
         assert evicted > 0, "Redis evicted keys"
         # the worker sees the evictions (INFO), flushes every table and records the count it made whole
