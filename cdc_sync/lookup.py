@@ -33,7 +33,7 @@ from cdc_sync.config import TableRule
 from cdc_sync.keys import KeyTemplate, tag_suffix
 
 # KEYS: key, heartbeat, hold-off of key, lease of key, rules, then nflush flushing markers, then the tags'
-#       hold-off markers and the tag sets (ntags each), then nflush schema epochs, then the key's stamp.
+#       hold-off markers and the tag sets (ntags each), then nflush schema epochs, then the key's stamp (if stamped).
 # ARGV: max_staleness_ms, lease_ttl_ms, token, nflush, format ('j' | 'h'), tag ttl ms (0: no expiry), ntags,
 #       then for each flushed table: its name and the sha1 of the reader's rule fingerprint, then for each the
 #       schema epoch its column info was read at ('': none used), then '1' when the value is stamped (a fetch
@@ -100,10 +100,10 @@ for i = 1, nflush do reply[i + 1] = redis.call('GET', KEYS[first_epoch + i - 1])
 return reply
 """
 
-# KEYS: key, lease, rules, then the flushing markers, then the schema epochs, then the key's stamp. ARGV: token,
-# format, ttl_ms, ntables, then for each table its name and rule digest, then for each the schema epoch its column
-# info was read at ('': none used), then '1' to stamp the value with the tables' epochs now (a fetch result), then
-# value | field value ... Reply: 1 stored, 0 lost (lease gone, or a flush), 2 refused
+# KEYS: key, lease, rules, then the flushing markers, then the schema epochs, then the key's stamp (stamped only).
+# ARGV: token, format, ttl_ms, ntables, then for each table its name and rule digest, then for each the schema
+# epoch its column info was read at ('': none used), then '1' to stamp the value with the tables' epochs now (a
+# fetch result), then value | field value ... Reply: 1 stored, 0 lost (lease gone, or a flush), 2 refused
 # (the worker's rule for a table is no longer the reader's), 3 refused (a table's schema epoch moved: DDL).
 FILL_LUA = r"""
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
@@ -223,7 +223,8 @@ class Lookup:
         keys += [f"{ns}:tinv:{t}" for t in self.tags]
         keys += [f"{ns}:tag:{t}" for t in self.tags]
         keys += [schema_key(ns, t) for t in self.tables]
-        keys.append(stamp_key(ns, self.key))
+        if self.stamped:
+            keys.append(stamp_key(ns, self.key))
         # the tag sets must outlive whatever this key may be filled with (a value, or a cached absence)
         tag_ttl = max(self.ttl_ms, cfg.negative_ttl * 1000) + cfg.lease_ttl_ms if self.ttl_ms else 0
         args: list[ScriptArg] = [cfg.max_staleness_ms, cfg.lease_ttl_ms, token, len(self.tables), self.fmt, tag_ttl]
@@ -240,7 +241,8 @@ class Lookup:
         with (the lease reply's, for column info checked against it); None: the lookup's own."""
         keys = [self.key, f"{ns}:lease:{self.key}", f"{ns}:rules", *(f"{ns}:flushing:{t}" for t in self.tables)]
         keys += [schema_key(ns, t) for t in self.tables]
-        keys.append(stamp_key(ns, self.key))
+        if self.stamped:
+            keys.append(stamp_key(ns, self.key))
         args: list[ScriptArg] = [token, self.fmt, ttl_ms, len(self.tables), *self._rules_argv()]
         args += self._epochs(epochs)
         args.append("1" if self.stamped else "")

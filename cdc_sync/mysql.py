@@ -458,7 +458,7 @@ def _quote(identifier: str) -> str:
     return "`" + identifier.replace("`", "``") + "`"
 
 
-def _named(identifier: str) -> str:
+def quote_for_args(identifier: str) -> str:
     """``_quote`` for a statement PyMySQL formats with arguments: a ``%`` in a name must not read as one."""
     return _quote(identifier).replace("%", "%%")
 
@@ -625,7 +625,7 @@ class RowLoader:
 
     def scan(self, table: str, pk: Sequence[str], after: Sequence[object] | None, limit: int) -> list[dict[str, Any]]:
         """The next ``limit`` rows in primary-key order after the key ``after`` (normalized)."""
-        cols = ", ".join(_named(c) for c in pk)
+        cols = ", ".join(quote_for_args(c) for c in pk)
         where = f"WHERE ({cols}) > ({', '.join(['%s'] * len(pk))}) " if after is not None else ""
         args = list(after) if after is not None else []
         rows = self._select(table, f"{where}ORDER BY {cols} LIMIT {int(limit)}", args)
@@ -634,7 +634,7 @@ class RowLoader:
 
     def load(self, table: str, where: dict[str, object]) -> dict[str, Any] | None:
         """The row of ``table`` whose columns equal ``where`` (None when absent), normalized."""
-        cond = " AND ".join(f"{_named(c)} <=> %s" for c in where)
+        cond = " AND ".join(f"{quote_for_args(c)} <=> %s" for c in where)
         rows = self._select(table, f"WHERE {cond} LIMIT 2", list(where.values()))
         if len(rows) > 1:
             raise SourceError(f"{table}: {sorted(where)} matches more than one row; key templates need unique columns")
@@ -646,8 +646,8 @@ class RowLoader:
         DDL that dropped one of them is read again, once."""
         schema, _, name = table.partition(".")
         for attempt in (0, 1):
-            cols = ", ".join(_named(c) for c in self.kinds(table))
-            sql = f"SELECT {cols} FROM {_named(schema)}.{_named(name)} {tail}"  # noqa: S608 - quoted names
+            cols = ", ".join(quote_for_args(c) for c in self.kinds(table))
+            sql = f"SELECT {cols} FROM {quote_for_args(schema)}.{quote_for_args(name)} {tail}"  # noqa: S608 - quoted names
             try:
                 return self._run(sql, args)
             except pymysql.MySQLError as exc:

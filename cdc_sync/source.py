@@ -237,7 +237,7 @@ def column_spec(col: Any) -> ColumnSpec:
     if col.type == FIELD_TYPE.GEOMETRY:
         encoding = None
     elif charset is not None:
-        encoding = server_codec(charset) or text_encoding(RowsEvent.charset_to_encoding(charset))
+        encoding = text_encoding(RowsEvent.charset_to_encoding(charset))  # (the hook: the server's table first)
     enum_values, set_values = getattr(col, "enum_values", None), getattr(col, "set_values", None)
     return ColumnSpec(
         name=col.name,

@@ -51,7 +51,7 @@ import redis
 from cdc_sync.codec import encode_hash, encode_json
 from cdc_sync.config import Config, MySQLConfig, TableRule
 from cdc_sync.keys import KeyTemplate
-from cdc_sync.mysql import connection_settings, normalize_row, translate_error
+from cdc_sync.mysql import connection_settings, normalize_row, quote_for_args, translate_error
 from cdc_sync.ops.maintenance import select_rules
 from cdc_sync.reader import NEGATIVE
 from cdc_sync.sink import make_client, redis_error
@@ -181,8 +181,8 @@ class _Rows:
             conditions = [_condition(columns, tup) for tup in values]
             where = " OR ".join(c for c, _ in conditions)
             args = [a for _, tup_args in conditions for a in tup_args]
-            listed_cols = ", ".join(_escaped(_quote(c)) for c in self.kinds(table))
-            sql = f"SELECT {listed_cols} FROM {_escaped(_quote(schema))}.{_escaped(_quote(name))} WHERE {where}"  # noqa: S608
+            listed_cols = ", ".join(quote_for_args(c) for c in self.kinds(table))
+            sql = f"SELECT {listed_cols} FROM {quote_for_args(schema)}.{quote_for_args(name)} WHERE {where}"  # noqa: S608
         else:
             if all(type(v) is int for v in args):  # digits only: written inline, saving PyMySQL's escaping of each
                 listed = ", ".join("(" + ", ".join(str(v) for v in tup) + ")" for tup in values)
@@ -203,7 +203,7 @@ class _Rows:
         if not values:
             return []
         schema, _, name = table.partition(".")
-        source = f"{_escaped(_quote(schema))}.{_escaped(_quote(name))}"
+        source = f"{quote_for_args(schema)}.{quote_for_args(name)}"
         conditions = [_condition(columns, tup) for tup in values]
         # (named: MariaDB names a column by its expression cut to 256 characters, so long ones may coincide)
         probes = ", ".join(
@@ -226,7 +226,7 @@ def _condition(columns: Sequence[str], values: tuple[object, ...]) -> tuple[str,
     parts: list[str] = []
     args: list[object] = []
     for column, value in zip(columns, values, strict=True):
-        name = _escaped(_quote(column))
+        name = quote_for_args(column)
         if isinstance(value, _Between):
             parts.append(f"{name} > %s AND {name} < %s")
             args += [value.low, value.high]
@@ -234,10 +234,6 @@ def _condition(columns: Sequence[str], values: tuple[object, ...]) -> tuple[str,
             parts.append(f"{name} = %s")
             args.append(value)
     return "(" + " AND ".join(parts) + ")", args
-
-
-def _escaped(sql: str) -> str:
-    return sql.replace("%", "%%")
 
 
 class _Checker:

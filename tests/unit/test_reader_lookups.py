@@ -266,7 +266,7 @@ def test_fetch_lookup_deduplicates(base: _ReaderBase) -> None:
 
 def test_lookup_args_key_layout() -> None:
     """KEYS: key, heartbeat, hold-off, lease, rules, flushing markers, tag hold-offs, tag sets, schema epochs,
-    the key's stamp."""
+    and for a stamped lookup the key's stamp."""
     lookup = _lookup(key="r", tables=("s.a", "s.b"), tags=("s.a", "s.b:x=1"))
     keys, _ = lookup.lookup_args(NS, ReaderConfig(), "tok")
     assert keys == [
@@ -283,8 +283,9 @@ def test_lookup_args_key_layout() -> None:
         "cdc:tag:s.b:x=1",
         "cdc:schema:s.a",
         "cdc:schema:s.b",
-        "cdc:stamp:r",
     ]
+    stamped, _ = replace(lookup, stamped=True).lookup_args(NS, ReaderConfig(), "tok")
+    assert stamped == [*keys, "cdc:stamp:r"]
 
 
 def test_lookup_args_argv_layout() -> None:
@@ -323,17 +324,18 @@ def test_lookup_args_tag_ttl_zero_without_ttl() -> None:
 
 
 def test_lookup_args_counts_match_keys() -> None:
-    """5 fixed keys + 2 * nflush + 2 * ntags keys + the stamp, as the script expects."""
+    """5 fixed keys + 2 * nflush + 2 * ntags keys (+ the stamp when stamped), as the script expects."""
     lookup = _lookup(tables=("a.b", "c.d", "e.f"), tags=("a.b", "c.d:x=1"))
     keys, args = lookup.lookup_args(NS, ReaderConfig(), "tok")
     nflush, ntags = args[3], args[6]
     assert isinstance(nflush, int) and isinstance(ntags, int)
-    assert len(keys) == 5 + 2 * nflush + 2 * ntags + 1
+    assert len(keys) == 5 + 2 * nflush + 2 * ntags
     assert len(args) == 7 + 3 * nflush + 1
 
 
 def test_fill_args_json_layout() -> None:
-    """Fill KEYS: key, lease, rules, flushing markers, schema epochs, stamp; ARGV: token, fmt, ttl, ntables,
+    """Fill KEYS: key, lease, rules, flushing markers, schema epochs (stamp when stamped); ARGV: token, fmt, ttl,
+    ntables,
     (table, digest)s, the lookup's epochs, whether to stamp, value."""
     keys, args = _lookup(key="k", tables=("s.a", "s.b"), epochs=("3", "")).fill_args(NS, "tok", 1234, b'{"a":1}')
     assert keys == [
@@ -344,7 +346,6 @@ def test_fill_args_json_layout() -> None:
         "cdc:flushing:s.b",
         "cdc:schema:s.a",
         "cdc:schema:s.b",
-        "cdc:stamp:k",
     ]
     assert args == ["tok", "j", 1234, 2, "s.a", "sha-s.a", "s.b", "sha-s.b", "3", "", "", b'{"a":1}']
 
@@ -358,7 +359,7 @@ def test_fill_args_take_the_lease_epochs() -> None:
 def test_fill_args_hash_payload_is_flattened() -> None:
     """A hash payload's field/value list follows the ttl in ARGV."""
     keys, args = _lookup(key="k", fmt="h", tables=()).fill_args(NS, "tok", 0, ["a", "1", "b", "x"])
-    assert keys == ["k", "cdc:lease:k", "cdc:rules", "cdc:stamp:k"]
+    assert keys == ["k", "cdc:lease:k", "cdc:rules"]
     assert args == ["tok", "h", 0, 0, "", "a", "1", "b", "x"]
 
 
