@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup servers test unit lint demo consistency consistency-gtid-resume bench clean
+.PHONY: setup servers test unit lint demo consistency consistency-memory consistency-gtid-resume bench clean
 
 setup: servers $(STAMP)
 
@@ -60,6 +60,15 @@ bench: setup
 # injects only those kinds (see `python -m tests.consistency.checker --help`).
 consistency: setup
 	$(BIN)/python -m tests.consistency.checker --profile $${PROFILE:-long} --seed $${SEED:-1} $${FAULTS:+--faults $$FAULTS}
+
+# The checker under memory pressure: Redis with maxmemory 4 MB under each eviction policy (short profile, about
+# 2 minutes each; POLICIES=volatile-ttl picks some); the summary lines count evicted keys by kind.
+POLICIES ?= allkeys-lru allkeys-random volatile-lru volatile-ttl
+consistency-memory: setup
+	@set -e; for policy in $(POLICIES); do \
+	  $(BIN)/python -m tests.consistency.checker --profile $${PROFILE:-short} --seed $${SEED:-1} --memory $$policy \
+	    $${FAULTS:+--faults $$FAULTS}; \
+	done
 
 # Where MariaDB resumes a GTID stream when sequence numbers are out of order (a table; about 40 s).
 consistency-gtid-resume: setup

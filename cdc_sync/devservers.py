@@ -155,7 +155,7 @@ def start_mariadb(extra_args: tuple[str, ...] = (), timeout: float = 60.0, binlo
     return server
 
 
-def start_redis(timeout: float = 20.0, rdb: str = "dump.rdb") -> LocalServer:
+def start_redis(timeout: float = 20.0, rdb: str = "dump.rdb", extra_args: tuple[str, ...] = ()) -> LocalServer:
     """Start a private redis-server that keeps nothing on disk by itself.
 
     No save points and no AOF: only an explicit ``SAVE`` writes a snapshot, to ``rdb`` in the server's
@@ -166,7 +166,7 @@ def start_redis(timeout: float = 20.0, rdb: str = "dump.rdb") -> LocalServer:
     port = free_port()
     log = directory / "redis.log"
     args = [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
-    args += ["--save", "", "--appendonly", "no", "--dbfilename", rdb, "--logfile", str(log)]
+    args += ["--save", "", "--appendonly", "no", "--dbfilename", rdb, "--logfile", str(log), *extra_args]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     server = LocalServer("redis", port, directory, proc, args=args, log=log)
     try:

@@ -154,3 +154,16 @@ class ServerInfo:
     variables: dict[str, str] = field(default_factory=dict)
     gtid_at_file: str | None = None  # MariaDB: the GTID state exactly at file_position (BINLOG_GTID_POS)
     file_server_id: int | None = None  # MariaDB: the server id in that binlog file's format description
+
+
+class RedisMemory(NamedTuple):
+    """What the worker watches of Redis's memory settings (``Sink.memory``)."""
+
+    evicted_keys: int
+    policy: str  # maxmemory-policy
+    maxmemory: int  # bytes, 0 = no limit
+
+    @property
+    def may_evict(self) -> bool:
+        """Whether Redis may evict keys: a limit and a policy other than noeviction."""
+        return self.maxmemory > 0 and self.policy not in ("", "noeviction")

@@ -45,6 +45,9 @@ EVICTION_FLUSHES = Counter(
     "cdc_sync_eviction_flushes",
     "Flushes of every table because Redis evicted keys (maxmemory): bookkeeping may be gone",
 )
+REDIS_MAY_EVICT = Gauge(
+    "cdc_sync_redis_may_evict", "1 while Redis has a maxmemory limit and an evicting maxmemory-policy (INFO memory)"
+)
 SCHEMA_REFRESHES = Counter("cdc_sync_schema_refreshes", "Schema-derived state re-read after a DDL statement")
 HEARTBEATS = Counter("cdc_sync_heartbeats", "Freshness heartbeats moved forward in Redis")
 HEARTBEAT_ERRORS = Counter("cdc_sync_heartbeat_errors", "Failed freshness probes (the heartbeat ages meanwhile)")

@@ -16,6 +16,7 @@ import redis
 from redis.commands.core import Script
 
 from cdc_sync.config import RedisConfig, TableRule
+from cdc_sync.events import RedisMemory
 from cdc_sync.errors import Fenced, OperatorLockLost, RewindRequired, ServerRefused, SinkUnavailable
 from cdc_sync.keys import glob_escape
 from cdc_sync.planner import Count, Delete, EvictTag, RedisOp, SetHash, SetJson
@@ -343,11 +344,14 @@ class RedisSink:
     def save_server_identity(self, identity: str) -> None:
         self._call("SET server", self.client.set, f"{self.ns}:server", identity)
 
-    def evicted_keys(self) -> int:
-        """Redis's count of keys evicted under maxmemory since it started (INFO stats): any eviction may have taken
-        a tag set or a marker an invalidation depends on (sync.py ``evictions_settled``)."""
-        stats = self._call("INFO stats", self.client.info, "stats")
-        return int(stats.get("evicted_keys", 0))
+    def memory(self) -> RedisMemory:
+        """Redis's count of keys evicted under maxmemory since it started, with its eviction policy and limit
+        (``INFO stats memory``: CONFIG may be disabled on managed Redis). Any eviction may have taken a tag set or
+        a marker an invalidation depends on (sync.py ``evictions_settled``)."""
+        info = self._call("INFO stats memory", self.client.info, "stats", "memory")
+        return RedisMemory(
+            int(info.get("evicted_keys", 0)), str(info.get("maxmemory_policy", "")), int(info.get("maxmemory", 0))
+        )
 
     def recorded_evictions(self) -> int | None:
         """The eviction count the cache was last made whole at (``<ns>:evictions``), None when never recorded."""

@@ -41,7 +41,7 @@ from cdc_sync.errors import (
     SinkUnavailable,
     SourceError,
 )
-from cdc_sync.events import Flush, RawEvent, RawQuery, ServerInfo, Transaction
+from cdc_sync.events import Flush, RawEvent, RawQuery, RedisMemory, ServerInfo, Transaction
 from cdc_sync.health import Health
 from cdc_sync.mysql import CascadeEdge
 from cdc_sync.notify import Notifier
@@ -177,6 +177,7 @@ class Worker:
         # updated in place after DDL: the stream reads it for every rows event it translates
         self.value_kinds: dict[tuple[str, str], dict[str, str]] = {}
         self._evictions_whole: int | None = None  # INFO evicted_keys when the cache was last made whole
+        self._memory_settings: tuple[str, int] | None = None  # maxmemory-policy and maxmemory last seen
         self._hidden_noted: set[str] = set()  # tables whose foreign keys' actions information_schema hides
         self._uncertain_rules: list[TableRule] = []  # held as flushing until the stream reaches _uncertain_until
         self._uncertain_until = ""
@@ -257,7 +258,9 @@ class Worker:
         include tag sets and markers that invalidations depend on, also while no worker ran: flush every table
         (a fresh start flushes anyway). A count never recorded counts as a change when Redis has evicted at all,
         and one that went down means another Redis (a restart, a restore): flush as well."""
-        now = self._retry_sink("evicted keys", self._sink.evicted_keys)
+        memory = self._retry_sink("evicted keys", self._sink.memory)
+        self._watch_policy(memory)
+        now = memory.evicted_keys
         recorded = self._retry_sink("evictions", self._sink.recorded_evictions)
         if not fresh and recorded != now and (recorded is not None or now > 0):
             m.EVICTION_FLUSHES.inc()
@@ -276,15 +279,49 @@ class Worker:
         every table here (eviction-safe: the flush only removes, concurrent applies write fresh values), then
         records the count it made whole; the next probe vouches again. A crash before the record flushes again
         at start. Under steady memory pressure this is a flush per probe (doctor WARNs about volatile-* policies)."""
-        now = self._sink.evicted_keys()
+        memory = self._sink.memory()
+        self._watch_policy(memory)
+        now = memory.evicted_keys
         if now == self._evictions_whole:
             return True
         m.EVICTION_FLUSHES.inc()
         log.error("sync.keys_evicted", evicted=now, previous=self._evictions_whole, when="running", action="flush_all")
         self.applier.flush([Flush("evicted", r.schema, r.table) for r in self.rules])
+        self._republish()  # an allkeys-* policy may have evicted <ns>:rules or <ns>:server too
+        self._restore_checkpoint()
         self._sink.record_evictions(now)
         self._evictions_whole = now
         return False
+
+    def _restore_checkpoint(self) -> None:
+        """After an eviction flush: write the checkpoint again if Redis evicted it (allkeys-*). Without it the
+        heartbeat cannot move until the next change. It is the position this worker wrote last, and every table
+        was just flushed. When the key is there (the applier moved it meanwhile) nothing is written; an applier
+        step that found it missing flushes and writes its own (applier.py ``checkpoint_lost``)."""
+        position = self.applier.expected
+        if position is None:
+            return
+        try:
+            restored = self._sink.apply([], None, position)
+        except RewindRequired:  # present, and another position: nothing was lost
+            return
+        if restored:
+            log.error("sync.checkpoint_lost", checkpoint=position, when="evicted", action="flushed_and_restored")
+
+    def _watch_policy(self, memory: RedisMemory) -> None:
+        """Say when Redis's eviction settings change (read with every eviction count, so a ``CONFIG SET`` at run
+        time is seen within a heartbeat). Evictions themselves are what the worker acts on (``evictions_settled``):
+        under any policy the next one flushes every table before the heartbeat vouches again."""
+        seen = (memory.policy, memory.maxmemory)
+        if seen == self._memory_settings:
+            return
+        self._memory_settings = seen
+        m.REDIS_MAY_EVICT.set(int(memory.may_evict))
+        event = dict(policy=memory.policy, maxmemory=memory.maxmemory, may_evict=memory.may_evict)
+        if memory.may_evict:
+            log.warning("sync.eviction_policy", **event, effect="each eviction flushes every table")
+        else:
+            log.info("sync.eviction_policy", **event)
 
     def _release_leftover_holds(self) -> None:
         """A table held as flushing with no operator command running (``<ns>:operator``) was held by a worker

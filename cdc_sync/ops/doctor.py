@@ -357,35 +357,31 @@ def _redis_checks(config: Config) -> list[Check]:
         fix = "check [redis] url and TLS settings, and that the server runs"
         return [Check("redis.connect", FAIL, f"{where}: {plain_redis_error(exc)}", fix, blocking=False)]
     out = [Check("redis.connect", PASS, f"Redis {server.get('redis_version', '?')} at {where}")]
-    try:
-        policy = str(client.config_get("maxmemory-policy").get("maxmemory-policy", ""))
-    except redis.RedisError as exc:
-        policy = ""
-        out.append(Check("redis.maxmemory_policy", WARN, f"cannot read (CONFIG GET denied?): {plain_redis_error(exc)}"))
-    if policy.startswith("allkeys-"):
-        out.append(
-            Check(
-                "redis.maxmemory_policy",
-                FAIL,
-                f"maxmemory-policy {policy} can evict the checkpoint, leases and hold-off markers",
-                "use noeviction, or a volatile-* policy with care",
-            )
-        )
-    elif policy.startswith("volatile-"):
-        out.append(
-            Check(
-                "redis.maxmemory_policy",
-                WARN,
-                f"maxmemory-policy {policy} may evict tag sets and markers (they carry TTLs): the worker then flushes "
-                "every table at each eviction it sees (safe, but under steady memory pressure the cache stays empty)",
-                "prefer noeviction, or give Redis headroom above the cache's size",
-            )
-        )
-    elif policy:
-        out.append(Check("redis.maxmemory_policy", PASS, f"maxmemory-policy {policy}"))
+    out.append(_eviction_check(client))
     out.append(_acl_check(client, config.redis.namespace, config.tables))
     client.close()
     return out
+
+
+def _eviction_check(client: redis.Redis) -> Check:
+    """Redis's eviction settings, from INFO (CONFIG may be disabled on managed Redis). No policy is unsafe: the
+    worker counts evictions and flushes every table at each new one before the heartbeat vouches again, so an
+    evicted tag set or marker never leads to a stale read. What a policy costs is flushes."""
+    try:
+        info = client.info("memory")
+    except redis.RedisError as exc:
+        return Check("redis.maxmemory_policy", WARN, f"cannot read INFO memory: {plain_redis_error(exc)}")
+    policy, limit = str(info.get("maxmemory_policy", "")), int(info.get("maxmemory", 0))
+    if limit == 0 or policy == "noeviction":
+        return Check("redis.maxmemory_policy", PASS, f"maxmemory-policy {policy}, maxmemory {limit or 'unlimited'}")
+    what = "any key, the checkpoint too" if policy.startswith("allkeys-") else "keys with a TTL (tag sets, markers)"
+    return Check(
+        "redis.maxmemory_policy",
+        WARN,
+        f"maxmemory-policy {policy} with maxmemory {limit} may evict {what}: the worker then flushes every table at "
+        "each eviction it sees (safe, but under steady memory pressure the cache stays empty)",
+        "prefer noeviction, or give Redis headroom above the cache's size (watch cdc_sync_eviction_flushes)",
+    )
 
 
 def _in_multi(client: redis.Redis, key: str) -> object:

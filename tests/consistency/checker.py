@@ -1,6 +1,7 @@
 """The consistency checker: a seeded random workload, the real worker, readers, and injected faults.
 
     python -m tests.consistency.checker --profile short|long --seed N [--faults kind,kind] [--seconds S]
+        [--memory POLICY]
 
 Writers (each owning its own ids) insert, update, delete, change primary keys, run multi-row and rolled-back
 transactions on three mapped tables (``items`` in update mode with a second key on a ``_ci`` column, ``notes``
@@ -25,6 +26,12 @@ Faults (``--faults`` picks some; each one injected is counted, and one that cann
   transaction;
 * ``noncanonical``: lookups with argument values MySQL matches to a row but that render other keys
   (``id='05'``, ``id=5.0``, ``Decimal('5.0')``, ``code='K5 '``); such reads are dated against the row they match.
+
+Memory pressure (``--memory allkeys-lru|allkeys-random|volatile-lru|volatile-ttl|...``): Redis runs with a small
+``maxmemory`` (MAXMEMORY) under that policy, and another application writes bursts of keys with short TTLs into it
+every few seconds, so Redis evicts cached values, tag sets, hold-off markers, leases, stamps and (allkeys-*) the
+worker's own keys while writers and readers run. Every evicted key is counted by kind from Redis's ``evicted``
+keyspace events; the summary line gives them. Without ``--faults`` such a run injects MEMORY_FAULTS.
 
 Checks: no read older than max_staleness_ms, no phantom read, 0 divergent keys after quiescence (every cached key,
 whatever its spelling, against the row MySQL matches for it), no worker exit by itself. Stale reads are printed
@@ -89,6 +96,9 @@ FAULT_KINDS = (
     "gtid_ooo",
     "noncanonical",
 )
+MAXMEMORY = 4 * 1024 * 1024  # --memory: Redis alone takes about 0.9 MB; the cache, a few hundred kB
+PRESSURE_VALUE = 2048  # --memory: bytes per key of the other application's bursts
+MEMORY_FAULTS = ("kill9_worker", "cut_redis", "ddl")  # --memory without --faults (no filler, no empty Redis)
 MAPPED = {"item": "items", "note": "notes", "kid": "kids"}  # key prefix -> table
 _PERCENT = re.compile(r"%([0-9A-F]{2})")
 
@@ -144,6 +154,10 @@ class Report:
     stale_via: Counter[str] = field(default_factory=Counter)  # stale reads by how the change they missed was made
     examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # cause -> stale reads
     notes: list[str] = field(default_factory=list)  # what faults saw (GTID resume points, reset timings)
+    memory_policy: str = ""  # --memory: the maxmemory-policy of the run
+    evicted: Counter[str] = field(default_factory=Counter)  # keys Redis evicted, by kind (evicted_kind)
+    pressure_bursts: int = 0
+    eviction_flushes: int = 0  # the worker's flushes of every table after evictions (sync.keys_evicted)
 
     @property
     def ok(self) -> bool:
@@ -162,7 +176,16 @@ class Report:
             f"read_errors={self.read_errors} faults={sum(self.faults.values())} ({faults}) "
             f"divergent={len(self.divergent)} stale_reads={len(self.stale)} phantom_reads={len(self.phantom)} "
             f"worker_crashes={self.worker_crashes} staleness_ms p50={pct(0.5):.0f} p99={pct(0.99):.0f} "
-            f"max={max(self.staleness, default=0) * 1000:.0f}"
+            f"max={max(self.staleness, default=0) * 1000:.0f}{self._memory_line()}"
+        )
+
+    def _memory_line(self) -> str:
+        if not self.memory_policy:
+            return ""
+        kinds = ",".join(f"{k}:{v}" for k, v in sorted(self.evicted.items()))
+        return (
+            f" memory={self.memory_policy} bursts={self.pressure_bursts} evicted={sum(self.evicted.values())} "
+            f"({kinds}) eviction_flushes={self.eviction_flushes}"
         )
 
 
@@ -209,12 +232,15 @@ class Pause:
 
 
 class Checker:
-    def __init__(self, profile: Profile, seed: int, workdir: Path, kinds: tuple[str, ...] = FAULT_KINDS) -> None:
+    def __init__(
+        self, profile: Profile, seed: int, workdir: Path, kinds: tuple[str, ...] = FAULT_KINDS, memory: str = ""
+    ) -> None:
         self.profile = profile
+        self.memory = memory
         self.seed = seed
         self.workdir = workdir
         self.kinds = kinds
-        self.report = Report(seed)
+        self.report = Report(seed, memory_policy=memory)
         self.history = History()
         self.stop = threading.Event()
         self.round_done = threading.Event()  # every selected fault kind ran at least once
@@ -248,7 +274,11 @@ class Checker:
     # ---- set-up -----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.mariadb, self.redis = start_mariadb(), start_redis()
+        memory_args: tuple[str, ...] = ()
+        if self.memory:
+            memory_args = ("--maxmemory", str(MAXMEMORY), "--maxmemory-policy", self.memory)
+            memory_args += ("--notify-keyspace-events", "Ee")  # evicted events: what went, by kind
+        self.mariadb, self.redis = start_mariadb(), start_redis(extra_args=memory_args)
         self.mysql_proxy, self.redis_proxy = TcpProxy(self.mariadb.port), TcpProxy(self.redis.port)
         conn = self.sql()
         with conn.cursor() as cur:
@@ -675,6 +705,47 @@ ttl = 600
         finally:
             conn.close()
 
+    # ---- memory pressure ----------------------------------------------------------------------------
+
+    def pressure(self) -> None:
+        """Another application's bursts: keys with TTLs of 1 to 4 s until Redis evicted 200 keys (or 8 MB were
+        written), every 2 to 5 s. Between bursts the keys expire, memory frees up and the cache fills again."""
+        rng = random.Random(self.seed * 7 + 1)
+        value = b"x" * PRESSURE_VALUE
+        n = 0
+        while not self.stop.wait(rng.uniform(2.0, 5.0)):
+            try:
+                r = self.redis_client()
+                start = int(r.info("stats")["evicted_keys"])
+                written = 0
+                while written < 8 * 1024 * 1024 and int(r.info("stats")["evicted_keys"]) < start + 200:
+                    pipe = r.pipeline(transaction=False)
+                    for _ in range(50):
+                        n += 1
+                        pipe.set(f"app:pressure:{n}", value, px=rng.randint(1000, 4000))
+                    pipe.execute()
+                    written += 50 * PRESSURE_VALUE
+                r.close()
+                self.report.pressure_bursts += 1
+            except redis.RedisError:  # Redis cut (a fault), or out of memory with nothing to evict: next burst
+                time.sleep(0.2)
+
+    def watch_evictions(self) -> None:
+        """Count every key Redis evicts, by kind (its ``evicted`` keyspace events, on Redis's own port)."""
+        while not self.stop.is_set():
+            try:
+                r = self.redis_client()
+                sub = r.pubsub(ignore_subscribe_messages=True)
+                sub.subscribe("__keyevent@0__:evicted")
+                while not self.stop.is_set():
+                    message = sub.get_message(timeout=0.5)
+                    if message is not None:
+                        self.report.evicted[evicted_kind(message["data"].decode(errors="replace"))] += 1
+                sub.close()
+                r.close()
+            except redis.RedisError:
+                time.sleep(0.2)
+
     # ---- faults -----------------------------------------------------------------------------------
 
     def faults(self) -> None:
@@ -953,6 +1024,8 @@ ttl = 600
         if "noncanonical" in self.kinds:
             kinds.append("odd")
         threads += [threading.Thread(target=self.reader, args=(k, i), daemon=True) for i, k in enumerate(kinds)]
+        if self.memory:
+            threads += [threading.Thread(target=t, daemon=True) for t in (self.pressure, self.watch_evictions)]
         faults = threading.Thread(target=self.faults, daemon=True)
         for t in [*threads, faults]:
             t.start()
@@ -1058,6 +1131,18 @@ def odd_lookup(rng: random.Random, row_id: int) -> tuple[str, dict[str, object],
     return table, {column: value}, f"{column}={value!r}"
 
 
+def evicted_kind(key: str) -> str:
+    """What an evicted key was: the worker's or the protocol's own (``cdc:<kind>:...``: tag, inv and tinv
+    hold-offs, lease, stamp, flushing, schema, checkpoint, heartbeat, rules, status...), a cached row, a fetch
+    result, another application's key."""
+    head, _, rest = key.partition(":")
+    if head == "cdc":
+        return rest.partition(":")[0]
+    if head in MAPPED:
+        return "row"
+    return {"grp": "fetch_result", "app": "other_app"}.get(head, "other")
+
+
 def unescape(text: str) -> str:
     """A rendered key value back to text (keys.escape writes ':', '%', space and the like as %XX)."""
     return _PERCENT.sub(lambda m: chr(int(m.group(1), 16)), text)
@@ -1136,9 +1221,8 @@ class FrozenLoader(RowLoader):
         return row
 
 
-def resume_notes(workdir: Path) -> list[str]:
-    """What each worker run after the first logged about where it resumed (for gtid_ooo and redis_snapshot)."""
-    wanted = ("sync.resume", "source.position_lost", "source.lineage_changed", "sync.rewind", "sync.fresh_start")
+def worker_events(workdir: Path, wanted: tuple[str, ...]) -> list[tuple[str, dict[str, Any]]]:
+    """(worker run, log entry) of every entry the workers logged with one of these events, in run order."""
     out = []
     for log in sorted(workdir.glob("worker-*.log"), key=lambda p: int(p.stem.split("-")[1])):
         for line in log.read_text(errors="replace").splitlines():
@@ -1146,9 +1230,18 @@ def resume_notes(workdir: Path) -> list[str]:
                 entry = json.loads(line)
             except ValueError:
                 continue
-            if entry.get("event") in wanted:
-                fields = {k: v for k, v in entry.items() if k not in ("timestamp", "level", "logger")}
-                out.append(f"{log.stem} {str(entry.get('timestamp', ''))[11:23]}Z: {fields}")
+            if isinstance(entry, dict) and entry.get("event") in wanted:
+                out.append((log.stem, entry))
+    return out
+
+
+def resume_notes(workdir: Path) -> list[str]:
+    """What each worker run after the first logged about where it resumed (for gtid_ooo and redis_snapshot)."""
+    wanted = ("sync.resume", "source.position_lost", "source.lineage_changed", "sync.rewind", "sync.fresh_start")
+    out = []
+    for run, entry in worker_events(workdir, wanted):
+        fields = {k: v for k, v in entry.items() if k not in ("timestamp", "level", "logger")}
+        out.append(f"{run} {str(entry.get('timestamp', ''))[11:23]}Z: {fields}")
     return out
 
 
@@ -1164,16 +1257,23 @@ def parse_faults(text: str | None) -> tuple[str, ...]:
     return kinds
 
 
-def run(profile: str, seed: int, kinds: tuple[str, ...] = FAULT_KINDS, seconds: float | None = None) -> Report:
+def run(
+    profile: str,
+    seed: int,
+    kinds: tuple[str, ...] = FAULT_KINDS,
+    seconds: float | None = None,
+    memory: str = "",
+) -> Report:
     workdir = Path(tempfile.mkdtemp(prefix="cdc-consistency-"))
     chosen = PROFILES[profile]
     if seconds is not None:
         chosen = Profile(seconds=seconds, fault_every_s=chosen.fault_every_s)
-    checker = Checker(chosen, seed, workdir, kinds)
+    checker = Checker(chosen, seed, workdir, kinds, memory)
     try:
         report = checker.run()
     finally:
         checker.close()
+    report.eviction_flushes = len(worker_events(workdir, ("sync.keys_evicted",)))
     for note in [*report.notes, *resume_notes(workdir)]:
         print(f"NOTE: {note}", file=sys.stderr)
     for label, items in (("DIVERGENT", report.divergent), ("PHANTOM", report.phantom), ("ERROR", report.errors)):
@@ -1201,8 +1301,16 @@ def main() -> int:
     kinds = ",".join(FAULT_KINDS)
     parser.add_argument("--faults", help=f"comma-separated fault kinds to inject (default: all of {kinds})")
     parser.add_argument("--seconds", type=float, help="run this long instead of the profile's time")
+    parser.add_argument(
+        "--memory",
+        metavar="POLICY",
+        default="",
+        help=f"run Redis with maxmemory {MAXMEMORY} and this maxmemory-policy, under bursts of another app's keys "
+        f"(default faults then: {','.join(MEMORY_FAULTS)})",
+    )
     args = parser.parse_args()
-    report = run(args.profile, args.seed, parse_faults(args.faults), args.seconds)
+    kinds = parse_faults(args.faults) if args.faults is not None or not args.memory else MEMORY_FAULTS
+    report = run(args.profile, args.seed, kinds, args.seconds, args.memory)
     print(report.line(), flush=True)
     return 0 if report.ok else 1
 

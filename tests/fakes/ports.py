@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from cdc_sync.config import TableRule
 from cdc_sync.errors import RewindRequired, SinkUnavailable
-from cdc_sync.events import RawEvent, RawHeartbeat, ServerInfo
+from cdc_sync.events import RawEvent, RawHeartbeat, RedisMemory, ServerInfo
 from cdc_sync.mysql import CascadeEdge
 from cdc_sync.planner import Delete, RedisOp, SetHash, SetJson
 
@@ -92,6 +92,7 @@ class FakeSink:
     def __init__(self) -> None:
         self.store: dict[str, object] = {}
         self.evictions = 0
+        self.policy, self.maxmemory = "noeviction", 0
         self.fail_next = 0  # raise SinkUnavailable before applying, this many times
         self.lose_reply_next = 0  # apply, then raise SinkUnavailable (the reply was lost), this many times
         self.applied_steps: list[str] = []
@@ -133,8 +134,8 @@ class FakeSink:
     def save_server_identity(self, identity: str) -> None:
         self.store["cdc:server"] = identity
 
-    def evicted_keys(self) -> int:
-        return self.evictions  # what INFO stats says (tests raise it)
+    def memory(self) -> RedisMemory:
+        return RedisMemory(self.evictions, self.policy, self.maxmemory)  # what INFO says (tests change it)
 
     def recorded_evictions(self) -> int | None:
         value = self.store.get("cdc:evictions")
@@ -142,6 +143,10 @@ class FakeSink:
 
     def record_evictions(self, count: int) -> None:
         self.store["cdc:evictions"] = str(count)
+
+    def rule_fingerprints(self) -> dict[str, str]:
+        value = self.store.get("cdc:rules")
+        return dict(value) if isinstance(value, dict) else {}
 
     def save_rule_fingerprints(self, fingerprints: dict[str, str]) -> None:
         self.store["cdc:rules"] = dict(fingerprints)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import orjson
+from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from cdc_sync.events import Op, RawBegin, RawCommit, RawEvent, RawQuery, RawRows, RowChange, Transaction
@@ -289,3 +290,32 @@ def test_an_eviction_while_running_holds_the_heartbeat_back_until_every_table_is
     assert "user:1" not in sink.store and sink.store["cdc:evictions"] == "4"
     assert "sync.keys_evicted" in [e["event"] for e in logs]
     assert worker.evictions_settled()
+
+
+def test_an_eviction_flush_records_the_rules_and_checkpoint_again_and_a_policy_change_is_said() -> None:
+    """An allkeys-* policy may evict <ns>:rules (readers then fill nothing) and the checkpoint (the heartbeat then
+    stands still until the next change): the eviction flush writes both again.
+    The policy and limit are read with each eviction count; a change is logged and sets the gauge."""
+    sink = FakeSink()
+    sink.store.update({"cdc:checkpoint": "0-1-1"})
+    worker = Worker(CONFIG, FakeSource({}, threading.Event()), FakeAdmin(COLUMNS), sink, NoBackoff(), rules_store=sink)
+    worker.prepare()
+    rules = sink.store["cdc:rules"]
+    del sink.store["cdc:rules"], sink.store["cdc:checkpoint"]
+    sink.evictions, sink.policy, sink.maxmemory = 2, "allkeys-lru", 1 << 20
+    with capture_logs() as logs:
+        assert not worker.evictions_settled()
+    assert sink.store["cdc:rules"] == rules
+    assert sink.store["cdc:checkpoint"] == "0-1-1"  # flushed, then written again (the heartbeat needs it)
+    assert [e["action"] for e in logs if e["event"] == "sync.checkpoint_lost"] == ["flushed_and_restored"]
+    said = [e for e in logs if e["event"] == "sync.eviction_policy"]
+    assert [(e["policy"], e["may_evict"], e["log_level"]) for e in said] == [("allkeys-lru", True, "warning")]
+    assert REGISTRY.get_sample_value("cdc_sync_redis_may_evict") == 1
+    with capture_logs() as logs:
+        assert worker.evictions_settled()
+    assert not [e for e in logs if e["event"] == "sync.eviction_policy"]  # said once per change
+    sink.policy = "noeviction"
+    with capture_logs() as logs:
+        assert worker.evictions_settled()
+    assert [e["may_evict"] for e in logs if e["event"] == "sync.eviction_policy"] == [False]
+    assert REGISTRY.get_sample_value("cdc_sync_redis_may_evict") == 0
