@@ -44,7 +44,7 @@ class MySQLConfig:
     ssl_ca: str | None = None  # TLS: CA file; setting any ssl_* turns TLS on
     ssl_cert: str | None = None
     ssl_key: str | None = None
-    ssl_verify_identity: bool = False  # check the server's host name against its certificate
+    ssl_verify_identity: bool = True  # check the server's host name against its certificate
 
     @property
     def tls(self) -> bool:
@@ -57,7 +57,10 @@ class RedisConfig:
 
     url: str = field(default="redis://127.0.0.1:6379/0", repr=False)  # may carry a password
     namespace: str = "cdc"  # prefix of the worker's own keys
-    ssl_ca_certs: str | None = None  # CA file for rediss:// URLs
+    ssl_ca_certs: str | None = None  # CA file for rediss:// URLs (default: the system's CAs)
+    ssl_certfile: str | None = None  # client certificate (Redis's tls-auth-clients)
+    ssl_keyfile: str | None = None
+    ssl_verify_identity: bool = True  # check the server's host name against its certificate
     socket_timeout_s: float = 10.0
 
     @property
@@ -326,7 +329,7 @@ def _mysql(raw: object, env: Mapping[str, str]) -> MySQLConfig:
         ssl_ca=s.str_("ssl_ca", None),
         ssl_cert=s.str_("ssl_cert", None),
         ssl_key=s.str_("ssl_key", None),
-        ssl_verify_identity=s.bool_("ssl_verify_identity", False),
+        ssl_verify_identity=s.bool_("ssl_verify_identity", True),
     )
     s.finish()
     if not cfg.host:
@@ -353,8 +356,16 @@ def _redis(raw: object, env: Mapping[str, str]) -> RedisConfig:
         url=url,
         namespace=namespace,
         ssl_ca_certs=s.str_("ssl_ca_certs", None),
+        ssl_certfile=s.str_("ssl_certfile", None),
+        ssl_keyfile=s.str_("ssl_keyfile", None),
+        ssl_verify_identity=s.bool_("ssl_verify_identity", True),
         socket_timeout_s=s.float_("socket_timeout_s", 10.0, 0.1),
     )
+    tls_set = [k for k in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile") if getattr(cfg, k)]
+    if tls_set and scheme != "rediss":
+        raise ConfigError(f"redis.{tls_set[0]}: TLS needs a rediss:// url; got {redact_url(url)!r}")
+    if cfg.ssl_keyfile and not cfg.ssl_certfile:
+        raise ConfigError("redis.ssl_keyfile: set redis.ssl_certfile too (the client certificate)")
     s.finish()
     return cfg
 

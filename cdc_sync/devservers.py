@@ -155,17 +155,28 @@ def start_mariadb(extra_args: tuple[str, ...] = (), timeout: float = 60.0, binlo
     return server
 
 
-def start_redis(timeout: float = 20.0, rdb: str = "dump.rdb", extra_args: tuple[str, ...] = ()) -> LocalServer:
+def start_redis(
+    timeout: float = 20.0,
+    rdb: str = "dump.rdb",
+    extra_args: tuple[str, ...] = (),
+    tls: tuple[Path, Path, Path] | None = None,
+) -> LocalServer:
     """Start a private redis-server that keeps nothing on disk by itself.
 
     No save points and no AOF: only an explicit ``SAVE`` writes a snapshot, to ``rdb`` in the server's
     directory, and a restart loads that file if it is there (see ``LocalServer.restart(files=...)``).
+    ``tls`` = (certificate, key, CA): TLS only on the port (no plain port), clients need a certificate the CA
+    signed.
     """
     redis_server = _which("redis-server")
     directory = Path(tempfile.mkdtemp(prefix="cdc-sync-redis-"))
     port = free_port()
     log = directory / "redis.log"
     args = [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
+    if tls is not None:
+        cert, key, ca = tls
+        args[1:3] = ["--port", "0", "--tls-port", str(port)]
+        args += ["--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca)]
     args += ["--save", "", "--appendonly", "no", "--dbfilename", rdb, "--logfile", str(log), *extra_args]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     server = LocalServer("redis", port, directory, proc, args=args, log=log)

@@ -19,6 +19,8 @@ CdcSyncError
 
 from __future__ import annotations
 
+import re
+
 
 class CdcSyncError(Exception):
     """Root of every error cdc-sync raises on purpose."""
@@ -68,6 +70,11 @@ class ServerConfigError(ConfigError):
     """The MySQL server is not set up for row-based change capture (log_bin, ROW, FULL image/metadata)."""
 
 
+# A server certificate the client cannot verify (a wrong or missing CA, a name the certificate does not hold), in
+# the wording of Python's ssl module: a refusal (no retry heals it), on either side.
+TLS_UNTRUSTED = re.compile(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed|hostname mismatch|IP address mismatch")
+
+
 class ServerRefused(ConfigError):
     """A server refused this client for good: retrying cannot help, a person must change something.
 
@@ -80,7 +87,8 @@ class ServerRefused(ConfigError):
     def __init__(self, message: str, fix: str, kind: str) -> None:
         super().__init__(message)
         self.fix = fix
-        self.kind = kind  # "credentials" | "database" | "privilege" | "server_id" | "redis_auth" | "redis_acl"
+        self.kind = kind  # "credentials" | "database" | "privilege" | "server_id" | "tls" | "redis_auth" | "redis_acl"
+        # | "redis_tls"
 
 
 class Fenced(CdcSyncError):

@@ -24,7 +24,7 @@ import pymysql.cursors
 
 from cdc_sync.canonical import ColumnInfo
 from cdc_sync.config import MySQLConfig
-from cdc_sync.errors import PositionLostError, ServerRefused, SourceError
+from cdc_sync.errors import TLS_UNTRUSTED, PositionLostError, ServerRefused, SourceError
 from cdc_sync.events import ServerInfo
 from cdc_sync.rowdecode import value_kind
 
@@ -111,6 +111,11 @@ _REFUSALS: dict[int, tuple[str, str, str]] = {
     1044: ("privilege", "MySQL denied access to a database", "grant the user access to the mapped schemas"),
     1142: ("privilege", "MySQL denied a table privilege", "GRANT SELECT ON each mapped table (all its columns)"),
     1143: ("privilege", "MySQL denied a column privilege", "GRANT SELECT ON each mapped table (all its columns)"),
+    3159: (
+        "tls",
+        "MySQL requires TLS (require_secure_transport=ON)",
+        "set mysql.ssl_ca (and ssl_cert/ssl_key if the server asks for a client certificate)",
+    ),
     1049: ("database", "the database does not exist", 'check the schema part of [[tables]] table = "schema.table"'),
     1227: (
         "privilege",
@@ -139,7 +144,15 @@ def refusal(code: int, text: str) -> tuple[str, str, str] | None:
             "another replica connected with this worker's server_id and took over its stream",
             _SERVER_ID_FIX,
         )
+    if code == 2003 and TLS_UNTRUSTED.search(text):
+        return ("tls", "the MySQL server's TLS certificate is not trusted", _MYSQL_TLS_FIX)
     return _REFUSALS.get(code)
+
+
+_MYSQL_TLS_FIX = (
+    "set mysql.ssl_ca to the CA that signed the server's certificate, and mysql.host to a name or address the "
+    "certificate holds (or mysql.ssl_verify_identity = false to skip that check)"
+)
 
 
 _ERRNO = re.compile(r"\s*\(\[Errno -?\d+\] ([^)]*)\)")

@@ -16,8 +16,8 @@ import redis
 from redis.commands.core import Script
 
 from cdc_sync.config import RedisConfig, TableRule
+from cdc_sync.errors import TLS_UNTRUSTED, Fenced, OperatorLockLost, RewindRequired, ServerRefused, SinkUnavailable
 from cdc_sync.events import RedisMemory
-from cdc_sync.errors import Fenced, OperatorLockLost, RewindRequired, ServerRefused, SinkUnavailable
 from cdc_sync.keys import glob_escape
 from cdc_sync.planner import Count, Delete, EvictTag, RedisOp, SetHash, SetJson
 
@@ -180,8 +180,12 @@ FLUSH_MARKER_TTL_MS = 600_000  # a crashed flush leaves the marker at most this 
 def client_kwargs(cfg: RedisConfig) -> dict[str, Any]:
     """Connection settings shared by every Redis client (timeouts; TLS with rediss:// and ssl_ca_certs)."""
     kwargs: dict[str, Any] = {"socket_timeout": cfg.socket_timeout_s, "socket_connect_timeout": cfg.socket_timeout_s}
-    if cfg.ssl_ca_certs:
-        kwargs["ssl_ca_certs"] = cfg.ssl_ca_certs
+    if cfg.url.startswith("rediss:"):
+        kwargs["ssl_check_hostname"] = cfg.ssl_verify_identity
+        if cfg.ssl_ca_certs:
+            kwargs["ssl_ca_certs"] = cfg.ssl_ca_certs
+        if cfg.ssl_certfile:
+            kwargs.update(ssl_certfile=cfg.ssl_certfile, ssl_keyfile=cfg.ssl_keyfile)
     return kwargs
 
 
@@ -192,6 +196,10 @@ def make_client(cfg: RedisConfig) -> redis.Redis:
 
 _REDIS_AUTH_FIX = (
     "check the user and password in redis.url (or $CDC_SYNC_REDIS_URL) against the server's ACL/requirepass"
+)
+_REDIS_TLS_FIX = (
+    "set redis.ssl_ca_certs to the CA that signed the server's certificate, and a host in redis.url that the "
+    "certificate holds (or redis.ssl_verify_identity = false to skip that check)"
 )
 _SCRIPT_ACL = re.compile(r"The user executing the script can't (?:access|run)|\bNOPERM\b")
 _CONNECT_FAILED = re.compile(r"^Error (-?\d+) connecting to (.+?)\. (.+?)\.?$", re.S)
@@ -216,6 +224,9 @@ def redis_error(exc: BaseException, what: str) -> SinkUnavailable | ServerRefuse
             "command and key pattern needed)"
         )
         return ServerRefused(f"redis {what}: the Redis ACL denies a command or key: {text}", fix, "redis_acl")
+    if TLS_UNTRUSTED.search(text):
+        why = "the Redis server's TLS certificate is not trusted"
+        return ServerRefused(f"redis {what}: {why}: {text}", _REDIS_TLS_FIX, "redis_tls")
     return SinkUnavailable(f"redis {what}: {text}")
 
 

@@ -352,7 +352,7 @@ def _redis_checks(config: Config) -> list[Check]:
         error = redis_error(exc, "connect")
         if isinstance(error, ServerRefused):  # a wrong password: retrying cannot fix it
             return [
-                Check("redis.connect", FAIL, f"{where}: Redis refused the login: {plain_redis_error(exc)}", error.fix)
+                Check("redis.connect", FAIL, f"{where}: {_refused_because(error)}: {plain_redis_error(exc)}", error.fix)
             ]
         fix = "check [redis] url and TLS settings, and that the server runs"
         return [Check("redis.connect", FAIL, f"{where}: {plain_redis_error(exc)}", fix, blocking=False)]
@@ -361,6 +361,10 @@ def _redis_checks(config: Config) -> list[Check]:
     out.append(_acl_check(client, config.redis.namespace, config.tables))
     client.close()
     return out
+
+
+def _refused_because(error: ServerRefused) -> str:
+    return "the Redis server's TLS certificate is not trusted" if error.kind == "redis_tls" else "Redis refused the login"
 
 
 def _eviction_check(client: redis.Redis) -> Check:
