@@ -364,7 +364,9 @@ def _redis_checks(config: Config) -> list[Check]:
 
 
 def _refused_because(error: ServerRefused) -> str:
-    return "the Redis server's TLS certificate is not trusted" if error.kind == "redis_tls" else "Redis refused the login"
+    if error.kind == "redis_tls":
+        return "the Redis server's TLS certificate is not trusted"
+    return "Redis refused the login"
 
 
 def _eviction_check(client: redis.Redis) -> Check:
