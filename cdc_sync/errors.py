@@ -87,8 +87,8 @@ class ServerRefused(ConfigError):
     def __init__(self, message: str, fix: str, kind: str) -> None:
         super().__init__(message)
         self.fix = fix
-        self.kind = kind  # "credentials" | "database" | "privilege" | "server_id" | "tls" | "redis_auth" | "redis_acl"
-        # | "redis_tls"
+        # "credentials" | "database" | "privilege" | "server_id" | "tls" | "redis_auth" | "redis_acl" | "redis_tls"
+        self.kind = kind
 
 
 class Fenced(CdcSyncError):

@@ -163,6 +163,15 @@ class RedisMemory(NamedTuple):
     policy: str  # maxmemory-policy
     maxmemory: int  # bytes, 0 = no limit
 
+    @classmethod
+    def from_info(cls, info: Mapping[str, object]) -> RedisMemory:
+        """From a parsed ``INFO`` reply (sections stats and memory; a missing field reads as none)."""
+        return cls(
+            int(str(info.get("evicted_keys", 0))),
+            str(info.get("maxmemory_policy", "")),
+            int(str(info.get("maxmemory", 0))),
+        )
+
     @property
     def may_evict(self) -> bool:
         """Whether Redis may evict keys: a limit and a policy other than noeviction."""

@@ -359,10 +359,7 @@ class RedisSink:
         """Redis's count of keys evicted under maxmemory since it started, with its eviction policy and limit
         (``INFO stats memory``: CONFIG may be disabled on managed Redis). Any eviction may have taken a tag set or
         a marker an invalidation depends on (sync.py ``evictions_settled``)."""
-        info = self._call("INFO stats memory", self.client.info, "stats", "memory")
-        return RedisMemory(
-            int(info.get("evicted_keys", 0)), str(info.get("maxmemory_policy", "")), int(info.get("maxmemory", 0))
-        )
+        return RedisMemory.from_info(self._call("INFO stats memory", self.client.info, "stats", "memory"))
 
     def recorded_evictions(self) -> int | None:
         """The eviction count the cache was last made whole at (``<ns>:evictions``), None when never recorded."""

@@ -278,7 +278,8 @@ class Worker:
         heartbeat, so an eviction before that probe's T0 holds the heartbeat back. A new eviction count flushes
         every table here (eviction-safe: the flush only removes, concurrent applies write fresh values), then
         records the count it made whole; the next probe vouches again. A crash before the record flushes again
-        at start. Under steady memory pressure this is a flush per probe (doctor WARNs about volatile-* policies)."""
+        at start. Under steady memory pressure this is a flush per probe (doctor WARNs about every evicting
+        policy)."""
         memory = self._sink.memory()
         self._watch_policy(memory)
         now = memory.evicted_keys

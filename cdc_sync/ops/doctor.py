@@ -20,6 +20,7 @@ import redis
 
 from cdc_sync.config import Config, TableRule, check_against_schema
 from cdc_sync.errors import CdcSyncError, ConfigError, ServerRefused, SinkUnavailable
+from cdc_sync.events import RedisMemory
 from cdc_sync.keys import templates_overlap
 from cdc_sync.mysql import MySQLAdmin, plain_error, translate_error
 from cdc_sync.positions import has_tagged_gtids
@@ -374,11 +375,11 @@ def _eviction_check(client: redis.Redis) -> Check:
     worker counts evictions and flushes every table at each new one before the heartbeat vouches again, so an
     evicted tag set or marker never leads to a stale read. What a policy costs is flushes."""
     try:
-        info = client.info("memory")
+        memory = RedisMemory.from_info(client.info("memory"))
     except redis.RedisError as exc:
         return Check("redis.maxmemory_policy", WARN, f"cannot read INFO memory: {plain_redis_error(exc)}")
-    policy, limit = str(info.get("maxmemory_policy", "")), int(info.get("maxmemory", 0))
-    if limit == 0 or policy == "noeviction":
+    policy, limit = memory.policy, memory.maxmemory
+    if not memory.may_evict:
         return Check("redis.maxmemory_policy", PASS, f"maxmemory-policy {policy}, maxmemory {limit or 'unlimited'}")
     what = "any key, the checkpoint too" if policy.startswith("allkeys-") else "keys with a TTL (tag sets, markers)"
     return Check(

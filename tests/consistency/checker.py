@@ -67,6 +67,7 @@ import redis
 from cdc_sync import CacheReader
 from cdc_sync.config import load
 from cdc_sync.devservers import LocalServer, start_mariadb, start_redis
+from cdc_sync.lookup import schema_key, stamp_key, stamp_of
 from cdc_sync.mysql import RowLoader
 from tests.consistency.model import History, Verdict
 from tests.consistency.proxy import TcpProxy
@@ -1092,7 +1093,7 @@ ttl = 600
             raw = r.get(f"grp:{grp}")
             # a result is a hit only while its stamp is c.items's schema epoch (an eviction flush bumps it when its
             # tag set may be gone): one with another stamp is never served, whatever it holds
-            if r.get(f"cdc:stamp:grp:{grp}") != (r.get("cdc:schema:c.items") or b"0"):
+            if r.get(stamp_key("cdc", f"grp:{grp}")) != stamp_of([r.get(schema_key("cdc", "c.items"))]).encode():
                 continue
             if raw is not None and json.loads(raw) != self._group(grp):
                 self.report.divergent.append(f"grp:{grp}: cached {json.loads(raw)} db {self._group(grp)}")

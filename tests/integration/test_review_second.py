@@ -414,17 +414,22 @@ def test_volatile_lru_evicts_a_readers_tag_set_and_the_result_outlives_the_chang
     try:
         assert reader.fetch("totals:5", totals, ttl=3600, depends_on=dep) == [10]
         assert client.sismember(tag, "totals:5") and client.pttl(tag) > 0
-        time.sleep(3.0)  # the tag set ages; the result is read on every hit
+        # Redis's LRU is approximate (sampled keys, a 1 s clock), so the order is made plain: the tag set is the
+        # oldest key with a TTL, then come 300 padding keys with a TTL, the result is read last, and the fillers
+        # that make the pressure carry no TTL (not candidates). The tag set goes before any padding is used up.
+        client.config_set("maxmemory-samples", "64")
+        time.sleep(1.5)
+        for i in range(300):
+            client.set(f"padding:{i}", "p" * 256, ex=3600)
+        time.sleep(1.5)
+        assert reader.fetch("totals:5", totals, ttl=3600, depends_on=dep) == [10]  # a hit: recently used
         used = int(client.info("memory")["used_memory"])
         assert w.proc is not None
         os.kill(w.proc.pid, signal.SIGSTOP)  # (the worker would flush at the first eviction: it sees them after)
         try:
-            client.config_set("maxmemory", str(used + 512 * 1024))
-            filler = "x" * 1024
+            client.config_set("maxmemory", str(used + 64 * 1024))
             for i in range(20_000):
-                if i % 50 == 0:
-                    assert reader.fetch("totals:5", totals, ttl=3600, depends_on=dep) == [10]  # a hit: recently used
-                client.set(f"other:{i}", filler, ex=3600)
+                client.set(f"other:{i}", "x" * 128)
                 if not client.exists(tag):
                     break
             assert not client.exists(tag) and client.exists("totals:5"), "the tag set was evicted, the result kept"
