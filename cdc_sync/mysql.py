@@ -15,7 +15,7 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ from cdc_sync.canonical import ColumnInfo
 from cdc_sync.config import MySQLConfig
 from cdc_sync.errors import TLS_UNTRUSTED, PositionLostError, ServerRefused, SourceError
 from cdc_sync.events import ServerInfo
-from cdc_sync.rowdecode import value_kind
+from cdc_sync.rowdecode import WIDE_CHARSETS, CharsetTable, value_kind
 
 ER_MASTER_FATAL_ERROR_READING_BINLOG = 1236
 # Error 1236 means a lost position only with these texts; otherwise (a duplicate server_id, say) it is an
@@ -325,28 +325,70 @@ class MySQLAdmin:
                 out[(schema, table)] = kinds
         return out
 
-    def single_byte_charsets(self, tables: Sequence[tuple[str, str]]) -> dict[str, str]:
-        """The single-byte charsets of the text columns of ``tables``, each with the server's own decoding of
-        its 256 bytes (``CONVERT(x'NN' USING charset)``, read back as UTF-8): what a SELECT returns, byte by byte."""
-        names: set[str] = set()
+    def server_charsets(
+        self, tables: Sequence[tuple[str, str]], known: Callable[[str], bool] = lambda name: False
+    ) -> dict[str, CharsetTable]:
+        """The server's own decoding of each 8-bit charset among the text columns of ``tables`` (those ``known``
+        says were read before are left out): each byte alone and, for a multi-byte charset, every sequence of
+        two or three bytes it reads as one character, as ``CONVERT(bytes USING charset)`` read back as UTF-8 gives
+        them, which is what a SELECT returns. UTF-8, UTF-16/32 and UCS-2 are left to Python's codecs."""
+        names: dict[str, int] = {}
         for schema, table in tables:
             rows = self.query(
-                "SELECT DISTINCT c.CHARACTER_SET_NAME AS cs FROM information_schema.COLUMNS c "
+                "SELECT DISTINCT c.CHARACTER_SET_NAME AS cs, s.MAXLEN AS maxlen FROM information_schema.COLUMNS c "
                 "JOIN information_schema.CHARACTER_SETS s ON s.CHARACTER_SET_NAME = c.CHARACTER_SET_NAME "
-                "WHERE c.TABLE_SCHEMA = %s AND c.TABLE_NAME = %s AND s.MAXLEN = 1",
+                "WHERE c.TABLE_SCHEMA = %s AND c.TABLE_NAME = %s",
                 (schema, table),
             )
-            names.update(str(r["cs"]).lower() for r in rows if r["cs"] is not None)
-        out: dict[str, str] = {}
-        for name in sorted(names - {"binary"}):
+            names.update((str(r["cs"]).lower(), int(r["maxlen"])) for r in rows if r["cs"] is not None)
+        out: dict[str, CharsetTable] = {}
+        for name, maxlen in sorted(names.items()):
+            if name.startswith("utf8") or name in WIDE_CHARSETS or name == "binary" or maxlen > 3 or known(name):
+                continue
             if not re.fullmatch(r"[a-z0-9_]+", name):
                 continue
             probes = ", ".join(f"CONVERT(x'{b:02x}' USING {name}) AS b{b}" for b in range(256))
             row = self.query(f"SELECT {probes}")[0]
             chars = ["\0" if row[f"b{b}"] is None else str(row[f"b{b}"]) for b in range(256)]
-            if all(len(c) == 1 for c in chars):
-                out[name] = "".join(chars)
+            if maxlen == 1:
+                if all(len(c) == 1 for c in chars):
+                    out[name] = ("".join(chars), {})
+                continue
+            sequences = self._multibyte_sequences(name, maxlen)
+            if sequences is not None:
+                out[name] = ("".join(c if len(c) == 1 else "?" for c in chars), sequences)
         return out
+
+    def _converted(self, charset: str, pieces: Sequence[bytes]) -> list[str] | None:
+        """What the server makes of each of ``pieces`` (none holds a newline) in ``charset``, in one statement."""
+        blob = b"\n".join(pieces).hex()
+        text = self.query(f"SELECT CONVERT(CONVERT(x'{blob}' USING {charset}) USING utf8mb4) AS t")[0]["t"]
+        got = str(text).split("\n")
+        return got if len(got) == len(pieces) else None
+
+    def _multibyte_sequences(self, charset: str, maxlen: int) -> dict[bytes, str] | None:
+        """Every sequence the server converts as one character: a piece of two (or three) bytes that comes back as
+        one character ('?' included: a code it stores but cannot map; a byte that starts nothing comes back as '?'
+        followed by the next). None if a reply cannot be split back into its pieces."""
+        bytes_ = [b for b in range(0x100) if b != 0x0A]
+        pairs = [bytes([lead, trail]) for lead in range(0x80, 0x100) for trail in bytes_]
+        got = self._converted(charset, pairs)
+        if got is None:
+            return None
+        sequences = {p: g for p, g in zip(pairs, got, strict=True) if len(g) == 1}
+        leads = {p[0] for p in sequences}
+        for lead in sorted(set(range(0x80, 0x100)) - leads) if maxlen == 3 else []:
+            # (a lead of three bytes, as EUC-JP's 0x8F: found by a second byte with a common third)
+            tries = [bytes([lead, mid, 0xA1]) for mid in range(0x80, 0x100)]
+            first = self._converted(charset, tries)
+            if first is None or not any(len(g) == 1 for g in first):
+                continue
+            triples = [bytes([lead, mid, last]) for mid in range(0x80, 0x100) for last in bytes_]
+            got3 = self._converted(charset, triples)
+            if got3 is None:
+                return None
+            sequences.update((t, g) for t, g in zip(triples, got3, strict=True) if len(g) == 1)
+        return sequences
 
     def binlog_server_id(self, file: str) -> int | None:
         """The server id in the format description of binlog ``file`` (the server that wrote it), None when the

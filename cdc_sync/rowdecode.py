@@ -20,8 +20,9 @@ import codecs
 import datetime
 import decimal
 import math
+import re
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -519,17 +520,53 @@ def _latin1_char(b: int) -> str:
 _LATIN1_DECODING = "".join(_latin1_char(b) for b in range(256))
 
 
-# Single-byte charsets as the server itself maps them (sync.py reads each mapped column's charset once): Python's
-# codecs of the same names differ from MySQL's in places (cp1256, greek, hebrew, cp866 map some bytes to other
-# characters; cp1250/cp1257 leave bytes undefined that MySQL reads as '?'), and some have none (dec8, swe7, ...).
+# Charsets as the server itself maps them (sync.py reads each mapped column's charset once): Python's codecs of
+# the same names differ from MySQL's in places. Single-byte: cp1256, greek, hebrew, cp866 map some bytes to other
+# characters, cp1250/cp1257 leave bytes undefined that MySQL reads as '?', and some have no codec (dec8, swe7).
+# Multi-byte: sjis and ujis read 0x815F/0xA1C0 as '\\' (Python: U+FF3C), eucjpms is Microsoft's variant (Python
+# has none), euckr holds the CP949 extension, big5 maps 7 codes elsewhere, and every one of them stores codes
+# that have no Unicode mapping (GBK's a4 40), which a SELECT prints as '?' and Python refuses.
+# (charset name -> 256 characters, and each multi-byte sequence with its character: what mysql.server_charsets reads)
+CharsetTable = tuple[str, dict[bytes, str]]
+# MySQL's wide charsets are big-endian (utf16le aside) and carry no byte order mark; the library names Python
+# codecs that read a mark or the machine's order (utf16, utf32) or none at all (ucs2, utf16le).
+WIDE_CHARSETS = {"ucs2": "utf-16-be", "utf16": "utf-16-be", "utf16le": "utf-16-le", "utf32": "utf-32-be"}
 _SERVER_TABLES: dict[str, str] = {}  # charset name -> 256 characters, byte b decodes as [b]
 
 
-def register_server_charset(charset: str, table: str) -> None:
-    """Decode ``charset`` with ``table`` (what the server's ``CONVERT(x'NN' USING charset)`` gives each byte)."""
+@dataclass(frozen=True)
+class _Sequences:
+    chars: dict[bytes, str]  # each multi-byte sequence -> its character
+    lengths: dict[int, int]  # lead byte -> the length of its sequences
+    inverse: dict[str, bytes]  # character -> its shortest spelling (for encode)
+
+
+_SERVER_SEQUENCES: dict[str, _Sequences] = {}  # the multi-byte charsets among _SERVER_TABLES
+
+
+def register_server_charset(charset: str, table: str, sequences: Mapping[bytes, str] | None = None) -> None:
+    """Decode ``charset`` as the server converts it: ``table`` gives each byte alone (``CONVERT(x'NN' USING
+    charset)``), ``sequences`` every multi-byte sequence the server reads as one character ('?' for those it
+    stores but cannot map). A byte that starts a sequence never stands alone."""
     if len(table) != 256:
-        raise ValueError(f"{charset}: a single-byte table has 256 characters, not {len(table)}")
-    _SERVER_TABLES[charset.lower()] = table
+        raise ValueError(f"{charset}: a byte table has 256 characters, not {len(table)}")
+    name = charset.lower()
+    _SERVER_SEQUENCES.pop(name, None)
+    if sequences:
+        lengths: dict[int, int] = {}
+        for seq in sequences:
+            if len(seq) not in (2, 3) or lengths.setdefault(seq[0], len(seq)) != len(seq):
+                raise ValueError(f"{charset}: sequences are 2 or 3 bytes long, one length per lead byte")
+        inverse = {ch: bytes([b]) for b, ch in enumerate(table) if b not in lengths}
+        for seq, ch in sequences.items():
+            inverse.setdefault(ch, seq)
+        _SERVER_SEQUENCES[name] = _Sequences(dict(sequences), lengths, inverse)
+    _SERVER_TABLES[name] = table
+
+
+def server_charset_known(charset: str) -> bool:
+    """Whether the server's own table of ``charset`` was read (charsets do not change while a server runs)."""
+    return charset.lower() in _SERVER_TABLES
 
 
 def server_codec(charset: str | None) -> str | None:
@@ -549,10 +586,64 @@ def _charmap(name: str, decoding: Callable[[], str]) -> codecs.CodecInfo:
     return codecs.CodecInfo(name=name, encode=encode, decode=decode)
 
 
+_ASCII_RUN = re.compile(rb"[\x00-\x7f]+")
+
+
+def decode_multibyte(raw: bytes, table: str, sequences: Mapping[bytes, str], lengths: Mapping[int, int]) -> str:
+    """``raw`` as the server converts it (``my_convert``): a lead byte and its trail bytes as their character,
+    a byte that starts no known sequence, or a sequence cut short by the end, as '?' and the next byte read
+    afresh (so ``b0 41`` in GBK is one character and ``41 b0`` is 'A?'), any other byte from ``table``."""
+    ascii_same = table[:128] == _ASCII
+    out: list[str] = []
+    i, n = 0, len(raw)
+    while i < n:
+        b = raw[i]
+        if b < 0x80 and ascii_same:
+            run = _ASCII_RUN.match(raw, i)
+            assert run is not None
+            out.append(run.group().decode("ascii"))
+            i = run.end()
+            continue
+        k = lengths.get(b)
+        if k is None:
+            out.append(table[b])
+            i += 1
+            continue
+        ch = sequences.get(raw[i : i + k])
+        if ch is None:
+            out.append("?")
+            i += 1
+        else:
+            out.append(ch)
+            i += k
+    return "".join(out)
+
+
+_ASCII = "".join(chr(b) for b in range(128))
+
+
+def _multibyte(name: str, charset: str) -> codecs.CodecInfo:
+    def decode(data: Any, errors: str = "strict") -> tuple[str, int]:  # (every byte string decodes, as the server's)
+        raw = bytes(data)
+        known = _SERVER_SEQUENCES[charset]
+        return decode_multibyte(raw, _SERVER_TABLES[charset], known.chars, known.lengths), len(raw)
+
+    def encode(text: str, errors: str = "strict") -> tuple[bytes, int]:
+        inverse = _SERVER_SEQUENCES[charset].inverse
+        for i, ch in enumerate(text):
+            if ch not in inverse:
+                raise UnicodeEncodeError(name, text, i, i + 1, "no such character in the server's table")
+        return b"".join(inverse[ch] for ch in text), len(text)
+
+    return codecs.CodecInfo(name=name, encode=encode, decode=decode)
+
+
 def _mysql_codec(name: str) -> codecs.CodecInfo | None:
     if not name.startswith("mysql_"):
         return None
     charset = name[len("mysql_") :]
+    if charset in _SERVER_SEQUENCES:
+        return _multibyte(name, charset)
     if charset in _SERVER_TABLES:  # (read at call time: codecs.lookup caches this CodecInfo)
         return _charmap(name, lambda: _SERVER_TABLES[charset])
     if name == MYSQL_LATIN1:

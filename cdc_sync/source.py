@@ -67,6 +67,7 @@ from cdc_sync.events import (
 from cdc_sync.mysql import connection_settings, translate_error
 from cdc_sync.positions import kind_of, split_stream
 from cdc_sync.rowdecode import (
+    WIDE_CHARSETS,
     ColumnSpec,
     RowDecodeError,
     RowDecoder,
@@ -84,10 +85,11 @@ _library_encoding = RowsEvent.charset_to_encoding
 
 def _charset_to_encoding(name: str) -> str:
     """The library's codec for a column charset: the server's own table where one was read
-    (rowdecode.server_codec), else MySQL's latin1 (rowdecode.MYSQL_LATIN1) where the library says cp1252, which
-    refuses five bytes MySQL stores and a SELECT returns."""
+    (rowdecode.server_codec), MySQL's byte order for the wide charsets, else MySQL's latin1
+    (rowdecode.MYSQL_LATIN1) where the library says cp1252, which refuses five bytes MySQL stores and a SELECT
+    returns."""
     encoding: str = _library_encoding(name)
-    return server_codec(name) or text_encoding(encoding) or encoding
+    return server_codec(name) or WIDE_CHARSETS.get(name.lower()) or text_encoding(encoding) or encoding
 
 
 # The library decodes text by this one hook (RowsEvent.__read_string): both decoders read latin1 as MySQL does.

@@ -57,7 +57,7 @@ from cdc_sync.positions import (
     same_state,
     split_stream,
 )
-from cdc_sync.rowdecode import register_server_charset
+from cdc_sync.rowdecode import CharsetTable, register_server_charset, server_charset_known
 from cdc_sync.transactions import Assembler
 
 log = logs.get("cdc_sync.sync")
@@ -75,7 +75,9 @@ class AdminPort(Protocol):
     def cascade_edges(self) -> list[CascadeEdge]: ...
     def stored_names(self, names: Sequence[str]) -> dict[str, tuple[str, str]]: ...
     def value_kinds(self, tables: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, str]]: ...
-    def single_byte_charsets(self, tables: Sequence[tuple[str, str]]) -> dict[str, str]: ...
+    def server_charsets(
+        self, tables: Sequence[tuple[str, str]], known: Callable[[str], bool] = ...
+    ) -> dict[str, CharsetTable]: ...
     def gtid_at(self, file_pos: str) -> str | None: ...
     def binlog_server_id(self, file: str) -> int | None: ...
     def current_position(self, flavor: str, kind: str) -> str: ...
@@ -425,10 +427,12 @@ class Worker:
         kinds = self._retry_source("column types", lambda: self._admin.value_kinds(mapped))
         self.value_kinds.clear()
         self.value_kinds.update(kinds)
-        # single-byte text decoded with the server's own table of each charset (before any row is decoded)
-        charsets = self._retry_source("charsets", lambda: self._admin.single_byte_charsets(mapped))
-        for charset, table in charsets.items():
-            register_server_charset(charset, table)
+        # 8-bit text decoded with the server's own table of each charset (before any row is decoded)
+        charsets = self._retry_source(
+            "charsets", lambda: self._admin.server_charsets(mapped, known=server_charset_known)
+        )
+        for charset, (table, sequences) in charsets.items():
+            register_server_charset(charset, table, sequences)
         edges = self._retry_source("foreign keys", self._admin.cascade_edges)
         hidden = sorted({e.child for e in edges if e.assumed} - self._hidden_noted)
         if hidden:

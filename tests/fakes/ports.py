@@ -7,7 +7,7 @@ then the new checkpoint) over a dict, and can be told to fail or to lose replies
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from cdc_sync.config import TableRule
@@ -15,6 +15,7 @@ from cdc_sync.errors import RewindRequired, SinkUnavailable
 from cdc_sync.events import RawEvent, RawHeartbeat, RedisMemory, ServerInfo
 from cdc_sync.mysql import CascadeEdge
 from cdc_sync.planner import Delete, RedisOp, SetHash, SetJson
+from cdc_sync.rowdecode import CharsetTable
 
 ROW_SETTINGS = {"log_bin": "ON", "binlog_format": "ROW", "binlog_row_image": "FULL", "binlog_row_metadata": "FULL"}
 
@@ -49,7 +50,9 @@ class FakeAdmin:
     def value_kinds(self, tables: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, str]]:
         return {}  # (no column types here: values pass as decoded)
 
-    def single_byte_charsets(self, tables: Sequence[tuple[str, str]]) -> dict[str, str]:
+    def server_charsets(
+        self, tables: Sequence[tuple[str, str]], known: Callable[[str], bool] = lambda name: False
+    ) -> dict[str, CharsetTable]:
         return {}
 
     def stored_names(self, names: Sequence[str]) -> dict[str, tuple[str, str]]:

@@ -4,6 +4,7 @@ bytes for every type a mapped table can hold, in JSON and hash formats."""
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import pymysql
@@ -18,6 +19,21 @@ from tests.integration.conftest import StartWorker
 from tests.servers import MySQLTarget
 
 SINGLE_BYTE = ("cp1250", "cp1251", "cp1256", "cp1257", "greek", "hebrew", "cp866", "dec8", "swe7", "keybcs2")
+# multi-byte charsets: codes Python maps elsewhere (sjis 815f, ujis a1c0, eucjpms a1c1, big5 a15a), codes it has
+# none for (euckr's CP949 8141, eucjpms ada1, ujis f5a1, big5 f9d6), codes the server stores without a Unicode
+# mapping (it prints '?': gbk a440, gb2312 a2a1, sjis 81ad), three-byte and half-width kana (8fb0a1, 8ea1, a1)
+MULTI_BYTE = {
+    "gbk": "41a440a1a4b0a1",
+    "gb2312": "a2a1b0a142",
+    "big5": "a15af9d6a3c0a440",
+    "sjis": "815fa181ad5c7e",
+    "cp932": "81ad8740a1815f",
+    "euckr": "8141a2e8b0a1",
+    "ujis": "a1c0f5a18fb0a18ea1",
+    "eucjpms": "a1c1ada18fb0a18ea1",
+}
+# wide charsets: MySQL's byte order, characters beyond the BMP where the charset has them
+WIDE = {"ucs2": "'Aé€'", "utf16": "_utf8mb4'A😀é'", "utf16le": "_utf8mb4'A😀é'", "utf32": "_utf8mb4'😀x'"}
 HIGH_BYTES = "x'" + "".join(f"{b:02x}" for b in range(0x80, 0xA8)) + "'"  # 40 bytes, undefined ones among them
 
 # (column definition, values): one row per value, id = position; NULL rows are added for every column.
@@ -47,6 +63,9 @@ COLUMNS: list[tuple[str, list[str]]] = [
     ("l1t TEXT CHARACTER SET latin1", ["x'81e9'"]),
     # single-byte charsets where Python's codec of the name differs from MySQL's, or is missing
     *((f"c_{cs} VARCHAR(40) CHARACTER SET {cs}", [HIGH_BYTES]) for cs in SINGLE_BYTE),
+    *((f"m_{cs} VARCHAR(20) CHARACTER SET {cs}", [f"x'{raw}'", "'plain'"]) for cs, raw in MULTI_BYTE.items()),
+    *((f"w_{cs} VARCHAR(10) CHARACTER SET {cs}", [value]) for cs, value in WIDE.items()),
+    ("wc CHAR(5) CHARACTER SET ucs2", ["'ab'", "''"]),
     ("dc DECIMAL(30,10)", ["'-12345678901234567890.0123456789'", "0"]),
     ("bt BIT(64)", ["b'1111111111111111111111111111111111111111111111111111111111111111'", "0"]),
     ("tm TIME(6)", ["'-838:59:59.000000'", "'00:00:00.000001'"]),
@@ -128,7 +147,7 @@ def test_the_worker_and_the_loader_write_the_same_bytes(
     fmt: str,
 ) -> None:
     """Every type of COLUMNS (FLOAT as the server prints it, UUID/INET as text, YEAR 0000, latin1's undefined
-    bytes, DOUBLE, DECIMAL, BIT, TIME, zero dates, SET, JSON), INVISIBLE and generated columns, NULL of each."""
+    bytes, 8-bit charsets as the server maps them, UCS-2/UTF-16/UTF-32, DOUBLE, DECIMAL, BIT, TIME, zero dates, SET, JSON), INVISIBLE and generated columns, NULL of each."""
     diffs = _differences(start_worker, mysql_server, tmp_path, db, sql, r, fmt)
     assert not diffs, "\n".join(f"row {i}: {d}" for i, d in diffs)
 
@@ -182,3 +201,57 @@ def test_the_loader_reads_its_column_list_again_after_a_column_is_dropped(
         assert loader.load(f"{db}.dropped", {"id": 1}) == {"id": 1, "a": 2}
     finally:
         loader.close()
+
+
+def test_multibyte_text_decodes_as_the_server_converts_it(
+    mysql_server: MySQLTarget,
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+) -> None:
+    """The tables ``server_charsets`` reads, against the server itself on random byte strings: valid codes,
+    codes without a mapping, lone and cut-off lead bytes, stray trail bytes. ``bytes.decode`` with the
+    registered codec gives what ``CONVERT(... USING utf8mb4)`` gives, character for character."""
+    from cdc_sync.config import MySQLConfig
+    from cdc_sync.mysql import MySQLAdmin
+    from cdc_sync.rowdecode import register_server_charset, server_codec
+
+    defs = ", ".join(f"m_{cs} TEXT CHARACTER SET {cs}" for cs in MULTI_BYTE)
+    execute(sql, f"CREATE TABLE mb (id INT PRIMARY KEY, {defs})")
+    admin = MySQLAdmin(MySQLConfig(host=mysql_server.host, port=mysql_server.port, user="root", password=""))
+    rng = random.Random(17)
+    try:
+        tables = admin.server_charsets([(db, "mb")])
+        assert sorted(tables) == sorted(MULTI_BYTE), "a table for every multi-byte charset"
+        mismatches: list[tuple[str, str, str, str]] = []
+        for cs, (table, sequences) in tables.items():
+            assert len(sequences) > 5000, (cs, len(sequences))
+            register_server_charset(cs, table, sequences)
+            codec = server_codec(cs)
+            assert codec is not None
+            known = list(sequences)
+            samples: list[bytes] = []
+            for _ in range(400):
+                parts = []
+                for _ in range(rng.randint(1, 6)):
+                    pick = rng.random()
+                    if pick < 0.5:
+                        parts.append(rng.choice(known))
+                    elif pick < 0.7:
+                        parts.append(bytes([rng.randint(0x20, 0x7E)]))
+                    else:
+                        parts.append(bytes([rng.choice([b for b in range(0x80, 0x100)])]))
+                samples.append(b"".join(parts))
+            # the reference: the server, one statement per batch, a newline between the samples
+            blob = b"\n".join(samples).hex()
+            with sql.cursor() as cur:
+                cur.execute(f"SELECT CONVERT(CONVERT(x'{blob}' USING {cs}) USING utf8mb4)")
+                (text,) = cur.fetchone()  # type: ignore[misc]
+            server = text.split("\n")
+            assert len(server) == len(samples)
+            for raw, want in zip(samples, server, strict=True):
+                got = raw.decode(codec)
+                if got != want:
+                    mismatches.append((cs, raw.hex(), want, got))
+        assert not mismatches, mismatches[:20]
+    finally:
+        admin.close()

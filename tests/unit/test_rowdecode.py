@@ -173,3 +173,27 @@ def test_needed_columns_add_cascade_parents_and_merge() -> None:
         ("s", "p"): frozenset({"id", "ref"}),
     }
     assert needed_columns([*rules, _rule("a", "x:{id}", mode="update")], watched)[("s", "a")] is None
+
+
+def test_a_multibyte_server_table_decodes_as_my_convert_does() -> None:
+    """Leads take their sequence; an unknown or cut-off sequence is '?' and the next byte is read afresh (the
+    server's ``my_convert``); a registered table is a codec; mixed sequence lengths for one lead are refused."""
+    from cdc_sync.rowdecode import decode_multibyte, register_server_charset, server_codec
+
+    table = "".join(chr(b) if b < 0x80 else "?" for b in range(256))
+    table = table[:0xA1] + "ｱ" + table[0xA2:]
+    sequences = {b"\xb0\xa1": "啊", b"\xb0\x41": "癆", b"\xa4\x40": "?", b"\x8f\xb0\xa1": "丂"}
+    lengths = {0xB0: 2, 0xA4: 2, 0x8F: 3}
+    assert decode_multibyte(b"A\xb0\xa1\xa1", table, sequences, lengths) == "A啊ｱ"
+    assert decode_multibyte(b"\xb0A", table, sequences, lengths) == "癆"
+    assert decode_multibyte(b"A\xb0", table, sequences, lengths) == "A?"  # cut off at the end
+    assert decode_multibyte(b"\xb0\x0aZ", table, sequences, lengths) == "?\nZ"  # no such pair: the trail stays
+    assert decode_multibyte(b"\x8f\xb0\xa1\x8f\xb0", table, sequences, lengths) == "丂??"
+    assert decode_multibyte(b"\xa4\x40\x80", table, sequences, lengths) == "??"  # stored, not mapped; a stray byte
+    register_server_charset("testmb", table, sequences)
+    codec = server_codec("testmb")
+    assert codec == "mysql_testmb"
+    assert b"\xb0\xa1x".decode(codec) == "啊x"
+    assert "啊x".encode(codec) == b"\xb0\xa1x"
+    with pytest.raises(ValueError):
+        register_server_charset("testmb2", table, {b"\xb0\xa1": "a", b"\xb0\xa1\xa1": "b"})
