@@ -147,7 +147,8 @@ def test_the_worker_and_the_loader_write_the_same_bytes(
     fmt: str,
 ) -> None:
     """Every type of COLUMNS (FLOAT as the server prints it, UUID/INET as text, YEAR 0000, latin1's undefined
-    bytes, 8-bit charsets as the server maps them, UCS-2/UTF-16/UTF-32, DOUBLE, DECIMAL, BIT, TIME, zero dates, SET, JSON), INVISIBLE and generated columns, NULL of each."""
+    bytes, 8-bit charsets as the server maps them, UCS-2/UTF-16/UTF-32, DOUBLE, DECIMAL, BIT, TIME, zero dates,
+    SET, JSON), INVISIBLE and generated columns, NULL of each."""
     diffs = _differences(start_worker, mysql_server, tmp_path, db, sql, r, fmt)
     assert not diffs, "\n".join(f"row {i}: {d}" for i, d in diffs)
 
