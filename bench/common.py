@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from cdc_sync.devservers import LocalServer
+from tools.devservers import LocalServer
 
 BENCH = Path(__file__).resolve().parent
 

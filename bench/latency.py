@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import shutdown, write_results  # noqa: E402
-from cdc_sync.devservers import start_mariadb, start_redis  # noqa: E402
+from tools.devservers import start_mariadb, start_redis  # noqa: E402
 
 
 def observe(port: int, ready: mp.Event, stop: mp.Event, out: mp.Queue) -> None:  # type: ignore[type-arg]

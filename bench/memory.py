@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import catch_up, shutdown, write_results  # noqa: E402
-from cdc_sync.devservers import start_mariadb, start_redis  # noqa: E402
+from tools.devservers import start_mariadb, start_redis  # noqa: E402
 
 
 def _position(cur: pymysql.cursors.Cursor) -> str:

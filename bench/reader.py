@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import shutdown, write_results  # noqa: E402
 from cdc_sync import CacheReader  # noqa: E402
 from cdc_sync.config import load  # noqa: E402
-from cdc_sync.devservers import start_mariadb, start_redis  # noqa: E402
+from tools.devservers import start_mariadb, start_redis  # noqa: E402
 
 ROWS = 3000
 

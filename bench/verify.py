@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import shutdown, write_results  # noqa: E402
-from cdc_sync.codec import encode_json  # noqa: E402
-from cdc_sync.devservers import start_mariadb, start_redis  # noqa: E402
+from cdc_sync.core.codec import encode_json  # noqa: E402
+from tools.devservers import start_mariadb, start_redis  # noqa: E402
 
 CHUNK = 10_000
 

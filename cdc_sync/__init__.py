@@ -15,7 +15,7 @@ __all__ = ["AsyncCacheReader", "CacheReader", "CacheUnavailable", "ReaderStats",
 def __getattr__(name: str) -> Any:
     """The reader's names, imported on first use: the worker never loads the reader (nor redis.asyncio)."""
     if name in __all__:
-        from cdc_sync import reader
+        from cdc_sync.reader import client as reader
 
         return getattr(reader, name)
     raise AttributeError(f"module 'cdc_sync' has no attribute {name!r}")

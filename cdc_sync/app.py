@@ -17,18 +17,18 @@ from redis.backoff import ExponentialWithJitterBackoff
 
 from cdc_sync import logs
 from cdc_sync import metrics as m
+from cdc_sync.adapters.binlog import BinlogSource
+from cdc_sync.adapters.mysql import MySQLAdmin
+from cdc_sync.adapters.redis import RedisSink
 from cdc_sync.config import Config
 from cdc_sync.errors import CdcSyncError, ConfigError, Fenced, ServerRefused, SinkUnavailable
-from cdc_sync.ha import LeaderLease, Renewer
-from cdc_sync.health import Health, HealthServer
-from cdc_sync.heartbeat import Prober
-from cdc_sync.mysql import MySQLAdmin
-from cdc_sync.notify import Notifier
 from cdc_sync.ops import doctor
-from cdc_sync.sink import RedisSink
-from cdc_sync.source import BinlogSource
-from cdc_sync.statusreport import StatusReporter
-from cdc_sync.sync import Worker
+from cdc_sync.worker.ha import LeaderLease, Renewer
+from cdc_sync.worker.health import Health, HealthServer
+from cdc_sync.worker.heartbeat import Prober
+from cdc_sync.worker.loop import Worker
+from cdc_sync.worker.notify import Notifier
+from cdc_sync.worker.statusreport import StatusReporter
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from cdc_sync.core.keys import KeyTemplate, renders_with_prefix
 from cdc_sync.errors import ConfigError
-from cdc_sync.keys import KeyTemplate, renders_with_prefix
 
 DEFAULT_PATH = "cdc-sync.toml"
 ENV_CONFIG = "CDC_SYNC_CONFIG"

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from cdc_sync.devservers import start_mariadb, start_redis
+from tools.devservers import start_mariadb, start_redis
 
 
 @dataclass

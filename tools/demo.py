@@ -25,7 +25,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cdc_sync.devservers import LocalServer, start_mariadb, start_redis
+from tools.devservers import LocalServer, start_mariadb, start_redis
 
 NAMES = ["ada", "linus", "grace", "alan", "barbara", "ken", "margaret", "dennis", "edsger", "frances"]
 

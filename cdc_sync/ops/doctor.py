@@ -18,15 +18,15 @@ from typing import Any
 
 import redis
 
+from cdc_sync.adapters.binlog import REPORT_HOST
+from cdc_sync.adapters.mysql import MySQLAdmin, plain_error, translate_error
+from cdc_sync.adapters.redis import make_client, plain_redis_error, redis_error
 from cdc_sync.config import Config, TableRule, check_against_schema
+from cdc_sync.core.events import RedisMemory
+from cdc_sync.core.keys import templates_overlap
+from cdc_sync.core.positions import has_tagged_gtids
+from cdc_sync.core.requirements import REFUSED_SETTINGS, REQUIRED_SETTINGS
 from cdc_sync.errors import CdcSyncError, ConfigError, ServerRefused, SinkUnavailable
-from cdc_sync.events import RedisMemory
-from cdc_sync.keys import templates_overlap
-from cdc_sync.mysql import MySQLAdmin, plain_error, translate_error
-from cdc_sync.positions import has_tagged_gtids
-from cdc_sync.sink import make_client, plain_redis_error, redis_error
-from cdc_sync.source import REPORT_HOST
-from cdc_sync.sync import REFUSED_SETTINGS, REQUIRED_SETTINGS
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 

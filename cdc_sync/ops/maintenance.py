@@ -14,10 +14,10 @@ import socket
 import threading
 from collections.abc import Iterator, Sequence
 
+from cdc_sync.adapters.mysql import MySQLAdmin
+from cdc_sync.adapters.redis import RedisSink
 from cdc_sync.config import Config, TableRule
-from cdc_sync.errors import CdcSyncError, ConfigError
-from cdc_sync.mysql import MySQLAdmin
-from cdc_sync.positions import (
+from cdc_sync.core.positions import (
     FilePos,
     PositionError,
     PositionTracker,
@@ -27,8 +27,8 @@ from cdc_sync.positions import (
     same_state,
     split_stream,
 )
-from cdc_sync.sink import RedisSink
-from cdc_sync.sync import initial_position
+from cdc_sync.core.requirements import initial_position
+from cdc_sync.errors import CdcSyncError, ConfigError
 
 OPERATOR_LOCK_TTL_MS = 60_000  # an operator command that died releases the lock after this
 

@@ -22,12 +22,12 @@ from typing import Any
 
 import redis
 
+from cdc_sync.adapters.mysql import MySQLAdmin, plain_error
+from cdc_sync.adapters.redis import make_client, plain_redis_error, redis_error
 from cdc_sync.config import Config
+from cdc_sync.core.positions import PositionError, kind_of, parse_mariadb, parse_mysql
 from cdc_sync.errors import CdcSyncError, ServerRefused
-from cdc_sync.mysql import MySQLAdmin, plain_error
-from cdc_sync.positions import PositionError, kind_of, parse_mariadb, parse_mysql
-from cdc_sync.sink import make_client, plain_redis_error, redis_error
-from cdc_sync.statusreport import WORKERS_KEY, read_records
+from cdc_sync.worker.statusreport import WORKERS_KEY, read_records
 
 ALIVE_MIN_MS = 5000  # a record is "recent" within max(3 x refresh, this)
 SHOWN_GONE = 3  # the human view lists this many records of workers no longer running (--json has them all)

@@ -48,13 +48,13 @@ import pymysql
 import pymysql.cursors
 import redis
 
-from cdc_sync.codec import encode_hash, encode_json
+from cdc_sync.adapters.mysql import connection_settings, normalize_row, quote_for_args, translate_error
+from cdc_sync.adapters.redis import make_client, redis_error
 from cdc_sync.config import Config, MySQLConfig, TableRule
-from cdc_sync.keys import KeyTemplate
-from cdc_sync.mysql import connection_settings, normalize_row, quote_for_args, translate_error
+from cdc_sync.core.codec import encode_hash, encode_json
+from cdc_sync.core.keys import KeyTemplate
 from cdc_sync.ops.maintenance import select_rules
-from cdc_sync.reader import NEGATIVE
-from cdc_sync.sink import make_client, redis_error
+from cdc_sync.reader.client import NEGATIVE
 
 _BINARY = {"binary", "varbinary", "blob", "tinyblob", "mediumblob", "longblob"}
 _INTEGER = {"tinyint", "smallint", "mediumint", "int", "bigint"}

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import redis
 
+from cdc_sync.adapters.redis import redis_error
 from cdc_sync.config import Config
 from cdc_sync.ops.maintenance import select_rules
-from cdc_sync.reader import CacheReader
-from cdc_sync.sink import redis_error
+from cdc_sync.reader.client import CacheReader
 
 
 @dataclass

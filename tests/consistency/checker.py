@@ -65,12 +65,12 @@ import pymysql
 import redis
 
 from cdc_sync import CacheReader
+from cdc_sync.adapters.mysql import RowLoader
 from cdc_sync.config import load
-from cdc_sync.devservers import LocalServer, start_mariadb, start_redis
-from cdc_sync.lookup import schema_key, stamp_key, stamp_of
-from cdc_sync.mysql import RowLoader
+from cdc_sync.reader.protocol import schema_key, stamp_key, stamp_of
 from tests.consistency.model import History, Verdict
 from tests.consistency.proxy import TcpProxy
+from tools.devservers import LocalServer, start_mariadb, start_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 WRITERS = 2

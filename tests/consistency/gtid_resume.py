@@ -23,7 +23,7 @@ import pymysql
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import MariadbGtidEvent
 
-from cdc_sync.devservers import LocalServer, start_mariadb
+from tools.devservers import LocalServer, start_mariadb
 
 SEQUENCE = [None, None, None, 1000, None, 500, 501, None, 502, "flush", 503, None, 504]  # None: the next number
 STARTS = ["0-1-2", "0-1-5", "0-1-1000", "0-1-1001", "0-1-499", "0-1-500", "0-1-501", "0-1-502", "0-1-503"]

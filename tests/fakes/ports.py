@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from cdc_sync.config import TableRule
+from cdc_sync.core.cascades import CascadeEdge
+from cdc_sync.core.events import RawEvent, RawHeartbeat, RedisMemory, ServerInfo
+from cdc_sync.core.planner import Delete, RedisOp, SetHash, SetJson
+from cdc_sync.core.rowdecode import CharsetTable
 from cdc_sync.errors import RewindRequired, SinkUnavailable
-from cdc_sync.events import RawEvent, RawHeartbeat, RedisMemory, ServerInfo
-from cdc_sync.mysql import CascadeEdge
-from cdc_sync.planner import Delete, RedisOp, SetHash, SetJson
-from cdc_sync.rowdecode import CharsetTable
 
 ROW_SETTINGS = {"log_bin": "ON", "binlog_format": "ROW", "binlog_row_image": "FULL", "binlog_row_metadata": "FULL"}
 

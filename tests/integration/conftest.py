@@ -13,11 +13,11 @@ import pytest
 import redis
 
 from cdc_sync import CacheReader
+from cdc_sync.adapters.mysql import RowLoader
 from cdc_sync.config import load
-from cdc_sync.devservers import LocalServer, start_redis
-from cdc_sync.mysql import RowLoader
 from tests.helpers import WorkerProcess, connect, execute, wait_caught_up, wait_for, write_config
 from tests.servers import MySQLTarget, RedisTarget
+from tools.devservers import LocalServer, start_redis
 
 StartWorker = Callable[..., WorkerProcess]
 

@@ -7,7 +7,7 @@ import contextlib
 import socket
 import threading
 
-from cdc_sync.devservers import free_port
+from tools.devservers import free_port
 
 
 class Forwarder:

@@ -128,7 +128,7 @@ def test_redis_restart_loses_checkpoint_worker_flushes_and_continues(
     workers: list[WorkerProcess],
 ) -> None:
     """Redis restarts empty under the worker: it retries, notices the lost checkpoint, and skips nothing."""
-    from cdc_sync.devservers import start_redis
+    from tools.devservers import start_redis
 
     _users(sql)
     server = start_redis()

@@ -14,11 +14,11 @@ import redis
 from click.testing import CliRunner
 
 from cdc_sync import CacheReader
+from cdc_sync.adapters.redis import RedisSink
 from cdc_sync.cli import main
 from cdc_sync.config import TableRule, load
 from cdc_sync.errors import OperatorLockLost
 from cdc_sync.ops import maintenance
-from cdc_sync.sink import RedisSink
 from tests.helpers import wait_caught_up, wait_for, write_config
 from tests.integration.conftest import StartWorker
 from tests.servers import MySQLTarget, RedisTarget

@@ -10,10 +10,10 @@ from pathlib import Path
 import pymysql
 import redis
 
-from cdc_sync.devservers import start_redis
 from tests.helpers import WorkerProcess, connect, wait_caught_up, wait_for, write_config
 from tests.integration.conftest import StartWorker
 from tests.servers import MySQLTarget, RedisTarget
+from tools.devservers import start_redis
 
 
 def _tables(db: str, table: str = "users", mode: str = "update", extra: str = "") -> str:
@@ -33,14 +33,14 @@ def test_undecodable_row_flushes_and_the_worker_goes_on(
     sql: pymysql.Connection,  # type: ignore[type-arg]
     r: redis.Redis,
 ) -> None:
-    """A row that cannot be decoded (GBK's a4 40, which MariaDB stores and Python's gbk codec refuses) flushes the
-    tables and later changes still land."""
+    """A row that cannot be decoded (an unpaired surrogate in UCS-2, ``x'd800'``, which MariaDB stores) flushes the
+    tables and later changes still land. (GBK's a4 40, the old example, now decodes as the server prints it.)"""
     with sql.cursor() as cur:
-        cur.execute("CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(20) CHARACTER SET gbk)")
+        cur.execute("CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(20) CHARACTER SET ucs2)")
     w = start_worker(_tables(db))
     r.set("users:7", "stale")
     with sql.cursor() as cur:
-        cur.execute("INSERT INTO users VALUES (1, x'a440')")
+        cur.execute("INSERT INTO users VALUES (1, x'd800')")
         cur.execute("INSERT INTO users VALUES (2, 'fine')")
     wait_caught_up(r, sql, mysql_server.flavor, w)
     assert r.exists("users:7") == 0, "the undecodable event flushed the table"

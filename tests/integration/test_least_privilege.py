@@ -13,9 +13,9 @@ import redis
 
 from cdc_sync import CacheReader
 from cdc_sync.config import load
-from cdc_sync.devservers import LocalServer
 from tests.helpers import WorkerProcess, cli, execute, start_on, wait_caught_up, wait_heartbeat
 from tests.servers import MySQLTarget, RedisTarget
+from tools.devservers import LocalServer
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -15,10 +15,10 @@ import pymysql
 import pytest
 import redis
 
-from cdc_sync.devservers import LocalServer, start_mariadb
 from tests.helpers import connect, write_config
 from tests.integration.forwarder import Forwarder
 from tests.servers import MySQLTarget, RedisTarget
+from tools.devservers import LocalServer, start_mariadb
 
 # a driver's repr (OperationalError(2003, ...), ConnectionError('Error 111 ...')) or a raw errno
 RAW = re.compile(r"\b\w*(Error|Exception)\(|\[Errno|Error \d+ connecting")

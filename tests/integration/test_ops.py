@@ -16,10 +16,10 @@ import pymysql
 import pytest
 import redis
 
-from cdc_sync.devservers import LocalServer, start_mariadb
 from tests.helpers import WorkerProcess, checkpoint, connect, server_position, wait_caught_up, wait_for, write_config
 from tests.integration.conftest import StartWorker
 from tests.servers import MySQLTarget, RedisTarget
+from tools.devservers import LocalServer, start_mariadb
 
 
 def cli(*args: str, config: Path, input: str | None = None) -> subprocess.CompletedProcess[str]:

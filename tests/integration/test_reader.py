@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from cdc_sync import CacheReader, CacheUnavailable
+from cdc_sync.adapters.mysql import RowLoader
 from cdc_sync.config import load
-from cdc_sync.mysql import RowLoader
 from tests.helpers import WorkerProcess, connect, wait_caught_up, wait_for, write_config
 from tests.integration.conftest import StartWorker
 from tests.servers import MySQLTarget, RedisTarget
@@ -315,7 +315,7 @@ def test_redis_down_falls_back_to_mysql_unless_strict(
     """Redis unreachable: the row comes from MySQL, counted and logged; strict mode raises CacheUnavailable."""
     from structlog.testing import capture_logs
 
-    from cdc_sync.devservers import free_port
+    from tools.devservers import free_port
 
     write_config(tmp_path / "w.toml", mysql_server, RedisTarget("127.0.0.1", free_port()), _tables(db))
     reader = make_reader()

@@ -22,8 +22,8 @@ import redis
 from structlog.testing import capture_logs
 
 from cdc_sync import AsyncCacheReader, CacheReader
+from cdc_sync.adapters.mysql import RowLoader
 from cdc_sync.config import Config, from_dict, load, rule_fingerprint
-from cdc_sync.mysql import RowLoader
 from tests.helpers import wait_caught_up, wait_for, wait_heartbeat, write_config
 from tests.integration.conftest import StartWorker
 from tests.integration.test_reader import GatedLoader

@@ -29,7 +29,6 @@ import redis
 
 from cdc_sync import AsyncCacheReader, CacheReader
 from cdc_sync.config import load
-from cdc_sync.devservers import LocalServer, start_mariadb
 from tests.helpers import (
     WorkerProcess,
     cli,
@@ -44,6 +43,7 @@ from tests.helpers import (
 )
 from tests.integration.conftest import StartWorker
 from tests.servers import MySQLTarget, RedisTarget
+from tools.devservers import LocalServer, start_mariadb
 
 PROMPT_S = 30
 
@@ -776,9 +776,9 @@ def test_an_operator_command_that_outlives_its_lock_releases_a_hold_of_the_next_
     import signal
     import threading
 
+    from cdc_sync.adapters.redis import RedisSink
     from cdc_sync.errors import OperatorLockLost
     from cdc_sync.ops import maintenance
-    from cdc_sync.sink import RedisSink
 
     execute(sql, *(f"CREATE TABLE {t} (id INT PRIMARY KEY, name VARCHAR(40))" for t in ("a", "b")))
     execute(sql, "INSERT INTO a VALUES (1, 'v0')", "INSERT INTO b VALUES (1, 'v0')")

@@ -22,7 +22,6 @@ import redis
 
 from cdc_sync import CacheReader
 from cdc_sync.config import load
-from cdc_sync.devservers import LocalServer
 from tests.helpers import (
     WorkerProcess,
     cli,
@@ -36,6 +35,7 @@ from tests.helpers import (
 )
 from tests.integration.conftest import StartWorker
 from tests.servers import MySQLTarget, RedisTarget
+from tools.devservers import LocalServer
 
 READER = "[reader]\nholdoff_ms = 0\nmax_staleness_ms = 60000\nfreshness_check_ms = 0\n"
 

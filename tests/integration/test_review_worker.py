@@ -19,9 +19,9 @@ import redis
 
 from cdc_sync import CacheReader
 from cdc_sync.config import load
-from cdc_sync.devservers import LocalServer, start_mariadb
 from tests.helpers import WorkerProcess, checkpoint, connect, wait_caught_up, wait_for, write_config
 from tests.servers import MySQLTarget, RedisTarget
+from tools.devservers import LocalServer, start_mariadb
 
 USERS = '[[tables]]\ntable = "d.users"\nkey = "user:{id}"\nmode = "update"\n'
 
@@ -247,9 +247,9 @@ def test_an_operator_flush_releases_the_flushing_hold_of_a_concurrent_checkpoint
     import signal
     import threading
 
+    from cdc_sync.adapters.redis import RedisSink
     from cdc_sync.errors import CdcSyncError
     from cdc_sync.ops import maintenance
-    from cdc_sync.sink import RedisSink
 
     with conn.cursor() as cur:
         for t in ("a", "b"):
@@ -652,9 +652,9 @@ def test_a_readers_plain_get_window_opened_on_one_table_serves_a_table_a_reset_s
     import signal
     import threading
 
+    from cdc_sync.adapters.redis import RedisSink
     from cdc_sync.config import TableRule
     from cdc_sync.ops import maintenance
-    from cdc_sync.sink import RedisSink
 
     with conn.cursor() as cur:
         for t in ("a", "b"):
@@ -795,7 +795,7 @@ def test_a_redis_restart_from_an_older_snapshot_is_served_inside_a_readers_plain
     before") is not implemented: `_trusted_until` is never cut short, not on a Redis error, not on a bypass.
 
     Correct: a Redis error (or reconnect) closes the window; plain reads see a regressed heartbeat."""
-    from cdc_sync.devservers import start_redis
+    from tools.devservers import start_redis
 
     server = start_redis()
     try:

@@ -15,9 +15,9 @@ from typing import Any
 
 import pymysql
 
+from cdc_sync.adapters.binlog import BinlogSource
 from cdc_sync.config import MySQLConfig
-from cdc_sync.events import RawHeartbeat, RawRows, RowChange
-from cdc_sync.source import BinlogSource
+from cdc_sync.core.events import RawHeartbeat, RawRows, RowChange
 from tests.helpers import file_position
 from tests.servers import MySQLTarget
 

@@ -11,10 +11,10 @@ import pymysql
 import pytest
 import redis
 
-from cdc_sync.devservers import LocalServer, start_mariadb
 from tests.helpers import WorkerProcess, connect, wait_caught_up, wait_for, write_config
 from tests.integration.conftest import StartWorker
 from tests.servers import MySQLTarget, RedisTarget
+from tools.devservers import LocalServer, start_mariadb
 
 
 def _kids(db: str) -> str:

@@ -14,9 +14,9 @@ import pymysql
 import pytest
 import redis
 
-from cdc_sync.devservers import LocalServer, start_mariadb
 from tests.helpers import WorkerProcess, checkpoint, connect, wait_caught_up, wait_for, write_config
 from tests.servers import MySQLTarget, RedisTarget
+from tools.devservers import LocalServer, start_mariadb
 
 TABLES = '[[tables]]\ntable = "d.users"\nkey = "user:{id}"\nmode = "update"\n'
 

@@ -22,9 +22,9 @@ import redis
 
 from cdc_sync import AsyncCacheReader, CacheReader
 from cdc_sync.config import load
-from cdc_sync.devservers import LocalServer, start_mariadb, start_redis
 from cdc_sync.errors import ServerRefused
 from tests.helpers import WorkerProcess, cli, execute, wait_caught_up, wait_for, wait_heartbeat
+from tools.devservers import LocalServer, start_mariadb, start_redis
 
 USER, PASSWORD = "cdctls", "Tls-Secret-2291"
 

@@ -11,9 +11,9 @@ import pymysql
 import pytest
 import redis
 
-from cdc_sync.codec import encode_hash, encode_json
+from cdc_sync.adapters.mysql import RowLoader
 from cdc_sync.config import load
-from cdc_sync.mysql import RowLoader
+from cdc_sync.core.codec import encode_hash, encode_json
 from tests.helpers import cli, execute, wait_caught_up
 from tests.integration.conftest import StartWorker
 from tests.servers import MySQLTarget
@@ -212,9 +212,9 @@ def test_multibyte_text_decodes_as_the_server_converts_it(
     """The tables ``server_charsets`` reads, against the server itself on random byte strings: valid codes,
     codes without a mapping, lone and cut-off lead bytes, stray trail bytes. ``bytes.decode`` with the
     registered codec gives what ``CONVERT(... USING utf8mb4)`` gives, character for character."""
+    from cdc_sync.adapters.mysql import MySQLAdmin
     from cdc_sync.config import MySQLConfig
-    from cdc_sync.mysql import MySQLAdmin
-    from cdc_sync.rowdecode import register_server_charset, server_codec
+    from cdc_sync.core.rowdecode import register_server_charset, server_codec
 
     defs = ", ".join(f"m_{cs} TEXT CHARACTER SET {cs}" for cs in MULTI_BYTE)
     execute(sql, f"CREATE TABLE mb (id INT PRIMARY KEY, {defs})")

@@ -1,4 +1,4 @@
-"""cdc_sync.canonical: which caller values a reader may render into keys and tags, and in which form."""
+"""cdc_sync.core.canonical: which caller values a reader may render into keys and tags, and in which form."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from cdc_sync.canonical import NOT_CANONICAL, ColumnInfo, canonical, renders_as_given
-from cdc_sync.keys import escape, tag_suffix
+from cdc_sync.core.canonical import NOT_CANONICAL, ColumnInfo, canonical, renders_as_given
+from cdc_sync.core.keys import escape, tag_suffix
 
 INT = ColumnInfo("int", "int(11)")
 BIGINT_U = ColumnInfo("bigint", "bigint(20) unsigned")

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from cdc_sync.cascades import flushes_for, watches
-from cdc_sync.events import Op, RowChange
-from cdc_sync.mysql import CascadeEdge
+from cdc_sync.core.cascades import CascadeEdge, flushes_for, watches
+from cdc_sync.core.events import Op, RowChange
 from tests.unit.factories import make_rules
 
 RULES = make_rules({"table": "shop.orders", "key": "order:{id}"}, {"table": "shop.lines", "key": "line:{id}"})
@@ -67,7 +66,7 @@ def test_update_fires_only_when_referenced_columns_change() -> None:
 
 def test_schema_changes_are_recognised() -> None:
     """CREATE, ALTER, DROP and RENAME re-derive the schema state; DML and TRUNCATE do not."""
-    from cdc_sync.cascades import is_schema_change
+    from cdc_sync.core.cascades import is_schema_change
 
     assert is_schema_change("ALTER TABLE kids ADD FOREIGN KEY (pid) REFERENCES parents(id)")
     assert is_schema_change("/* gh-ost */ RENAME TABLE a TO b")
@@ -79,7 +78,7 @@ def test_schema_changes_are_recognised() -> None:
 
 def test_ddl_references_finds_the_child_and_its_cascading_keys() -> None:
     """ALTER/CREATE TABLE: the child, and each REFERENCES clause with a cascading action, its columns and rules."""
-    from cdc_sync.cascades import DeclaredKey, ddl_references
+    from cdc_sync.core.cascades import DeclaredKey, ddl_references
 
     assert ddl_references("ALTER TABLE kids ADD FOREIGN KEY (pid) REFERENCES parents(id) ON DELETE CASCADE", "d") == (
         ("d", "kids"),
@@ -103,7 +102,7 @@ def test_provisional_watch_targets_the_mapped_tables_below_the_child() -> None:
     """A key declared on an unmapped child that mapped tables hang below flushes those; an unknown child
     flushes every mapped table; a child with nothing mapped below, or a key information_schema shows (watched
     exactly already), needs no provisional watch."""
-    from cdc_sync.cascades import DeclaredKey, provisional_watches
+    from cdc_sync.core.cascades import DeclaredKey, provisional_watches
 
     key = DeclaredKey(("shop", "top"), ("id",), True, False)
     below = [edge("shop.mid", "shop.orders")]
@@ -118,7 +117,7 @@ def test_provisional_watch_targets_the_mapped_tables_below_the_child() -> None:
 
 def test_a_watch_without_columns_fires_on_any_update() -> None:
     """A provisional ON UPDATE watch flushes on every update of the parent."""
-    from cdc_sync.cascades import DeclaredKey, provisional_watches
+    from cdc_sync.core.cascades import DeclaredKey, provisional_watches
 
     (w,) = provisional_watches(("shop", "orders"), [DeclaredKey(("shop", "users"), (), False, True)], [], RULES)
     change = RowChange(Op.UPDATE, "shop", "users", {"id": 1, "n": "a"}, {"id": 1, "n": "b"})
@@ -127,7 +126,7 @@ def test_a_watch_without_columns_fires_on_any_update() -> None:
 
 def test_a_provisional_watch_compares_its_declared_columns_case_insensitively() -> None:
     """REFERENCES users (ID): an update of another column does not flush; a change of `id` does."""
-    from cdc_sync.cascades import DeclaredKey, provisional_watches
+    from cdc_sync.core.cascades import DeclaredKey, provisional_watches
 
     (w,) = provisional_watches(("shop", "orders"), [DeclaredKey(("shop", "users"), ("id",), False, True)], [], RULES)
     other = RowChange(Op.UPDATE, "shop", "users", {"Id": 1, "n": "a"}, {"Id": 1, "n": "b"})
@@ -138,7 +137,7 @@ def test_a_provisional_watch_compares_its_declared_columns_case_insensitively() 
 
 def test_statements_that_may_rewire_foreign_keys() -> None:
     """RENAME (a swap) and any foreign-key text may rewire cascades; other DDL does not."""
-    from cdc_sync.cascades import may_rewire
+    from cdc_sync.core.cascades import may_rewire
 
     assert may_rewire("RENAME TABLE kids TO kids_old, kids_gho TO kids")
     assert may_rewire("ALTER TABLE kids RENAME TO kids_old")

@@ -1,4 +1,4 @@
-"""cdc_sync.codec: JSON and hash encodings of cached values."""
+"""cdc_sync.core.codec: JSON and hash encodings of cached values."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from cdc_sync.codec import encode_hash, encode_json, text_value
+from cdc_sync.core.codec import encode_hash, encode_json, text_value
 
 TIME_CASES = [
     (dt.timedelta(0), "00:00:00"),

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from cdc_sync.mysql import RowLoader
+from cdc_sync.adapters.mysql import RowLoader
 from tests.unit.factories import make_config
 
 USERS = {"table": "shop.users", "key": "user:{id}"}

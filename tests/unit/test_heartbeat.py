@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from cdc_sync.heartbeat import Prober
+from cdc_sync.worker.heartbeat import Prober
 
 
 class Clock:

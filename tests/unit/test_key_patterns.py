@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cdc_sync.keys import KeyTemplate, templates_overlap
+from cdc_sync.core.keys import KeyTemplate, templates_overlap
 
 
 def t(source: str) -> KeyTemplate:
@@ -72,8 +72,8 @@ def test_templates_overlap(a: str, b: str, overlap: bool) -> None:
 )
 def test_renders_with_prefix(source: str, renders: bool | None) -> None:
     """A template can render a key in the namespace 'cdc:' exactly when some field values spell it."""
+    from cdc_sync.core.keys import renders_with_prefix
     from cdc_sync.errors import ConfigError
-    from cdc_sync.keys import renders_with_prefix
 
     if renders is None:
         with pytest.raises(ConfigError):
@@ -87,7 +87,7 @@ def test_renders_with_prefix_agrees_with_brute_force() -> None:
     up to four characters (values hold anything but ':')."""
     import itertools
 
-    from cdc_sync.keys import renders_with_prefix
+    from cdc_sync.core.keys import renders_with_prefix
 
     values = ["".join(p) for n in range(5) for p in itertools.product("cdx", repeat=n)]
     pieces = ["c", "d", ":", "x", "{a}", "{b}"]

@@ -1,4 +1,4 @@
-"""cdc_sync.keys: escaping, template parsing, rendering, and SCAN patterns.
+"""cdc_sync.core.keys: escaping, template parsing, rendering, and SCAN patterns.
 
 hypothesis is not installed in the venv, so injectivity is checked exhaustively over small alphabets
 of the troublesome characters, plus a seeded random sample, plus a decoder that must invert escape().
@@ -14,8 +14,8 @@ from decimal import Decimal
 
 import pytest
 
+from cdc_sync.core.keys import KeyTemplate, escape
 from cdc_sync.errors import ConfigError
-from cdc_sync.keys import KeyTemplate, escape
 
 # Characters a value can hold that could confuse key boundaries or the escaping itself.
 TRICKY = [":", "{", "}", "%", " ", "\x00", "\t", "\n", "\x1f", "\x7f", "a", "Z", "3", "A", "é", "€", "*", "-"]
@@ -312,7 +312,7 @@ def test_time_values_render_like_the_cached_values() -> None:
     """A TIME (timedelta) in a key is [-]HH:MM:SS[.ffffff], escaped, as in update-mode values."""
     import datetime as _dt
 
-    from cdc_sync.keys import escape as _escape
+    from cdc_sync.core.keys import escape as _escape
 
     assert _escape(_dt.timedelta(days=1, hours=2)) == "26%3A00%3A00"
     assert _escape(-_dt.timedelta(hours=838, minutes=59, seconds=59, microseconds=500000)) == "-838%3A59%3A59.500000"

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from cdc_sync.adapters.mysql import MySQLAdmin, connection_settings
+from cdc_sync.adapters.mysql import translate_error as _translate
 from cdc_sync.config import MySQLConfig
 from cdc_sync.errors import PositionLostError, ServerRefused, SourceError
-from cdc_sync.mysql import MySQLAdmin, connection_settings
-from cdc_sync.mysql import translate_error as _translate
 
 MYSQL8_VARS = {
     "version": "8.4.3",
@@ -108,8 +108,8 @@ def test_mariadb_uses_gtid_binlog_pos_and_show_master_status() -> None:
 
 def test_mariadb_start_position_carries_the_stream_part() -> None:
     """A MariaDB start position is the GTID state at the file position, with that position and the server id."""
-    from cdc_sync.events import ServerInfo
-    from cdc_sync.sync import initial_position
+    from cdc_sync.core.events import ServerInfo
+    from cdc_sync.core.requirements import initial_position
 
     info = ServerInfo(
         "mariadb",

@@ -1,4 +1,4 @@
-"""cdc_sync.mysql.normalize_row: a PyMySQL SELECT row made equal to the binlog's view of the same row."""
+"""cdc_sync.adapters.mysql.normalize_row: a PyMySQL SELECT row made equal to the binlog's view of the same row."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from pymysqlreplication.constants import FIELD_TYPE
 
-from cdc_sync.mysql import normalize_row
-from cdc_sync.source import _fix_row, _fixers
+from cdc_sync.adapters.binlog import _fix_row, _fixers
+from cdc_sync.adapters.mysql import normalize_row
 
 
 def _one(value: Any, kind: str) -> Any:

@@ -1,4 +1,4 @@
-"""cdc_sync.planner: row changes → Redis operations, and which statements flush which tables."""
+"""cdc_sync.core.planner: row changes → Redis operations, and which statements flush which tables."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from cdc_sync.events import Op, RowChange
-from cdc_sync.planner import (
+from cdc_sync.core.events import Op, RowChange
+from cdc_sync.core.planner import (
     Delete,
     MissingColumn,
     RedisOp,
@@ -339,7 +339,7 @@ def test_statement_names_in_comments_flush_on_purpose(sql: str) -> None:
 
 def test_statements_are_logged_without_their_string_literals() -> None:
     """A statement in a log line never shows a literal: ALTER USER ... IDENTIFIED BY 'secret', data values."""
-    from cdc_sync.planner import sql_for_log
+    from cdc_sync.core.planner import sql_for_log
 
     text = sql_for_log("ALTER USER 'cdc'@'%' IDENTIFIED BY 'It''s \\'secret\\''; UPDATE t SET a = \"x\"")
     assert "secret" not in text and "cdc" not in text and '"x"' not in text

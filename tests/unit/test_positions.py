@@ -1,10 +1,10 @@
-"""cdc_sync.positions: the three position forms, their ordering, and the PositionTracker."""
+"""cdc_sync.core.positions: the three position forms, their ordering, and the PositionTracker."""
 
 from __future__ import annotations
 
 import pytest
 
-from cdc_sync.positions import (
+from cdc_sync.core.positions import (
     FilePos,
     PositionError,
     PositionTracker,

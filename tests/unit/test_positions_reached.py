@@ -1,10 +1,10 @@
-"""cdc_sync.positions.reached: does an applied position include everything up to a target?"""
+"""cdc_sync.core.positions.reached: does an applied position include everything up to a target?"""
 
 from __future__ import annotations
 
 import pytest
 
-from cdc_sync.positions import PositionError, reached
+from cdc_sync.core.positions import PositionError, reached
 
 U1 = "3e11fa47-71ca-11e1-9e33-c80aa9429562"
 U2 = "4f22fb58-82db-22f2-af44-d91bb0530673"
@@ -194,7 +194,7 @@ def test_mariadb_target_with_a_stream_part_needs_one_applied() -> None:
 
 def test_mariadb_contains_ignores_stream_parts() -> None:
     """Lineage containment compares GTIDs only, whatever the stream order."""
-    from cdc_sync.positions import contains
+    from cdc_sync.core.positions import contains
 
     assert contains("0-1-10,1-2-3", "0-1-10@1:bin.000001:900")
     assert not contains("0-1-9", "0-1-10@1:bin.000001:900")
@@ -203,7 +203,7 @@ def test_mariadb_contains_ignores_stream_parts() -> None:
 def test_a_promoted_replica_that_fell_behind_does_not_hold_the_checkpoint() -> None:
     """It held 0-1-5, then wrote 0-2-6..0-2-11: its domain position 0-2-11 'contains' 0-1-8 by number, its
     binlog state (last number per domain and server) shows it never had 0-1-8."""
-    from cdc_sync.positions import binlog_state_holds, contains
+    from cdc_sync.core.positions import binlog_state_holds, contains
 
     checkpoint = "0-1-8@1:bin.000003:1234/1796168716"
     assert contains("0-2-11", checkpoint)
@@ -212,7 +212,7 @@ def test_a_promoted_replica_that_fell_behind_does_not_hold_the_checkpoint() -> N
 
 def test_a_failover_to_a_replica_that_applied_the_checkpoint_keeps_it() -> None:
     """A replica that applied 0-1-8 (log_slave_updates) and wrote 0-2-9..: its binlog state keeps 0-1-8 (or later)."""
-    from cdc_sync.positions import binlog_state_holds
+    from cdc_sync.core.positions import binlog_state_holds
 
     assert binlog_state_holds("0-1-8,0-2-11", "0-1-8")
     assert binlog_state_holds("0-2-11,0-1-9", "0-1-8@1:bin.000001:4/1")

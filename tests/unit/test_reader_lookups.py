@@ -1,4 +1,4 @@
-"""cdc_sync.reader's pure parts: building lookups, script arguments, TTL jitter, fill payloads and encoding.
+"""cdc_sync.reader.client's pure parts: building lookups, script arguments, TTL jitter, fill payloads and encoding.
 
 Nothing here talks to Redis or MySQL: building a reader creates clients without connecting them.
 """
@@ -16,11 +16,11 @@ from typing import Any
 import orjson
 import pytest
 
-from cdc_sync.canonical import ColumnInfo
 from cdc_sync.config import ReaderConfig
-from cdc_sync.lookup import rule_digest
-from cdc_sync.reader import NEGATIVE, CacheReader, Lookup
-from cdc_sync.readercore import _payload, _ReaderBase, _template_for
+from cdc_sync.core.canonical import ColumnInfo
+from cdc_sync.reader.base import _payload, _ReaderBase, _template_for
+from cdc_sync.reader.client import NEGATIVE, CacheReader, Lookup
+from cdc_sync.reader.protocol import rule_digest
 from tests.unit.factories import make_config
 
 USERS = {"table": "shop.users", "key": "user:{id}", "also": ["user:email:{email}"], "ttl": 60}

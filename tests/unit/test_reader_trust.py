@@ -1,4 +1,4 @@
-"""cdc_sync.lookup's decisions: the plain-GET window, fills of loaded rows, dependency tags, rule digests."""
+"""cdc_sync.reader.protocol's decisions: the plain-GET window, fills of loaded rows, dependency tags, rule digests."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from cdc_sync.canonical import ColumnInfo
 from cdc_sync.config import rule_fingerprint
-from cdc_sync.lookup import UNKNOWN_EPOCH, TrustWindow, epoch_of, fetch_tags, row_refusal, rule_digest
-from cdc_sync.readercore import _ReaderBase
+from cdc_sync.core.canonical import ColumnInfo
+from cdc_sync.reader.base import _ReaderBase
+from cdc_sync.reader.protocol import UNKNOWN_EPOCH, TrustWindow, epoch_of, fetch_tags, row_refusal, rule_digest
 from tests.unit.factories import make_config
 
 USERS = {"table": "shop.users", "key": "user:{id}", "also": ["user:email:{email}"]}

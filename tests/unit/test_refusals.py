@@ -9,9 +9,9 @@ import pymysql
 import pytest
 import redis
 
+from cdc_sync.adapters.mysql import plain_error, translate_error
+from cdc_sync.adapters.redis import plain_redis_error, redis_error
 from cdc_sync.errors import ConfigError, ServerRefused, SinkUnavailable, SourceError
-from cdc_sync.mysql import plain_error, translate_error
-from cdc_sync.sink import plain_redis_error, redis_error
 
 _REPR = re.compile(r"\b\w*(Error|Exception)\(|\[Errno")
 

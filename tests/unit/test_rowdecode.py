@@ -11,10 +11,11 @@ from decimal import Decimal
 
 import pytest
 
+from cdc_sync.adapters.binlog import repair_negative_time
 from cdc_sync.config import TableRule
-from cdc_sync.keys import KeyTemplate
-from cdc_sync.planner import needed_columns
-from cdc_sync.rowdecode import (
+from cdc_sync.core.keys import KeyTemplate
+from cdc_sync.core.planner import needed_columns
+from cdc_sync.core.rowdecode import (
     BLOB,
     DATETIME2,
     DECIMAL,
@@ -28,7 +29,6 @@ from cdc_sync.rowdecode import (
     RowDecodeError,
     RowDecoder,
 )
-from cdc_sync.source import repair_negative_time
 
 ID = ColumnSpec("id", LONG)
 NAME = ColumnSpec("name", VARCHAR, max_length=40 * 4)
@@ -178,7 +178,7 @@ def test_needed_columns_add_cascade_parents_and_merge() -> None:
 def test_a_multibyte_server_table_decodes_as_my_convert_does() -> None:
     """Leads take their sequence; an unknown or cut-off sequence is '?' and the next byte is read afresh (the
     server's ``my_convert``); a registered table is a codec; mixed sequence lengths for one lead are refused."""
-    from cdc_sync.rowdecode import decode_multibyte, register_server_charset, server_codec
+    from cdc_sync.core.rowdecode import decode_multibyte, register_server_charset, server_codec
 
     table = "".join(chr(b) if b < 0x80 else "?" for b in range(256))
     table = table[:0xA1] + "ｱ" + table[0xA2:]

@@ -6,9 +6,9 @@ import struct
 
 import orjson
 
-from cdc_sync.rowdecode import float32_text
-from cdc_sync.rowdecode import json_text as _json_text
-from cdc_sync.source import _fix_row
+from cdc_sync.adapters.binlog import _fix_row
+from cdc_sync.core.rowdecode import float32_text
+from cdc_sync.core.rowdecode import json_text as _json_text
 
 
 def test_mysql_json_bytes_become_text() -> None:
@@ -41,7 +41,7 @@ def test_missing_column_names_are_a_decode_error() -> None:
 
     import pytest
 
-    from cdc_sync.source import _changes
+    from cdc_sync.adapters.binlog import _changes
 
     class NoRows:
         schema, table = "s", "t"

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from cdc_sync.ops.status import assess, describe_worker
-from cdc_sync.statusreport import StatusReporter
+from cdc_sync.worker.statusreport import StatusReporter
 
 NOW = 1_800_000_000_000  # Redis TIME, in ms
 

@@ -1,4 +1,4 @@
-"""cdc_sync.sync pure helpers: server checks and the start position without a checkpoint."""
+"""cdc_sync.worker.loop pure helpers: server checks and the start position without a checkpoint."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
+from cdc_sync.core.events import ServerInfo
+from cdc_sync.core.positions import kind_of
+from cdc_sync.core.requirements import check_server, initial_position
 from cdc_sync.errors import ConfigError, ServerConfigError
-from cdc_sync.events import ServerInfo
-from cdc_sync.positions import kind_of
-from cdc_sync.sync import check_server, initial_position
 
 GOOD_VARS = {"log_bin": "ON", "binlog_format": "ROW", "binlog_row_image": "FULL", "binlog_row_metadata": "FULL"}
 U1 = "3e11fa47-71ca-11e1-9e33-c80aa9429562"
@@ -147,7 +147,7 @@ def test_check_server_refuses_settings_that_hide_changes(name: str, value: str) 
 
 def test_tagged_mysql_gtids_are_refused_at_start() -> None:
     """MySQL 8.3+ tagged GTIDs (uuid:tag:n): a clear configuration error (exit 2), never a crash loop."""
-    from cdc_sync.positions import PositionError, has_tagged_gtids, kind_of
+    from cdc_sync.core.positions import PositionError, has_tagged_gtids, kind_of
 
     tagged = "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:nightly:1-3"
     assert has_tagged_gtids(tagged) and not has_tagged_gtids("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5")

@@ -10,8 +10,8 @@ import orjson
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from cdc_sync.events import Op, RawBegin, RawCommit, RawEvent, RawQuery, RawRows, RowChange, Transaction
-from cdc_sync.sync import Worker
+from cdc_sync.core.events import Op, RawBegin, RawCommit, RawEvent, RawQuery, RawRows, RowChange, Transaction
+from cdc_sync.worker.loop import Worker
 from tests.fakes.ports import FakeAdmin, FakeSink, FakeSource, NoBackoff
 from tests.unit.factories import make_config
 

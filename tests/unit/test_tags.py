@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
+from cdc_sync.adapters.redis import encode_ops
 from cdc_sync.config import check_against_schema, rule_fingerprint, rule_from_fingerprint
+from cdc_sync.core.events import Op, RowChange
+from cdc_sync.core.keys import glob_escape, tag_suffix
+from cdc_sync.core.planner import Delete, EvictTag, MissingColumn, plan_change, tags_of
 from cdc_sync.errors import ConfigError
-from cdc_sync.events import Op, RowChange
-from cdc_sync.keys import glob_escape, tag_suffix
-from cdc_sync.planner import Delete, EvictTag, MissingColumn, plan_change, tags_of
-from cdc_sync.sink import encode_ops
 from tests.unit.factories import make_config, make_rule
 
 ORDERS = {"table": "s.t", "tags": ["user_id", ["shop_id", "sku"]]}

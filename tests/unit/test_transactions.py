@@ -1,4 +1,4 @@
-"""cdc_sync.transactions: grouping raw binlog events into committed transactions."""
+"""cdc_sync.core.transactions: grouping raw binlog events into committed transactions."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from cdc_sync.errors import ServerConfigError
-from cdc_sync.events import (
+from cdc_sync.core.events import (
     Heartbeat,
     Op,
     RawBegin,
@@ -22,8 +21,9 @@ from cdc_sync.events import (
     StreamItem,
     Transaction,
 )
-from cdc_sync.positions import PositionTracker
-from cdc_sync.transactions import BENIGN_UNKNOWN_TYPES, Assembler
+from cdc_sync.core.positions import PositionTracker
+from cdc_sync.core.transactions import BENIGN_UNKNOWN_TYPES, Assembler
+from cdc_sync.errors import ServerConfigError
 from tests.unit.factories import make_rules
 
 U1 = "3e11fa47-71ca-11e1-9e33-c80aa9429562"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 import struct
 
+from cdc_sync.core.rowdecode import server_text
 from cdc_sync.ops.verify import _Between, _condition, _float_between
-from cdc_sync.rowdecode import server_text
 
 
 def _f32(x: float) -> float:

@@ -20,8 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from cdc_sync.config import TableRule
-from cdc_sync.errors import ServerConfigError
-from cdc_sync.events import (
+from cdc_sync.core.events import (
     Flush,
     Heartbeat,
     RawBegin,
@@ -36,8 +35,9 @@ from cdc_sync.events import (
     StreamItem,
     Transaction,
 )
-from cdc_sync.planner import is_txn_control, statement_flushes
-from cdc_sync.positions import PositionTracker
+from cdc_sync.core.planner import is_txn_control, statement_flushes
+from cdc_sync.core.positions import PositionTracker
+from cdc_sync.errors import ServerConfigError
 
 # Event types the library does not decode but that change no data:
 # 0x22 anonymous GTID (MySQL without GTIDs), 0x24 transaction context, 0x25 view change,

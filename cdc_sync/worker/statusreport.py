@@ -30,7 +30,7 @@ import redis
 
 from cdc_sync import logs
 from cdc_sync import metrics as m
-from cdc_sync.sink import redis_error
+from cdc_sync.adapters.redis import redis_error
 
 log = logs.get("cdc_sync.statusreport")
 

@@ -55,9 +55,22 @@ import redis
 import redis.asyncio
 
 from cdc_sync import config as config_mod
-from cdc_sync.codec import json_default
+from cdc_sync.adapters.mysql import RowLoader
+from cdc_sync.adapters.redis import client_kwargs
 from cdc_sync.config import Config
-from cdc_sync.lookup import (
+from cdc_sync.core.codec import json_default
+from cdc_sync.reader.base import (
+    CacheUnavailable,
+    ColumnInfos,
+    Dependency,
+    Epochs,
+    Loaded,
+    Payload,
+    ReaderStats,
+    _payload,
+    _ReaderBase,
+)
+from cdc_sync.reader.protocol import (
     FILL_LUA,
     FILL_RULE_MISMATCH,
     FILL_SCHEMA_CHANGED,
@@ -69,19 +82,6 @@ from cdc_sync.lookup import (
     column_dependency_tables,
     epoch_of,
 )
-from cdc_sync.mysql import RowLoader
-from cdc_sync.readercore import (
-    CacheUnavailable,
-    ColumnInfos,
-    Dependency,
-    Epochs,
-    Loaded,
-    Payload,
-    ReaderStats,
-    _payload,
-    _ReaderBase,
-)
-from cdc_sync.sink import client_kwargs
 
 __all__ = ["NEGATIVE", "AsyncCacheReader", "CacheReader", "CacheUnavailable", "Lookup", "ReaderStats"]
 

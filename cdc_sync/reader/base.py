@@ -20,12 +20,13 @@ import pymysql
 
 from cdc_sync import logs
 from cdc_sync import metrics as m
-from cdc_sync.canonical import ColumnInfo
-from cdc_sync.codec import encode_hash, encode_json
+from cdc_sync.adapters.mysql import COLUMN_INFO_MAX_AGE_S, RowLoader, translate_error
 from cdc_sync.config import Config, TableRule
+from cdc_sync.core.canonical import ColumnInfo
+from cdc_sync.core.codec import encode_hash, encode_json
+from cdc_sync.core.keys import KeyTemplate
 from cdc_sync.errors import CdcSyncError
-from cdc_sync.keys import KeyTemplate
-from cdc_sync.lookup import (
+from cdc_sync.reader.protocol import (
     FILL_LOST,
     FILL_RULE_MISMATCH,
     FILL_SCHEMA_CHANGED,
@@ -45,7 +46,6 @@ from cdc_sync.lookup import (
     stamp_key,
     stamp_of,
 )
-from cdc_sync.mysql import COLUMN_INFO_MAX_AGE_S, RowLoader, translate_error
 
 log = logs.get("cdc_sync.reader")
 

@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from cdc_sync.codec import time_text
+from cdc_sync.core.codec import time_text
 from cdc_sync.errors import ConfigError
 
 _FIELD_NAME = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*\Z")

@@ -37,7 +37,7 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal
 
-from cdc_sync.keys import escape
+from cdc_sync.core.keys import escape
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,39 +26,38 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol, TypeVar
 
-from cdc_sync import cascades, logs
+from cdc_sync import logs
 from cdc_sync import metrics as m
-from cdc_sync.applier import Applier, Backoff, SinkPort
-from cdc_sync.cascades import CascadeWatch
 from cdc_sync.config import Config, TableRule, check_against_schema, rule_fingerprint, rule_from_fingerprint
+from cdc_sync.core import cascades
+from cdc_sync.core.cascades import CascadeEdge, CascadeWatch
+from cdc_sync.core.events import Flush, RawEvent, RawQuery, RedisMemory, ServerInfo, Transaction
+from cdc_sync.core.planner import needed_columns, sql_for_log, statement_flushes
+from cdc_sync.core.positions import (
+    PositionError,
+    PositionTracker,
+    binlog_state_holds,
+    contains,
+    kind_of,
+    reached,
+    same_state,
+    split_stream,
+)
+from cdc_sync.core.requirements import check_server, initial_position, server_identity
+from cdc_sync.core.rowdecode import CharsetTable, register_server_charset, server_charset_known
+from cdc_sync.core.transactions import Assembler
 from cdc_sync.errors import (
     CdcSyncError,
     ConfigError,
     PositionLostError,
     RewindRequired,
     ServerChanged,
-    ServerConfigError,
     SinkUnavailable,
     SourceError,
 )
-from cdc_sync.events import Flush, RawEvent, RawQuery, RedisMemory, ServerInfo, Transaction
-from cdc_sync.health import Health
-from cdc_sync.mysql import CascadeEdge
-from cdc_sync.notify import Notifier
-from cdc_sync.planner import needed_columns, sql_for_log, statement_flushes
-from cdc_sync.positions import (
-    PositionError,
-    PositionTracker,
-    binlog_state_holds,
-    contains,
-    has_tagged_gtids,
-    kind_of,
-    reached,
-    same_state,
-    split_stream,
-)
-from cdc_sync.rowdecode import CharsetTable, register_server_charset, server_charset_known
-from cdc_sync.transactions import Assembler
+from cdc_sync.worker.applier import Applier, Backoff, SinkPort
+from cdc_sync.worker.health import Health
+from cdc_sync.worker.notify import Notifier
 
 log = logs.get("cdc_sync.sync")
 T = TypeVar("T")
@@ -90,65 +89,6 @@ class RulesPort(Protocol):
 
 # The tables to stream, each with the only columns to decode (None: all of them; see planner.needed_columns).
 SourceFactory = Callable[[Mapping[tuple[str, str], frozenset[str] | None]], SourcePort]
-
-REQUIRED_SETTINGS = {
-    "log_bin": "ON",
-    "binlog_format": "ROW",
-    "binlog_row_image": "FULL",
-    "binlog_row_metadata": "FULL",
-}
-# (variable, value that is refused, why)
-REFUSED_SETTINGS = (
-    ("log_bin_compress", "ON", "compressed MariaDB binlog events cannot be decoded"),
-    ("binlog_transaction_compression", "ON", "compressed MySQL transactions cannot be decoded"),
-    ("binlog_row_value_options", "PARTIAL_JSON", "partial JSON updates carry diffs, not values"),
-)
-
-
-def check_server(info: ServerInfo) -> None:
-    """Refuse a server whose binlog cannot drive the cache exactly."""
-    for name, want in REQUIRED_SETTINGS.items():
-        have = info.variables.get(name, "(missing)").upper()
-        if have != want:
-            raise ServerConfigError(f"MySQL {name} is {have}; cdc-sync needs {name}={want}")
-    for name, refused, why in REFUSED_SETTINGS:
-        if info.variables.get(name, "").upper() == refused:
-            raise ServerConfigError(f"MySQL {name} is {refused}: {why}; turn it off")
-    if info.flavor == "mysql" and has_tagged_gtids(info.gtid_position):
-        raise ServerConfigError(
-            "the server's GTID set holds tagged GTIDs (uuid:tag:n, MySQL 8.3+), which cdc-sync cannot follow; "
-            'stop using tagged GTIDs or set mysql.position_mode = "file"'
-        )
-
-
-def server_identity(info: ServerInfo) -> str:
-    """Which server this is (``ns:server``): its server_uuid (MySQL), else its server_id (MariaDB)."""
-    return f"{info.flavor}:{info.server_uuid or info.variables.get('server_id', '')}"
-
-
-def initial_position(info: ServerInfo, start: str, mode: str) -> str:
-    """Where to start when Redis holds no checkpoint (or must start over at the server's end).
-
-    On MariaDB the GTID state comes with its stream part, so the first connection resumes by file position:
-    a GTID resume from a state whose numbers went backwards is refused by the server.
-    """
-    if start == "earliest":
-        if mode == "gtid":
-            raise ConfigError("mysql.start: 'earliest' reads by file position; set mysql.position_mode to auto or file")
-        if not info.first_file:
-            raise ServerConfigError("the server lists no binary logs")
-        return f"{info.first_file}:4"
-    if mode != "file" and info.gtid_position:
-        # the server id the binlog file itself carries (after SET GLOBAL server_id, the old one until it rotates)
-        server_id = str(info.file_server_id or info.variables.get("server_id", ""))
-        if info.flavor == "mariadb" and info.gtid_at_file and info.file_position and server_id.isdigit():
-            return f"{info.gtid_at_file}@{server_id}:{info.file_position}"
-        return info.gtid_position
-    if mode == "gtid":
-        raise ServerConfigError("mysql.position_mode is 'gtid' but the server has no GTID position yet")
-    if not info.file_position:
-        raise ServerConfigError("the server reports no binlog position (is log_bin on?)")
-    return info.file_position
 
 
 class Worker:
@@ -775,4 +715,4 @@ class Worker:
         log.debug("sync.replay_skipped", position=txn.position, gtid=txn.gtid)
 
 
-__all__ = ["Worker", "check_server", "initial_position"]
+__all__ = ["Worker"]

@@ -21,8 +21,8 @@ import redis
 
 from cdc_sync import logs
 from cdc_sync import metrics as m
+from cdc_sync.adapters.redis import redis_error
 from cdc_sync.errors import ServerRefused, SinkUnavailable
-from cdc_sync.sink import redis_error
 
 log = logs.get("cdc_sync.ha")
 

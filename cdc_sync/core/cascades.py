@@ -14,8 +14,19 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cdc_sync.config import TableRule
-from cdc_sync.events import Flush, Op, RowChange
-from cdc_sync.mysql import CascadeEdge
+from cdc_sync.core.events import Flush, Op, RowChange
+
+
+@dataclass(frozen=True, slots=True)
+class CascadeEdge:
+    """A foreign key whose ON DELETE/ON UPDATE action changes child rows without any binlog row event."""
+
+    parent: str  # schema.table
+    child: str  # schema.table
+    parent_columns: tuple[str, ...]  # the referenced columns
+    on_delete: bool  # CASCADE / SET NULL / SET DEFAULT on delete
+    on_update: bool  # ... on update of the referenced columns
+    assumed: bool = False  # its actions are hidden from this user: taken to cascade both ways
 
 
 @dataclass(frozen=True)

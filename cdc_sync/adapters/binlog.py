@@ -50,9 +50,9 @@ from pymysqlreplication.row_event import (
 
 from cdc_sync import logs
 from cdc_sync import metrics as m
+from cdc_sync.adapters.mysql import connection_settings, translate_error
 from cdc_sync.config import MySQLConfig
-from cdc_sync.errors import ConfigError, HistoryChanged, ServerChanged, SourceError
-from cdc_sync.events import (
+from cdc_sync.core.events import (
     Op,
     RawBegin,
     RawCommit,
@@ -64,9 +64,8 @@ from cdc_sync.events import (
     RawUnknown,
     RowChange,
 )
-from cdc_sync.mysql import connection_settings, translate_error
-from cdc_sync.positions import kind_of, split_stream
-from cdc_sync.rowdecode import (
+from cdc_sync.core.positions import kind_of, split_stream
+from cdc_sync.core.rowdecode import (
     WIDE_CHARSETS,
     ColumnSpec,
     RowDecodeError,
@@ -77,6 +76,7 @@ from cdc_sync.rowdecode import (
     server_text,
     text_encoding,
 )
+from cdc_sync.errors import ConfigError, HistoryChanged, ServerChanged, SourceError
 
 log = logs.get("cdc_sync.source")
 _MARIADB_GTID_STANDALONE = 0x01

@@ -22,11 +22,11 @@ from typing import Any, Protocol, TypeVar
 
 from cdc_sync import logs
 from cdc_sync import metrics as m
-from cdc_sync.cascades import CascadeWatch, flushes_for
 from cdc_sync.config import TableRule, WorkerConfig
+from cdc_sync.core.cascades import CascadeWatch, flushes_for
+from cdc_sync.core.events import Flush, Heartbeat, Op, RedisMemory, StreamItem, Transaction
+from cdc_sync.core.planner import Count, EvictTag, MissingColumn, RedisOp, plan_change, tags_of
 from cdc_sync.errors import RewindRequired, SinkUnavailable
-from cdc_sync.events import Flush, Heartbeat, Op, RedisMemory, StreamItem, Transaction
-from cdc_sync.planner import Count, EvictTag, MissingColumn, RedisOp, plan_change, tags_of
 
 log = logs.get("cdc_sync.applier")
 T = TypeVar("T")

@@ -1,4 +1,4 @@
-"""What a reader lookup sends to Redis, and the pure decisions around it (used by cdc_sync.reader).
+"""What a reader lookup sends to Redis, and the pure decisions around it (used by cdc_sync.reader.client).
 
 * ``LOOKUP_LUA`` / ``FILL_LUA`` / ``RELEASE_LUA``: the scripts, and ``Lookup``, which lays out their KEYS and
   ARGV for one key;
@@ -28,9 +28,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cdc_sync import config as config_mod
-from cdc_sync.canonical import NOT_CANONICAL, ColumnInfo, canonical, renders_as_given
 from cdc_sync.config import TableRule
-from cdc_sync.keys import KeyTemplate, tag_suffix
+from cdc_sync.core.canonical import NOT_CANONICAL, ColumnInfo, canonical, renders_as_given
+from cdc_sync.core.keys import KeyTemplate, tag_suffix
 
 # KEYS: key, heartbeat, hold-off of key, lease of key, rules, then nflush flushing markers, then the tags'
 #       hold-off markers and the tag sets (ntags each), then nflush schema epochs, then the key's stamp (if stamped).

@@ -11,10 +11,10 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from cdc_sync.codec import encode_hash, encode_json
 from cdc_sync.config import TableRule
-from cdc_sync.events import Flush, Op, Row, RowChange
-from cdc_sync.keys import tag_suffix
+from cdc_sync.core.codec import encode_hash, encode_json
+from cdc_sync.core.events import Flush, Op, Row, RowChange
+from cdc_sync.core.keys import tag_suffix
 
 
 @dataclass(frozen=True, slots=True)

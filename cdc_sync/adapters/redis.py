@@ -16,10 +16,10 @@ import redis
 from redis.commands.core import Script
 
 from cdc_sync.config import RedisConfig, TableRule
+from cdc_sync.core.events import RedisMemory
+from cdc_sync.core.keys import glob_escape
+from cdc_sync.core.planner import Count, Delete, EvictTag, RedisOp, SetHash, SetJson
 from cdc_sync.errors import TLS_UNTRUSTED, Fenced, OperatorLockLost, RewindRequired, ServerRefused, SinkUnavailable
-from cdc_sync.events import RedisMemory
-from cdc_sync.keys import glob_escape
-from cdc_sync.planner import Count, Delete, EvictTag, RedisOp, SetHash, SetJson
 
 # KEYS: none (the keys are data-dependent; a Redis Cluster deployment needs hash-tagged templates).
 # ARGV: namespace, expected checkpoint, has_expected (0/1), new checkpoint, holdoff ms, leader token ('' = HA off),

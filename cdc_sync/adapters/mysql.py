@@ -16,17 +16,17 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pymysql
 import pymysql.cursors
 
-from cdc_sync.canonical import ColumnInfo
 from cdc_sync.config import MySQLConfig
+from cdc_sync.core.canonical import ColumnInfo
+from cdc_sync.core.cascades import CascadeEdge
+from cdc_sync.core.events import ServerInfo
+from cdc_sync.core.rowdecode import WIDE_CHARSETS, CharsetTable, value_kind
 from cdc_sync.errors import TLS_UNTRUSTED, PositionLostError, ServerRefused, SourceError
-from cdc_sync.events import ServerInfo
-from cdc_sync.rowdecode import WIDE_CHARSETS, CharsetTable, value_kind
 
 ER_MASTER_FATAL_ERROR_READING_BINLOG = 1236
 # Error 1236 means a lost position only with these texts; otherwise (a duplicate server_id, say) it is an
@@ -171,18 +171,6 @@ def plain_error(exc: BaseException) -> str:
         return exc.strerror.lower() if not exc.filename else f"{exc.strerror.lower()}: {exc.filename}"
     text = str(exc.args[0]) if len(exc.args) == 1 else str(exc)
     return text or type(exc).__name__
-
-
-@dataclass(frozen=True, slots=True)
-class CascadeEdge:
-    """A foreign key whose ON DELETE/ON UPDATE action changes child rows without any binlog row event."""
-
-    parent: str  # schema.table
-    child: str  # schema.table
-    parent_columns: tuple[str, ...]  # the referenced columns
-    on_delete: bool  # CASCADE / SET NULL / SET DEFAULT on delete
-    on_update: bool  # ... on update of the referenced columns
-    assumed: bool = False  # its actions are hidden from this user: taken to cascade both ways
 
 
 class MySQLAdmin:

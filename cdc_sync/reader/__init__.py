@@ -1,0 +1,22 @@
+"""The application side: ``CacheReader`` and ``AsyncCacheReader`` (client.py) over what both share (base.py)
+and the protocol with Redis (protocol.py: scripts, argument layouts, pure decisions; no I/O imports).
+
+The drivers are imported on first use, so that the protocol can be imported without redis-py."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cdc_sync.reader.base import CacheUnavailable, ReaderStats
+    from cdc_sync.reader.client import AsyncCacheReader, CacheReader
+
+__all__ = ["AsyncCacheReader", "CacheReader", "CacheUnavailable", "ReaderStats"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from cdc_sync.reader import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'cdc_sync.reader' has no attribute {name!r}")
