@@ -5,13 +5,15 @@ CdcSyncError
 │   ├── ServerConfigError  the MySQL server lacks a required binlog setting
 │   └── ServerRefused      a server refused us for a reason retrying cannot fix (credentials, unknown
 │                          database, missing privilege, server_id taken by another replica); carries ``fix``
+├── PositionError          a position string could not be parsed (a checkpoint, ``--start``, a stored value)
 ├── SourceError            the binlog source failed (connection, protocol)
 │   ├── PositionLostError  the start position is no longer on the server (purged)
 │   │   └── HistoryChanged the binlog file of the position was written anew (RESET MASTER)
 │   ├── ServerChanged      a file position was resumed on another server's binlog
-│   └── DecodeError        an event could not be decoded
+│   └── DecodeError        row bytes do not fit their table map (rowdecode; the event is reported unknown)
 ├── SinkError              Redis failed
 │   └── SinkUnavailable    Redis could not be reached (retryable)
+├── CacheUnavailable       Redis failed and the reader is in strict mode (no fallback to MySQL)
 ├── RewindRequired         Redis holds a checkpoint other than the one the worker wrote
 ├── Fenced                 HA: another worker holds the leader lease; this one must stop applying
 └── OperatorLockLost       an operator command lost ``<ns>:operator`` (paused past its TTL); its steps are refused
@@ -46,8 +48,16 @@ class ServerChanged(SourceError):
     """The binlog a file position was resumed from belongs to another server (a failover behind one address)."""
 
 
-class DecodeError(SourceError):
-    """A binlog event could not be decoded."""
+class DecodeError(SourceError, ValueError):
+    """A binlog event's row bytes do not fit its table map (truncated or misaligned rows)."""
+
+
+class PositionError(CdcSyncError):
+    """A position string could not be parsed."""
+
+
+class CacheUnavailable(CdcSyncError):
+    """Redis failed and the reader is in strict mode (no fallback to MySQL)."""
 
 
 class SinkError(CdcSyncError):

@@ -68,7 +68,6 @@ from cdc_sync.core.positions import kind_of, split_stream
 from cdc_sync.core.rowdecode import (
     WIDE_CHARSETS,
     ColumnSpec,
-    RowDecodeError,
     RowDecoder,
     float32_text,
     json_text,
@@ -76,7 +75,7 @@ from cdc_sync.core.rowdecode import (
     server_text,
     text_encoding,
 )
-from cdc_sync.errors import ConfigError, HistoryChanged, ServerChanged, SourceError
+from cdc_sync.errors import ConfigError, DecodeError, HistoryChanged, ServerChanged, SourceError
 
 log = logs.get("cdc_sync.source")
 _MARIADB_GTID_STANDALONE = 0x01
@@ -486,7 +485,7 @@ class BinlogSource:
         else:
             try:
                 decoder = RowDecoder(specs, needed, parse_json)
-            except RowDecodeError as exc:
+            except DecodeError as exc:
                 decoder = None
                 log.info("source.library_decoding", table=f"{event.schema}.{event.table}", reason=str(exc))
             if len(self._by_layout) >= _DECODERS_MAX:
@@ -514,7 +513,7 @@ class BinlogSource:
         if isinstance(event, DeleteRowsEvent):
             return tuple(RowChange(Op.DELETE, schema, table, before, None) for before in images)
         if len(images) % 2:
-            raise RowDecodeError("an update event with an odd number of row images")
+            raise DecodeError("an update event with an odd number of row images")
         pairs = zip(images[::2], images[1::2], strict=True)
         return tuple(RowChange(Op.UPDATE, schema, table, before, after) for before, after in pairs)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from cdc_sync.errors import CdcSyncError
+from cdc_sync.errors import PositionError
 
 _FILE_RE = re.compile(r"^(?P<file>[^:\s@]+\.(?P<seq>\d+)):(?P<pos>\d+)$")
 _MARIADB_RE = re.compile(r"^\d+-\d+-\d+(,\d+-\d+-\d+)*$")
@@ -33,10 +33,6 @@ _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F
 _MYSQL_ONE_RE = re.compile(rf"^(?P<uuid>{_UUID})(?P<ranges>(:\d+(-\d+)?)+)$")
 # MySQL >= 8.3 tagged GTIDs: uuid:tag:1-5 (a tag is a letter or _ then up to 31 letters, digits or _)
 _MYSQL_TAGGED_RE = re.compile(rf"{_UUID}(:\d+(-\d+)?)*:[A-Za-z_][A-Za-z0-9_]{{0,31}}(:|$)")
-
-
-class PositionError(CdcSyncError):
-    """A position string could not be parsed."""
 
 
 FORMATS_HELP = (

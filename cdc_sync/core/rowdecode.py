@@ -11,7 +11,7 @@ library holds them to that, type by type), and a TIME is decoded as MySQL itself
 the library gets negative fractional TIMEs wrong, which source.py repairs on its path). A table whose needed
 columns include a type this module does not decode (pre-5.6 temporal types, old DECIMAL), or whose images
 are not FULL, is left to the library.
-Every decoded event must end exactly at the end of its body; anything else raises ``RowDecodeError``.
+Every decoded event must end exactly at the end of its body; anything else raises ``DecodeError``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from cdc_sync.errors import DecodeError
 
 # Column type codes of the binlog's table map (MySQL include/field_types.h).
 DECIMAL, TINY, SHORT, LONG, FLOAT, DOUBLE, NULL, TIMESTAMP, LONGLONG, INT24 = range(10)
@@ -49,10 +51,6 @@ _FIXED_OLD = {TIME: 3, DATETIME: 8, TIMESTAMP: 4}  # skippable, not decoded here
 
 Step = Callable[[bytes, int], tuple[Any, int]]
 JsonParser = Callable[[int, bytes], Any]
-
-
-class RowDecodeError(ValueError):
-    """The bytes do not fit the table map (truncated or misaligned rows)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +148,7 @@ def _skip(spec: ColumnSpec) -> tuple[int, Any]:
             return k, None
         prefix = _prefix(k)
         return 3, lambda data, pos: (None, pos + k + prefix(data, pos))
-    raise RowDecodeError(f"column {spec.name!r}: no size known for type {spec.type}")
+    raise DecodeError(f"column {spec.name!r}: no size known for type {spec.type}")
 
 
 def _decimal_layout(spec: ColumnSpec) -> tuple[int, int, int, int, int, int]:
@@ -184,7 +182,7 @@ def _decimal_step(spec: ColumnSpec) -> Step:
 
     def read(data: bytes, pos: int) -> tuple[Any, int]:
         if len(data) < pos + size:
-            raise RowDecodeError("decimal past the end of the row")
+            raise DecodeError("decimal past the end of the row")
         raw = from_bytes(data[pos : pos + size], "big") ^ sign  # the first bit is set for non-negative values
         negative = raw & sign
         if negative:
@@ -404,14 +402,14 @@ class RowDecoder:
             if needed is None or spec.name in needed:
                 step = _decode_step(spec, parse_json)
                 if step is None:
-                    raise RowDecodeError(f"column {spec.name!r}: type {spec.type} is left to the library")
+                    raise DecodeError(f"column {spec.name!r}: type {spec.type} is left to the library")
                 steps.append((1 << i, spec.name, 3, step))
                 continue
             steps.append((1 << i, None, *_skip(spec)))
         self.steps = tuple(steps)
 
     def images(self, data: bytes) -> list[dict[str, Any]]:
-        """Every row image in ``data`` (the body after the bitmaps), in order; raises RowDecodeError."""
+        """Every row image in ``data`` (the body after the bitmaps), in order; raises DecodeError."""
         out: list[dict[str, Any]] = []
         pos, end, nb = 0, len(data), self.null_bytes
         steps = self.steps
@@ -435,7 +433,7 @@ class RowDecoder:
                 else:
                     pos += 2 + data[pos] + (data[pos + 1] << 8)
             if pos > end:
-                raise RowDecodeError(f"row image ends {pos - end} bytes past the event")
+                raise DecodeError(f"row image ends {pos - end} bytes past the event")
             out.append(row)
         return out
 

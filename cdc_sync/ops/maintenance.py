@@ -17,18 +17,9 @@ from collections.abc import Iterator, Sequence
 from cdc_sync.adapters.mysql import MySQLAdmin
 from cdc_sync.adapters.redis import RedisSink
 from cdc_sync.config import Config, TableRule
-from cdc_sync.core.positions import (
-    FilePos,
-    PositionError,
-    PositionTracker,
-    contains,
-    kind_of,
-    reached,
-    same_state,
-    split_stream,
-)
+from cdc_sync.core.positions import FilePos, PositionTracker, contains, kind_of, reached, same_state, split_stream
 from cdc_sync.core.requirements import initial_position
-from cdc_sync.errors import CdcSyncError, ConfigError
+from cdc_sync.errors import CdcSyncError, ConfigError, PositionError
 
 OPERATOR_LOCK_TTL_MS = 60_000  # an operator command that died releases the lock after this
 

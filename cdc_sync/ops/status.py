@@ -25,8 +25,8 @@ import redis
 from cdc_sync.adapters.mysql import MySQLAdmin, plain_error
 from cdc_sync.adapters.redis import make_client, plain_redis_error, redis_error
 from cdc_sync.config import Config
-from cdc_sync.core.positions import PositionError, kind_of, parse_mariadb, parse_mysql
-from cdc_sync.errors import CdcSyncError, ServerRefused
+from cdc_sync.core.positions import kind_of, parse_mariadb, parse_mysql
+from cdc_sync.errors import CdcSyncError, PositionError, ServerRefused
 from cdc_sync.worker.statusreport import WORKERS_KEY, read_records
 
 ALIVE_MIN_MS = 5000  # a record is "recent" within max(3 x refresh, this)

@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from cdc_sync.reader.base import CacheUnavailable, ReaderStats
+    from cdc_sync.errors import CacheUnavailable
+    from cdc_sync.reader.base import ReaderStats
     from cdc_sync.reader.client import AsyncCacheReader, CacheReader
 
 __all__ = ["AsyncCacheReader", "CacheReader", "CacheUnavailable", "ReaderStats"]

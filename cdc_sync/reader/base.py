@@ -25,7 +25,7 @@ from cdc_sync.config import Config, TableRule
 from cdc_sync.core.canonical import ColumnInfo
 from cdc_sync.core.codec import encode_hash, encode_json
 from cdc_sync.core.keys import KeyTemplate
-from cdc_sync.errors import CdcSyncError
+from cdc_sync.errors import CacheUnavailable, CdcSyncError
 from cdc_sync.reader.protocol import (
     FILL_LOST,
     FILL_RULE_MISMATCH,
@@ -57,10 +57,6 @@ Loaded = tuple[Payload | None, str | None]  # (value to return and maybe fill, w
 Epochs = tuple[str, ...] | None
 ColumnInfos = dict[str, Mapping[str, ColumnInfo] | None]
 _readers: weakref.WeakSet[_ReaderBase] = weakref.WeakSet()
-
-
-class CacheUnavailable(CdcSyncError):
-    """Redis failed and the reader is in strict mode."""
 
 
 class ReaderStats:

@@ -59,17 +59,8 @@ from cdc_sync.adapters.mysql import RowLoader
 from cdc_sync.adapters.redis import client_kwargs
 from cdc_sync.config import Config
 from cdc_sync.core.codec import json_default
-from cdc_sync.reader.base import (
-    CacheUnavailable,
-    ColumnInfos,
-    Dependency,
-    Epochs,
-    Loaded,
-    Payload,
-    ReaderStats,
-    _payload,
-    _ReaderBase,
-)
+from cdc_sync.errors import CacheUnavailable
+from cdc_sync.reader.base import ColumnInfos, Dependency, Epochs, Loaded, Payload, ReaderStats, _payload, _ReaderBase
 from cdc_sync.reader.protocol import (
     FILL_LUA,
     FILL_RULE_MISMATCH,

@@ -22,8 +22,8 @@ from typing import Protocol
 
 from cdc_sync import logs
 from cdc_sync import metrics as m
-from cdc_sync.core.positions import PositionError, kind_of, reached
-from cdc_sync.errors import CdcSyncError
+from cdc_sync.core.positions import kind_of, reached
+from cdc_sync.errors import CdcSyncError, PositionError
 
 log = logs.get("cdc_sync.heartbeat")
 

@@ -34,7 +34,6 @@ from cdc_sync.core.cascades import CascadeEdge, CascadeWatch
 from cdc_sync.core.events import Flush, RawEvent, RawQuery, RedisMemory, ServerInfo, Transaction
 from cdc_sync.core.planner import needed_columns, sql_for_log, statement_flushes
 from cdc_sync.core.positions import (
-    PositionError,
     PositionTracker,
     binlog_state_holds,
     contains,
@@ -49,6 +48,7 @@ from cdc_sync.core.transactions import Assembler
 from cdc_sync.errors import (
     CdcSyncError,
     ConfigError,
+    PositionError,
     PositionLostError,
     RewindRequired,
     ServerChanged,

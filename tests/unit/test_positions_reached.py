@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cdc_sync.core.positions import PositionError, reached
+from cdc_sync.core.positions import reached
+from cdc_sync.errors import PositionError
 
 U1 = "3e11fa47-71ca-11e1-9e33-c80aa9429562"
 U2 = "4f22fb58-82db-22f2-af44-d91bb0530673"

@@ -26,9 +26,9 @@ from cdc_sync.core.rowdecode import (
     TIMESTAMP2,
     VARCHAR,
     ColumnSpec,
-    RowDecodeError,
     RowDecoder,
 )
+from cdc_sync.errors import DecodeError
 
 ID = ColumnSpec("id", LONG)
 NAME = ColumnSpec("name", VARCHAR, max_length=40 * 4)
@@ -63,9 +63,9 @@ def test_unneeded_columns_are_skipped_not_decoded() -> None:
 def test_a_truncated_image_is_an_error_not_a_short_row() -> None:
     """A length prefix pointing past the event's end raises instead of yielding a cut value."""
     data = _image(0, struct.pack("<i", 7), bytes([10]) + b"abc")
-    with pytest.raises(RowDecodeError):
+    with pytest.raises(DecodeError):
         RowDecoder([ID, NAME], None).images(data)
-    with pytest.raises(RowDecodeError):
+    with pytest.raises(DecodeError):
         RowDecoder([ID, NAME], frozenset({"id"})).images(data)
 
 
@@ -73,11 +73,11 @@ def test_types_it_does_not_decode_are_refused_when_needed_and_skipped_otherwise(
     """The pre-5.6 TIME is left to the library when needed, and skipped by its size (3 bytes) when not; old
     DECIMAL has no known size at all."""
     old_time = ColumnSpec("tm", TIME)
-    with pytest.raises(RowDecodeError):
+    with pytest.raises(DecodeError):
         RowDecoder([ID, old_time], None)
     data = _image(0, struct.pack("<i", 1), b"\x01\x02\x03") + _image(0, struct.pack("<i", 2), b"\x00\x00\x00")
     assert RowDecoder([ID, old_time], frozenset({"id"})).images(data) == [{"id": 1}, {"id": 2}]
-    with pytest.raises(RowDecodeError):
+    with pytest.raises(DecodeError):
         RowDecoder([ID, ColumnSpec("old", DECIMAL)], frozenset({"id"}))
 
 

@@ -147,7 +147,8 @@ def test_check_server_refuses_settings_that_hide_changes(name: str, value: str) 
 
 def test_tagged_mysql_gtids_are_refused_at_start() -> None:
     """MySQL 8.3+ tagged GTIDs (uuid:tag:n): a clear configuration error (exit 2), never a crash loop."""
-    from cdc_sync.core.positions import PositionError, has_tagged_gtids, kind_of
+    from cdc_sync.core.positions import has_tagged_gtids, kind_of
+    from cdc_sync.errors import PositionError
 
     tagged = "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:nightly:1-3"
     assert has_tagged_gtids(tagged) and not has_tagged_gtids("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5")
