@@ -241,3 +241,55 @@ def start_on(
         wait_caught_up(client, conn, mysql.flavor, w)
     client.close()
     return w
+
+
+class AsyncDriven:
+    """An ``AsyncCacheReader`` behind the sync reader's calls, so that one test drives both readers: every call
+    runs on one event loop in a thread of its own (tests call from many threads, as with the sync reader). A
+    plain ``fetch`` loader runs in a worker thread (``asyncio.to_thread``), as an asyncio application would run
+    blocking work; other attributes are the async reader's own."""
+
+    _CALLS = ("get_row", "fetch", "fill_rows", "schema_epochs", "close")
+
+    def __init__(self, reader: Any) -> None:
+        import asyncio
+        import threading
+
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, daemon=True, name="async-reader")
+        thread.start()
+        object.__setattr__(self, "_reader", reader)
+        object.__setattr__(self, "_loop", loop)
+        object.__setattr__(self, "_thread", thread)
+
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        import asyncio
+
+        coro = getattr(self._reader, name)(*args, **kwargs)
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def fetch(self, key: str, loader: Callable[[], Any], ttl: float, depends_on: Any = ()) -> Any:
+        import asyncio
+        import inspect
+
+        async def off_loop() -> Any:
+            return await asyncio.to_thread(loader)
+
+        chosen = loader if inspect.iscoroutinefunction(loader) else off_loop
+        return self._call("fetch", key, chosen, ttl, depends_on)
+
+    def close(self) -> None:
+        try:
+            self._call("close")
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop.close()
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._CALLS:
+            return lambda *args, **kwargs: self._call(name, *args, **kwargs)
+        return getattr(self._reader, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._reader, name, value)

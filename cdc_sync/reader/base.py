@@ -374,12 +374,13 @@ class _ReaderBase:
 
     # ---- replies --------------------------------------------------------------------------------
 
-    def verdict(self, lookup: Lookup, reply: Sequence[Any], sent: float) -> tuple[str, Any]:
-        """The lookup script's reply as (kind, detail): ('H', value), ('B', reason), ('L', the schema epoch of
-        each table), ('W', None). Every reply but a hit ends the plain-GET window; a hit opens or extends it."""
+    def verdict(self, lookup: Lookup, reply: Sequence[Any], sent: float, received: float) -> tuple[str, Any]:
+        """The lookup script's reply (request sent at monotonic ``sent``, reply in hand at ``received``) as
+        (kind, detail): ('H', value), ('B', reason), ('L', the schema epoch of each table), ('W', None). Every
+        reply but a hit ends the plain-GET window; a hit opens or extends it."""
         kind = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
         if kind == "H":
-            if not self.window.opened(sent, time.monotonic(), int(reply[2]), reply[3], self.cfg.freshness_check_ms):
+            if not self.window.opened(sent, received, int(reply[2]), reply[3], self.cfg.freshness_check_ms):
                 self._heartbeat_regressed(reply[3])
             self.stats.add("hit")
             return kind, None if reply[1] == NEGATIVE else self.decode(lookup, reply[1])
@@ -433,12 +434,14 @@ class _ReaderBase:
         else:
             log.info("reader.rule_agreed", table=table)
 
-    def plain_hit(self, lookup: Lookup, raw: Any, gates: Sequence[Any], sent: float) -> tuple[bool, Any]:
+    def plain_hit(
+        self, lookup: Lookup, raw: Any, gates: Sequence[Any], sent: float, received: float
+    ) -> tuple[bool, Any]:
         """A plain read's reply inside the window: (hit?, value). ``gates``: what ``plain_keys`` read with it.
         Not a hit: the key is absent, the reply came after the window closed, the heartbeat read with it is
         missing or went back (the window closes), or a table of the lookup is being flushed (the script decides)."""
         heartbeat = gates[0]
-        verdict = self.window.accepts(sent, time.monotonic(), heartbeat)
+        verdict = self.window.accepts(sent, received, heartbeat)
         if verdict != "ok":
             if verdict == "regressed":
                 self._heartbeat_regressed(heartbeat)
@@ -516,17 +519,6 @@ def _template_for(rule: TableRule, where: Mapping[str, object]) -> KeyTemplate:
             return template
     known = [sorted(t.fields) for t in rule.templates]
     raise ValueError(f"{rule.name}: no key template over {sorted(where)} (templates use {known})")
-
-
-def _payload(lookup: Lookup, value: Any, negative_ttl: int) -> tuple[Payload | None, int | None]:
-    """What to fill for a loaded value, and with which TTL (None: fill nothing)."""
-    if value == []:  # a hash whose columns are all NULL cannot exist in Redis (the worker evicts it too)
-        return None, None
-    if value is None:
-        if negative_ttl > 0 and lookup.fmt == "j":
-            return NEGATIVE, negative_ttl * 1000
-        return None, None
-    return value, lookup.ttl_ms
 
 
 def _readers_after_fork() -> None:

@@ -41,12 +41,8 @@ MySQL connection; redis-py replaces inherited Redis connections itself.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import inspect
-import random
-import secrets
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -60,18 +56,15 @@ from cdc_sync.adapters.redis import client_kwargs
 from cdc_sync.config import Config
 from cdc_sync.core.codec import json_default
 from cdc_sync.errors import CacheUnavailable
-from cdc_sync.reader.base import ColumnInfos, Dependency, Epochs, Loaded, Payload, ReaderStats, _payload, _ReaderBase
+from cdc_sync.reader import flow
+from cdc_sync.reader.base import ColumnInfos, Dependency, Epochs, Loaded, ReaderStats, _ReaderBase
 from cdc_sync.reader.protocol import (
     FILL_LUA,
-    FILL_RULE_MISMATCH,
-    FILL_SCHEMA_CHANGED,
-    FILL_STORED,
     LOOKUP_LUA,
     NEGATIVE,
     RELEASE_LUA,
     Lookup,
     column_dependency_tables,
-    epoch_of,
 )
 
 __all__ = ["NEGATIVE", "AsyncCacheReader", "CacheReader", "CacheUnavailable", "Lookup", "ReaderStats"]
@@ -85,9 +78,11 @@ class CacheReader(_ReaderBase):
     def __init__(self, config: Config, client: redis.Redis | None = None, loader: RowLoader | None = None) -> None:
         super().__init__(config, loader)
         self.redis = client if client is not None else _client(config)
-        self._lookup_script = self.redis.register_script(LOOKUP_LUA)
-        self._fill_script = self.redis.register_script(FILL_LUA)
-        self._release_script = self.redis.register_script(RELEASE_LUA)
+        self._scripts = {
+            "lookup": self.redis.register_script(LOOKUP_LUA),
+            "fill": self.redis.register_script(FILL_LUA),
+            "release": self.redis.register_script(RELEASE_LUA),
+        }
 
     @classmethod
     def from_config(cls, path: str | None = None) -> CacheReader:
@@ -147,140 +142,56 @@ class CacheReader(_ReaderBase):
         read with (``schema_epochs``); when it moved, nothing is filled (bypass reason ``schema_changed``).
         Returns (filled, not filled, bypass reasons).
         """
-        rule = self.rule(table)
-        lookups: list[tuple[Lookup, str, Payload]] = []
-        for row in rows:
-            for template in rule.templates:
-                key = template.render(row)
-                if key is None:
-                    continue
-                lookup = self.rule_lookup(rule, key)
-                if epoch is not None:
-                    lookup = dataclasses.replace(lookup, epochs=(epoch,))
-                lookups.append((lookup, secrets.token_hex(8), self.encode_row(lookup, row)))
-        pipe = self.redis.pipeline(transaction=False)
-        for lookup, token, _ in lookups:
-            keys, args = lookup.lookup_args(self.ns, self.cfg, token)
-            self._lookup_script(keys=keys, args=args, client=pipe)
-        replies = pipe.execute()
-        too_slow = time.monotonic() - selected_at > self.cfg.holdoff_ms / 2000
-        pipe = self.redis.pipeline(transaction=False)
-        is_fill: list[bool] = []  # per queued command: a fill (counted) or a lease given back
-        bypass: Counter[str] = Counter()
-        for (lookup, token, payload), reply in zip(lookups, replies, strict=True):
-            kind = reply[0].decode()
-            if kind != "H":
-                self.close_window()  # as for any lookup: only hits keep the window
-            if kind == "B":
-                reason = reply[1].decode()
-                bypass[reason] += 1
-                if reason == "rule_mismatch":
-                    self._rule_verdict(reply[2].decode(), True)
-                elif reason == "schema_changed":
-                    self.schema_changed([table])
-            if kind != "L":
-                continue
-            if too_slow or payload == []:
-                self._release_script(keys=[f"{self.ns}:lease:{lookup.key}"], args=[token], client=pipe)
-                bypass["slow" if too_slow else "empty_hash"] += 1
-                is_fill.append(False)
-                continue
-            epochs = (epoch,) if epoch is not None else tuple(epoch_of(e) for e in reply[1:])
-            keys, args = lookup.fill_args(self.ns, token, self.jittered(lookup.ttl_ms), payload, epochs)
-            self._fill_script(keys=keys, args=args, client=pipe)
-            is_fill.append(True)
-        results = pipe.execute() if is_fill else []
-        filled = 0
-        for fill, stored in zip(is_fill, results, strict=True):
-            if fill and stored == FILL_STORED:
-                filled += 1
-            elif fill and stored == FILL_RULE_MISMATCH:
-                bypass["rule_mismatch"] += 1
-            elif fill and stored == FILL_SCHEMA_CHANGED:
-                bypass["schema_changed"] += 1
-                self.schema_changed([table])
-        return filled, len(lookups) - filled, dict(bypass)
+        result: tuple[int, int, dict[str, int]] = self._run(flow.fill_rows(self, table, rows, selected_at, epoch))
+        return result
 
     def _get(self, lookup: Lookup, load: Callable[[Epochs], Loaded]) -> Any:
-        sent = time.monotonic()
-        if self.window.is_open(sent):
-            gates = self.plain_keys(lookup)
-            try:
-                if lookup.fmt == "h":
-                    pipe = self.redis.pipeline(transaction=True)  # one moment: value and gates together
-                    pipe.hgetall(lookup.key)
-                    pipe.mget(gates)
-                    raw, seen = pipe.execute()
+        return self._run(flow.lookup(self, lookup, time.monotonic()), load)
+
+    def _run(self, steps: flow.Flow, load: Callable[[Epochs], Loaded] | None = None) -> Any:
+        """Perform the flow's steps until it returns (the flow decides; see flow.py)."""
+        try:
+            step = next(steps)
+            while True:
+                if isinstance(step, flow.Load):
+                    assert load is not None
+                    try:
+                        loaded = load(step.epochs)
+                    except BaseException as exc:  # noqa: BLE001 (into the flow: it gives the lease back, re-raises)
+                        step = steps.throw(exc)
+                        continue
+                    step = steps.send(flow.Reply(loaded))
+                elif isinstance(step, flow.Sleep):
+                    time.sleep(step.seconds)
+                    step = steps.send(flow.Reply())
                 else:
-                    raw, *seen = self.redis.mget(lookup.key, *gates)
-            except redis.RedisError as exc:
-                self._redis_failed(exc, lookup.key)
-                return self._bypass(lookup, load, "redis_error")
-            hit, value = self.plain_hit(lookup, raw, seen, sent)
-            if hit:
-                return value
-        token = self.token()
-        keys, args = self.lookup_plan(lookup, token)
-        deadline: float | None = None
-        while True:
-            sent = time.monotonic()
-            try:
-                reply = self._lookup_script(keys=keys, args=args)
-            except redis.RedisError as exc:
-                self._redis_failed(exc, lookup.key)
-                return self._bypass(lookup, load, "redis_error")
-            kind, detail = self.verdict(lookup, reply, sent)
-            if kind == "H":
-                return detail
-            if kind == "B":
-                return self._bypass(lookup, load, detail)
-            if kind == "L":
-                return self._load_and_fill(lookup, load, token, detail)
-            now = time.monotonic()
-            if deadline is None:
-                self.stats.add("lease_wait")
-                deadline = now + self.cfg.lease_wait_ms / 1000
-            if now >= deadline:
-                return self._bypass(lookup, load, "lease_wait_timeout")
-            time.sleep(min(0.01, deadline - now) * (0.5 + random.random()))
+                    step = steps.send(self._perform(step))
+        except StopIteration as done:
+            return done.value
 
-    def _bypass(self, lookup: Lookup, load: Callable[[Epochs], Loaded], reason: str) -> Any:
-        self.stats.add("bypass", reason)
-        payload, _ = self._call_loader(load, None)
-        return None if payload is None else self.decode(lookup, payload)
-
-    def _call_loader(self, load: Callable[[Epochs], Loaded], epochs: Epochs) -> Loaded:
+    def _perform(self, step: flow.PlainGet | flow.Script | flow.Batch) -> flow.Reply:
+        sent = time.monotonic()
         try:
-            return load(epochs)
-        except Exception:
-            self.stats.add("loader_error")
-            raise
-
-    def _load_and_fill(self, lookup: Lookup, load: Callable[[Epochs], Loaded], token: str, epochs: Epochs) -> Any:
-        self.stats.add("miss")
-        try:
-            payload, refusal = self._call_loader(load, epochs)
-        except BaseException:
-            self._release(lookup, token)
-            raise
-        fill, ttl_ms = _payload(lookup, payload, self.cfg.negative_ttl) if refusal is None else (None, None)
-        if refusal is not None:
-            self.stats.add("fill", refusal)
-        if fill is None or ttl_ms is None:
-            self._release(lookup, token)
-        else:
-            keys, args = lookup.fill_args(self.ns, token, self.jittered(ttl_ms), fill, epochs)
-            try:
-                self.fill_outcome(self._fill_script(keys=keys, args=args), lookup)
-            except redis.RedisError as exc:
-                self._redis_failed(exc, lookup.key)
-        return None if payload is None else self.decode(lookup, payload)
-
-    def _release(self, lookup: Lookup, token: str) -> None:
-        try:
-            self._release_script(keys=[f"{self.ns}:lease:{lookup.key}"], args=[token])
+            value: Any
+            if isinstance(step, flow.PlainGet):
+                if step.hash:
+                    pipe = self.redis.pipeline(transaction=True)  # one moment: value and gates together
+                    pipe.hgetall(step.key)
+                    pipe.mget(step.gates)
+                    value = tuple(pipe.execute())
+                else:
+                    raw, *seen = self.redis.mget(step.key, *step.gates)
+                    value = (raw, seen)
+            elif isinstance(step, flow.Script):
+                value = self._scripts[step.name](keys=step.keys, args=step.args)
+            else:
+                pipe = self.redis.pipeline(transaction=False)
+                for script in step.scripts:
+                    self._scripts[script.name](keys=script.keys, args=script.args, client=pipe)
+                value = pipe.execute()
         except redis.RedisError as exc:
-            self._redis_failed(exc, lookup.key)
+            return flow.Reply(error=exc, sent=sent, received=time.monotonic())
+        return flow.Reply(value, sent=sent, received=time.monotonic())
 
     def close(self) -> None:
         self.redis.close()
@@ -300,9 +211,11 @@ class AsyncCacheReader(_ReaderBase):
 
     def _use(self, client: redis.asyncio.Redis) -> None:
         self.redis = client
-        self._lookup_script = client.register_script(LOOKUP_LUA)
-        self._fill_script = client.register_script(FILL_LUA)
-        self._release_script = client.register_script(RELEASE_LUA)
+        self._scripts = {
+            "lookup": client.register_script(LOOKUP_LUA),
+            "fill": client.register_script(FILL_LUA),
+            "release": client.register_script(RELEASE_LUA),
+        }
 
     def _after_fork(self) -> None:
         """In a forked child: the redis.asyncio pool (unlike the sync one) never checks the pid, and its
@@ -361,88 +274,60 @@ class AsyncCacheReader(_ReaderBase):
             raw = None
         return self.epochs_read(tables, raw)
 
+    async def fill_rows(
+        self, table: str, rows: Sequence[Mapping[str, object]], selected_at: float, epoch: str | None = None
+    ) -> tuple[int, int, dict[str, int]]:
+        """``CacheReader.fill_rows``, awaited."""
+        result: tuple[int, int, dict[str, int]] = await self._run(flow.fill_rows(self, table, rows, selected_at, epoch))
+        return result
+
     async def _get(self, lookup: Lookup, load: Callable[[Epochs], Awaitable[Loaded]]) -> Any:
-        sent = time.monotonic()
-        if self.window.is_open(sent):
-            gates = self.plain_keys(lookup)
-            try:
-                if lookup.fmt == "h":
-                    pipe = self.redis.pipeline(transaction=True)  # one moment: value and gates together
-                    pipe.hgetall(lookup.key)
-                    pipe.mget(gates)
-                    raw, seen = await pipe.execute()
+        return await self._run(flow.lookup(self, lookup, time.monotonic()), load)
+
+    async def _run(self, steps: flow.Flow, load: Callable[[Epochs], Awaitable[Loaded]] | None = None) -> Any:
+        """``CacheReader._run``, awaiting each step."""
+        try:
+            step = next(steps)
+            while True:
+                if isinstance(step, flow.Load):
+                    assert load is not None
+                    try:
+                        loaded = await load(step.epochs)
+                    except BaseException as exc:  # noqa: BLE001 (into the flow: it gives the lease back, re-raises)
+                        step = steps.throw(exc)
+                        continue
+                    step = steps.send(flow.Reply(loaded))
+                elif isinstance(step, flow.Sleep):
+                    await asyncio.sleep(step.seconds)
+                    step = steps.send(flow.Reply())
                 else:
-                    raw, *seen = await self.redis.mget(lookup.key, *gates)
-            except redis.RedisError as exc:
-                self._redis_failed(exc, lookup.key)
-                return await self._bypass(lookup, load, "redis_error")
-            hit, value = self.plain_hit(lookup, raw, seen, sent)
-            if hit:
-                return value
-        token = self.token()
-        keys, args = self.lookup_plan(lookup, token)
-        deadline: float | None = None
-        while True:
-            sent = time.monotonic()
-            try:
-                reply = await self._lookup_script(keys=keys, args=args)
-            except redis.RedisError as exc:
-                self._redis_failed(exc, lookup.key)
-                return await self._bypass(lookup, load, "redis_error")
-            kind, detail = self.verdict(lookup, reply, sent)
-            if kind == "H":
-                return detail
-            if kind == "B":
-                return await self._bypass(lookup, load, detail)
-            if kind == "L":
-                return await self._load_and_fill(lookup, load, token, detail)
-            now = time.monotonic()
-            if deadline is None:
-                self.stats.add("lease_wait")
-                deadline = now + self.cfg.lease_wait_ms / 1000
-            if now >= deadline:
-                return await self._bypass(lookup, load, "lease_wait_timeout")
-            await asyncio.sleep(min(0.01, deadline - now) * (0.5 + random.random()))
+                    step = steps.send(await self._perform(step))
+        except StopIteration as done:
+            return done.value
 
-    async def _bypass(self, lookup: Lookup, load: Callable[[Epochs], Awaitable[Loaded]], reason: str) -> Any:
-        self.stats.add("bypass", reason)
-        payload, _ = await self._call_loader(load, None)
-        return None if payload is None else self.decode(lookup, payload)
-
-    async def _call_loader(self, load: Callable[[Epochs], Awaitable[Loaded]], epochs: Epochs) -> Loaded:
+    async def _perform(self, step: flow.PlainGet | flow.Script | flow.Batch) -> flow.Reply:
+        sent = time.monotonic()
         try:
-            return await load(epochs)
-        except Exception:
-            self.stats.add("loader_error")
-            raise
-
-    async def _load_and_fill(
-        self, lookup: Lookup, load: Callable[[Epochs], Awaitable[Loaded]], token: str, epochs: Epochs
-    ) -> Any:
-        self.stats.add("miss")
-        try:
-            payload, refusal = await self._call_loader(load, epochs)
-        except BaseException:
-            await self._release(lookup, token)
-            raise
-        fill, ttl_ms = _payload(lookup, payload, self.cfg.negative_ttl) if refusal is None else (None, None)
-        if refusal is not None:
-            self.stats.add("fill", refusal)
-        if fill is None or ttl_ms is None:
-            await self._release(lookup, token)
-        else:
-            keys, args = lookup.fill_args(self.ns, token, self.jittered(ttl_ms), fill, epochs)
-            try:
-                self.fill_outcome(await self._fill_script(keys=keys, args=args), lookup)
-            except redis.RedisError as exc:
-                self._redis_failed(exc, lookup.key)
-        return None if payload is None else self.decode(lookup, payload)
-
-    async def _release(self, lookup: Lookup, token: str) -> None:
-        try:
-            await self._release_script(keys=[f"{self.ns}:lease:{lookup.key}"], args=[token])
+            value: Any
+            if isinstance(step, flow.PlainGet):
+                if step.hash:
+                    pipe = self.redis.pipeline(transaction=True)  # one moment: value and gates together
+                    pipe.hgetall(step.key)
+                    pipe.mget(step.gates)
+                    value = tuple(await pipe.execute())
+                else:
+                    raw, *seen = await self.redis.mget(step.key, *step.gates)
+                    value = (raw, seen)
+            elif isinstance(step, flow.Script):
+                value = await self._scripts[step.name](keys=step.keys, args=step.args)
+            else:
+                pipe = self.redis.pipeline(transaction=False)
+                for script in step.scripts:
+                    await self._scripts[script.name](keys=script.keys, args=script.args, client=pipe)
+                value = await pipe.execute()
         except redis.RedisError as exc:
-            self._redis_failed(exc, lookup.key)
+            return flow.Reply(error=exc, sent=sent, received=time.monotonic())
+        return flow.Reply(value, sent=sent, received=time.monotonic())
 
     async def close(self) -> None:
         await self.redis.aclose(close_connection_pool=True)

@@ -15,7 +15,7 @@ import redis
 from cdc_sync import CacheReader
 from cdc_sync.adapters.mysql import RowLoader
 from cdc_sync.config import load
-from tests.helpers import WorkerProcess, connect, execute, wait_caught_up, wait_for, write_config
+from tests.helpers import AsyncDriven, WorkerProcess, connect, execute, wait_caught_up, wait_for, write_config
 from tests.servers import MySQLTarget, RedisTarget
 from tools.devservers import LocalServer, start_redis
 
@@ -49,18 +49,32 @@ def start_worker(
 
 
 @pytest.fixture
-def reader_for(tmp_path: Path) -> Iterator[Callable[..., CacheReader]]:
-    """reader_for(config name, loader=None, **reader overrides): a CacheReader on tmp_path/<name>.toml, closed at
-    the end."""
-    made: list[CacheReader] = []
+def reader_driver() -> str:
+    """Which reader ``reader_for`` makes: "sync" here; the reader's own test modules run every test with both
+    (they override this fixture with params ["sync", "async"])."""
+    return "sync"
+
+
+@pytest.fixture
+def reader_for(tmp_path: Path, reader_driver: str) -> Iterator[Callable[..., CacheReader]]:
+    """reader_for(config name, loader=None, **reader overrides): a CacheReader on tmp_path/<name>.toml, or with
+    ``reader_driver`` "async" an AsyncCacheReader driven through the same calls (tests.helpers.AsyncDriven);
+    closed at the end."""
+    made: list[Any] = []
 
     def make(name: str = "w", loader: RowLoader | None = None, **overrides: Any) -> CacheReader:
         cfg = load(tmp_path / f"{name}.toml")
         if overrides:
             cfg = replace(cfg, reader=replace(cfg.reader, **overrides))
-        reader = CacheReader(cfg, loader=loader)
+        reader: Any
+        if reader_driver == "sync":
+            reader = CacheReader(cfg, loader=loader)
+        else:
+            from cdc_sync import AsyncCacheReader
+
+            reader = AsyncDriven(AsyncCacheReader(cfg, loader=loader))
         made.append(reader)
-        return reader
+        return reader  # type: ignore[no-any-return]
 
     yield make
     for reader in made:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,23 +63,15 @@ def schema(sql: pymysql.Connection) -> None:  # type: ignore[type-arg]
         cur.execute("INSERT INTO orders VALUES (1, 5, 10)")
 
 
+@pytest.fixture(params=["sync", "async"])
+def reader_driver(request: pytest.FixtureRequest) -> str:
+    """Every test here runs with CacheReader and with AsyncCacheReader (conftest.reader_for)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def make_reader(tmp_path: Path) -> Iterator[Callable[..., CacheReader]]:
-    readers: list[CacheReader] = []
-
-    def make(config_name: str = "w", loader: RowLoader | None = None, **overrides: Any) -> CacheReader:
-        cfg = load(tmp_path / f"{config_name}.toml")
-        if overrides:
-            from dataclasses import replace
-
-            cfg = replace(cfg, reader=replace(cfg.reader, **overrides))
-        reader = CacheReader(cfg, loader=loader)
-        readers.append(reader)
-        return reader
-
-    yield make
-    for reader in readers:
-        reader.close()
+def make_reader(reader_for: Callable[..., CacheReader]) -> Callable[..., CacheReader]:
+    return reader_for
 
 
 def _heartbeat(r: redis.Redis) -> None:

@@ -49,6 +49,12 @@ def orders_rule(db: str) -> str:
     return f'[[tables]]\ntable = "{db}.orders"\ntags = ["email", "amount", "code"]\n'
 
 
+@pytest.fixture(params=["sync", "async"])
+def reader_driver(request: pytest.FixtureRequest) -> str:
+    """Every test here runs with CacheReader and with AsyncCacheReader (conftest.reader_for)."""
+    return str(request.param)
+
+
 @pytest.fixture
 def tables(sql: pymysql.Connection) -> None:  # type: ignore[type-arg]
     with sql.cursor() as cur:
@@ -531,6 +537,7 @@ def test_async_reader_refuses_to_fill_under_another_rule(
 # ---- 4. fork safety --------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("reader_driver", ["sync"])  # (test_forked_async_reader_uses_new_tokens: the async one)
 def test_forked_reader_uses_new_tokens_and_its_own_connections(
     start_worker: StartWorker,
     mysql_server: MySQLTarget,

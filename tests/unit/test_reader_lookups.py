@@ -18,8 +18,9 @@ import pytest
 
 from cdc_sync.config import ReaderConfig
 from cdc_sync.core.canonical import ColumnInfo
-from cdc_sync.reader.base import _payload, _ReaderBase, _template_for
+from cdc_sync.reader.base import _ReaderBase, _template_for
 from cdc_sync.reader.client import NEGATIVE, CacheReader, Lookup
+from cdc_sync.reader.flow import fill_payload as _payload
 from cdc_sync.reader.protocol import rule_digest
 from tests.unit.factories import make_config
 

@@ -1,0 +1,248 @@
+"""The reader's lookup flow without I/O (h11's shape): generators that yield the next step and take each step's
+reply with the clock readings around it, so that the sync and asyncio readers (client.py) are thin loops that
+perform steps, and the flow itself can be driven offline with scripted replies (tests/unit/test_reader_flow.py).
+
+A flow yields one of:
+
+* ``PlainGet``: the value and its gates in one moment (``MGET``, or ``HGETALL`` + ``MGET`` in ``MULTI``);
+  reply value ``(raw, gates)``;
+* ``Script``: one call of a registered script (lookup, fill or release, see protocol.py);
+* ``Batch``: several ``Script`` calls in one pipeline; reply value the list of their replies;
+* ``Load``: call the lookup's loader with the lease's schema epochs; reply value its ``Loaded``. A loader that
+  raises is thrown into the flow (it gives a held lease back, then the error goes on to the caller);
+* ``Sleep``: wait that long (a lease holder's fill is awaited).
+
+and returns the lookup's result. A Redis error comes back as ``Reply.error`` (the driver catches only redis-py's
+errors); the flow decides what it means (bypass to MySQL, or ``CacheUnavailable`` in strict mode).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+from cdc_sync.reader.protocol import (
+    FILL_RULE_MISMATCH,
+    FILL_SCHEMA_CHANGED,
+    FILL_STORED,
+    NEGATIVE,
+    Lookup,
+    ScriptArg,
+    epoch_of,
+)
+
+if TYPE_CHECKING:  # (the reader's shared state and decisions; base.py imports the MySQL driver)
+    from cdc_sync.reader.base import Epochs, Loaded, Payload, _ReaderBase
+
+ScriptName = Literal["lookup", "fill", "release"]
+
+
+@dataclass(frozen=True, slots=True)
+class PlainGet:
+    key: str
+    gates: list[str]
+    hash: bool  # HGETALL the value (a hash), else GET it with the gates in one MGET
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: ScriptName
+    keys: list[str]
+    args: list[ScriptArg]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    scripts: list[Script]  # one pipeline (no transaction); a Redis error fails the whole batch
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    epochs: Epochs  # None: a bypass (nothing will be filled)
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+Step = PlainGet | Script | Batch | Load | Sleep
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What a step gave: its value, or the Redis error it failed with, and the monotonic clock when the
+    request was sent and when its reply was in hand."""
+
+    value: Any = None
+    error: Exception | None = None
+    sent: float = 0.0
+    received: float = 0.0
+
+
+Flow = Generator[Step, Reply, Any]
+
+
+def lookup(core: _ReaderBase, lk: Lookup, now: float) -> Flow:
+    """One cache-aside lookup (``now``: the monotonic clock as it starts): a plain read inside the trust window,
+    else the lookup script, then a hit, a bypass, a lease (load, fill) or a wait for another holder's fill."""
+    if core.window.is_open(now):
+        reply = yield PlainGet(lk.key, core.plain_keys(lk), lk.fmt == "h")
+        if reply.error is not None:
+            core._redis_failed(reply.error, lk.key)
+            return (yield from _bypass(core, lk, "redis_error"))
+        raw, seen = reply.value
+        hit, value = core.plain_hit(lk, raw, seen, reply.sent, reply.received)
+        if hit:
+            return value
+    token = core.token()
+    keys, args = core.lookup_plan(lk, token)
+    deadline: float | None = None
+    while True:
+        reply = yield Script("lookup", keys, args)
+        if reply.error is not None:
+            core._redis_failed(reply.error, lk.key)
+            return (yield from _bypass(core, lk, "redis_error"))
+        kind, detail = core.verdict(lk, reply.value, reply.sent, reply.received)
+        if kind == "H":
+            return detail
+        if kind == "B":
+            return (yield from _bypass(core, lk, detail))
+        if kind == "L":
+            return (yield from _load_and_fill(core, lk, token, detail))
+        now = reply.received
+        if deadline is None:
+            core.stats.add("lease_wait")
+            deadline = now + core.cfg.lease_wait_ms / 1000
+        if now >= deadline:
+            return (yield from _bypass(core, lk, "lease_wait_timeout"))
+        yield Sleep(min(0.01, deadline - now) * (0.5 + random.random()))
+
+
+def _load(core: _ReaderBase, epochs: Epochs) -> Generator[Step, Reply, Loaded]:
+    try:
+        reply = yield Load(epochs)
+    except Exception:
+        core.stats.add("loader_error")
+        raise
+    loaded: Loaded = reply.value
+    return loaded
+
+
+def _bypass(core: _ReaderBase, lk: Lookup, reason: str) -> Flow:
+    core.stats.add("bypass", reason)
+    payload, _ = yield from _load(core, None)
+    return None if payload is None else core.decode(lk, payload)
+
+
+def _release(core: _ReaderBase, lk: Lookup, token: str) -> Generator[Step, Reply, None]:
+    reply = yield Script("release", [f"{core.ns}:lease:{lk.key}"], [token])
+    if reply.error is not None:
+        core._redis_failed(reply.error, lk.key)
+
+
+def _load_and_fill(core: _ReaderBase, lk: Lookup, token: str, epochs: Epochs) -> Flow:
+    core.stats.add("miss")
+    try:
+        payload, refusal = yield from _load(core, epochs)
+    except BaseException:
+        yield from _release(core, lk, token)
+        raise
+    fill, ttl_ms = fill_payload(lk, payload, core.cfg.negative_ttl) if refusal is None else (None, None)
+    if refusal is not None:
+        core.stats.add("fill", refusal)
+    if fill is None or ttl_ms is None:
+        yield from _release(core, lk, token)
+    else:
+        keys, args = lk.fill_args(core.ns, token, core.jittered(ttl_ms), fill, epochs)
+        reply = yield Script("fill", keys, args)
+        if reply.error is not None:
+            core._redis_failed(reply.error, lk.key)
+        else:
+            core.fill_outcome(reply.value, lk)
+    return None if payload is None else core.decode(lk, payload)
+
+
+def fill_payload(lk: Lookup, value: Payload | None, negative_ttl: int) -> tuple[Payload | None, int | None]:
+    """What to fill for a loaded value, and with which TTL (None: fill nothing)."""
+    if value == []:  # a hash whose columns are all NULL cannot exist in Redis (the worker evicts it too)
+        return None, None
+    if value is None:
+        if negative_ttl > 0 and lk.fmt == "j":
+            return NEGATIVE, negative_ttl * 1000
+        return None, None
+    return value, lk.ttl_ms
+
+
+def fill_rows(
+    core: _ReaderBase,
+    table: str,
+    rows: Sequence[Mapping[str, object]],
+    selected_at: float,
+    epoch: str | None,
+) -> Generator[Step, Reply, tuple[int, int, dict[str, int]]]:
+    """Pre-fill rows read from MySQL at monotonic time ``selected_at`` (see ``CacheReader.fill_rows``): the
+    leases of every key in one batch, then the fills (or leases given back) in another."""
+    rule = core.rule(table)
+    lookups: list[tuple[Lookup, str, Payload]] = []
+    for row in rows:
+        for template in rule.templates:
+            key = template.render(row)
+            if key is None:
+                continue
+            lk = core.rule_lookup(rule, key)
+            if epoch is not None:
+                lk = replace(lk, epochs=(epoch,))
+            lookups.append((lk, core.token(), core.encode_row(lk, row)))
+    leases: list[Script] = []
+    for lk, token, _ in lookups:
+        keys, args = lk.lookup_args(core.ns, core.cfg, token)
+        leases.append(Script("lookup", keys, args))
+    reply = yield Batch(leases)
+    if reply.error is not None:
+        raise reply.error
+    too_slow = reply.received - selected_at > core.cfg.holdoff_ms / 2000
+    second: list[Script] = []
+    is_fill: list[bool] = []  # per queued script: a fill (counted) or a lease given back
+    bypass: Counter[str] = Counter()
+    for (lk, token, payload), lease in zip(lookups, reply.value, strict=True):
+        kind = lease[0].decode()
+        if kind != "H":
+            core.close_window()  # as for any lookup: only hits keep the window
+        if kind == "B":
+            reason = lease[1].decode()
+            bypass[reason] += 1
+            if reason == "rule_mismatch":
+                core._rule_verdict(lease[2].decode(), True)
+            elif reason == "schema_changed":
+                core.schema_changed([table])
+        if kind != "L":
+            continue
+        if too_slow or payload == []:
+            second.append(Script("release", [f"{core.ns}:lease:{lk.key}"], [token]))
+            bypass["slow" if too_slow else "empty_hash"] += 1
+            is_fill.append(False)
+            continue
+        epochs = (epoch,) if epoch is not None else tuple(epoch_of(e) for e in lease[1:])
+        keys, args = lk.fill_args(core.ns, token, core.jittered(lk.ttl_ms), payload, epochs)
+        second.append(Script("fill", keys, args))
+        is_fill.append(True)
+    results: list[Any] = []
+    if second:
+        reply = yield Batch(second)
+        if reply.error is not None:
+            raise reply.error
+        results = reply.value
+    filled = 0
+    for fill, stored in zip(is_fill, results, strict=True):
+        if fill and stored == FILL_STORED:
+            filled += 1
+        elif fill and stored == FILL_RULE_MISMATCH:
+            bypass["rule_mismatch"] += 1
+        elif fill and stored == FILL_SCHEMA_CHANGED:
+            bypass["schema_changed"] += 1
+            core.schema_changed([table])
+    return filled, len(lookups) - filled, dict(bypass)

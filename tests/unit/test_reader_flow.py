@@ -1,0 +1,170 @@
+"""The reader's lookup flow (reader/flow.py) driven offline: scripted replies and clock readings in, the next
+step out, as the sync and asyncio drivers perform them against Redis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cdc_sync.errors import CacheUnavailable
+from cdc_sync.reader import flow
+from cdc_sync.reader.base import _ReaderBase
+from cdc_sync.reader.protocol import FILL_LOST, FILL_STORED, Lookup
+from tests.unit.factories import make_config
+
+USERS = {"table": "shop.users", "key": "user:{id}", "mode": "update"}
+
+
+def _reader(**reader: Any) -> _ReaderBase:
+    settings = {"ttl_jitter": 0, "lease_wait_ms": 100, "freshness_check_ms": 1000, **reader}
+    return _ReaderBase(make_config(USERS, reader=settings))
+
+
+def _lookup(core: _ReaderBase) -> Lookup:
+    return core.rule_lookup(core.rule("shop.users"), "user:5")
+
+
+class Driver:
+    """Sends each scripted reply in turn and records the steps the flow asked for."""
+
+    def __init__(self, steps: flow.Flow) -> None:
+        self.flow = steps
+        self.steps: list[flow.Step] = [next(steps)]
+        self.result: Any = None
+        self.done = False
+
+    @property
+    def step(self) -> flow.Step:
+        return self.steps[-1]
+
+    def send(self, reply: flow.Reply) -> None:
+        try:
+            self.steps.append(self.flow.send(reply))
+        except StopIteration as stop:
+            self.result, self.done = stop.value, True
+
+    def throw(self, exc: BaseException) -> None:
+        self.steps.append(self.flow.throw(exc))
+
+
+def test_a_miss_takes_the_lease_loads_with_its_epochs_and_fills() -> None:
+    core = _reader()
+    d = Driver(flow.lookup(core, _lookup(core), now=0.0))
+    assert isinstance(d.step, flow.Script) and d.step.name == "lookup" and d.step.keys[0] == "user:5"
+    token = d.step.args[2]
+    d.send(flow.Reply([b"L", b"7"], sent=0.0, received=0.001))
+    assert d.step == flow.Load(("7",))
+    d.send(flow.Reply((b'{"id":5}', None)))
+    assert isinstance(d.step, flow.Script) and d.step.name == "fill"
+    assert d.step.args[0] == token, "the fill carries the lease's token"
+    d.send(flow.Reply(FILL_STORED, sent=0.002, received=0.003))
+    assert d.done and d.result == {"id": 5}
+    assert (core.stats["miss"], core.stats["fill:stored"]) == (1, 1)
+
+
+def test_a_checked_hit_opens_the_window_and_the_next_lookup_is_a_plain_read() -> None:
+    core = _reader()
+    lk = _lookup(core)
+    d = Driver(flow.lookup(core, lk, now=10.0))
+    d.send(flow.Reply([b"H", b'{"id":5}', 5000, b"1000"], sent=10.0, received=10.001))
+    assert d.done and d.result == {"id": 5}
+    # inside the window (1 s, the cap): value and gates in one read, no script
+    d = Driver(flow.lookup(core, lk, now=10.5))
+    assert isinstance(d.step, flow.PlainGet) and d.step.key == "user:5" and not d.step.hash
+    assert d.step.gates[0] == "cdc:heartbeat"
+    d.send(flow.Reply((b'{"id":5}', [b"1000", None]), sent=10.5, received=10.501))
+    assert d.done and d.result == {"id": 5}
+    # a heartbeat read below the one that opened it: the window closes and the script decides
+    d = Driver(flow.lookup(core, lk, now=10.6))
+    d.send(flow.Reply((b'{"id":5}', [b"900", None]), sent=10.6, received=10.601))
+    assert isinstance(d.step, flow.Script) and d.step.name == "lookup"
+    assert core.stats["heartbeat_regression"] == 1
+    # past the window's end: the script runs at once
+    d = Driver(flow.lookup(core, lk, now=20.0))
+    assert isinstance(d.step, flow.Script)
+
+
+def test_a_reply_arriving_after_the_window_closed_is_not_served() -> None:
+    core = _reader()
+    lk = _lookup(core)
+    d = Driver(flow.lookup(core, lk, now=0.0))
+    d.send(flow.Reply([b"H", b'{"id":5}', 5000, b"1000"], sent=0.0, received=0.0))
+    d = Driver(flow.lookup(core, lk, now=0.9))
+    d.send(flow.Reply((b'{"id":5}', [b"1000", None]), sent=0.9, received=1.2))  # (the window ended at 1.0)
+    assert isinstance(d.step, flow.Script) and d.step.name == "lookup"
+
+
+def test_a_lease_held_elsewhere_is_waited_for_then_bypassed() -> None:
+    core = _reader(lease_wait_ms=100)
+    d = Driver(flow.lookup(core, _lookup(core), now=0.0))
+    d.send(flow.Reply([b"W"], sent=0.0, received=0.0))
+    assert isinstance(d.step, flow.Sleep) and 0 < d.step.seconds <= 0.015
+    d.send(flow.Reply())
+    assert isinstance(d.step, flow.Script) and d.step.name == "lookup"
+    d.send(flow.Reply([b"W"], sent=0.05, received=0.05))
+    assert isinstance(d.step, flow.Sleep)
+    d.send(flow.Reply())
+    d.send(flow.Reply([b"W"], sent=0.1, received=0.1))  # the deadline: a bypass, nothing filled
+    assert d.step == flow.Load(None)
+    d.send(flow.Reply((b'{"id":5}', None)))
+    assert d.done and d.result == {"id": 5}
+    assert (core.stats["lease_wait"], core.stats["bypass:lease_wait_timeout"]) == (1, 1)
+
+
+def test_a_redis_error_bypasses_to_mysql_or_raises_in_strict_mode() -> None:
+    core = _reader()
+    d = Driver(flow.lookup(core, _lookup(core), now=0.0))
+    d.send(flow.Reply(error=ConnectionError("gone"), sent=0.0, received=0.1))
+    assert d.step == flow.Load(None)
+    d.send(flow.Reply((None, None)))
+    assert d.done and d.result is None
+    assert (core.stats["redis_error"], core.stats["bypass:redis_error"]) == (1, 1)
+    strict = _reader(strict=True)
+    d = Driver(flow.lookup(strict, _lookup(strict), now=0.0))
+    with pytest.raises(CacheUnavailable):
+        d.send(flow.Reply(error=ConnectionError("gone"), sent=0.0, received=0.1))
+
+
+def test_a_loader_that_raises_gives_the_lease_back_and_the_error_goes_on() -> None:
+    core = _reader()
+    d = Driver(flow.lookup(core, _lookup(core), now=0.0))
+    token = d.step.args[2]  # type: ignore[union-attr]
+    d.send(flow.Reply([b"L", b"0"], sent=0.0, received=0.0))
+    d.throw(RuntimeError("mysql down"))
+    assert d.step == flow.Script("release", ["cdc:lease:user:5"], [token])
+    with pytest.raises(RuntimeError, match="mysql down"):
+        d.send(flow.Reply(1))
+    assert core.stats["loader_error"] == 1
+
+
+def test_a_refused_or_lost_fill_is_counted_and_the_value_still_returned() -> None:
+    core = _reader()
+    d = Driver(flow.lookup(core, _lookup(core), now=0.0))
+    d.send(flow.Reply([b"L", b"0"], sent=0.0, received=0.0))
+    d.send(flow.Reply((b'{"id":5}', "not_canonical")))  # the loader says: do not fill
+    assert isinstance(d.step, flow.Script) and d.step.name == "release"
+    d.send(flow.Reply(1))
+    assert d.done and d.result == {"id": 5} and core.stats["fill:not_canonical"] == 1
+    d = Driver(flow.lookup(core, _lookup(core), now=0.0))
+    d.send(flow.Reply([b"L", b"0"], sent=0.0, received=0.0))
+    d.send(flow.Reply((b'{"id":5}', None)))
+    d.send(flow.Reply(FILL_LOST))  # a change deleted the lease meanwhile
+    assert d.done and core.stats["fill:lost"] == 1
+
+
+def test_fill_rows_leases_in_one_batch_and_gives_them_back_when_too_slow() -> None:
+    core = _reader(holdoff_ms=1000)
+    rows = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    d = Driver(flow.fill_rows(core, "shop.users", rows, selected_at=0.0, epoch=None))
+    assert isinstance(d.step, flow.Batch) and [s.keys[0] for s in d.step.scripts] == ["user:1", "user:2"]
+    d.send(flow.Reply([[b"L", b"0"], [b"H", b"{}", 1, b"1"]], sent=0.0, received=0.2))
+    assert isinstance(d.step, flow.Batch) and [s.name for s in d.step.scripts] == ["fill"]
+    d.send(flow.Reply([FILL_STORED], sent=0.2, received=0.3))
+    assert d.done and d.result == (1, 1, {})
+    # the leases came back after half the hold-off: given back, nothing filled
+    d = Driver(flow.fill_rows(core, "shop.users", rows, selected_at=0.0, epoch=None))
+    d.send(flow.Reply([[b"L", b"0"], [b"L", b"0"]], sent=0.0, received=0.6))
+    assert isinstance(d.step, flow.Batch) and [s.name for s in d.step.scripts] == ["release", "release"]
+    d.send(flow.Reply([1, 1]))
+    assert d.done and d.result == (0, 2, {"slow": 2})
