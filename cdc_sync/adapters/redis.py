@@ -7,6 +7,7 @@ an ACL that denies a command); the apply step's replies become RewindRequired or
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -228,6 +229,16 @@ def redis_error(exc: BaseException, what: str) -> SinkUnavailable | ServerRefuse
         why = "the Redis server's TLS certificate is not trusted"
         return ServerRefused(f"redis {what}: {why}: {text}", _REDIS_TLS_FIX, "redis_tls")
     return SinkUnavailable(f"redis {what}: {text}")
+
+
+@contextlib.contextmanager
+def redis_errors(what: str) -> Iterator[None]:
+    """Inside: any redis-py error leaves as the project's (``redis_error``), its cause kept (httpx's
+    ``map_httpcore_exceptions`` shape). The one translation every Redis caller of the worker and the CLI uses."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise redis_error(exc, what) from exc
 
 
 def plain_redis_error(exc: BaseException) -> str:

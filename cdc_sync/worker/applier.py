@@ -27,6 +27,7 @@ from cdc_sync.core.cascades import CascadeWatch, flushes_for
 from cdc_sync.core.events import Flush, Heartbeat, Op, RedisMemory, StreamItem, Transaction
 from cdc_sync.core.planner import Count, EvictTag, MissingColumn, RedisOp, plan_change, tags_of
 from cdc_sync.errors import RewindRequired, SinkUnavailable
+from cdc_sync.worker.retry import Backoff, retry
 
 log = logs.get("cdc_sync.applier")
 T = TypeVar("T")
@@ -47,12 +48,6 @@ class SinkPort(Protocol):
     def recorded_evictions(self) -> int | None: ...
     def record_evictions(self, count: int) -> None: ...
     def report_status(self, fields: Mapping[str, str | int | float]) -> None: ...
-
-
-class Backoff(Protocol):
-    """Retry policy: seconds to wait after ``failures`` consecutive failures (redis-py's backoff objects fit)."""
-
-    def compute(self, failures: int) -> float: ...
 
 
 class _Rewind(Exception):
@@ -179,20 +174,19 @@ class Applier:
 
     def retry(self, what: str, fn: Callable[[], T], give_up: Callable[[], bool] | None = None) -> T:
         """Call ``fn`` until Redis answers, with backoff; re-raise when aborted or ``give_up()``."""
-        failures = 0
-        while True:
-            try:
-                return fn()
-            except SinkUnavailable as exc:
-                m.SINK_ERRORS.labels(kind="unavailable").inc()
-                delay = self.backoff.compute(failures)
-                log.warning(
-                    "sink.unavailable", step=what, error=str(exc), retry_in_s=round(delay, 3), attempt=failures + 1
-                )
-                if self.abort.is_set() or (give_up is not None and give_up()):
-                    raise
-                failures += 1
-                self.abort.wait(delay)
+
+        def failed(exc: Exception, attempt: int, delay: float) -> None:
+            m.SINK_ERRORS.labels(kind="unavailable").inc()
+            log.warning("sink.unavailable", step=what, error=str(exc), retry_in_s=round(delay, 3), attempt=attempt)
+
+        return retry(
+            fn,
+            retryable=SinkUnavailable,
+            backoff=self.backoff,
+            wait=self.abort.wait,
+            failed=failed,
+            give_up=lambda: self.abort.is_set() or (give_up is not None and give_up()),
+        )
 
     def flush(self, flushes: Sequence[Flush]) -> None:
         """Invalidate the tables named by ``flushes`` (each table once), logged and counted.

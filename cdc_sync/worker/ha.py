@@ -21,7 +21,7 @@ import redis
 
 from cdc_sync import logs
 from cdc_sync import metrics as m
-from cdc_sync.adapters.redis import redis_error
+from cdc_sync.adapters.redis import redis_errors
 from cdc_sync.errors import ServerRefused, SinkUnavailable
 
 log = logs.get("cdc_sync.ha")
@@ -54,10 +54,8 @@ class LeaderLease:
         self._release = client.register_script(RELEASE_LUA)
 
     def _run(self, what: str, fn: Callable[[], Any]) -> int:
-        try:
+        with redis_errors(f"lease {what}"):
             return int(fn())
-        except redis.RedisError as exc:
-            raise redis_error(exc, f"lease {what}") from exc
 
     def new_term(self) -> None:
         """A fresh token for the next leadership term (a fenced term's token must never match again)."""

@@ -55,9 +55,10 @@ from cdc_sync.errors import (
     SinkUnavailable,
     SourceError,
 )
-from cdc_sync.worker.applier import Applier, Backoff, SinkPort
+from cdc_sync.worker.applier import Applier, SinkPort
 from cdc_sync.worker.health import Health
 from cdc_sync.worker.notify import Notifier
+from cdc_sync.worker.retry import Backoff, retry
 
 log = logs.get("cdc_sync.sync")
 T = TypeVar("T")
@@ -524,19 +525,18 @@ class Worker:
             self._retry_sink("server identity", lambda: self._sink.save_server_identity(identity))
 
     def _retry_source(self, what: str, fn: Callable[[], T]) -> T:
-        failures = 0
-        while True:
-            try:
-                return fn()
-            except SourceError as exc:
-                m.SOURCE_ERRORS.labels(kind=type(exc).__name__).inc()
-                log.warning("source.unavailable", step=what, error=str(exc), attempt=failures + 1)
-                self.report_error("source", str(exc))
-                if self.stopping:
-                    raise
-                self._stop.wait(self._backoff.compute(failures))
-                self.tick()
-                failures += 1
+        def failed(exc: Exception, attempt: int, _delay: float) -> None:
+            m.SOURCE_ERRORS.labels(kind=type(exc).__name__).inc()
+            log.warning("source.unavailable", step=what, error=str(exc), attempt=attempt)
+            self.report_error("source", str(exc))
+
+        def wait(delay: float) -> None:
+            self._stop.wait(delay)
+            self.tick()
+
+        return retry(
+            fn, retryable=SourceError, backoff=self._backoff, wait=wait, failed=failed, give_up=lambda: self.stopping
+        )
 
     def _retry_sink(self, what: str, fn: Callable[[], T]) -> T:
         return self.applier.retry(what, fn, give_up=self._waiting)
