@@ -6,17 +6,19 @@ Secrets (the MySQL password, a Redis URL that may carry one) are ``repr=False`` 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 import re
 import socket
 import tomllib
+import typing
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from cdc_sync.core.keys import KeyTemplate, renders_with_prefix
@@ -112,33 +114,38 @@ class TableRule:
         return [c for c in row_columns if c not in self.exclude]
 
 
+def _bound(default: Any, minimum: float = 0, maximum: float | None = None) -> Any:
+    """A setting's default with the bounds the loader enforces (``_read_section``): declared once, here."""
+    return field(default=default, metadata={"min": minimum, "max": maximum})
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     """Tuning of the sync loop."""
 
-    batch_max_rows: int = 2000  # rows per atomic Redis step (several whole transactions, or one chunk)
-    chunk_rows: int = 5000  # a transaction larger than this is applied in chunks (bounded memory)
-    queue_max_transactions: int = 2000  # decoded transactions waiting for Redis (back-pressure)
-    queue_max_rows: int = 20000  # ... and their rows: with chunk_rows this bounds the worker's memory
-    retry_initial_s: float = 0.1  # backoff for Redis and MySQL reconnects
-    retry_max_s: float = 5.0
-    shutdown_timeout_s: float = 4.0  # SIGTERM: time to finish the transaction in hand
-    heartbeat_interval_ms: int = 500  # how often the freshness heartbeat is probed and moved (heartbeat.py)
+    batch_max_rows: int = _bound(2000, 1, 1_000_000)  # rows per atomic Redis step (whole transactions, or a chunk)
+    chunk_rows: int = _bound(5000, 1, 10_000_000)  # a transaction larger than this is applied in chunks
+    queue_max_transactions: int = _bound(2000, 1, 1_000_000)  # decoded transactions waiting for Redis
+    queue_max_rows: int = _bound(20000, 1, 100_000_000)  # ... and their rows: with chunk_rows, bounded memory
+    retry_initial_s: float = _bound(0.1, 0.001)  # backoff for Redis and MySQL reconnects
+    retry_max_s: float = _bound(5.0, 0.001)
+    shutdown_timeout_s: float = _bound(4.0, 0.1)  # SIGTERM: time to finish the transaction in hand
+    heartbeat_interval_ms: int = _bound(500, 10, 60_000)  # how often the freshness heartbeat is probed and moved
 
 
 @dataclass(frozen=True)
 class ReaderConfig:
     """Readers (cdc_sync.CacheReader); ``holdoff_ms`` is also what the worker's hold-off markers last."""
 
-    max_staleness_ms: int = 5000  # bypass the cache when the worker's heartbeat is older than this
-    holdoff_ms: int = 1000  # after an eviction, readers do not fill the key for this long
-    lease_ttl_ms: int = 3000  # a fill lease expires after this (a crashed reader blocks no one longer)
-    lease_wait_ms: int = 200  # a reader that finds another's lease waits this long for its fill
-    freshness_check_ms: int = 100  # hits within this long of a checked hit skip the script (0: never skip)
-    ttl_jitter: float = 0.1  # fills use ttl * (1 - jitter*random) so keys do not all expire together
-    negative_ttl: int = 0  # seconds to cache "row absent"; 0 = never
-    pool_size: int = 4  # MySQL connections of the built-in loader
-    redis_max_connections: int = 64  # Redis connections per reader; more concurrent lookups wait for one
+    max_staleness_ms: int = _bound(5000, 1, 86_400_000)  # bypass the cache when the heartbeat is older than this
+    holdoff_ms: int = _bound(1000, 0, 3_600_000)  # after an eviction, readers do not fill the key for this long
+    lease_ttl_ms: int = _bound(3000, 1, 3_600_000)  # a fill lease expires after this (a crashed reader's)
+    lease_wait_ms: int = _bound(200, 0, 3_600_000)  # a reader that finds another's lease waits this long
+    freshness_check_ms: int = _bound(100, 0, 60_000)  # hits this soon after a checked hit skip the script
+    ttl_jitter: float = _bound(0.1, 0.0)  # fills use ttl * (1 - jitter*random) (below 1)
+    negative_ttl: int = _bound(0, 0, 10 * 365 * 86400)  # seconds to cache "row absent"; 0 = never
+    pool_size: int = _bound(4, 1, 1000)  # MySQL connections of the built-in loader
+    redis_max_connections: int = _bound(64, 1, 100_000)  # Redis connections per reader; more lookups wait
     strict: bool = False  # raise CacheUnavailable when Redis fails, instead of reading MySQL
 
 
@@ -147,7 +154,7 @@ class MetricsConfig:
     """Prometheus metrics and health endpoints (/metrics, /healthz, /readyz) of the worker."""
 
     listen: str = "127.0.0.1:9108"  # host:port; "" turns the HTTP endpoint off
-    ready_max_lag_s: float = 30.0  # /readyz fails when the freshness heartbeat is older than this
+    ready_max_lag_s: float = _bound(30.0, 0.1)  # /readyz fails when the freshness heartbeat is older than this
 
 
 @dataclass(frozen=True)
@@ -155,18 +162,19 @@ class HAConfig:
     """Several workers on one namespace, exactly one applying (see ha.py)."""
 
     enabled: bool = False
-    lease_ttl_ms: int = 5000  # a leader that stops renewing is replaced after this
+    lease_ttl_ms: int = _bound(5000, 300, 600_000)  # a leader that stops renewing is replaced after this
 
 
 @dataclass(frozen=True)
 class DoctorConfig:
-    max_downtime_s: int = 86400  # binlogs must be kept at least this long (a worker down longer loses its place)
+    # binlogs must be kept at least this long (a worker down longer loses its place)
+    max_downtime_s: int = _bound(86400, 0, 10 * 365 * 86400)
 
 
 @dataclass(frozen=True)
 class LogConfig:
-    level: str = "info"
-    format: str = "auto"  # "auto" (JSON unless stdout is a TTY), "json" or "console"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"  # "auto": JSON unless stdout is a TTY
 
 
 @dataclass(frozen=True)
@@ -302,6 +310,34 @@ class _Section:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
             raise ConfigError(f"{self.at(unknown[0])}: unknown setting")
+
+
+S = TypeVar("S")
+
+
+def _read_section(cls: type[S], top: _Section, name: str) -> S:
+    """The ``[name]`` table as ``cls``: each field of the dataclass is a setting, read by its type (int, float,
+    bool, str, or a Literal of choices) with the default and bounds the field declares; unknown keys refused."""
+    section = _Section(top._get(name, dict, {}, "a table"), name)
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        kind, low, high = hints[f.name], f.metadata.get("min", 0), f.metadata.get("max")
+        default: Any = f.default  # (every field of a section has a default)
+        if typing.get_origin(kind) is Literal:
+            values[f.name] = section.choice(f.name, default, typing.get_args(kind))
+        elif kind is bool:
+            values[f.name] = section.bool_(f.name, default)
+        elif kind is int:
+            values[f.name] = section.int_(f.name, default, int(low), None if high is None else int(high))
+        elif kind is float:
+            values[f.name] = section.float_(f.name, default, float(low))
+        elif kind is str:
+            values[f.name] = section.str_(f.name, default)
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name}: no reader for {kind}")
+    section.finish()
+    return cls(**values)
 
 
 def _mysql(raw: object, env: Mapping[str, str]) -> MySQLConfig:
@@ -491,55 +527,18 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path
         if rule.name in seen:
             raise ConfigError(f"{rule.where('table')}: {rule.name} is already mapped by tables[{seen[rule.name]}]")
         seen[rule.name] = rule.index
-    w = _Section(top._get("worker", dict, {}, "a table"), "worker")
-    worker = WorkerConfig(
-        batch_max_rows=w.int_("batch_max_rows", 2000, 1, 1_000_000),
-        chunk_rows=w.int_("chunk_rows", 5000, 1, 10_000_000),
-        queue_max_transactions=w.int_("queue_max_transactions", 2000, 1, 1_000_000),
-        queue_max_rows=w.int_("queue_max_rows", 20000, 1, 100_000_000),
-        retry_initial_s=w.float_("retry_initial_s", 0.1, 0.001),
-        retry_max_s=w.float_("retry_max_s", 5.0, 0.001),
-        shutdown_timeout_s=w.float_("shutdown_timeout_s", 4.0, 0.1),
-        heartbeat_interval_ms=w.int_("heartbeat_interval_ms", 500, 10, 60_000),
-    )
-    w.finish()
-    rd = _Section(top._get("reader", dict, {}, "a table"), "reader")
-    reader = ReaderConfig(
-        max_staleness_ms=rd.int_("max_staleness_ms", 5000, 1, 86_400_000),
-        holdoff_ms=rd.int_("holdoff_ms", 1000, 0, 3_600_000),
-        lease_ttl_ms=rd.int_("lease_ttl_ms", 3000, 1, 3_600_000),
-        lease_wait_ms=rd.int_("lease_wait_ms", 200, 0, 3_600_000),
-        freshness_check_ms=rd.int_("freshness_check_ms", 100, 0, 60_000),
-        ttl_jitter=rd.float_("ttl_jitter", 0.1, 0.0),
-        negative_ttl=rd.int_("negative_ttl", 0, 0, 10 * 365 * 86400),
-        pool_size=rd.int_("pool_size", 4, 1, 1000),
-        redis_max_connections=rd.int_("redis_max_connections", 64, 1, 100_000),
-        strict=rd.bool_("strict", False),
-    )
+    worker = _read_section(WorkerConfig, top, "worker")
+    reader = _read_section(ReaderConfig, top, "reader")
     if reader.ttl_jitter >= 1:
         raise ConfigError(f"reader.ttl_jitter: must be below 1, got {reader.ttl_jitter}")
-    rd.finish()
-    lg = _Section(top._get("log", dict, {}, "a table"), "log")
-    log = LogConfig(
-        level=lg.choice("level", "info", ("debug", "info", "warning", "error")),
-        format=lg.choice("format", "auto", ("auto", "json", "console")),
-    )
-    lg.finish()
-    mt = _Section(top._get("metrics", dict, {}, "a table"), "metrics")
-    metrics = MetricsConfig(
-        listen=mt.str_("listen", "127.0.0.1:9108"), ready_max_lag_s=mt.float_("ready_max_lag_s", 30.0, 0.1)
-    )
+    log = _read_section(LogConfig, top, "log")
+    metrics = _read_section(MetricsConfig, top, "metrics")
     if metrics.listen:
         host, _, port = metrics.listen.rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ConfigError(f"metrics.listen: must be host:port (or empty to turn it off); got {metrics.listen!r}")
-    mt.finish()
-    dc = _Section(top._get("doctor", dict, {}, "a table"), "doctor")
-    doctor = DoctorConfig(max_downtime_s=dc.int_("max_downtime_s", 86400, 0, 10 * 365 * 86400))
-    dc.finish()
-    hs = _Section(top._get("ha", dict, {}, "a table"), "ha")
-    ha = HAConfig(enabled=hs.bool_("enabled", False), lease_ttl_ms=hs.int_("lease_ttl_ms", 5000, 300, 600_000))
-    hs.finish()
+    doctor = _read_section(DoctorConfig, top, "doctor")
+    ha = _read_section(HAConfig, top, "ha")
     top.finish()
     return Config(
         mysql=mysql,

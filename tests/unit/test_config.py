@@ -422,3 +422,25 @@ def test_server_id_zero_is_derived_from_the_host_name() -> None:
     assert cfg.mysql.server_id == derived_server_id() >= 1000
     assert derived_server_id("pod-a") != derived_server_id("pod-b")
     assert derived_server_id("pod-a") == derived_server_id("pod-a")
+
+
+def test_section_settings_are_declared_once_with_their_defaults_and_bounds() -> None:
+    """The loader reads each [worker]/[reader]/[log]/... setting from its dataclass field: an empty section is
+    the dataclass's defaults, a bound or a choice the field declares is enforced with the field's name."""
+    import dataclasses
+
+    from cdc_sync.config import HAConfig, LogConfig, ReaderConfig, WorkerConfig
+
+    table = {"table": "shop.users", "key": "user:{id}"}
+    cfg = from_dict({"tables": [table]}, env={})
+    assert (cfg.worker, cfg.reader, cfg.log, cfg.ha) == (WorkerConfig(), ReaderConfig(), LogConfig(), HAConfig())
+    for f in dataclasses.fields(WorkerConfig):
+        assert f.default is not dataclasses.MISSING, f.name
+    with pytest.raises(ConfigError, match=r"worker\.batch_max_rows: must be between 1 and 1000000, got 0"):
+        from_dict({"tables": [table], "worker": {"batch_max_rows": 0}}, env={})
+    with pytest.raises(ConfigError, match=r"ha\.lease_ttl_ms: must be between 300 and 600000"):
+        from_dict({"tables": [table], "ha": {"lease_ttl_ms": 10}}, env={})
+    with pytest.raises(ConfigError, match=r"log\.format: must be one of auto, json, console"):
+        from_dict({"tables": [table], "log": {"format": "xml"}}, env={})
+    with pytest.raises(ConfigError, match=r"reader\.strict: must be true or false"):
+        from_dict({"tables": [table], "reader": {"strict": "yes"}}, env={})
