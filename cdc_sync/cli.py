@@ -8,9 +8,11 @@ missing privilege, a duplicate server_id), with a ``fix:`` line.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import click
@@ -49,15 +51,6 @@ def _emit(data: Any, text: str, as_json: bool) -> None:
         click.echo(text)
 
 
-def _shown(item: str | None) -> str | None:
-    return item
-
-
-def _close_bars(bars: list[Any]) -> None:
-    while bars:
-        bars.pop().__exit__(None, None, None)
-
-
 def _guard(fn: Callable[[], int | None]) -> None:
     """Run an operator command: configuration errors exit 2, other failures 1, with a message, no traceback."""
     try:
@@ -71,6 +64,71 @@ def _guard(fn: Callable[[], int | None]) -> None:
         click.echo(f"cdc-sync: {exc}", err=True)
         sys.exit(app.EXIT_FAILURE)
     sys.exit(code or 0)
+
+
+# What an operator command returns: (the JSON view, the human view, the exit code)
+Outcome = tuple[Any, str, int]
+
+
+def command(parent: click.Group, name: str | None = None) -> Callable[[Callable[..., Outcome]], click.Command]:
+    """An operator command of ``parent``: ``--config`` and ``--json``, the config loaded (exit 2 when invalid),
+    the body run under ``_guard`` (exit 2 for a refusal with its fix, 1 for a failure) and its outcome printed.
+    The body is ``fn(cfg, as_json, **its own options) -> (data, text, exit code)``."""
+
+    def wrap(fn: Callable[..., Outcome]) -> click.Command:
+        @functools.wraps(fn)
+        @click.pass_context
+        def cmd(ctx: click.Context, /, config_path: str | None, as_json: bool, **options: Any) -> None:
+            cfg = _load(ctx, config_path)
+
+            def go() -> int:
+                data, text, code = fn(cfg, as_json, **options)
+                _emit(data, text, as_json)
+                return code
+
+            _guard(go)
+
+        return parent.command(name)(_config_option(_json_option(cmd)))
+
+    return wrap
+
+
+@contextlib.contextmanager
+def _progress(as_json: bool, unit: str) -> Iterator[tuple[Callable[[str, int], None], Callable[[int], None]]]:
+    """(on_start(table, estimate), on_progress(n)): a click progress bar per table on stderr, with the rate in
+    ``unit``/s (none with --json); the last bar is closed on the way out."""
+    bars: list[Any] = []
+    counts = {"n": 0, "started": 0.0}
+
+    def close() -> None:
+        while bars:
+            bars.pop().__exit__(None, None, None)
+
+    def on_start(table: str, estimate: int) -> None:
+        close()
+        counts.update(n=0, started=time.monotonic())
+        if not as_json:
+            bar: Any = click.progressbar(
+                length=max(estimate, 1),
+                label=table,
+                show_eta=True,
+                show_percent=True,
+                item_show_func=lambda item: item,
+                file=sys.stderr,
+            )
+            bar.__enter__()
+            bars.append(bar)
+
+    def on_progress(n: int) -> None:
+        counts["n"] += n
+        if bars:
+            rate = counts["n"] / max(time.monotonic() - counts["started"], 1e-6)
+            bars[0].update(n, f"{rate:,.0f} {unit}/s")
+
+    try:
+        yield on_start, on_progress
+    finally:
+        close()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -98,13 +156,9 @@ def run(ctx: click.Context, config_path: str | None, log_level: str | None) -> N
     sys.exit(app.run(cfg))
 
 
-@main.command("check-config")
-@_config_option
-@_json_option
-@click.pass_context
-def check_config(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
+@command(main, "check-config")
+def check_config(cfg: config_mod.Config, as_json: bool) -> Outcome:
     """Validate the config file (no server is contacted) and print a summary (exit 2 when invalid)."""
-    cfg = _load(ctx, config_path)
     lines = [f"config OK: {cfg.path}"]
     lines.append(f"  mysql  {cfg.mysql.user}@{cfg.mysql.host}:{cfg.mysql.port} server_id={cfg.mysql.server_id}")
     lines.append(f"  redis  {cfg.redis.safe_url} namespace={cfg.redis.namespace}")
@@ -140,50 +194,32 @@ def check_config(ctx: click.Context, config_path: str | None, as_json: bool) -> 
         "metrics": {"listen": cfg.metrics.listen, "ready_max_lag_s": cfg.metrics.ready_max_lag_s},
         "tables": tables,
     }
-    _emit(data, "\n".join(lines), as_json)
+    return data, "\n".join(lines), 0
 
 
-@main.command()
-@_config_option
-@_json_option
-@click.pass_context
-def doctor(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
+@command(main)
+def doctor(cfg: config_mod.Config, as_json: bool) -> Outcome:
     """Check every precondition of exact sync: PASS/WARN/FAIL with the fix. Exit 1 on any FAIL."""
     from cdc_sync.ops import doctor as doc
 
-    cfg = _load(ctx, config_path)
-
-    def go() -> int:
-        checks = doc.run(cfg)
-        fails = sum(c.status == doc.FAIL for c in checks)
-        warns = sum(c.status == doc.WARN for c in checks)
-        skips = sum(c.status == doc.SKIP for c in checks)
-        summary = f"\n{len(checks)} checks: {fails} FAIL, {warns} WARN" + (f", {skips} SKIP" if skips else "")
-        _emit(doc.as_json(checks), "\n".join(c.line() for c in checks) + summary, as_json)
-        return 1 if fails else 0
-
-    _guard(go)
+    checks = doc.run(cfg)
+    fails = sum(c.status == doc.FAIL for c in checks)
+    warns = sum(c.status == doc.WARN for c in checks)
+    skips = sum(c.status == doc.SKIP for c in checks)
+    summary = f"\n{len(checks)} checks: {fails} FAIL, {warns} WARN" + (f", {skips} SKIP" if skips else "")
+    return doc.as_json(checks), "\n".join(c.line() for c in checks) + summary, 1 if fails else 0
 
 
-@main.command()
-@_config_option
-@_json_option
-@click.pass_context
-def status(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
+@command(main)
+def status(cfg: config_mod.Config, as_json: bool) -> Outcome:
     """Is a worker alive and streaming, and the cache fresh? Exit 1 when not (the problems are listed).
 
     Also shows the checkpoint, the server's position, lag, flushing tables and applied counts.
     """
     from cdc_sync.ops import status as st
 
-    cfg = _load(ctx, config_path)
-
-    def go() -> int:
-        data = st.collect(cfg)
-        _emit(data, st.render(data), as_json)
-        return 0 if data["ok"] else 1
-
-    _guard(go)
+    data = st.collect(cfg)
+    return data, st.render(data), 0 if data["ok"] else 1
 
 
 @main.group()
@@ -191,91 +227,55 @@ def checkpoint() -> None:
     """Show, set or reset the position the worker resumes from."""
 
 
-@checkpoint.command("show")
-@_config_option
-@_json_option
-@click.pass_context
-def checkpoint_show(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
+@command(checkpoint, "show")
+def checkpoint_show(cfg: config_mod.Config, as_json: bool) -> Outcome:
     """Print the stored checkpoint."""
     from cdc_sync.ops import maintenance
 
-    cfg = _load(ctx, config_path)
-
-    def go() -> int:
-        position = maintenance.show(cfg)
-        _emit({"checkpoint": position}, position or "(no checkpoint)", as_json)
-        return 0
-
-    _guard(go)
+    position = maintenance.show(cfg)
+    return {"checkpoint": position}, position or "(no checkpoint)", 0
 
 
-@checkpoint.command("set")
+@command(checkpoint, "set")
 @click.argument("position")
-@_config_option
-@_json_option
-@click.pass_context
-def checkpoint_set(ctx: click.Context, position: str, config_path: str | None, as_json: bool) -> None:
+def checkpoint_set(cfg: config_mod.Config, as_json: bool, position: str) -> Outcome:
     """Store POSITION (a GTID state/set or file:pos); a running worker rewinds to it.
 
     A position behind the stored one replays from there; any other (a jump) flushes every mapped table first.
     """
     from cdc_sync.ops import maintenance
 
-    cfg = _load(ctx, config_path)
-
-    def go() -> int:
-        previous, flushed = maintenance.set_position(cfg, position)
-        text = f"checkpoint set to {position} (was {previous or 'none'})"
-        text += "; a rewind: the worker replays from there" if flushed is None else f"; flushed {flushed} key(s)"
-        _emit({"checkpoint": position, "previous": previous or None, "flushed_keys": flushed}, text, as_json)
-        return 0
-
-    _guard(go)
+    previous, flushed = maintenance.set_position(cfg, position)
+    text = f"checkpoint set to {position} (was {previous or 'none'})"
+    text += "; a rewind: the worker replays from there" if flushed is None else f"; flushed {flushed} key(s)"
+    return {"checkpoint": position, "previous": previous or None, "flushed_keys": flushed}, text, 0
 
 
-@checkpoint.command("reset")
+@command(checkpoint, "reset")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@_config_option
-@_json_option
-@click.pass_context
-def checkpoint_reset(ctx: click.Context, yes: bool, config_path: str | None, as_json: bool) -> None:
+def checkpoint_reset(cfg: config_mod.Config, as_json: bool, yes: bool) -> Outcome:
     """Flush every mapped table's keys and start from the server's current position."""
     from cdc_sync.ops import maintenance
 
-    cfg = _load(ctx, config_path)
     if not yes:
         click.confirm(f"Flush all keys of namespace {cfg.redis.namespace!r} and restart from now?", abort=True)
-
-    def go() -> int:
-        position, deleted = maintenance.reset(cfg)
-        text = f"flushed {deleted} key(s); checkpoint reset to {position}"
-        _emit({"checkpoint": position, "flushed_keys": deleted}, text, as_json)
-        return 0
-
-    _guard(go)
+    position, deleted = maintenance.reset(cfg)
+    text = f"flushed {deleted} key(s); checkpoint reset to {position}"
+    return {"checkpoint": position, "flushed_keys": deleted}, text, 0
 
 
-@main.command()
+@command(main)
 @click.argument("tables", nargs=-1)
-@_config_option
-@_json_option
-@click.pass_context
-def flush(ctx: click.Context, tables: tuple[str, ...], config_path: str | None, as_json: bool) -> None:
+def flush(cfg: config_mod.Config, as_json: bool, tables: tuple[str, ...]) -> Outcome:
     """Invalidate TABLES' keys (all mapped tables when none are named), as DDL does."""
     from cdc_sync.ops import maintenance
 
-    cfg = _load(ctx, config_path)
-
-    def go() -> int:
-        deleted = maintenance.flush(cfg, tables)
-        names = ", ".join(tables) or "every mapped table"
-        _emit({"tables": list(tables), "flushed_keys": deleted}, f"flushed {deleted} key(s) of {names}", as_json)
-        return 0
-
-    _guard(go)
+    deleted = maintenance.flush(cfg, tables)
+    names = ", ".join(tables) or "every mapped table"
+    return {"tables": list(tables), "flushed_keys": deleted}, f"flushed {deleted} key(s) of {names}", 0
 
 
-@main.command()
+@command(main)
 @click.argument("tables", nargs=-1)
 @click.option(
     "--rate", type=float, default=0.0, show_default=True, help="At most this many rows per second (0: no limit)."
@@ -284,79 +284,44 @@ def flush(ctx: click.Context, tables: tuple[str, ...], config_path: str | None, 
     "--chunk", type=click.IntRange(1, 100_000), default=500, show_default=True, help="Rows per primary-key chunk."
 )
 @click.option("--restart", is_flag=True, help="Start over instead of resuming an interrupted warm.")
-@_config_option
-@_json_option
-@click.pass_context
 def warm(
-    ctx: click.Context,
-    tables: tuple[str, ...],
-    rate: float,
-    chunk: int,
-    restart: bool,
-    config_path: str | None,
-    as_json: bool,
-) -> None:
+    cfg: config_mod.Config, as_json: bool, tables: tuple[str, ...], rate: float, chunk: int, restart: bool
+) -> Outcome:
     """Backfill TABLES through the lease protocol (safe while the worker runs; resumable)."""
     from cdc_sync.ops import warm as warm_mod
 
-    cfg = _load(ctx, config_path)
-    bars: list[Any] = []
-    counts = {"rows": 0, "started": 0.0}
-
-    def on_start(table: str, estimate: int) -> None:
-        _close_bars(bars)
-        counts.update(rows=0, started=time.monotonic())
-        if not as_json:
-            bar = click.progressbar(
-                length=max(estimate, 1), label=table, show_eta=True, show_percent=True, item_show_func=lambda x: x
-            )
-            bar.__enter__()
-            bars.append(bar)
-
-    def on_progress(n: int) -> None:
-        counts["rows"] += n
-        if bars:
-            rate = counts["rows"] / max(time.monotonic() - counts["started"], 1e-6)
-            bars[0].update(n, f"{rate:,.0f} rows/s")
-
-    def go() -> int:
-        try:
+    try:
+        with _progress(as_json, "rows") as (on_start, on_progress):
             results = warm_mod.warm(
                 cfg, tables, chunk=chunk, rate=rate, restart=restart, on_start=on_start, on_progress=on_progress
             )
-        finally:
-            _close_bars(bars)
-        lines = []
-        for r in results:
-            lines.append(
-                f"{r.table}: {r.rows} rows in {r.seconds:.1f} s ({r.rows_per_s:,.0f} rows/s); "
-                f"{r.filled} keys filled, {r.skipped} not (cached already, changed meanwhile, or bypassed)"
-            )
-            if r.bypassed:
-                lines.append(f"  bypassed: {dict(r.bypassed)} (is the worker running and fresh?)")
-        data = [
-            {
-                "table": r.table,
-                "rows": r.rows,
-                "filled": r.filled,
-                "skipped": r.skipped,
-                "seconds": round(r.seconds, 3),
-                "rows_per_s": round(r.rows_per_s),
-                "bypassed": dict(r.bypassed),
-            }
-            for r in results
-        ]
-        _emit(data, "\n".join(lines), as_json)
-        return 0
-
-    try:
-        _guard(go)
     except KeyboardInterrupt:
         click.echo("\ninterrupted: run warm again to resume where it stopped", err=True)
         sys.exit(130)
+    lines = []
+    for r in results:
+        lines.append(
+            f"{r.table}: {r.rows} rows in {r.seconds:.1f} s ({r.rows_per_s:,.0f} rows/s); "
+            f"{r.filled} keys filled, {r.skipped} not (cached already, changed meanwhile, or bypassed)"
+        )
+        if r.bypassed:
+            lines.append(f"  bypassed: {dict(r.bypassed)} (is the worker running and fresh?)")
+    data = [
+        {
+            "table": r.table,
+            "rows": r.rows,
+            "filled": r.filled,
+            "skipped": r.skipped,
+            "seconds": round(r.seconds, 3),
+            "rows_per_s": round(r.rows_per_s),
+            "bypassed": dict(r.bypassed),
+        }
+        for r in results
+    ]
+    return data, "\n".join(lines), 0
 
 
-@main.command()
+@command(main)
 @click.argument("tables", nargs=-1)
 @click.option(
     "--sample",
@@ -366,72 +331,36 @@ def warm(
     help="Check only the first N keys per table in SCAN order (spread over the keyspace; 0: all).",
 )
 @click.option("--repair", is_flag=True, help="Evict the divergent keys.")
-@_config_option
-@_json_option
-@click.pass_context
-def verify(
-    ctx: click.Context, tables: tuple[str, ...], sample: int, repair: bool, config_path: str | None, as_json: bool
-) -> None:
+def verify(cfg: config_mod.Config, as_json: bool, tables: tuple[str, ...], sample: int, repair: bool) -> Outcome:
     """Compare cached values with MySQL; exit 1 on any divergence."""
     from cdc_sync.ops import verify as verify_mod
 
-    cfg = _load(ctx, config_path)
-    bars: list[Any] = []
-    counts = {"keys": 0, "started": 0.0}
-
-    def on_start(table: str, estimate: int) -> None:
-        _close_bars(bars)
-        counts.update(keys=0, started=time.monotonic())
-        if not as_json:
-            bar: Any = click.progressbar(
-                length=max(estimate, 1),
-                label=table,
-                show_eta=True,
-                show_percent=True,
-                item_show_func=_shown,
-                file=sys.stderr,
-            )
-            bar.__enter__()
-            bars.append(bar)
-
-    def on_progress(n: int) -> None:
-        counts["keys"] += n
-        if bars:
-            rate = counts["keys"] / max(time.monotonic() - counts["started"], 1e-6)
-            bars[0].update(n, f"{rate:,.0f} keys/s")
-
-    def go() -> int:
-        try:
-            results, confirmed = verify_mod.verify(
-                cfg, tables, sample=sample, repair=repair, on_start=on_start, on_progress=on_progress
-            )
-        finally:
-            _close_bars(bars)
-        lines: list[str] = []
-        divergent = 0
-        for r in results:
-            divergent += len(r.divergent)
-            lines.append(
-                f"{r.table}: {r.checked} key(s) checked, {len(r.divergent)} divergent"
-                + (f", {r.repaired} evicted" if r.repaired else "")
-            )
-            for d in r.divergent[:50]:
-                lines.append(f"  {d.key}\n    cached:   {d.cached}\n    database: {d.database}")
-        if divergent and not confirmed:
-            lines.append("note: the worker's heartbeat did not pass the check; some keys may just be lagging")
-        data = {
-            "confirmed_after_heartbeat": confirmed,
-            "tables": [
-                {
-                    "table": r.table,
-                    "checked": r.checked,
-                    "repaired": r.repaired,
-                    "divergent": [{"key": d.key, "cached": d.cached, "database": d.database} for d in r.divergent],
-                }
-                for r in results
-            ],
-        }
-        _emit(data, "\n".join(lines), as_json)
-        return 1 if divergent else 0
-
-    _guard(go)
+    with _progress(as_json, "keys") as (on_start, on_progress):
+        results, confirmed = verify_mod.verify(
+            cfg, tables, sample=sample, repair=repair, on_start=on_start, on_progress=on_progress
+        )
+    lines: list[str] = []
+    divergent = 0
+    for r in results:
+        divergent += len(r.divergent)
+        lines.append(
+            f"{r.table}: {r.checked} key(s) checked, {len(r.divergent)} divergent"
+            + (f", {r.repaired} evicted" if r.repaired else "")
+        )
+        for d in r.divergent[:50]:
+            lines.append(f"  {d.key}\n    cached:   {d.cached}\n    database: {d.database}")
+    if divergent and not confirmed:
+        lines.append("note: the worker's heartbeat did not pass the check; some keys may just be lagging")
+    data = {
+        "confirmed_after_heartbeat": confirmed,
+        "tables": [
+            {
+                "table": r.table,
+                "checked": r.checked,
+                "repaired": r.repaired,
+                "divergent": [{"key": d.key, "cached": d.cached, "database": d.database} for d in r.divergent],
+            }
+            for r in results
+        ],
+    }
+    return data, "\n".join(lines), 1 if divergent else 0
