@@ -15,7 +15,7 @@ from cdc_sync.core.cascades import CascadeEdge
 from cdc_sync.core.events import RawEvent, RawHeartbeat, RedisMemory, ServerInfo
 from cdc_sync.core.planner import Delete, RedisOp, SetHash, SetJson
 from cdc_sync.core.rowdecode import CharsetTable
-from cdc_sync.errors import RewindRequired, SinkUnavailable
+from cdc_sync.errors import Fenced, RewindRequired, SinkUnavailable
 
 ROW_SETTINGS = {"log_bin": "ON", "binlog_format": "ROW", "binlog_row_image": "FULL", "binlog_row_metadata": "FULL"}
 
@@ -101,6 +101,7 @@ class FakeSink:
         self.applied_steps: list[str] = []
         self.flushed: list[str] = []
         self.lock = threading.Lock()
+        self.leader_token: str | None = None  # HA: apply only while "cdc:leader" holds it (as RedisSink)
 
     def load_checkpoint(self) -> str | None:
         value = self.store.get("cdc:checkpoint")
@@ -111,6 +112,8 @@ class FakeSink:
             if self.fail_next:
                 self.fail_next -= 1
                 raise SinkUnavailable("fake: connection refused")
+            if self.leader_token and self.store.get("cdc:leader") != self.leader_token:
+                raise Fenced("another worker holds the leader lease")
             cur = self.store.get("cdc:checkpoint")
             if cur != expected:
                 if cur == new:
