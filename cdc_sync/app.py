@@ -46,10 +46,10 @@ class Service:
         self.config = config
         self.sink = RedisSink(config.redis, holdoff_ms=config.reader.holdoff_ms)
         self.backoff = ExponentialWithJitterBackoff(cap=config.worker.retry_max_s, base=config.worker.retry_initial_s)
+        self.notifier = Notifier()  # (one per process: its watchdog pings are rate-limited across HA terms)
         self.worker = self._new_worker()
         self.prober: Prober | None = None
         self.lease = LeaderLease(self.sink.client, config.redis.namespace, config.ha.lease_ttl_ms)
-        self.notifier = Notifier()
         self._stop = threading.Event()
         self.role = "leader" if not config.ha.enabled else "standby"
         self._standby_tick = time.monotonic()
@@ -65,7 +65,9 @@ class Service:
 
     def _new_worker(self) -> Worker:
         admin = MySQLAdmin(self.config.mysql)
-        return Worker(self.config, self._source, admin, self.sink, self.backoff, rules_store=self.sink)
+        return Worker(
+            self.config, self._source, admin, self.sink, self.backoff, rules_store=self.sink, notifier=self.notifier
+        )
 
     def _source(self, tables: Mapping[tuple[str, str], frozenset[str] | None]) -> BinlogSource:
         # prepare() has read the server's flavor before the first stream is opened

@@ -57,7 +57,6 @@ from cdc_sync.errors import (
 )
 from cdc_sync.worker.applier import Applier, SinkPort
 from cdc_sync.worker.health import Health
-from cdc_sync.worker.notify import Notifier
 from cdc_sync.worker.retry import Backoff, retry
 
 log = logs.get("cdc_sync.sync")
@@ -83,6 +82,21 @@ class AdminPort(Protocol):
     def current_position(self, flavor: str, kind: str) -> str: ...
 
 
+class NotifyPort(Protocol):
+    """The service manager's side (worker/notify.py's Notifier under systemd), which app.py owns."""
+
+    def send(self, *lines: str) -> None: ...
+    def watchdog(self, status: str | None = None) -> None: ...
+
+
+class _Silent:
+    def send(self, *lines: str) -> None:
+        pass
+
+    def watchdog(self, status: str | None = None) -> None:
+        pass
+
+
 class RulesPort(Protocol):
     def rule_fingerprints(self) -> dict[str, str]: ...
     def save_rule_fingerprints(self, fingerprints: dict[str, str]) -> None: ...
@@ -103,6 +117,7 @@ class Worker:
         sink: SinkPort,
         backoff: Backoff,
         rules_store: RulesPort | None = None,
+        notifier: NotifyPort | None = None,
     ) -> None:
         self.config = config
         self.rules = list(config.tables)
@@ -126,7 +141,7 @@ class Worker:
         self._uncertain_until = ""
         self._uncertain_dirty = False  # another rewiring statement came inside the window: flush at its end
         self.applier.on_checkpoint_lost = self._republish
-        self.notifier = Notifier()
+        self.notifier: NotifyPort = notifier if notifier is not None else _Silent()
         self.streaming = False  # the binlog stream is connected and delivering events
         self.last_tick = time.monotonic()
         self._ready_sent = False
