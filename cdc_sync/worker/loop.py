@@ -22,16 +22,16 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from cdc_sync import logs
 from cdc_sync import metrics as m
 from cdc_sync.config import Config, TableRule, check_against_schema, rule_fingerprint, rule_from_fingerprint
 from cdc_sync.core import cascades
 from cdc_sync.core.cascades import CascadeEdge, CascadeWatch
-from cdc_sync.core.events import Flush, RawEvent, RawQuery, RedisMemory, ServerInfo, Transaction
+from cdc_sync.core.events import Flush, RawQuery, RedisMemory, ServerInfo, Transaction
 from cdc_sync.core.planner import needed_columns, sql_for_log, statement_flushes
 from cdc_sync.core.positions import (
     PositionTracker,
@@ -43,7 +43,7 @@ from cdc_sync.core.positions import (
     split_stream,
 )
 from cdc_sync.core.requirements import check_server, initial_position, server_identity
-from cdc_sync.core.rowdecode import CharsetTable, register_server_charset, server_charset_known
+from cdc_sync.core.rowdecode import register_server_charset, server_charset_known
 from cdc_sync.core.transactions import Assembler
 from cdc_sync.errors import (
     CdcSyncError,
@@ -55,55 +55,13 @@ from cdc_sync.errors import (
     SinkUnavailable,
     SourceError,
 )
-from cdc_sync.worker.applier import Applier, SinkPort
+from cdc_sync.worker.applier import Applier
 from cdc_sync.worker.health import Health
+from cdc_sync.worker.ports import AdminPort, NotifyPort, RulesPort, Silent, SinkPort, SourceFactory
 from cdc_sync.worker.retry import Backoff, retry
 
 log = logs.get("cdc_sync.sync")
 T = TypeVar("T")
-
-
-class SourcePort(Protocol):
-    def events(self, start: str) -> Iterator[RawEvent]: ...
-    def close(self) -> None: ...
-
-
-class AdminPort(Protocol):
-    def server_info(self) -> ServerInfo: ...
-    def table_columns(self, names: Sequence[str]) -> dict[str, list[str]]: ...
-    def cascade_edges(self) -> list[CascadeEdge]: ...
-    def stored_names(self, names: Sequence[str]) -> dict[str, tuple[str, str]]: ...
-    def value_kinds(self, tables: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, str]]: ...
-    def server_charsets(
-        self, tables: Sequence[tuple[str, str]], known: Callable[[str], bool] = ...
-    ) -> dict[str, CharsetTable]: ...
-    def gtid_at(self, file_pos: str) -> str | None: ...
-    def binlog_server_id(self, file: str) -> int | None: ...
-    def current_position(self, flavor: str, kind: str) -> str: ...
-
-
-class NotifyPort(Protocol):
-    """The service manager's side (worker/notify.py's Notifier under systemd), which app.py owns."""
-
-    def send(self, *lines: str) -> None: ...
-    def watchdog(self, status: str | None = None) -> None: ...
-
-
-class _Silent:
-    def send(self, *lines: str) -> None:
-        pass
-
-    def watchdog(self, status: str | None = None) -> None:
-        pass
-
-
-class RulesPort(Protocol):
-    def rule_fingerprints(self) -> dict[str, str]: ...
-    def save_rule_fingerprints(self, fingerprints: dict[str, str]) -> None: ...
-
-
-# The tables to stream, each with the only columns to decode (None: all of them; see planner.needed_columns).
-SourceFactory = Callable[[Mapping[tuple[str, str], frozenset[str] | None]], SourcePort]
 
 
 class Worker:
@@ -141,7 +99,7 @@ class Worker:
         self._uncertain_until = ""
         self._uncertain_dirty = False  # another rewiring statement came inside the window: flush at its end
         self.applier.on_checkpoint_lost = self._republish
-        self.notifier: NotifyPort = notifier if notifier is not None else _Silent()
+        self.notifier: NotifyPort = notifier if notifier is not None else Silent()
         self.streaming = False  # the binlog stream is connected and delivering events
         self.last_tick = time.monotonic()
         self._ready_sent = False
