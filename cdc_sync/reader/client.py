@@ -175,20 +175,20 @@ class CacheReader(_ReaderBase):
             value: Any
             if isinstance(step, flow.PlainGet):
                 if step.hash:
-                    pipe = self.redis.pipeline(transaction=True)  # one moment: value and gates together
-                    pipe.hgetall(step.key)
-                    pipe.mget(step.gates)
-                    value = tuple(pipe.execute())
+                    with self.redis.pipeline(transaction=True) as pipe:  # one moment: value and gates together
+                        pipe.hgetall(step.key)
+                        pipe.mget(step.gates)
+                        value = tuple(pipe.execute())
                 else:
                     raw, *seen = self.redis.mget(step.key, *step.gates)
                     value = (raw, seen)
             elif isinstance(step, flow.Script):
                 value = self._scripts[step.name](keys=step.keys, args=step.args)
             else:
-                pipe = self.redis.pipeline(transaction=False)
-                for script in step.scripts:
-                    self._scripts[script.name](keys=script.keys, args=script.args, client=pipe)
-                value = pipe.execute()
+                with self.redis.pipeline(transaction=False) as pipe:
+                    for script in step.scripts:
+                        self._scripts[script.name](keys=script.keys, args=script.args, client=pipe)
+                    value = pipe.execute()
         except redis.RedisError as exc:
             return flow.Reply(error=exc, sent=sent, received=time.monotonic())
         return flow.Reply(value, sent=sent, received=time.monotonic())
@@ -311,20 +311,22 @@ class AsyncCacheReader(_ReaderBase):
             value: Any
             if isinstance(step, flow.PlainGet):
                 if step.hash:
-                    pipe = self.redis.pipeline(transaction=True)  # one moment: value and gates together
-                    pipe.hgetall(step.key)
-                    pipe.mget(step.gates)
-                    value = tuple(await pipe.execute())
+                    # one moment: value and gates together (the block gives the connection back on any exit,
+                    # a cancellation included)
+                    async with self.redis.pipeline(transaction=True) as pipe:
+                        pipe.hgetall(step.key)
+                        pipe.mget(step.gates)
+                        value = tuple(await pipe.execute())
                 else:
                     raw, *seen = await self.redis.mget(step.key, *step.gates)
                     value = (raw, seen)
             elif isinstance(step, flow.Script):
                 value = await self._scripts[step.name](keys=step.keys, args=step.args)
             else:
-                pipe = self.redis.pipeline(transaction=False)
-                for script in step.scripts:
-                    await self._scripts[script.name](keys=script.keys, args=script.args, client=pipe)
-                value = await pipe.execute()
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for script in step.scripts:
+                        await self._scripts[script.name](keys=script.keys, args=script.args, client=pipe)
+                    value = await pipe.execute()
         except redis.RedisError as exc:
             return flow.Reply(error=exc, sent=sent, received=time.monotonic())
         return flow.Reply(value, sent=sent, received=time.monotonic())
