@@ -168,6 +168,8 @@ class CacheReader(_ReaderBase):
                     step = steps.send(self._perform(step))
         except StopIteration as done:
             return done.value
+        finally:
+            steps.close()  # (a flow left mid-way, by an error here, ends now, not at garbage collection)
 
     def _perform(self, step: flow.PlainGet | flow.Script | flow.Batch) -> flow.Reply:
         sent = time.monotonic()
@@ -304,6 +306,8 @@ class AsyncCacheReader(_ReaderBase):
                     step = steps.send(await self._perform(step))
         except StopIteration as done:
             return done.value
+        finally:
+            steps.close()  # (a flow left mid-way, by an error here, ends now, not at garbage collection)
 
     async def _perform(self, step: flow.PlainGet | flow.Script | flow.Batch) -> flow.Reply:
         sent = time.monotonic()

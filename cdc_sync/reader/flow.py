@@ -148,6 +148,8 @@ def _load_and_fill(core: _ReaderBase, lk: Lookup, token: str, epochs: Epochs) ->
     core.stats.add("miss")
     try:
         payload, refusal = yield from _load(core, epochs)
+    except GeneratorExit:  # (closed by its driver: nothing more may be yielded; the lease expires by itself)
+        raise
     except BaseException:
         yield from _release(core, lk, token)
         raise

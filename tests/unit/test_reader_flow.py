@@ -168,3 +168,13 @@ def test_fill_rows_leases_in_one_batch_and_gives_them_back_when_too_slow() -> No
     assert isinstance(d.step, flow.Batch) and [s.name for s in d.step.scripts] == ["release", "release"]
     d.send(flow.Reply([1, 1]))
     assert d.done and d.result == (0, 2, {"slow": 2})
+
+
+def test_a_flow_closed_while_it_loads_ends_quietly() -> None:
+    """A driver that stops at a Load step (an error of its own) closes the flow: it must not try to yield the
+    lease's release then (the lease expires by itself), or Python raises "generator ignored GeneratorExit"."""
+    core = _reader()
+    d = Driver(flow.lookup(core, _lookup(core), now=0.0))
+    d.send(flow.Reply([b"L", b"0"], sent=0.0, received=0.0))
+    assert isinstance(d.step, flow.Load)
+    d.flow.close()  # raises RuntimeError if the flow yields instead of ending
