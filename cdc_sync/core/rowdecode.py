@@ -537,6 +537,7 @@ class _Sequences:
     chars: dict[bytes, str]  # each multi-byte sequence -> its character
     lengths: dict[int, int]  # lead byte -> the length of its sequences
     inverse: dict[str, bytes]  # character -> its shortest spelling (for encode)
+    ascii_same: bool  # bytes below 0x80 stand for themselves (runs of them decode as ASCII)
 
 
 _SERVER_SEQUENCES: dict[str, _Sequences] = {}  # the multi-byte charsets among _SERVER_TABLES
@@ -558,7 +559,7 @@ def register_server_charset(charset: str, table: str, sequences: Mapping[bytes, 
         inverse = {ch: bytes([b]) for b, ch in enumerate(table) if b not in lengths}
         for seq, ch in sequences.items():
             inverse.setdefault(ch, seq)
-        _SERVER_SEQUENCES[name] = _Sequences(dict(sequences), lengths, inverse)
+        _SERVER_SEQUENCES[name] = _Sequences(dict(sequences), lengths, inverse, table[:128] == _ASCII)
     _SERVER_TABLES[name] = table
 
 
@@ -585,13 +586,21 @@ def _charmap(name: str, decoding: Callable[[], str]) -> codecs.CodecInfo:
 
 
 _ASCII_RUN = re.compile(rb"[\x00-\x7f]+")
+_ASCII = "".join(chr(b) for b in range(128))
 
 
-def decode_multibyte(raw: bytes, table: str, sequences: Mapping[bytes, str], lengths: Mapping[int, int]) -> str:
+def decode_multibyte(
+    raw: bytes,
+    table: str,
+    sequences: Mapping[bytes, str],
+    lengths: Mapping[int, int],
+    ascii_same: bool | None = None,
+) -> str:
     """``raw`` as the server converts it (``my_convert``): a lead byte and its trail bytes as their character,
     a byte that starts no known sequence, or a sequence cut short by the end, as '?' and the next byte read
     afresh (so ``b0 41`` in GBK is one character and ``41 b0`` is 'A?'), any other byte from ``table``."""
-    ascii_same = table[:128] == _ASCII
+    if ascii_same is None:
+        ascii_same = table[:128] == _ASCII
     out: list[str] = []
     i, n = 0, len(raw)
     while i < n:
@@ -617,14 +626,11 @@ def decode_multibyte(raw: bytes, table: str, sequences: Mapping[bytes, str], len
     return "".join(out)
 
 
-_ASCII = "".join(chr(b) for b in range(128))
-
-
 def _multibyte(name: str, charset: str) -> codecs.CodecInfo:
     def decode(data: Any, errors: str = "strict") -> tuple[str, int]:  # (every byte string decodes, as the server's)
         raw = bytes(data)
         known = _SERVER_SEQUENCES[charset]
-        return decode_multibyte(raw, _SERVER_TABLES[charset], known.chars, known.lengths), len(raw)
+        return decode_multibyte(raw, _SERVER_TABLES[charset], known.chars, known.lengths, known.ascii_same), len(raw)
 
     def encode(text: str, errors: str = "strict") -> tuple[bytes, int]:
         inverse = _SERVER_SEQUENCES[charset].inverse

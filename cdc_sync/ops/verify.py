@@ -49,7 +49,7 @@ import pymysql.cursors
 import redis
 
 from cdc_sync.adapters.mysql import connection_settings, normalize_row, quote_for_args, translate_error
-from cdc_sync.adapters.redis import make_client, redis_error
+from cdc_sync.adapters.redis import make_client, redis_errors
 from cdc_sync.config import Config, MySQLConfig, TableRule
 from cdc_sync.core.codec import encode_hash, encode_json
 from cdc_sync.core.keys import KeyTemplate
@@ -519,36 +519,35 @@ def verify(
     results: list[VerifyResult] = []
     confirmed = True
     try:
-        for rule in select_rules(config, tables):
-            if on_start is not None:
-                estimate = rows.estimate(rule.name) * len(rule.templates)
-                on_start(rule.name, min(estimate, sample) if sample else estimate)
-            checker = _Checker(client, rows, rule)
-            result = VerifyResult(rule.name)
-            suspects: dict[str, int] = {}  # key -> template index
-            for i, keys, divergences in _pipelined(
-                checker, _batches(_scan(client, rule, sample, checker.params), batch, WINDOW)
-            ):
-                result.checked += len(keys)
-                suspects.update((d.key, i) for d in divergences)
-                if on_progress is not None:
-                    on_progress(len(keys))
-            divergent: list[Divergence] = []
-            if suspects:
-                # A change not yet applied is not divergence. For each suspect: read the row (d1), note Redis's
-                # time, wait until the worker has applied everything committed before it, read the cache, read
-                # the row again (d2): divergent only if the row did not move (d1 == d2) and the cache differs.
-                first = {d.key: d.database for d in _compare(checker, rule, suspects, batch)}
-                at = _redis_ms(client)
-                confirmed = _wait_for_heartbeat(client, ns, at, recheck_timeout_s) and confirmed
-                again = _compare(checker, rule, {k: suspects[k] for k in first}, batch)
-                divergent = [d for d in again if first.get(d.key) == d.database]
-            result.divergent = divergent
-            if repair and divergent:
-                result.repaired = _evict(client, ns, config.reader.holdoff_ms, [d.key for d in divergent])
-            results.append(result)
-    except redis.RedisError as exc:
-        raise redis_error(exc, "verify") from exc
+        with redis_errors("verify"):
+            for rule in select_rules(config, tables):
+                if on_start is not None:
+                    estimate = rows.estimate(rule.name) * len(rule.templates)
+                    on_start(rule.name, min(estimate, sample) if sample else estimate)
+                checker = _Checker(client, rows, rule)
+                result = VerifyResult(rule.name)
+                suspects: dict[str, int] = {}  # key -> template index
+                for i, keys, divergences in _pipelined(
+                    checker, _batches(_scan(client, rule, sample, checker.params), batch, WINDOW)
+                ):
+                    result.checked += len(keys)
+                    suspects.update((d.key, i) for d in divergences)
+                    if on_progress is not None:
+                        on_progress(len(keys))
+                divergent: list[Divergence] = []
+                if suspects:
+                    # A change not yet applied is not divergence. For each suspect: read the row (d1), note Redis's
+                    # time, wait until the worker has applied everything committed before it, read the cache, read
+                    # the row again (d2): divergent only if the row did not move (d1 == d2) and the cache differs.
+                    first = {d.key: d.database for d in _compare(checker, rule, suspects, batch)}
+                    at = _redis_ms(client)
+                    confirmed = _wait_for_heartbeat(client, ns, at, recheck_timeout_s) and confirmed
+                    again = _compare(checker, rule, {k: suspects[k] for k in first}, batch)
+                    divergent = [d for d in again if first.get(d.key) == d.database]
+                result.divergent = divergent
+                if repair and divergent:
+                    result.repaired = _evict(client, ns, config.reader.holdoff_ms, [d.key for d in divergent])
+                results.append(result)
     finally:
         rows.close()
         client.close()

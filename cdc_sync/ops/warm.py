@@ -13,9 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import redis
-
-from cdc_sync.adapters.redis import redis_error
+from cdc_sync.adapters.redis import redis_errors
 from cdc_sync.config import Config
 from cdc_sync.ops.maintenance import select_rules
 from cdc_sync.reader.client import CacheReader
@@ -51,53 +49,52 @@ def warm(
     loader = reader.row_loader
     results: list[WarmResult] = []
     try:
-        for rule in select_rules(config, tables):
-            if rule.key is None:
-                continue  # mapped only for dependencies: nothing to fill
-            result = WarmResult(rule.name)
-            results.append(result)
-            progress_key = f"{config.redis.namespace}:warm:{rule.name}"
-            if restart:
-                reader.redis.delete(progress_key)
-            saved = reader.redis.get(progress_key)
-            after = json.loads(saved) if saved else None
-            pk = loader.primary_key(rule.name)
-            if not pk:
-                raise ValueError(f"{rule.name} has no primary key: warm reads in primary-key order")
-            if on_start is not None:
-                on_start(rule.name, loader.estimate_rows(rule.name))
-            started = time.monotonic()
-            size = chunk
-            while True:
-                # The rows are normalized with the table's column info: read since the schema epoch filled with.
-                epoch = reader.schema_epochs([rule.name])[rule.name]
-                stamped = loader.stamped_column_info(rule.name)
-                if stamped is None or stamped[1] != epoch:
-                    loader.read_column_info(rule.name, epoch)
-                selected_at = time.monotonic()
-                rows = loader.scan(rule.name, pk, after, size)
-                if not rows:
+        with redis_errors("warm"):
+            for rule in select_rules(config, tables):
+                if rule.key is None:
+                    continue  # mapped only for dependencies: nothing to fill
+                result = WarmResult(rule.name)
+                results.append(result)
+                progress_key = f"{config.redis.namespace}:warm:{rule.name}"
+                if restart:
                     reader.redis.delete(progress_key)
-                    break
-                filled, skipped, bypassed = reader.fill_rows(rule.name, rows, selected_at, epoch)
-                if bypassed.get("slow") and size > 1:
-                    size = max(1, size // 2)  # the chunk took longer than half the hold-off: smaller, again
-                    continue
-                result.rows += len(rows)
-                result.filled += filled
-                result.skipped += skipped
-                result.bypassed.update(bypassed)
-                after = [rows[-1][c] for c in pk]
-                reader.redis.set(progress_key, json.dumps(after, default=str))
-                if on_progress is not None:
-                    on_progress(len(rows))
-                if rate > 0:
-                    ahead = result.rows / rate - (time.monotonic() - started)
-                    if ahead > 0:
-                        time.sleep(ahead)
-            result.seconds = time.monotonic() - started
-    except redis.RedisError as exc:
-        raise redis_error(exc, "warm") from exc
+                saved = reader.redis.get(progress_key)
+                after = json.loads(saved) if saved else None
+                pk = loader.primary_key(rule.name)
+                if not pk:
+                    raise ValueError(f"{rule.name} has no primary key: warm reads in primary-key order")
+                if on_start is not None:
+                    on_start(rule.name, loader.estimate_rows(rule.name))
+                started = time.monotonic()
+                size = chunk
+                while True:
+                    # The rows are normalized with the table's column info: read since the schema epoch filled with.
+                    epoch = reader.schema_epochs([rule.name])[rule.name]
+                    stamped = loader.stamped_column_info(rule.name)
+                    if stamped is None or stamped[1] != epoch:
+                        loader.read_column_info(rule.name, epoch)
+                    selected_at = time.monotonic()
+                    rows = loader.scan(rule.name, pk, after, size)
+                    if not rows:
+                        reader.redis.delete(progress_key)
+                        break
+                    filled, skipped, bypassed = reader.fill_rows(rule.name, rows, selected_at, epoch)
+                    if bypassed.get("slow") and size > 1:
+                        size = max(1, size // 2)  # the chunk took longer than half the hold-off: smaller, again
+                        continue
+                    result.rows += len(rows)
+                    result.filled += filled
+                    result.skipped += skipped
+                    result.bypassed.update(bypassed)
+                    after = [rows[-1][c] for c in pk]
+                    reader.redis.set(progress_key, json.dumps(after, default=str))
+                    if on_progress is not None:
+                        on_progress(len(rows))
+                    if rate > 0:
+                        ahead = result.rows / rate - (time.monotonic() - started)
+                        if ahead > 0:
+                            time.sleep(ahead)
+                result.seconds = time.monotonic() - started
     finally:
         reader.close()
     return results
