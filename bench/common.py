@@ -26,17 +26,14 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def catch_up(
-    mysql_port: int, redis_port: int, table: str, mode: str, start: str, end: str, workdir: Path
-) -> tuple[float, float]:
-    """``cdc-sync run`` from checkpoint ``start`` until it reaches ``end``: (seconds, peak RSS in MB).
+def reached_end(checkpoint: bytes | None, end: str) -> bool:
+    """Whether a stored checkpoint is at the GTID state ``end`` (the checkpoint may add ``@server:file:pos``)."""
+    return (checkpoint or b"").decode().partition("@")[0] == end
 
-    The time includes the process start-up; the worker is stopped afterwards.
-    """
-    r = redis.Redis(port=redis_port)
-    r.flushall()
-    r.set("cdc:checkpoint", start)
-    cfg = workdir / f"{mode}.toml"
+
+def worker_config(workdir: Path, mysql_port: int, redis_port: int, table: str, mode: str, name: str = "") -> Path:
+    """A worker configuration for one mapped table (key ``k:{id}``), quiet logs, no metrics port."""
+    cfg = workdir / f"{name or mode}.toml"
     cfg.write_text(f"""
 [mysql]
 port = {mysql_port}
@@ -53,16 +50,63 @@ format = "json"
 [metrics]
 listen = ""
 """)
+    return cfg
+
+
+def start_worker(cfg: Path, prefix: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+    """``cdc-sync run`` on ``cfg``, optionally under a profiler (``prefix``: its command line)."""
+    command = [*prefix, sys.executable, "-m", "cdc_sync", "run", "--config", str(cfg)]
+    return subprocess.Popen(command, cwd=BENCH.parent)
+
+
+def catch_up(
+    mysql_port: int,
+    redis_port: int,
+    table: str,
+    mode: str,
+    start: str,
+    end: str,
+    workdir: Path,
+    prefix: tuple[str, ...] = (),
+) -> tuple[float, float]:
+    """``cdc-sync run`` from checkpoint ``start`` until it reaches ``end``: (seconds, peak RSS in MB).
+
+    The time includes the process start-up; the worker is stopped afterwards.
+    """
+    r = redis.Redis(port=redis_port)
+    r.flushall()
+    r.set("cdc:checkpoint", start)
+    cfg = worker_config(workdir, mysql_port, redis_port, table, mode)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "cdc_sync", "run", "--config", str(cfg)], cwd=BENCH.parent)
-    while (r.get("cdc:checkpoint") or b"").decode() != end:
+    proc = start_worker(cfg, prefix)
+    while not reached_end(r.get("cdc:checkpoint"), end):
         if proc.poll() is not None:
             raise SystemExit(f"worker exited {proc.returncode}")
-        time.sleep(0.01)
+        time.sleep(0.005)
     seconds = time.perf_counter() - t0
-    rss = peak_rss_mb(proc.pid)
+    rss = peak_rss_mb(proc.pid) if not prefix else 0.0
     shutdown(proc)
     return seconds, rss
+
+
+def start_up(mysql_port: int, redis_port: int, table: str, workdir: Path) -> float:
+    """Seconds from ``cdc-sync run`` to its first heartbeat, resuming from the checkpoint a catch-up left (with
+    its stream position, so the server does not scan its binlog for a GTID): the start-up cost."""
+    r = redis.Redis(port=redis_port)
+    checkpoint = r.get("cdc:checkpoint")
+    assert checkpoint and b"@" in checkpoint, "start_up() follows a catch_up()"
+    r.flushall()
+    r.set("cdc:checkpoint", checkpoint)
+    cfg = worker_config(workdir, mysql_port, redis_port, table, "update", name="startup")
+    t0 = time.perf_counter()
+    proc = start_worker(cfg)
+    while r.get("cdc:heartbeat") is None:
+        if proc.poll() is not None:
+            raise SystemExit(f"worker exited {proc.returncode}")
+        time.sleep(0.005)
+    seconds = time.perf_counter() - t0
+    shutdown(proc)
+    return seconds
 
 
 def machine() -> dict[str, Any]:
@@ -116,6 +160,6 @@ def shutdown(worker: subprocess.Popen[bytes] | None, *servers: LocalServer) -> N
     """Stop the worker (SIGTERM) and the throwaway servers."""
     if worker is not None and worker.poll() is None:
         worker.terminate()
-        worker.wait(10)
+        worker.wait(30)
     for server in servers:
         server.stop()

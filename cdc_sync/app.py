@@ -98,9 +98,11 @@ class Service:
             flavor,
             lambda: worker.applier.expected,
             interval_s=self.config.worker.heartbeat_interval_ms / 1000,
+            min_gap_s=self.config.worker.heartbeat_min_gap_ms / 1000,
             streaming=lambda: worker.streaming,
             settled=worker.evictions_settled,
         )
+        worker.applier.on_progress = self.prober.nudge
         self.prober.start()
 
     def stop(self) -> None:

@@ -130,7 +130,8 @@ class WorkerConfig:
     retry_initial_s: float = _bound(0.1, 0.001)  # backoff for Redis and MySQL reconnects
     retry_max_s: float = _bound(5.0, 0.001)
     shutdown_timeout_s: float = _bound(4.0, 0.1)  # SIGTERM: time to finish the transaction in hand
-    heartbeat_interval_ms: int = _bound(500, 10, 60_000)  # how often the freshness heartbeat is probed and moved
+    heartbeat_interval_ms: int = _bound(500, 10, 60_000)  # how often the freshness heartbeat is sampled when idle
+    heartbeat_min_gap_ms: int = _bound(20, 1, 60_000)  # ... and at most how often while changes are applied
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from pymysqlreplication.row_event import (
 from cdc_sync import logs
 from cdc_sync import metrics as m
 from cdc_sync.adapters.mysql import connection_settings, translate_error
+from cdc_sync.adapters.readahead import Dropped, ReadAhead, Replay
 from cdc_sync.config import MySQLConfig
 from cdc_sync.core.events import (
     Op,
@@ -307,16 +308,21 @@ class BinlogSource:
         needed: Mapping[tuple[str, str], frozenset[str] | None] | None = None,
         fast: bool = True,
         kinds: Mapping[tuple[str, str], Mapping[str, str]] | None = None,
+        read_ahead: bool = True,
     ) -> None:
         """``needed``: per table, the only columns to decode (None or absent: all); ``fast``: decode row
         images with rowdecode.py where it can (False: always the library, as the differential test does);
         ``kinds``: per table, the columns whose values are turned into what a SELECT prints
-        (rowdecode.server_text; read at each event, so the caller may update it after DDL)."""
+        (rowdecode.server_text; read at each event, so the caller may update it after DDL); ``read_ahead``: decide
+        the events of every transaction from their bytes where readahead.py can (False: the library decodes
+        every event, as the differential test compares)."""
         self.cfg = cfg
         self.tables = set(tables)  # (schema, table) pairs whose row events are decoded
         self.flavor = flavor
         self.needed = dict(needed or {})
         self.fast = fast
+        self.read_ahead = read_ahead
+        self.ahead: ReadAhead | None = None  # of the current connection (tests, bench)
         self.kinds: Mapping[tuple[str, str], Mapping[str, str]] = kinds if kinds is not None else {}
         self.decoded = {"fast": 0, "library": 0}  # rows events of mapped tables, by decoder (tests, bench)
         self._decoded_metric = {k: m.ROWS_EVENTS_DECODED.labels(decoder=k) for k in self.decoded}
@@ -379,10 +385,28 @@ class BinlogSource:
             report_slave=REPORT_HOST,
             **position_args,
         )
+        ahead = ReadAhead(self.tables) if self.read_ahead else None
+        self.ahead = ahead
+        replay: Replay | None = None  # the connection's packet reader, once the library has connected
         try:
             while True:
                 try:
-                    event = stream.fetchone()
+                    if replay is None:
+                        event = stream.fetchone()  # (connects)
+                        if ahead is not None and event is not None:
+                            replay = self._attach(stream, ahead)
+                    else:
+                        packet = replay.read()
+                        decided = ahead.decide(packet.get_all_data(), stream) if ahead is not None else None
+                        if isinstance(decided, Dropped):
+                            continue
+                        if decided is not None:
+                            yield decided
+                            continue
+                        replay.pending = packet  # the library decodes this very packet
+                        event = stream.fetchone()
+                    if ahead is not None:
+                        ahead.library_read(event)
                     raw = self._translate(event, stream) if event is not None else None
                 except _LibraryReconnect as exc:
                     raise SourceError("binlog connection lost") from exc
@@ -400,6 +424,16 @@ class BinlogSource:
                     yield raw
         finally:
             self.close()
+
+    @staticmethod
+    def _attach(stream: BinLogStreamReader, ahead: ReadAhead) -> Replay:
+        """Read the connected stream's packets here first (readahead.py); the library gets them from a Replay."""
+        connection = stream._stream_connection
+        replay = Replay(connection._read_packet)
+        connection._read_packet = replay
+        # set by the library when it connected (BINLOG_CHECKSUM); the version is pinned in pyproject.toml
+        ahead.checksum = bool(stream._BinLogStreamReader__use_checksum)
+        return replay
 
     def _translate(self, event: Any, stream: BinLogStreamReader) -> RawEvent | None:
         if isinstance(event, RowsEvent):

@@ -59,6 +59,10 @@ def connection_settings(cfg: MySQLConfig) -> dict[str, Any]:
         if cfg.ssl_cert:
             ctx.load_cert_chain(cfg.ssl_cert, cfg.ssl_key)
         settings["ssl"] = ctx
+    else:
+        # No ssl_* set means no TLS, as documented. PyMySQL would otherwise try TLS unverified ("preferred"),
+        # which protects nothing and builds a default SSL context (tens of ms) for every connection.
+        settings["ssl_disabled"] = True
     return settings
 
 

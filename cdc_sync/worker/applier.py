@@ -70,6 +70,7 @@ class Applier:
         # After Redis lost everything (no checkpoint): what the worker records besides the checkpoint (rule
         # fingerprints, server identity) is written again, so the next start does not flush for nothing.
         self.on_checkpoint_lost: Callable[[], None] | None = None
+        self.on_progress: Callable[[], None] | None = None  # after every step applied (the heartbeat follows)
 
     # ---- called from the reading (main) thread -----------------------------------------------------
 
@@ -106,16 +107,18 @@ class Applier:
             self.raise_failure()
             if self.rewind_to is not None or (give_up is not None and give_up()):
                 return  # this generation is dropped anyway, or we are stopping
-            with self._rows:
-                if self._queued_rows and self._queued_rows + rows > self.cfg.queue_max_rows:
-                    self._rows.wait(0.2)
-                    continue
-                self._queued_rows += rows
+            if rows:  # (most transactions of a busy server touch no mapped table: no rows to count)
+                with self._rows:
+                    if self._queued_rows and self._queued_rows + rows > self.cfg.queue_max_rows:
+                        self._rows.wait(0.2)
+                        continue
+                    self._queued_rows += rows
             try:
                 self.queue.put((self._gen, item), timeout=0.2)
                 return
             except queue.Full:
-                self._release_rows(rows)
+                if rows:
+                    self._release_rows(rows)
 
     def rewound(self) -> str:
         """The reader has restarted at ``rewind_to``: start a new generation; returns the position."""
@@ -231,7 +234,9 @@ class Applier:
                     self._drop_gen = self._gen
                     self.rewind_to = rw.position
                 finally:
-                    self._release_rows(sum(_rows(i) for i in items))
+                    rows = sum(_rows(i) for i in items)
+                    if rows:
+                        self._release_rows(rows)
                     for _ in range(len(items) + (1 if stop else 0)):
                         self.queue.task_done()
                 if stop:
@@ -261,7 +266,8 @@ class Applier:
                 return items, True
             gen, item = entry
             if gen <= self._drop_gen:
-                self._release_rows(_rows(item))
+                if _rows(item):
+                    self._release_rows(_rows(item))
                 self.queue.task_done()
                 continue
             items.append(item)
@@ -346,6 +352,8 @@ class Applier:
             break
         self.expected = new
         self.last_applied = time.monotonic()
+        if self.on_progress is not None:
+            self.on_progress()
         self._record(ops, txns, tally, time.perf_counter() - started)
 
     def _record(

@@ -1,24 +1,32 @@
 """The freshness heartbeat: ``<ns>:heartbeat`` = a Redis time up to which every commit is applied.
 
 Readers trust the cache only while ``Redis TIME - heartbeat <= max_staleness_ms`` (see reader.py), so
-the heartbeat must never run ahead of what the worker has applied, idle or under load. The prober:
+the heartbeat must never run ahead of what the worker has applied, idle or under load. The prober takes
+samples and settles them:
 
-1. reads Redis ``TIME`` (T0), then the server's binlog end P (``gtid_binlog_pos``, ``gtid_executed``
+1. a sample reads Redis ``TIME`` (T0), then the server's binlog end P (``gtid_binlog_pos``, ``gtid_executed``
    or ``SHOW MASTER STATUS``): every transaction committed before T0 is at or before P;
-2. waits until the applied checkpoint reaches P;
-3. moves the heartbeat to T0 (only forward, and only while the checkpoint is this worker's).
+2. as soon as the applied checkpoint reaches P, the heartbeat moves to T0 (only forward, and only while the
+   checkpoint is this worker's); of several samples reached at once, the newest counts.
+
+Samples follow the stream: while the checkpoint moves (the applier nudges the prober after every step) or
+samples wait to be reached, a new one is taken every ``min_gap_s``, without waiting for the previous ones, so
+under load the heartbeat trails real time by about the apply lag plus ``min_gap_s``. An idle server is
+sampled once per ``interval_s``. At most ``max_pending`` samples wait; when they are all waiting, the newest is
+replaced, so the heartbeat still catches up to fresh times once the worker does.
 
 One clock (Redis's) is used for both ends, so neither MySQL's, the worker's nor the app's clock matters.
-The heartbeat trails real time by the apply lag plus one probe interval. No write access to MySQL is
-needed (unlike a heartbeat table), and binlog event times (whole seconds, MySQL's clock) are not used.
+No write access to MySQL is needed (unlike a heartbeat table), and binlog event times (whole seconds, MySQL's
+clock) are not used.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from cdc_sync import logs
 from cdc_sync import metrics as m
@@ -37,8 +45,14 @@ class PositionSource(Protocol):
     def current_position(self, flavor: str, kind: str) -> str: ...
 
 
+class Sample(NamedTuple):
+    t0: int  # Redis time (ms), read first
+    target: str  # the server's binlog end, read after it
+    taken: float  # monotonic time the sample was taken
+
+
 class Prober:
-    """Runs the probe loop in a daemon thread until ``stop()``."""
+    """Runs the sampling loop in a daemon thread until ``stop()``."""
 
     def __init__(
         self,
@@ -47,14 +61,15 @@ class Prober:
         flavor: str,
         applied: AppliedPosition,
         interval_s: float,
-        wait_limit_s: float = 30.0,
+        min_gap_s: float = 0.02,
+        max_pending: int = 64,
         streaming: Callable[[], bool] = lambda: True,
         settled: Callable[[], bool] = lambda: True,
     ) -> None:
         """``streaming``: whether the worker reads the binlog from its position right now. A position the worker
         rewound to, or cannot read (a purged file, a bad checkpoint), is nothing to vouch for. ``settled``: asked
         last, just before the heartbeat moves: whether nothing that invalidations depend on may have been lost
-        since (Redis evicted keys: the worker flushes and says False, see sync.py ``evictions_settled``)."""
+        since (Redis evicted keys: the worker flushes and says False, see loop.py ``evictions_settled``)."""
         self.sink = sink
         self.mysql = mysql
         self.flavor = flavor
@@ -62,8 +77,14 @@ class Prober:
         self.streaming = streaming
         self.settled = settled
         self.interval_s = interval_s
-        self.wait_limit_s = wait_limit_s
+        self.min_gap_s = min(min_gap_s, interval_s)
+        self.max_pending = max(1, max_pending)
+        self.pending: deque[Sample] = deque()
+        self._progress = threading.Event()  # the checkpoint moved (nudge) since the last sample
+        self._wake = threading.Event()
         self._stop = threading.Event()
+        self._sampled_at = -float("inf")  # monotonic time of the last sample
+        self._unready = True  # the last sample found the worker not streaming (from start-up on)
         self._thread = threading.Thread(target=self._loop, name="cdc-sync-heartbeat", daemon=True)
         self.last_beat_at: float | None = None  # monotonic time of the last heartbeat moved (its T0, roughly)
 
@@ -76,54 +97,78 @@ class Prober:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(5)
         close = getattr(self.mysql, "close", None)
         if close is not None:
             close()
 
-    def probe_once(self) -> bool:
-        """One probe; True when the heartbeat was moved."""
+    def nudge(self) -> None:
+        """The checkpoint moved (called by the applier after every step): settle, and sample again soon."""
+        self._progress.set()
+        self._wake.set()
+
+    def sample(self) -> bool:
+        """Take one sample (T0, then P); True when one was taken (the worker streams from a known position)."""
+        self._sampled_at = taken = time.monotonic()
+        self._progress.clear()
         expected = self.applied()
         if expected is None or not self.streaming():
+            self._unready = True  # asked again after the minimum gap (no server is asked anything meanwhile)
             return False
-        probe_started = time.monotonic()
+        self._unready = False
         t0 = self.sink.time_ms()
         target = self.mysql.current_position(self.flavor, kind_of(expected))
-        deadline = time.monotonic() + self.wait_limit_s
-        while True:
-            expected = self.applied()
-            if expected is None:
-                return False
-            if not target:
-                return False  # the server has no position of this form (RESET MASTER, no GTID yet): no order
-            try:
-                if reached(expected, target):
-                    break
-            except PositionError:
-                return False  # the worker rewound to another form of position; probe again
-            if self._stop.wait(0.005) or time.monotonic() > deadline:
-                return False
-        if not self.streaming() or not self.settled():
+        if not target:
+            return False  # the server has no position of this form (RESET MASTER, no GTID yet): no order
+        if len(self.pending) >= self.max_pending:
+            self.pending.pop()  # keep the oldest (closest to being reached) and the freshest
+        self.pending.append(Sample(t0, target, taken))
+        return True
+
+    def settle(self) -> bool:
+        """Move the heartbeat to the newest waiting sample the applied checkpoint has reached; True if moved."""
+        if not self.pending:
             return False
-        moved = self.sink.set_heartbeat(t0, expected)
+        expected = self.applied()
+        if expected is None:
+            return False
+        newest: Sample | None = None
+        try:
+            while self.pending and reached(expected, self.pending[0].target):
+                newest = self.pending.popleft()
+        except PositionError:
+            self.pending.clear()  # the worker rewound to another form of position: sample again
+        if newest is None or not self.streaming() or not self.settled():
+            return False
+        moved = self.sink.set_heartbeat(newest.t0, expected)
         if moved:
-            self.last_beat_at = probe_started
+            self.last_beat_at = newest.taken
             m.HEARTBEATS.inc()
-            m.HEARTBEAT_LAG_SECONDS.set(max(0.0, (self.sink.time_ms() - t0) / 1000))
+            m.HEARTBEAT_LAG_SECONDS.set(max(0.0, time.monotonic() - newest.taken))
         return moved
+
+    def _due_in(self) -> float:
+        """Seconds until the next sample is due."""
+        busy = bool(self.pending) or self._progress.is_set() or self._unready
+        return self._sampled_at + (self.min_gap_s if busy else self.interval_s) - time.monotonic()
 
     def _loop(self) -> None:
         failures = 0
         while not self._stop.is_set():
-            started = time.monotonic()
+            self._wake.clear()  # (before the work: a nudge during it wakes the wait below at once)
             try:
-                self.probe_once()
+                self.settle()
+                if self._due_in() <= 0 and self.sample():
+                    self.settle()  # at once, when nothing was waiting to be applied
                 failures = 0
             except CdcSyncError as exc:
                 failures += 1
                 m.HEARTBEAT_ERRORS.inc()
                 log.warning("heartbeat.probe_failed", error=str(exc), attempt=failures)
-            self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
+                self._stop.wait(self.interval_s)  # not at min_gap_s: a server away is not polled hard
+                continue
+            self._wake.wait(max(0.0, min(self._due_in(), self.interval_s)))
 
 
 class AppliedPosition(Protocol):

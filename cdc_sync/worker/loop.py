@@ -103,6 +103,7 @@ class Worker:
         self.streaming = False  # the binlog stream is connected and delivering events
         self.last_tick = time.monotonic()
         self._ready_sent = False
+        self._watchdog_at = -1.0  # monotonic time the watchdog was last looked at
 
     # ---- control ---------------------------------------------------------------------------------
 
@@ -606,16 +607,20 @@ class Worker:
         return self.stopping
 
     def _on_event(self, assembler: Assembler) -> None:
-        self.tick()
+        now = self.last_tick = time.monotonic()  # (tick(), inline: this runs for every event)
         if not self.streaming:
             self.streaming = True
             self._report(state="streaming")  # again after every reconnect
             if not self._ready_sent:
                 self._ready_sent = True
                 self.notifier.send("READY=1", f"STATUS=streaming from {assembler.tracker.render()}")
-        # The watchdog is fed only while Redis takes what is decoded (or nothing waits for it).
+        # The watchdog is fed only while Redis takes what is decoded (or nothing waits for it); looked at no more
+        # than every 0.1 s (the notifier pings at most twice per watchdog period anyway).
+        if now - self._watchdog_at < 0.1:
+            return
+        self._watchdog_at = now
         applier = self.applier
-        if applier.queue.qsize() == 0 or time.monotonic() - applier.last_applied < 30:
+        if applier.queue.qsize() == 0 or now - applier.last_applied < 30:
             self.notifier.watchdog(f"streaming; checkpoint {applier.expected}; lag {applier.lag_s:.1f}s")
 
     def health(self, heartbeat_age_s: Callable[[], float | None], ready_max_lag_s: float) -> Health:

@@ -33,38 +33,37 @@ class Server:
 
 
 def test_heartbeat_waits_for_the_applied_position() -> None:
-    """The probe's time is written only once the checkpoint reaches the server position read after it."""
+    """A sample's time is written only once the checkpoint reaches the server position read after it."""
     clock = Clock()
     applied = {"pos": "0-1-5"}
-    prober = Prober(clock, Server("0-1-9", clock), "mariadb", lambda: applied["pos"], interval_s=1, wait_limit_s=5)
-    result: list[bool] = []
-    t = threading.Thread(target=lambda: result.append(prober.probe_once()))
-    t.start()
-    t.join(0.2)
-    assert t.is_alive() and clock.beats == [], "no heartbeat while 0-1-5 < 0-1-9"
+    prober = Prober(clock, Server("0-1-9", clock), "mariadb", lambda: applied["pos"], interval_s=1)
+    assert prober.sample()
+    assert prober.settle() is False and clock.beats == [], "no heartbeat while 0-1-5 < 0-1-9"
     applied["pos"] = "0-1-9"
-    t.join(5)
-    assert result == [True]
+    assert prober.settle()
     ((ms, expected),) = clock.beats
     assert expected == "0-1-9"
     assert ms <= clock.now
+    assert not prober.pending
 
 
-def test_probe_time_is_taken_before_the_position() -> None:
+def test_sample_time_is_taken_before_the_position() -> None:
     """T0 is read before the server position, so every commit before T0 is covered by that position."""
     clock = Clock()
     server = Server("bin.000001:500", clock)
     prober = Prober(clock, server, "mysql", lambda: "bin.000001:500", interval_s=1)
-    assert prober.probe_once()
+    assert prober.sample() and prober.settle()
     ((ms, _),) = clock.beats
     assert ms <= server.asked_at[0]
 
 
-def test_no_heartbeat_when_the_wait_times_out() -> None:
+def test_no_heartbeat_while_the_position_is_not_reached() -> None:
     """A worker that never reaches the position never moves the heartbeat (readers then bypass)."""
     clock = Clock()
-    prober = Prober(clock, Server("0-1-9", clock), "mariadb", lambda: "0-1-1", interval_s=1, wait_limit_s=0.05)
-    assert prober.probe_once() is False
+    prober = Prober(clock, Server("0-1-9", clock), "mariadb", lambda: "0-1-1", interval_s=1)
+    for _ in range(5):
+        assert prober.sample()
+        assert prober.settle() is False
     assert clock.beats == []
 
 
@@ -74,12 +73,93 @@ def test_out_of_order_mariadb_numbers_do_not_move_the_heartbeat_early() -> None:
     clock = Clock()
     applied = {"pos": "0-1-10@1:bin.000001:900"}
     server = Server("0-1-5@1:bin.000001:1200", clock)
-    prober = Prober(clock, server, "mariadb", lambda: applied["pos"], interval_s=1, wait_limit_s=5)
-    result: list[bool] = []
-    t = threading.Thread(target=lambda: result.append(prober.probe_once()))
-    t.start()
-    t.join(0.2)
-    assert t.is_alive() and clock.beats == [], "0-1-10 > 0-1-5 by number, but it is behind in the stream"
+    prober = Prober(clock, server, "mariadb", lambda: applied["pos"], interval_s=1)
+    assert prober.sample()
+    assert prober.settle() is False and clock.beats == [], "0-1-10 > 0-1-5 by number, but behind in the stream"
     applied["pos"] = "0-1-5@1:bin.000001:1200"
-    t.join(5)
-    assert result == [True]
+    assert prober.settle()
+
+
+def test_samples_do_not_wait_for_each_other_and_the_newest_reached_counts() -> None:
+    """Samples taken while earlier ones wait are settled together: the heartbeat moves once, to the newest
+    time whose position is applied, and a sample not yet reached keeps waiting."""
+    clock = Clock()
+    server = Server("0-1-5", clock)
+    applied = {"pos": "0-1-1"}
+    prober = Prober(clock, server, "mariadb", lambda: applied["pos"], interval_s=1)
+    times = []
+    for position in ("0-1-5", "0-1-7", "0-1-9"):
+        server.position = position
+        assert prober.sample()
+        times.append(prober.pending[-1].t0)
+    applied["pos"] = "0-1-7"
+    assert prober.settle()
+    assert clock.beats == [(times[1], "0-1-7")]
+    assert [s.target for s in prober.pending] == ["0-1-9"]
+
+
+def test_waiting_samples_are_bounded_and_the_freshest_is_kept() -> None:
+    """With every slot waiting, a new sample replaces the newest waiting one (the oldest is kept)."""
+    clock = Clock()
+    server = Server("0-1-5", clock)
+    prober = Prober(clock, server, "mariadb", lambda: "0-1-1", interval_s=1, max_pending=3)
+    for seq in range(5, 10):
+        server.position = f"0-1-{seq}"
+        assert prober.sample()
+    assert [s.target for s in prober.pending] == ["0-1-5", "0-1-6", "0-1-9"]
+
+
+def test_nothing_is_sampled_while_the_worker_is_not_streaming() -> None:
+    """A position the worker is not reading from is nothing to vouch for: no sample, no question to the server."""
+    clock = Clock()
+    server = Server("0-1-5", clock)
+    prober = Prober(clock, server, "mariadb", lambda: "0-1-5", interval_s=1, streaming=lambda: False)
+    assert prober.sample() is False
+    assert server.asked_at == [] and not prober.pending
+
+
+def test_a_rewind_to_another_form_of_position_drops_the_waiting_samples() -> None:
+    """Samples of GTID form cannot be compared with a file position the worker rewound to: they are dropped."""
+    clock = Clock()
+    applied = {"pos": "0-1-1"}
+    prober = Prober(clock, Server("0-1-5", clock), "mariadb", lambda: applied["pos"], interval_s=1)
+    assert prober.sample()
+    applied["pos"] = "bin.000001:4"
+    assert prober.settle() is False
+    assert not prober.pending and clock.beats == []
+
+
+def test_samples_follow_the_stream_and_idle_ones_wait_an_interval() -> None:
+    """After a sample with nothing waiting the next is an interval away; a nudge (the checkpoint moved) or a
+    sample still waiting brings it to the minimum gap."""
+    clock = Clock()
+    server = Server("0-1-5", clock)
+    applied = {"pos": "0-1-5"}
+    prober = Prober(clock, server, "mariadb", lambda: applied["pos"], interval_s=30, min_gap_s=0.01)
+    assert prober.sample() and prober.settle()
+    assert prober._due_in() > 20, "idle: the next sample is an interval away"
+    prober.nudge()
+    assert prober._due_in() <= 0.01, "the checkpoint moved: sample again after the minimum gap"
+    server.position = "0-1-9"
+    assert prober.sample() and prober.settle() is False
+    assert prober._due_in() <= 0.01, "a sample waits: keep sampling at the minimum gap"
+
+
+def test_the_prober_thread_moves_the_heartbeat_when_the_applier_nudges() -> None:
+    """Running: a sample waiting for the applied position is settled when the applier nudges, without waiting
+    for the next interval."""
+    clock = Clock()
+    applied = {"pos": "0-1-1"}
+    prober = Prober(clock, Server("0-1-9", clock), "mariadb", lambda: applied["pos"], interval_s=3600)
+    prober.start()
+    try:
+        deadline = threading.Event()
+        while not prober.pending and not deadline.wait(0.01):
+            pass
+        applied["pos"] = "0-1-9"
+        prober.nudge()
+        while not clock.beats and not deadline.wait(0.01):
+            pass
+        assert clock.beats and clock.beats[0][1] == "0-1-9"
+    finally:
+        prober.stop()

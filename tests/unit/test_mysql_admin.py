@@ -148,8 +148,9 @@ def test_error_1236_becomes_position_lost() -> None:
 
 
 def test_connection_settings_turn_tls_on_only_when_configured(tmp_path: Any) -> None:
-    """No ssl_* setting: no TLS context; any ssl_* setting: an SSLContext is passed to PyMySQL."""
-    assert "ssl" not in connection_settings(MySQLConfig(password="pw"))
+    """No ssl_* setting: TLS off (not PyMySQL's unverified "preferred" TLS); any ssl_* setting: an SSLContext."""
+    plain = connection_settings(MySQLConfig(password="pw"))
+    assert "ssl" not in plain and plain["ssl_disabled"] is True
     import ssl
     import subprocess
 
@@ -177,6 +178,7 @@ def test_connection_settings_turn_tls_on_only_when_configured(tmp_path: Any) -> 
     settings = connection_settings(MySQLConfig(ssl_ca=str(cert), ssl_verify_identity=True))
     assert isinstance(settings["ssl"], ssl.SSLContext)
     assert settings["ssl"].check_hostname is True
+    assert "ssl_disabled" not in settings
 
 
 @pytest.mark.parametrize("secret", ["hunter2-Secret"])

@@ -1,0 +1,142 @@
+"""The binlog's packets read ahead of python-mysql-replication: the events of every transaction, cheaply.
+
+A single-row transaction is four or five events (GTID, annotation, table map, rows, XID), and most of them
+belong to tables nobody maps. The library builds an event object for each, with its table map parsed anew
+every time; that, not row decoding, is what small transactions cost. Here each packet's 19-byte header is read
+first, and:
+
+* a MariaDB GTID or an XID becomes the RawBegin or RawCommit it stands for, from a few fixed fields;
+* a MariaDB annotation (the statement's text, which the worker never reads) is dropped;
+* a table map of a table that is not streamed is dropped after its names are read, and so are the rows events
+  that refer to it by table id;
+* a table map of a streamed table whose bytes (table id, names, column types, metadata) were seen before puts
+  the library's Table built then back in the library's table map, so its columns are the same objects and the
+  compiled row decoder is found by identity (binlog.py);
+* everything else (format descriptions, rotations, queries, heartbeats, rows of mapped tables, XA, any type
+  this module does not know) goes to the library, which reads the very same packet.
+
+The library keeps the connection: it connects, and it is handed back the packet read here when it should decode
+one (``Replay``). What it reads by itself is watched as well (``library_read``), so its table map and this
+module's view of table ids never disagree.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from cdc_sync.core.events import RawBegin, RawCommit, RawEvent
+
+XID_EVENT = 16
+TABLE_MAP_EVENT = 19
+ROTATE_EVENT = 4
+MARIADB_ANNOTATE_ROWS_EVENT = 160
+MARIADB_GTID_EVENT = 162
+# rows events: v1 (MariaDB), v2 (MySQL), MySQL's partial JSON update, MariaDB's compressed v1 and v2
+ROWS_EVENTS = frozenset({23, 24, 25, 30, 31, 32, 39, 166, 167, 168, 169, 170, 171})
+_MARIADB_GTID_STANDALONE = 0x01
+_HEADER = struct.Struct("<xIBIIIH")  # the OK byte, then timestamp, type, server id, size, next position, flags
+_GTID = struct.Struct("<QIB")  # MariaDB GTID: sequence number, domain, flags
+_MAPS_MAX = 1024  # table maps remembered (a table's map changes with its DDL; the bound is for churn)
+
+
+class Dropped:
+    """An event read here that nothing downstream needs."""
+
+
+DROPPED = Dropped()
+
+
+class ReadAhead:
+    """Decides, per packet, whether the library needs to see it (see the module docstring).
+
+    ``tables``: the (schema, table) pairs whose events are decoded, as the binlog names them.
+    """
+
+    def __init__(self, tables: set[tuple[str, str]]) -> None:
+        self.tables = tables
+        self.checksum = False  # whether events end with a CRC32 (as the library found at connect)
+        self.unmapped: set[int] = set()  # table ids of tables that are not streamed (in the current file)
+        self._maps: dict[bytes, Any] = {}  # a streamed table's map (body, no checksum) -> the library's Table
+        self._pending_map: tuple[int, bytes] | None = None  # the map handed to the library, to remember its Table
+        self.decided = 0  # events decided here (tests, bench)
+
+    def decide(self, data: bytes, stream: Any) -> RawEvent | Dropped | None:
+        """What a packet of the stream is: a RawEvent, DROPPED, or None when the library must decode it.
+
+        ``stream``: the library's reader, whose table map (table id -> Table) and position (``log_pos``) are
+        updated as its own ``fetchone`` would for an event decided here.
+        """
+        if len(data) < 24 or data[0] != 0:
+            return None  # not an event packet (end of stream, error): the library knows what to do
+        timestamp, kind, server_id, _size, next_pos, _flags = _HEADER.unpack_from(data)
+        if kind == MARIADB_GTID_EVENT:
+            seq, domain, flags = _GTID.unpack_from(data, 20)
+            raw: RawEvent | Dropped = RawBegin(
+                gtid=f"{domain}-{server_id}-{seq}", opens=not flags & _MARIADB_GTID_STANDALONE
+            )
+        elif kind == XID_EVENT:
+            raw = RawCommit(stream.log_file, next_pos, timestamp)
+        elif kind == MARIADB_ANNOTATE_ROWS_EVENT:
+            raw = DROPPED
+        elif kind == TABLE_MAP_EVENT:
+            if not self._table_map(data, stream.table_map):
+                return None
+            raw = DROPPED
+        elif kind in ROWS_EVENTS and int.from_bytes(data[20:26], "little") in self.unmapped:
+            raw = DROPPED
+        else:
+            return None
+        self.decided += 1
+        if next_pos:
+            stream.log_pos = next_pos  # as the library's fetchone does for every event but a rotation
+        return raw
+
+    def _table_map(self, data: bytes, table_map: dict[int, Any]) -> bool:
+        """Whether the map is dealt with here (not streamed, or a streamed table's map seen before)."""
+        table_id = int.from_bytes(data[20:26], "little")
+        at = 28  # table id (6), flags (2), then the schema name (length byte, bytes, NUL), the table name likewise
+        schema_len = data[at]
+        schema = data[at + 1 : at + 1 + schema_len]
+        at += 2 + schema_len
+        table = data[at + 1 : at + 1 + data[at]]
+        if (schema.decode("utf-8", "replace"), table.decode("utf-8", "replace")) not in self.tables:
+            self.unmapped.add(table_id)
+            table_map.pop(table_id, None)
+            return True
+        self.unmapped.discard(table_id)
+        body = data[20 : len(data) - 4] if self.checksum else data[20:]
+        known = self._maps.get(body)
+        if known is not None:
+            table_map[table_id] = known
+            return True
+        self._pending_map = (table_id, body)
+        return False
+
+    def library_read(self, event: Any) -> None:
+        """Called with each event the library returned (None at the end), to keep the table ids in step."""
+        table_id = getattr(event, "table_id", None)
+        pending, self._pending_map = self._pending_map, None
+        if type(event).__name__ == "TableMapEvent" and table_id is not None:
+            self.unmapped.discard(table_id)
+            if pending is not None and pending[0] == table_id:
+                if len(self._maps) >= _MAPS_MAX:
+                    self._maps.clear()
+                self._maps[pending[1]] = event.get_table()
+        elif type(event).__name__ == "RotateEvent":
+            # a new file may come from a restarted server, which numbers its tables anew (the library empties its
+            # table map then too)
+            self.unmapped.clear()
+
+
+class Replay:
+    """A connection's packet reader that first returns a packet already read (for the library to decode)."""
+
+    def __init__(self, read: Callable[..., Any]) -> None:
+        self.read = read
+        self.pending: Any = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        packet, self.pending = self.pending, None
+        return packet if packet is not None else self.read(*args, **kwargs)
