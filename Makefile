@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup servers test unit lint demo consistency consistency-memory consistency-gtid-resume bench clean
+.PHONY: setup servers sysbench test unit lint demo consistency consistency-memory consistency-compressed consistency-gtid-resume bench clean
 
 setup: servers $(STAMP)
 
@@ -22,6 +22,14 @@ servers:
 		echo "installing:$$missing"; \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+# sysbench (for bench/sysbench.py), installed only when missing.
+sysbench:
+	@if ! command -v sysbench >/dev/null; then \
+		echo "installing: sysbench"; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends sysbench; \
 	fi
 
 $(STAMP): pyproject.toml
@@ -46,13 +54,14 @@ demo: setup
 
 # Benchmarks on throwaway servers: figures printed, written to bench/results.json (and bench/<scenario>.json),
 # then a summary of the targets.
-bench: setup
+bench: setup sysbench
 	rm -f bench/results.json
 	$(BIN)/python bench/catchup.py
 	$(BIN)/python bench/reader.py
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/sysbench.py
 	$(BIN)/python bench/summary.py
 
 # The long consistency profile (about 6 minutes, 12 fault kinds, about 30 faults); the short one (about 2 minutes)
@@ -69,6 +78,11 @@ consistency-memory: setup
 	  $(BIN)/python -m tests.consistency.checker --profile $${PROFILE:-short} --seed $${SEED:-1} --memory $$policy \
 	    $${FAULTS:+--faults $$FAULTS}; \
 	done
+
+# The checker on compressed binlogs (MariaDB log_bin_compress=ON; long profile, about 6 minutes).
+consistency-compressed: setup
+	$(BIN)/python -m tests.consistency.checker --profile $${PROFILE:-long} --seed $${SEED:-1} --compress \
+	  $${FAULTS:+--faults $$FAULTS}
 
 # Where MariaDB resumes a GTID stream when sequence numbers are out of order (a table; about 40 s).
 consistency-gtid-resume: setup

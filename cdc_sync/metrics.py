@@ -24,6 +24,11 @@ APPLY_SECONDS = Histogram(
 FLUSHES = Counter("cdc_sync_flushes", "Wholesale invalidations of a table's keys", ["table", "reason"])
 REWINDS = Counter("cdc_sync_rewinds", "Replays from Redis's stored checkpoint", ["reason"])
 UNKNOWN_EVENTS = Counter("cdc_sync_unknown_events", "Binlog events not understood (each flushes)", ["event_type"])
+COMPRESSED_EVENTS = Counter(
+    "cdc_sync_compressed_events",
+    "Compressed binlog events expanded (MariaDB log_bin_compress: mariadb; MySQL transaction payloads: mysql)",
+    ["kind"],
+)
 ROWS_EVENTS_DECODED = Counter(
     "cdc_sync_rows_events_decoded",
     "Rows events of mapped tables, by decoder: fast (rowdecode.py, needed columns only) or library",

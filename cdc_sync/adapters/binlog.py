@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import pymysql
+from pymysql.protocol import MysqlPacket
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.constants import FIELD_TYPE
 from pymysqlreplication.event import (
@@ -396,14 +397,20 @@ class BinlogSource:
                         if ahead is not None and event is not None:
                             replay = self._attach(stream, ahead)
                     else:
-                        packet = replay.read()
-                        decided = ahead.decide(packet.get_all_data(), stream) if ahead is not None else None
+                        assert ahead is not None
+                        packet = replay()
+                        data = packet.get_all_data()
+                        decided = ahead.decide(data, stream)
                         if isinstance(decided, Dropped):
                             continue
                         if decided is not None:
                             yield decided
                             continue
-                        replay.pending = packet  # the library decodes this very packet
+                        expanded = ahead.expand(data)
+                        if expanded is not None:  # read next, as if the server had sent them
+                            replay.pending.extendleft(MysqlPacket(p, "utf8") for p in reversed(expanded))
+                            continue
+                        replay.pending.appendleft(packet)  # the library decodes this very packet
                         event = stream.fetchone()
                     if ahead is not None:
                         ahead.library_read(event)

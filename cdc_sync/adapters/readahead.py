@@ -12,6 +12,8 @@ first, and:
 * a table map of a streamed table whose bytes (table id, names, column types, metadata) were seen before puts
   the library's Table built then back in the library's table map, so its columns are the same objects and the
   compiled row decoder is found by identity (binlog.py);
+* a compressed event (MariaDB's ``log_bin_compress``, MySQL's transaction payloads) is expanded into the
+  uncompressed events it stands for (core/binlogframes.py), which are then read as if the server had sent them;
 * everything else (format descriptions, rotations, queries, heartbeats, rows of mapped tables, XA, any type
   this module does not know) goes to the library, which reads the very same packet.
 
@@ -23,9 +25,17 @@ module's view of table ids never disagree.
 from __future__ import annotations
 
 import struct
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from cdc_sync import metrics as m
+from cdc_sync.core.binlogframes import (
+    MARIADB_UNCOMPRESSED_TYPE,
+    TRANSACTION_PAYLOAD_EVENT,
+    mariadb_uncompressed,
+    mysql_payload_events,
+)
 from cdc_sync.core.events import RawBegin, RawCommit, RawEvent
 
 XID_EVENT = 16
@@ -60,7 +70,10 @@ class ReadAhead:
         self.unmapped: set[int] = set()  # table ids of tables that are not streamed (in the current file)
         self._maps: dict[bytes, Any] = {}  # a streamed table's map (body, no checksum) -> the library's Table
         self._pending_map: tuple[int, bytes] | None = None  # the map handed to the library, to remember its Table
+        self.post_header_len: tuple[int, ...] | None = None  # of the last format description event
         self.decided = 0  # events decided here (tests, bench)
+        self.expanded = 0  # compressed events expanded (tests, bench)
+        self._expanded_metric = {k: m.COMPRESSED_EVENTS.labels(kind=k) for k in ("mariadb", "mysql")}
 
     def decide(self, data: bytes, stream: Any) -> RawEvent | Dropped | None:
         """What a packet of the stream is: a RawEvent, DROPPED, or None when the library must decode it.
@@ -114,6 +127,25 @@ class ReadAhead:
         self._pending_map = (table_id, body)
         return False
 
+    def expand(self, data: bytes) -> list[bytes] | None:
+        """The packets a compressed event stands for, or None when ``data`` is no compressed event.
+
+        Raises binlogframes.FrameError when it cannot be expanded (the caller reports it as undecodable).
+        """
+        if len(data) < 24 or data[0] != 0:
+            return None
+        kind = data[5]
+        if kind in MARIADB_UNCOMPRESSED_TYPE:
+            events = [mariadb_uncompressed(data[1:], self.checksum, self.post_header_len)]
+            self._expanded_metric["mariadb"].inc()
+        elif kind == TRANSACTION_PAYLOAD_EVENT:
+            events = mysql_payload_events(data[1:], self.checksum)
+            self._expanded_metric["mysql"].inc()
+        else:
+            return None
+        self.expanded += 1
+        return [b"\0" + event for event in events]
+
     def library_read(self, event: Any) -> None:
         """Called with each event the library returned (None at the end), to keep the table ids in step."""
         table_id = getattr(event, "table_id", None)
@@ -124,6 +156,8 @@ class ReadAhead:
                 if len(self._maps) >= _MAPS_MAX:
                     self._maps.clear()
                 self._maps[pending[1]] = event.get_table()
+        elif type(event).__name__ == "FormatDescriptionEvent":
+            self.post_header_len = tuple(event.post_header_len)
         elif type(event).__name__ == "RotateEvent":
             # a new file may come from a restarted server, which numbers its tables anew (the library empties its
             # table map then too)
@@ -131,12 +165,13 @@ class ReadAhead:
 
 
 class Replay:
-    """A connection's packet reader that first returns a packet already read (for the library to decode)."""
+    """A connection's packet reader that first returns the packets put back (read here, or expanded here from a
+    compressed event), in order, then reads on."""
 
     def __init__(self, read: Callable[..., Any]) -> None:
-        self.read = read
-        self.pending: Any = None
+        self._read = read
+        self.pending: deque[Any] = deque()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        packet, self.pending = self.pending, None
-        return packet if packet is not None else self.read(*args, **kwargs)
+        return self.pending.popleft() if self.pending else self._read(*args, **kwargs)
+

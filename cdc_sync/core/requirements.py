@@ -13,12 +13,9 @@ REQUIRED_SETTINGS = {
     "binlog_row_image": "FULL",
     "binlog_row_metadata": "FULL",
 }
-# (variable, value that is refused, why)
-REFUSED_SETTINGS = (
-    ("log_bin_compress", "ON", "compressed MariaDB binlog events cannot be decoded"),
-    ("binlog_transaction_compression", "ON", "compressed MySQL transactions cannot be decoded"),
-    ("binlog_row_value_options", "PARTIAL_JSON", "partial JSON updates carry diffs, not values"),
-)
+# (variable, value that is refused, why). Compressed binlogs (MariaDB log_bin_compress, MySQL
+# binlog_transaction_compression) are read: adapters/readahead.py expands them.
+REFUSED_SETTINGS = (("binlog_row_value_options", "PARTIAL_JSON", "partial JSON updates carry diffs, not values"),)
 
 
 def check_server(info: ServerInfo) -> None:

@@ -1,7 +1,7 @@
 """The consistency checker: a seeded random workload, the real worker, readers, and injected faults.
 
     python -m tests.consistency.checker --profile short|long --seed N [--faults kind,kind] [--seconds S]
-        [--memory POLICY]
+        [--memory POLICY] [--compress]
 
 Writers (each owning its own ids) insert, update, delete, change primary keys, run multi-row and rolled-back
 transactions on three mapped tables (``items`` in update mode with a second key on a ``_ci`` column, ``notes``
@@ -32,6 +32,10 @@ Memory pressure (``--memory allkeys-lru|allkeys-random|volatile-lru|volatile-ttl
 every few seconds, so Redis evicts cached values, tag sets, hold-off markers, leases, stamps and (allkeys-*) the
 worker's own keys while writers and readers run. Every evicted key is counted by kind from Redis's ``evicted``
 keyspace events; the summary line gives them. Without ``--faults`` such a run injects MEMORY_FAULTS.
+
+Compressed binlogs (``--compress``): MariaDB runs with ``log_bin_compress=ON`` and ``log_bin_compress_min_len=10``
+(restarts included), so most rows and statement events reach the worker compressed; the summary line counts them
+(``compressed_events``, from ``SHOW BINLOG EVENTS``).
 
 Checks: no read older than max_staleness_ms, no phantom read, 0 divergent keys after quiescence (every cached key,
 whatever its spelling, against the row MySQL matches for it), no worker exit by itself. Stale reads are printed
@@ -156,6 +160,8 @@ class Report:
     examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # cause -> stale reads
     notes: list[str] = field(default_factory=list)  # what faults saw (GTID resume points, reset timings)
     memory_policy: str = ""  # --memory: the maxmemory-policy of the run
+    compress: bool = False  # --compress: MariaDB wrote compressed binlog events
+    compressed_events: int = 0  # ... how many (SHOW BINLOG EVENTS, at the end)
     evicted: Counter[str] = field(default_factory=Counter)  # keys Redis evicted, by kind (evicted_kind)
     pressure_bursts: int = 0
     eviction_flushes: int = 0  # the worker's flushes of every table after evictions (sync.keys_evicted)
@@ -178,6 +184,7 @@ class Report:
             f"divergent={len(self.divergent)} stale_reads={len(self.stale)} phantom_reads={len(self.phantom)} "
             f"worker_crashes={self.worker_crashes} staleness_ms p50={pct(0.5):.0f} p99={pct(0.99):.0f} "
             f"max={max(self.staleness, default=0) * 1000:.0f}{self._memory_line()}"
+            + (f" compress=on compressed_events={self.compressed_events}" if self.compress else "")
         )
 
     def _memory_line(self) -> str:
@@ -234,14 +241,21 @@ class Pause:
 
 class Checker:
     def __init__(
-        self, profile: Profile, seed: int, workdir: Path, kinds: tuple[str, ...] = FAULT_KINDS, memory: str = ""
+        self,
+        profile: Profile,
+        seed: int,
+        workdir: Path,
+        kinds: tuple[str, ...] = FAULT_KINDS,
+        memory: str = "",
+        compress: bool = False,
     ) -> None:
         self.profile = profile
         self.memory = memory
+        self.compress = compress
         self.seed = seed
         self.workdir = workdir
         self.kinds = kinds
-        self.report = Report(seed, memory_policy=memory)
+        self.report = Report(seed, memory_policy=memory, compress=compress)
         self.history = History()
         self.stop = threading.Event()
         self.round_done = threading.Event()  # every selected fault kind ran at least once
@@ -279,7 +293,8 @@ class Checker:
         if self.memory:
             memory_args = ("--maxmemory", str(MAXMEMORY), "--maxmemory-policy", self.memory)
             memory_args += ("--notify-keyspace-events", "Ee")  # evicted events: what went, by kind
-        self.mariadb, self.redis = start_mariadb(), start_redis(extra_args=memory_args)
+        compress_args = ("--log-bin-compress=ON", "--log-bin-compress-min-len=10") if self.compress else ()
+        self.mariadb, self.redis = start_mariadb(extra_args=compress_args), start_redis(extra_args=memory_args)
         self.mysql_proxy, self.redis_proxy = TcpProxy(self.mariadb.port), TcpProxy(self.redis.port)
         conn = self.sql()
         with conn.cursor() as cur:
@@ -1053,8 +1068,22 @@ ttl = 600
         self._check_worker_alive()
         self.quiesce_and_compare()
         self.judge_reads()
+        if self.compress:
+            self.report.compressed_events = self.count_compressed_events()
         self.report.seconds = time.monotonic() - started
         return self.report
+
+    def count_compressed_events(self) -> int:
+        """Compressed events in the binlogs still on the server (``SHOW BINLOG EVENTS`` types ``*_compressed*``)."""
+        conn = self.sql()
+        total = 0
+        with conn.cursor() as cur:
+            cur.execute("SHOW BINARY LOGS")
+            for name, *_rest in cur.fetchall():
+                cur.execute(f"SHOW BINLOG EVENTS IN '{name}'")
+                total += sum(1 for row in cur.fetchall() if "compressed" in str(row[2]).lower())
+        conn.close()
+        return total
 
     def quiesce_and_compare(self) -> None:
         conn = self.sql("c")
@@ -1268,12 +1297,13 @@ def run(
     kinds: tuple[str, ...] = FAULT_KINDS,
     seconds: float | None = None,
     memory: str = "",
+    compress: bool = False,
 ) -> Report:
     workdir = Path(tempfile.mkdtemp(prefix="cdc-consistency-"))
     chosen = PROFILES[profile]
     if seconds is not None:
         chosen = Profile(seconds=seconds, fault_every_s=chosen.fault_every_s)
-    checker = Checker(chosen, seed, workdir, kinds, memory)
+    checker = Checker(chosen, seed, workdir, kinds, memory, compress)
     try:
         report = checker.run()
     finally:
@@ -1313,9 +1343,10 @@ def main() -> int:
         help=f"run Redis with maxmemory {MAXMEMORY} and this maxmemory-policy, under bursts of another app's keys "
         f"(default faults then: {','.join(MEMORY_FAULTS)})",
     )
+    parser.add_argument("--compress", action="store_true", help="MariaDB writes compressed binlog events")
     args = parser.parse_args()
     kinds = parse_faults(args.faults) if args.faults is not None or not args.memory else MEMORY_FAULTS
-    report = run(args.profile, args.seed, kinds, args.seconds, args.memory)
+    report = run(args.profile, args.seed, kinds, args.seconds, args.memory, args.compress)
     print(report.line(), flush=True)
     return 0 if report.ok else 1
 

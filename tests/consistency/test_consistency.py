@@ -20,6 +20,21 @@ def test_short_profile_finds_no_stale_read_and_no_divergent_key() -> None:
 
 
 @pytest.mark.timeout(300)
+def test_compressed_binlog_profile_finds_no_stale_read_and_no_divergent_key() -> None:
+    """MariaDB with log_bin_compress=ON (zlib rows and statements) under worker kills, MariaDB restarts and DDL:
+    every compressed change is applied; `make consistency-compressed` runs the long profile."""
+    report = run(
+        "short", seed=5, kinds=("kill9_worker", "mariadb_restart", "ddl", "cut_mysql"), seconds=45, compress=True
+    )
+    print(report.line())
+    assert report.errors == []
+    assert report.compressed_events > 1000, "the binlog was written compressed"
+    assert report.reads > 1000 and report.ops > 1000
+    assert report.stale == [] and report.phantom == [] and report.divergent == []
+    assert report.worker_crashes == 0
+
+
+@pytest.mark.timeout(300)
 def test_memory_pressure_profile_finds_no_stale_read_and_no_divergent_key() -> None:
     """Redis with a 4 MB maxmemory under allkeys-random (it may evict any key: tag sets, hold-offs, stamps, the
     checkpoint, the rules) and bursts of another application's keys; `make consistency-memory` runs every policy."""

@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 
 import pymysql
+import pytest
 import redis
 
-from tests.helpers import WorkerProcess, connect, wait_caught_up, wait_for, write_config
+from tests.helpers import WorkerProcess, connect, file_position, wait_caught_up, wait_for, write_config
 from tests.integration.conftest import StartWorker
 from tests.servers import MySQLTarget, RedisTarget
 from tools.devservers import start_redis
@@ -106,19 +107,20 @@ def test_changed_and_removed_rules_flush_their_tables_on_restart(
     assert reasons == {"users": "rule_changed", "pets": "rule_removed"}
 
 
-def test_compressed_binlog_events_flush_instead_of_vanishing(
+def test_compressed_binlog_events_are_applied(
     start_worker: StartWorker,
     mysql_server: MySQLTarget,
     db: str,
     sql: pymysql.Connection,  # type: ignore[type-arg]
     r: redis.Redis,
 ) -> None:
-    """MariaDB compressed events (log_bin_compress turned on at run time) cannot be decoded: they flush."""
+    """MariaDB compressed events (log_bin_compress turned on at run time): inserts, updates and deletes are
+    applied as if uncompressed, and a compressed ALTER is seen as the DDL it is; nothing flushes as unknown."""
     with sql.cursor() as cur:
         cur.execute("CREATE TABLE users (id INT PRIMARY KEY, name TEXT)")
     w = start_worker(_tables(db))
     with sql.cursor() as cur:
-        cur.execute("INSERT INTO users VALUES (1, 'plain')")
+        cur.execute("INSERT INTO users VALUES (1, 'plain'), (2, 'two')")
     wait_caught_up(r, sql, mysql_server.flavor, w)
     assert r.exists("users:1") == 1
     try:
@@ -128,14 +130,68 @@ def test_compressed_binlog_events_flush_instead_of_vanishing(
         conn = connect(mysql_server, db)
         with conn.cursor() as cur:  # a new session picks the setting up
             cur.execute("UPDATE users SET name = %s WHERE id = 1", ("compressed " * 50,))
+            cur.execute("INSERT INTO users VALUES (3, %s), (4, %s)", ("three " * 40, "four " * 40))
+            cur.execute("DELETE FROM users WHERE id = 2")
+        wait_caught_up(r, sql, mysql_server.flavor, w)
+        assert json.loads(r.get("users:1") or b"")["name"] == "compressed " * 50
+        assert json.loads(r.get("users:3") or b"")["name"] == "three " * 40
+        assert r.exists("users:2") == 0
+        with conn.cursor() as cur:
+            cur.execute("ALTER TABLE users ADD COLUMN note VARCHAR(200) DEFAULT 'a default note, long enough'")
+            cur.execute("UPDATE users SET note = %s WHERE id = 4", ("noted " * 20,))
         conn.close()
     finally:
         with sql.cursor() as cur:
             cur.execute("SET GLOBAL log_bin_compress = OFF")
     wait_caught_up(r, sql, mysql_server.flavor, w)
-    assert r.get("users:1") is None or json.loads(r.get("users:1") or b"")["name"].startswith("compressed")
-    flushes = [e for e in w.events() if e.get("event") == "sync.table_flushed" and e["reason"] == "unknown_event"]
-    assert flushes, "the compressed event was not silently dropped"
+    assert json.loads(r.get("users:4") or b"") == {"id": 4, "name": "four " * 40, "note": "noted " * 20}
+    reasons = [e["reason"] for e in w.events() if e.get("event") == "sync.table_flushed"]
+    assert reasons == ["statement"], "the ALTER flushed as a statement, nothing as an unknown event"
+
+
+def test_a_compressed_event_that_cannot_be_expanded_flushes(
+    mysql_server: MySQLTarget,
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A compressed event whose expansion fails (here: made to fail) is reported as undecodable, never dropped."""
+    from cdc_sync.adapters import readahead
+    from cdc_sync.adapters.binlog import BinlogSource
+    from cdc_sync.config import MySQLConfig
+    from cdc_sync.core.binlogframes import FrameError
+    from cdc_sync.core.events import RawHeartbeat, RawRows, RawUnknown
+
+    with sql.cursor() as cur:
+        cur.execute("CREATE TABLE users (id INT PRIMARY KEY, name TEXT)")
+    start = file_position(sql)
+    try:
+        with sql.cursor() as cur:
+            cur.execute("SET GLOBAL log_bin_compress = ON")
+            cur.execute("SET GLOBAL log_bin_compress_min_len = 10")
+        conn = connect(mysql_server, db)
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO users VALUES (1, %s)", ("compressed " * 50,))
+        conn.close()
+    finally:
+        with sql.cursor() as cur:
+            cur.execute("SET GLOBAL log_bin_compress = OFF")
+
+    def broken(data: bytes, checksum: bool, post_header_len: object = None) -> bytes:
+        raise FrameError("zlib stream truncated (injected)")
+
+    monkeypatch.setattr(readahead, "mariadb_uncompressed", broken)
+    cfg = MySQLConfig(
+        host=mysql_server.host, port=mysql_server.port, user=mysql_server.user, password=mysql_server.password
+    )
+    seen = []
+    for raw in BinlogSource(cfg, [(db, "users")], "mysql").events(start):
+        if isinstance(raw, RawHeartbeat):
+            break
+        seen.append(raw)
+    unknown = [raw for raw in seen if isinstance(raw, RawUnknown)]
+    assert unknown and "injected" in unknown[0].detail
+    assert not [raw for raw in seen if isinstance(raw, RawRows)]
 
 
 def test_sigterm_while_redis_is_down_exits_within_the_shutdown_bound(
