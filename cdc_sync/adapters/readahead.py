@@ -174,4 +174,3 @@ class Replay:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.pending.popleft() if self.pending else self._read(*args, **kwargs)
-
