@@ -26,7 +26,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import pymysql
-from pymysql.protocol import MysqlPacket
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.constants import FIELD_TYPE
 from pymysqlreplication.event import (
@@ -52,7 +51,7 @@ from pymysqlreplication.row_event import (
 from cdc_sync import logs
 from cdc_sync import metrics as m
 from cdc_sync.adapters.mysql import connection_settings, translate_error
-from cdc_sync.adapters.readahead import Dropped, ReadAhead, Replay
+from cdc_sync.adapters.readahead import Dropped, PacketReader, ReadAhead, Replay
 from cdc_sync.config import MySQLConfig
 from cdc_sync.core.events import (
     Op,
@@ -60,6 +59,7 @@ from cdc_sync.core.events import (
     RawCommit,
     RawEvent,
     RawHeartbeat,
+    RawProgress,
     RawQuery,
     RawRows,
     RawServer,
@@ -113,6 +113,8 @@ _DECODE_ERRORS = (
 _EPOCH = datetime.datetime(1970, 1, 1)
 _ROW_EVENTS = (WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent)  # not PartialUpdateRowsEvent (a subclass)
 _DECODERS_MAX = 256  # compiled row decoders kept per source (one per table layout × needed columns)
+_PROGRESS_EVERY = 256  # events dropped in a row (another table's rows) before a RawProgress is yielded
+_PROGRESS = RawProgress()
 
 
 class _LibraryReconnect(Exception):
@@ -298,6 +300,21 @@ def _without_absent_columns(event: RowsEvent, changes: tuple[RowChange, ...]) ->
     return tuple(out)
 
 
+_ROWS_OPS = {23: Op.INSERT, 24: Op.UPDATE, 25: Op.DELETE, 30: Op.INSERT, 31: Op.UPDATE, 32: Op.DELETE}
+
+
+def _changes_of(op: Op, schema: str, table: str, images: list[dict[str, Any]]) -> tuple[RowChange, ...]:
+    """The row changes of a rows event's decoded images (an update's come in before/after pairs)."""
+    if op is Op.INSERT:
+        return tuple(RowChange(Op.INSERT, schema, table, None, after) for after in images)
+    if op is Op.DELETE:
+        return tuple(RowChange(Op.DELETE, schema, table, before, None) for before in images)
+    if len(images) % 2:
+        raise DecodeError("an update event with an odd number of row images")
+    pairs = zip(images[::2], images[1::2], strict=True)
+    return tuple(RowChange(Op.UPDATE, schema, table, before, after) for before, after in pairs)
+
+
 class BinlogSource:
     """Streams RawEvents of the given tables from a position; one instance per connection attempt."""
 
@@ -324,6 +341,7 @@ class BinlogSource:
         self.fast = fast
         self.read_ahead = read_ahead
         self.ahead: ReadAhead | None = None  # of the current connection (tests, bench)
+        self._replay: Replay | None = None
         self.kinds: Mapping[tuple[str, str], Mapping[str, str]] = kinds if kinds is not None else {}
         self.decoded = {"fast": 0, "library": 0}  # rows events of mapped tables, by decoder (tests, bench)
         self._decoded_metric = {k: m.ROWS_EVENTS_DECODED.labels(decoder=k) for k in self.decoded}
@@ -386,9 +404,10 @@ class BinlogSource:
             report_slave=REPORT_HOST,
             **position_args,
         )
-        ahead = ReadAhead(self.tables) if self.read_ahead else None
-        self.ahead = ahead
+        ahead = ReadAhead(self.tables, self._ahead_rows) if self.read_ahead else None
+        self.ahead, self._replay = ahead, None
         replay: Replay | None = None  # the connection's packet reader, once the library has connected
+        dropped = 0  # events dropped by the read-ahead since the last one yielded
         try:
             while True:
                 try:
@@ -398,19 +417,23 @@ class BinlogSource:
                             replay = self._attach(stream, ahead)
                     else:
                         assert ahead is not None
-                        packet = replay()
-                        data = packet.get_all_data()
+                        data = replay.next()
                         decided = ahead.decide(data, stream)
                         if isinstance(decided, Dropped):
+                            dropped += 1
+                            if dropped >= _PROGRESS_EVERY:  # (bounds how long an empty transaction is held)
+                                dropped = 0
+                                yield _PROGRESS
                             continue
+                        dropped = 0
                         if decided is not None:
                             yield decided
                             continue
                         expanded = ahead.expand(data)
                         if expanded is not None:  # read next, as if the server had sent them
-                            replay.pending.extendleft(MysqlPacket(p, "utf8") for p in reversed(expanded))
+                            replay.pending.extendleft(reversed(expanded))
                             continue
-                        replay.pending.appendleft(packet)  # the library decodes this very packet
+                        replay.pending.appendleft(data)  # the library decodes this very packet
                         event = stream.fetchone()
                     if ahead is not None:
                         ahead.library_read(event)
@@ -432,11 +455,15 @@ class BinlogSource:
         finally:
             self.close()
 
-    @staticmethod
-    def _attach(stream: BinLogStreamReader, ahead: ReadAhead) -> Replay:
+    def more_buffered(self) -> bool:
+        """Whether the next event is already read from the network (the read-ahead's buffer holds a packet): an
+        empty transaction may then wait for the next one (see loop.py)."""
+        return self._replay is not None and self._replay.buffered()
+
+    def _attach(self, stream: BinLogStreamReader, ahead: ReadAhead) -> Replay:
         """Read the connected stream's packets here first (readahead.py); the library gets them from a Replay."""
         connection = stream._stream_connection
-        replay = Replay(connection._read_packet)
+        replay = self._replay = Replay(PacketReader(connection))
         connection._read_packet = replay
         # set by the library when it connected (BINLOG_CHECKSUM); the version is pinned in pyproject.toml
         ahead.checksum = bool(stream._BinLogStreamReader__use_checksum)
@@ -462,12 +489,7 @@ class BinlogSource:
                     m.PARTIAL_IMAGES.labels(table=name).inc()
                     log.warning("source.partial_row_image", table=name, rows=len(changes), action="evict_only")
                     changes, evict_only = partial, True
-            kinds = self.kinds.get((event.schema, event.table))
-            if kinds:
-                changes = tuple(
-                    c._replace(before=_as_printed(c.before, kinds), after=_as_printed(c.after, kinds)) for c in changes
-                )
-            return RawRows(changes, evict_only=evict_only)
+            return self._rows(event.schema, event.table, changes, evict_only)
         if isinstance(event, XidEvent):
             return RawCommit(stream.log_file, stream.log_pos, event.timestamp)
         if isinstance(event, MariadbGtidEvent):
@@ -512,14 +534,39 @@ class BinlogSource:
             return RawUnknown(int(event.event_type), "", stream.log_file or "", int(stream.log_pos or 0))
         return None  # rotate, format description, table map, GTID lists, binlog checkpoints, intvar...
 
-    def _decoder(self, event: RowsEvent) -> RowDecoder | None:
-        """The compiled decoder of this event's table map, or None when the library must decode it."""
-        columns = event.columns
-        cached = self._by_table_id.get(event.table_id)
+    def _rows(self, schema: str, table: str, changes: tuple[RowChange, ...], evict_only: bool = False) -> RawRows:
+        kinds = self.kinds.get((schema, table))
+        if kinds:
+            changes = tuple(
+                c._replace(before=_as_printed(c.before, kinds), after=_as_printed(c.after, kinds)) for c in changes
+            )
+        return RawRows(changes, evict_only=evict_only)
+
+    def _ahead_rows(
+        self, kind: int, table_id: int, table: Any, columns: int, full: bool, body: bytes
+    ) -> RawRows | None:
+        """A rows event of a streamed table, read ahead (readahead.rows_body): its RawRows, or None when the library
+        must decode it (the same conditions as _fast_changes)."""
+        schema, name = table.schema, table.table
+        if not self.fast or not full or (schema, name) not in self.tables or columns != len(table.columns):
+            return None
+        if any(not c.name for c in table.columns):
+            return None  # (the library path reports the missing metadata)
+        decoder = self._decoder(table_id, table.columns, schema, name)
+        if decoder is None:
+            return None
+        changes = _changes_of(_ROWS_OPS[kind], schema, name, decoder.images(body))
+        self.decoded["fast"] += 1
+        self._decoded_metric["fast"].inc()
+        return self._rows(schema, name, changes)
+
+    def _decoder(self, table_id: int, columns: Any, schema: str, table: str) -> RowDecoder | None:
+        """The compiled decoder of a table map's columns, or None when the library must decode it."""
+        cached = self._by_table_id.get(table_id)
         if cached is not None and cached[0] is columns:  # the same table map as the last event of this id
             return cached[1]
         specs = tuple(column_spec(c) for c in columns)
-        needed = self.needed.get((event.schema, event.table))
+        needed = self.needed.get((schema, table))
         layout = (specs, needed)
         if layout in self._by_layout:
             decoder = self._by_layout[layout]
@@ -528,13 +575,13 @@ class BinlogSource:
                 decoder = RowDecoder(specs, needed, parse_json)
             except DecodeError as exc:
                 decoder = None
-                log.info("source.library_decoding", table=f"{event.schema}.{event.table}", reason=str(exc))
+                log.info("source.library_decoding", table=f"{schema}.{table}", reason=str(exc))
             if len(self._by_layout) >= _DECODERS_MAX:
                 self._by_layout.clear()
             self._by_layout[layout] = decoder
         if len(self._by_table_id) >= _DECODERS_MAX:  # table ids change with every DDL: keep this bounded
             self._by_table_id.clear()
-        self._by_table_id[event.table_id] = (columns, decoder)
+        self._by_table_id[table_id] = (columns, decoder)
         return decoder
 
     def _fast_changes(self, event: RowsEvent) -> tuple[RowChange, ...] | None:
@@ -544,19 +591,18 @@ class BinlogSource:
         if not _images_full(event):
             return None
         _require_names(event)
-        decoder = self._decoder(event)
+        decoder = self._decoder(event.table_id, event.columns, event.schema, event.table)
         if decoder is None:
             return None
         images = decoder.images(event.packet.read(event.event_size - event.packet.read_bytes))
-        schema, table = event.schema, event.table
-        if isinstance(event, WriteRowsEvent):
-            return tuple(RowChange(Op.INSERT, schema, table, None, after) for after in images)
-        if isinstance(event, DeleteRowsEvent):
-            return tuple(RowChange(Op.DELETE, schema, table, before, None) for before in images)
-        if len(images) % 2:
-            raise DecodeError("an update event with an odd number of row images")
-        pairs = zip(images[::2], images[1::2], strict=True)
-        return tuple(RowChange(Op.UPDATE, schema, table, before, after) for before, after in pairs)
+        op = (
+            Op.INSERT
+            if isinstance(event, WriteRowsEvent)
+            else Op.DELETE
+            if isinstance(event, DeleteRowsEvent)
+            else Op.UPDATE
+        )
+        return _changes_of(op, event.schema, event.table, images)
 
     def close(self) -> None:
         if self._stream is not None:

@@ -55,6 +55,7 @@ class Transaction:
     gtid: str | None = None
     evict_only: bool = False  # True for a ROLLBACK group: evict, never write values
     partial: bool = False  # a chunk of a large transaction still open: the position is the previous one
+    folded: int = 0  # empty transactions just before this one that it stands for (their positions are behind it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +138,12 @@ class RawServer:
     created: int = 0
 
 
-RawEvent = RawBegin | RawRows | RawCommit | RawQuery | RawUnknown | RawHeartbeat | RawServer
+@dataclass(frozen=True, slots=True)
+class RawProgress:
+    """The stream read on through events nothing needs (another table's rows, say): nothing to apply."""
+
+
+RawEvent = RawBegin | RawRows | RawCommit | RawQuery | RawUnknown | RawHeartbeat | RawServer | RawProgress
 StreamItem = Transaction | Heartbeat
 
 

@@ -21,6 +21,7 @@ are unique and a GTID set is order-free, so MySQL positions compare as sets.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -78,8 +79,19 @@ class FilePos:
             raise PositionError(f"not a file position: {text!r}")
         return cls(int(m["seq"]), int(m["pos"]), m["file"])
 
+    @classmethod
+    def of(cls, file: str, pos: int) -> FilePos:
+        """``file``:``pos`` (what ``parse`` reads from text), for an event's position: the file's sequence number is
+        read once per file name."""
+        return cls(_file_seq(file), pos, file)
+
     def __str__(self) -> str:
         return f"{self.file}:{self.pos}"
+
+
+@functools.lru_cache(maxsize=256)
+def _file_seq(file: str) -> int:
+    return FilePos.parse(f"{file}:0").seq
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +244,7 @@ class PositionTracker:
         """
         if self.kind == "file":
             assert self._file is not None
-            return FilePos.parse(f"{file}:{pos}") <= self._file
+            return FilePos.of(file, pos) <= self._file
         if gtid is None or self.kind == "mariadb":
             return False
         uuid, _, gno_text = gtid.rpartition(":")
@@ -242,7 +254,7 @@ class PositionTracker:
     def advance(self, gtid: str | None, file: str, pos: int) -> None:
         """Move past a transaction."""
         if self.kind == "file":
-            self._file = FilePos.parse(f"{file}:{pos}")
+            self._file = FilePos.of(file, pos)
         elif gtid is None:
             raise PositionError(f"transaction ending at {file}:{pos} has no GTID in GTID mode")
         elif self.kind == "mariadb":
@@ -263,7 +275,7 @@ class PositionTracker:
         """
         if not file:
             return False
-        at = FilePos.parse(f"{file}:{pos}")
+        at = FilePos.of(file, pos)
         if self.kind == "file":
             assert self._file is not None
             if at <= self._file:

@@ -27,6 +27,7 @@ from cdc_sync.core.events import (
     RawCommit,
     RawEvent,
     RawHeartbeat,
+    RawProgress,
     RawQuery,
     RawRows,
     RawServer,
@@ -159,6 +160,8 @@ class Assembler:
             if self.tracker.advance_stream(ev.file, ev.pos):
                 return Heartbeat(self.tracker.render())
             return Heartbeat()
+        if isinstance(ev, RawProgress):
+            return None
         if isinstance(ev, RawServer):
             self.tracker.set_server(ev.server_id, ev.file, ev.created)
             return None

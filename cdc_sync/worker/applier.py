@@ -366,7 +366,7 @@ class Applier:
         m.BATCH_ROWS.observe(rows)
         m.APPLY_SECONDS.observe(seconds)
         chunks = sum(1 for t in txns if t.partial)
-        m.TRANSACTIONS_APPLIED.inc(len(txns) - chunks)
+        m.TRANSACTIONS_APPLIED.inc(len(txns) - chunks + sum(t.folded for t in txns))
         if chunks:
             m.CHUNKS_APPLIED.inc(chunks)
         stamp = max((t.timestamp for t in txns), default=0)

@@ -34,6 +34,7 @@ from cdc_sync.core.positions import kind_of, reached
 from cdc_sync.errors import CdcSyncError, PositionError
 
 log = logs.get("cdc_sync.heartbeat")
+_SETTLE_GAP_S = 0.005
 
 
 class ClockSink(Protocol):
@@ -168,6 +169,8 @@ class Prober:
                 log.warning("heartbeat.probe_failed", error=str(exc), attempt=failures)
                 self._stop.wait(self.interval_s)  # not at min_gap_s: a server away is not polled hard
                 continue
+            # at most every _SETTLE_GAP_S: the applier nudges after every step, and the reader thread needs the GIL
+            self._stop.wait(min(_SETTLE_GAP_S, self.min_gap_s))
             self._wake.wait(max(0.0, min(self._due_in(), self.interval_s)))
 
 

@@ -31,7 +31,16 @@ from cdc_sync import metrics as m
 from cdc_sync.config import Config, TableRule, check_against_schema, rule_fingerprint, rule_from_fingerprint
 from cdc_sync.core import cascades
 from cdc_sync.core.cascades import CascadeEdge, CascadeWatch
-from cdc_sync.core.events import Flush, RawQuery, RedisMemory, ServerInfo, Transaction
+from cdc_sync.core.events import (
+    Flush,
+    RawBegin,
+    RawQuery,
+    RawRows,
+    RedisMemory,
+    ServerInfo,
+    StreamItem,
+    Transaction,
+)
 from cdc_sync.core.planner import needed_columns, sql_for_log, statement_flushes
 from cdc_sync.core.positions import (
     PositionTracker,
@@ -104,6 +113,8 @@ class Worker:
         self.last_tick = time.monotonic()
         self._ready_sent = False
         self._watchdog_at = -1.0  # monotonic time the watchdog was last looked at
+        self._held: tuple[Transaction, int] | None = None  # an empty transaction waiting (see _hand_over), and how
+        # many transactions it stands for
 
     # ---- control ---------------------------------------------------------------------------------
 
@@ -425,7 +436,7 @@ class Worker:
             flushes = tuple(
                 Flush("schema_uncertain", r.schema, r.table, detail=sql_for_log(query.sql), hold="hold") for r in fresh
             )
-            self.applier.put(Transaction(position=assembler.tracker.render(), flushes=flushes), give_up=self._waiting)
+            self._hand_over(Transaction(position=assembler.tracker.render(), flushes=flushes))
         log.warning(
             "sync.schema_uncertain",
             statement=sql_for_log(query.sql),
@@ -448,7 +459,7 @@ class Worker:
         dirty, self._uncertain_dirty = self._uncertain_dirty, False
         mode = "release" if dirty else "unhold"
         flushes = tuple(Flush("schema_certain", r.schema, r.table, hold=mode) for r in rules)
-        self.applier.put(Transaction(position=assembler.tracker.render(), flushes=flushes), give_up=self._waiting)
+        self._hand_over(Transaction(position=assembler.tracker.render(), flushes=flushes))
         log.info(
             "sync.schema_certain", released=[r.name for r in rules], flushed=dirty, position=assembler.tracker.render()
         )
@@ -531,6 +542,9 @@ class Worker:
                 position = assembler.tracker.render()
                 source = self._source_factory(self.tables)
                 reconnect = False  # the streamed tables changed (DDL): reconnect once between transactions
+                # (a transaction held by _hand_over is dropped if the connection fails: it changes nothing, and the
+                # transactions read after the reconnect move the checkpoint past it)
+                self._held = None
                 log.info("source.connecting", position=position)
                 try:
                     if assembler.tracker.stream is not None and not self._file_resume_holds(assembler):
@@ -546,11 +560,13 @@ class Worker:
                         if isinstance(raw, RawQuery) and self._schema_changed_by(raw, assembler):
                             reconnect = True
                         if item is not None:
-                            self.applier.put(item, give_up=self._waiting)
-                        if item is not None:  # (after the statement itself was seen as rewiring keys or not)
-                            self._release_when_certain(assembler)
+                            self._hand_over(item, source.more_buffered())
+                            self._release_when_certain(assembler)  # (after the statement was seen as rewiring)
+                        elif self._held is not None and not isinstance(raw, RawBegin | RawRows):
+                            self._hand_over(None)  # the stream went on without a transaction: queue what waits
                         if reconnect and not assembler.in_txn:  # (CREATE ... SELECT: after its rows)
                             log.info("source.reconnect_for_schema", position=assembler.tracker.render())
+                            self._hand_over(None)
                             break
                         if self.applier.rewind_to is not None:
                             target = self.applier.rewound()
@@ -562,6 +578,7 @@ class Worker:
                                 assembler = self._position_lost(assembler, lost)
                             break
                         if self.stopping and not assembler.in_txn:
+                            self._hand_over(None)
                             break
                 except ServerChanged as exc:
                     # a failover behind the same address: this server's file offsets mean nothing, resume by GTID
@@ -589,6 +606,29 @@ class Worker:
             else:
                 queued = self.applier.queue.qsize()
                 log.warning("worker.shutdown_incomplete", queued=queued, checkpoint=self.applier.expected)
+
+    def _hand_over(self, item: StreamItem | None, more: bool = False) -> None:
+        """Queue ``item`` for the applier (None: only what is held), or hold it. Every item is queued through
+        here, so the queue stays in stream order and the checkpoint never moves back.
+
+        An empty transaction (no change, no flush: a busy server's unmapped tables) is held while ``more`` (the
+        next event is already read), and the next one replaces it: only the last position of a run of them
+        matters. The next whole transaction stands for the held ones (``folded``); anything else (a heartbeat, a
+        chunk) is queued after them.
+        """
+        held = self._held
+        if isinstance(item, Transaction) and more and not (item.changes or item.flushes or item.partial):
+            self._held = (item, 1 + item.folded + (held[1] if held is not None else 0))
+            return
+        self._held = None
+        if held is not None:
+            txn, count = held
+            if isinstance(item, Transaction) and not item.partial:
+                item = replace(item, folded=item.folded + count)
+            else:
+                self.applier.put(replace(txn, folded=count - 1) if count > 1 else txn, give_up=self._waiting)
+        if item is not None:
+            self.applier.put(item, give_up=self._waiting)
 
     def close(self) -> None:
         """Release the admin connection (each HA term has its own Worker)."""
@@ -685,7 +725,7 @@ class Worker:
         info = self._retry_source("server_info", self._admin.server_info)
         start = initial_position(info, "current", self.config.mysql.position_mode)
         flushes = tuple(Flush("position_lost", r.schema, r.table) for r in self.rules)
-        self.applier.put(Transaction(position=start, flushes=flushes), give_up=self._waiting)
+        self._hand_over(Transaction(position=start, flushes=flushes))
         return self._assembler(start)
 
     def _on_skip(self, txn: Transaction) -> None:

@@ -33,6 +33,7 @@ class SinkPort(Protocol):
 
 class SourcePort(Protocol):
     def events(self, start: str) -> Iterator[RawEvent]: ...
+    def more_buffered(self) -> bool: ...  # the next event is already read (an empty transaction may wait for it)
     def close(self) -> None: ...
 
 

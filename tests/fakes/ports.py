@@ -87,6 +87,9 @@ class FakeSource:
             threading.Event().wait(0.01)
             yield RawHeartbeat()
 
+    def more_buffered(self) -> bool:
+        return False
+
     def close(self) -> None:
         pass
 
