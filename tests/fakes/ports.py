@@ -73,6 +73,8 @@ class FakeSource:
         self.idle = idle  # set once the source has delivered everything for its start position
         self.starts: list[str] = []
         self.tables: set[tuple[str, str]] = set()
+        self.buffering = False  # more_buffered() says True while scripted events remain
+        self._left = 0
 
     def __call__(self, tables: Iterable[tuple[str, str]]) -> FakeSource:  # used as the worker's source_factory
         self.tables = set(tables)
@@ -81,14 +83,18 @@ class FakeSource:
     def events(self, start: str) -> Iterator[RawEvent]:
         self.starts.append(start)
         self.idle.clear()
-        yield from self.script.get(start, [])
+        events = self.script.get(start, [])
+        for i, event in enumerate(events):
+            self._left = len(events) - i - 1
+            yield event
+        self._left = 0
         while True:
             self.idle.set()
             threading.Event().wait(0.01)
             yield RawHeartbeat()
 
     def more_buffered(self) -> bool:
-        return False
+        return self.buffering and self._left > 0
 
     def close(self) -> None:
         pass

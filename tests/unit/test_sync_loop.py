@@ -319,3 +319,48 @@ def test_an_eviction_flush_records_the_rules_and_checkpoint_again_and_a_policy_c
         assert worker.evictions_settled()
     assert [e["may_evict"] for e in logs if e["event"] == "sync.eviction_policy"] == [False]
     assert REGISTRY.get_sample_value("cdc_sync_redis_may_evict") == 0
+
+
+def empty(seq: int) -> list[RawEvent]:
+    """A transaction of another table: nothing in it for the cache."""
+    return [RawBegin(gtid=f"0-1-{seq}", opens=True), RawCommit("bin.000001", 100 + seq, 0)]
+
+
+def recording_puts(worker: Worker) -> list[object]:
+    """Every item the reading side queues for the applier, in order."""
+    queued: list[object] = []
+    put = worker.applier.put
+
+    def record(item: object, give_up: object = None) -> None:
+        queued.append(item)
+        put(item, give_up=give_up)  # type: ignore[arg-type]
+
+    worker.applier.put = record  # type: ignore[method-assign]
+    return queued
+
+
+def test_empty_transactions_read_ahead_of_the_next_are_folded_into_it() -> None:
+    """While the next event is already read, empty transactions wait and the next one stands for them: one item
+    queued, the checkpoint past all of them, and every one counted as applied."""
+    applied = REGISTRY.get_sample_value("cdc_sync_transactions_applied_total") or 0.0
+    worker, source, sink = make({"0-1-1": [*empty(2), *empty(3), *empty(4), *txn(5, ins(1, "a"))]})
+    source.buffering = True
+    queued = recording_puts(worker)
+    with running(worker):
+        wait_until(lambda: sink.load_checkpoint() == "0-1-5")
+    txns = [q for q in queued if isinstance(q, Transaction)]
+    assert [(t.position, t.folded) for t in txns][:1] == [("0-1-5", 3)]
+    assert value(sink, "user:1") == {"id": 1, "name": "a"}
+    assert (REGISTRY.get_sample_value("cdc_sync_transactions_applied_total") or 0.0) - applied == 4
+
+
+def test_the_last_empty_transaction_is_applied_when_nothing_more_is_read() -> None:
+    """A run of empty transactions at the end of what the server sent: the last one is queued as soon as no
+    further event is buffered, so the checkpoint (and the heartbeat) reach the server's end."""
+    worker, source, sink = make({"0-1-1": [*txn(2, ins(1, "a")), *empty(3), *empty(4), *empty(5)]})
+    source.buffering = True
+    queued = recording_puts(worker)
+    with running(worker):
+        wait_until(lambda: sink.load_checkpoint() == "0-1-5")
+    txns = [q for q in queued if isinstance(q, Transaction)]
+    assert [(t.position, t.folded) for t in txns][:2] == [("0-1-2", 0), ("0-1-5", 2)]
