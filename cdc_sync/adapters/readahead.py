@@ -260,8 +260,9 @@ class PacketReader:
         self._pos = 0
 
     def _fill(self, need: int) -> None:
-        while len(self._buf) - self._pos < need:
-            chunk = self._rfile.read1(_READ_SIZE)
+        while (missing := need - (len(self._buf) - self._pos)) > 0:
+            # what is there (up to _READ_SIZE, waiting only when nothing is), or a large event's rest in one read
+            chunk = self._rfile.read1(_READ_SIZE) if missing <= _READ_SIZE else self._rfile.read(missing)
             if not chunk:
                 raise pymysql.err.OperationalError(2013, "Lost connection to the server: the binlog stream closed")
             self._buf = self._buf[self._pos :] + chunk
