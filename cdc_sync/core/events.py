@@ -1,4 +1,10 @@
-"""Plain value types that flow from the source to the sink. No I/O, no third-party imports."""
+"""Plain value types that flow from the source to the sink. No I/O, no third-party imports.
+
+Most are frozen dataclasses. The few made once or more per transaction (``Transaction``, ``RawBegin``,
+``RawRows``, ``RawCommit``) are plain slotted dataclasses, because a frozen dataclass's ``__init__`` costs about
+four times as much and single-row transactions make millions of them; they are values all the same: nothing
+assigns to one after it is made (``dataclasses.replace`` makes a new one).
+"""
 
 from __future__ import annotations
 
@@ -44,7 +50,7 @@ class Flush:
     hold: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # (not frozen: see the module docstring)
 class Transaction:
     """A committed transaction with the checkpoint position that follows it."""
 
@@ -72,7 +78,7 @@ class Heartbeat:
 # --- raw events: what the source adapter emits, one per binlog event of interest ----------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # (not frozen: see the module docstring)
 class RawBegin:
     """Start of a transaction (GTID event or ``BEGIN``)."""
 
@@ -80,7 +86,7 @@ class RawBegin:
     opens: bool = False  # True: statements that follow belong to this transaction
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # (not frozen: see the module docstring)
 class RawRows:
     """Row changes of one rows event (``evict_only``: the images are incomplete, e.g. a partial JSON update)."""
 
@@ -88,7 +94,7 @@ class RawRows:
     evict_only: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # (not frozen: see the module docstring)
 class RawCommit:
     """End of a transaction: XID, ``COMMIT`` or ``ROLLBACK``; ``file``/``pos`` point past it."""
 
