@@ -57,6 +57,7 @@ demo: setup
 bench: setup sysbench
 	rm -f bench/results.json
 	$(BIN)/python bench/catchup.py
+	$(BIN)/python bench/small_txns.py --profile bench/small_txns.profile
 	$(BIN)/python bench/reader.py
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/memory.py

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pymysql
 import redis
@@ -166,9 +167,15 @@ def main() -> None:
                 results[mode].append(tx / seconds)
                 rss[mode].append(peak)
             startup.append(start_up(mariadb.port, redis_srv.port, "b.m", workdir))
+        profile: dict[str, Any] = {}
         if args.profile:
             profiled_s = _profile(mariadb.port, redis_srv.port, start, end, workdir, args.profile)
             print(f"profiled catch-up: {tx / profiled_s:,.0f} tx/s")
+            profile = {
+                "file": str(args.profile),
+                "tx_per_s": tx / profiled_s,
+                "summary": summarize_profile(args.profile),
+            }
         med = {k: sorted(v)[len(v) // 2] for k, v in results.items()}
         start_s = sorted(startup)[len(startup) // 2]
         print(f"{'scenario':<24}{'median tx/s':>14}{'vs raw':>10}")
@@ -185,6 +192,7 @@ def main() -> None:
                 "ratios": {mode: med[mode] / med["raw"] for mode in ("evict", "update")},
                 "startup_s": startup,
                 "peak_rss_mb": rss,
+                "profile": profile,
             },
         )
     finally:
