@@ -53,6 +53,7 @@ from cdc_sync import metrics as m
 from cdc_sync.adapters.mysql import connection_settings, translate_error
 from cdc_sync.adapters.readahead import Dropped, PacketReader, ReadAhead, Replay
 from cdc_sync.config import MySQLConfig
+from cdc_sync.core.binlogframes import FrameError, header
 from cdc_sync.core.events import (
     Op,
     RawBegin,
@@ -113,7 +114,9 @@ _DECODE_ERRORS = (
 _EPOCH = datetime.datetime(1970, 1, 1)
 _ROW_EVENTS = (WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent)  # not PartialUpdateRowsEvent (a subclass)
 _DECODERS_MAX = 256  # compiled row decoders kept per source (one per table layout × needed columns)
-_PROGRESS_EVERY = 256  # events dropped in a row (another table's rows) before a RawProgress is yielded
+# events dropped in a row (a large transaction of another table) before a RawProgress is yielded: the worker then
+# queues an empty transaction it holds instead of waiting for this one's end
+_PROGRESS_EVERY = 256
 _PROGRESS = RawProgress()
 
 
@@ -429,7 +432,13 @@ class BinlogSource:
                         if decided is not None:
                             yield decided
                             continue
-                        expanded = ahead.expand(data)
+                        try:
+                            expanded = ahead.expand(data)
+                        except FrameError as exc:
+                            # reported as the event it is, ending where it ends: a MySQL payload or a compressed
+                            # statement still commits by itself (its GTID is not lost), a rows event flushes
+                            yield self._unexpandable(data, stream, exc)
+                            continue
                         if expanded is not None:  # read next, as if the server had sent them
                             replay.pending.extendleft(reversed(expanded))
                             continue
@@ -454,6 +463,14 @@ class BinlogSource:
                     yield raw
         finally:
             self.close()
+
+    @staticmethod
+    def _unexpandable(data: bytes, stream: BinLogStreamReader, exc: FrameError) -> RawUnknown:
+        head = header(data[1:])
+        if head.log_pos:
+            stream.log_pos = head.log_pos
+        detail = f"decode error: compressed event: {exc}"[:300]
+        return RawUnknown(head.event_type, detail, stream.log_file or "", int(stream.log_pos or 0))
 
     def more_buffered(self) -> bool:
         """Whether the next event is already read from the network (the read-ahead's buffer holds a packet): an

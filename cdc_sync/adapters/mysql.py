@@ -7,6 +7,7 @@ The binlog stream itself lives in source.py.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import queue
@@ -59,11 +60,30 @@ def connection_settings(cfg: MySQLConfig) -> dict[str, Any]:
         if cfg.ssl_cert:
             ctx.load_cert_chain(cfg.ssl_cert, cfg.ssl_key)
         settings["ssl"] = ctx
-    else:
-        # No ssl_* set means no TLS, as documented. PyMySQL would otherwise try TLS unverified ("preferred"),
-        # which protects nothing and builds a default SSL context (tens of ms) for every connection.
-        settings["ssl_disabled"] = True
+    # else PyMySQL's own default: TLS when the server offers it, unverified ("preferred"; MySQL 8's
+    # caching_sha2_password needs it, or RSA, for a full login), its context built once (_preferred_context)
     return settings
+
+
+_library_ssl_ctx = pymysql.connections.Connection._create_ssl_ctx  # type: ignore[attr-defined]  # not in the stubs
+
+
+@functools.lru_cache(maxsize=1)
+def _preferred_context() -> ssl.SSLContext:
+    """PyMySQL's context for "preferred" TLS (no ssl_* set), made once: the library builds it anew for every
+    connection, loading the system's CA store each time (tens of ms of every connect) only to verify nothing."""
+    ctx: ssl.SSLContext = _library_ssl_ctx(None, {})
+    return ctx
+
+
+def _create_ssl_ctx(self: pymysql.connections.Connection[Any], sslp: Any) -> ssl.SSLContext:
+    if isinstance(sslp, dict) and not sslp:
+        return _preferred_context()
+    ctx: ssl.SSLContext = _library_ssl_ctx(self, sslp)
+    return ctx
+
+
+pymysql.connections.Connection._create_ssl_ctx = _create_ssl_ctx  # type: ignore[attr-defined]
 
 
 def translate_error(exc: BaseException, what: str) -> SourceError | ServerRefused:

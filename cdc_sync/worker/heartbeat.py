@@ -64,6 +64,7 @@ class Prober:
         interval_s: float,
         min_gap_s: float = 0.02,
         max_pending: int = 64,
+        wait_limit_s: float = 30.0,
         streaming: Callable[[], bool] = lambda: True,
         settled: Callable[[], bool] = lambda: True,
     ) -> None:
@@ -80,6 +81,7 @@ class Prober:
         self.interval_s = interval_s
         self.min_gap_s = min(min_gap_s, interval_s)
         self.max_pending = max(1, max_pending)
+        self.wait_limit_s = wait_limit_s
         self.pending: deque[Sample] = deque()
         self._progress = threading.Event()  # the checkpoint moved (nudge) since the last sample
         self._wake = threading.Event()
@@ -115,7 +117,10 @@ class Prober:
         self._progress.clear()
         expected = self.applied()
         if expected is None or not self.streaming():
-            self._unready = True  # asked again after the minimum gap (no server is asked anything meanwhile)
+            # Asked again after the minimum gap (no server is asked anything meanwhile). Waiting samples are
+            # dropped: after a reconnect the worker may read another server, or from another position.
+            self._unready = True
+            self.pending.clear()
             return False
         self._unready = False
         t0 = self.sink.time_ms()
@@ -128,22 +133,34 @@ class Prober:
         return True
 
     def settle(self) -> bool:
-        """Move the heartbeat to the newest waiting sample the applied checkpoint has reached; True if moved."""
-        if not self.pending:
-            return False
+        """Move the heartbeat to the newest waiting sample the applied checkpoint has reached; True if moved.
+
+        Reaching a sample's position vouches for its time whatever became of earlier samples, so the newest is
+        tried first; then samples from the oldest on. A sample waiting longer than ``wait_limit_s`` is dropped
+        (its position may never be reached: another server's, after a failover behind the same address).
+        """
+        while self.pending and time.monotonic() - self.pending[0].taken > self.wait_limit_s:
+            self.pending.popleft()
         expected = self.applied()
-        if expected is None:
+        if not self.pending or expected is None:
             return False
-        newest: Sample | None = None
         try:
-            while self.pending and reached(expected, self.pending[0].target):
-                newest = self.pending.popleft()
+            if reached(expected, self.pending[-1].target):
+                index = len(self.pending) - 1
+            else:
+                index = -1
+                while index + 1 < len(self.pending) and reached(expected, self.pending[index + 1].target):
+                    index += 1
         except PositionError:
             self.pending.clear()  # the worker rewound to another form of position: sample again
-        if newest is None or not self.streaming() or not self.settled():
             return False
+        if index < 0 or not self.streaming() or not self.settled():
+            return False
+        newest = self.pending[index]
         moved = self.sink.set_heartbeat(newest.t0, expected)
         if moved:
+            for _ in range(index + 1):
+                self.pending.popleft()
             self.last_beat_at = newest.taken
             m.HEARTBEATS.inc()
             m.HEARTBEAT_LAG_SECONDS.set(max(0.0, time.monotonic() - newest.taken))
@@ -163,14 +180,18 @@ class Prober:
                 if self._due_in() <= 0 and self.sample():
                     self.settle()  # at once, when nothing was waiting to be applied
                 failures = 0
-            except CdcSyncError as exc:
+            except Exception as exc:  # noqa: BLE001 - a dead prober would leave readers bypassing, silently
                 failures += 1
                 m.HEARTBEAT_ERRORS.inc()
-                log.warning("heartbeat.probe_failed", error=str(exc), attempt=failures)
+                if isinstance(exc, CdcSyncError):
+                    log.warning("heartbeat.probe_failed", error=str(exc), attempt=failures)
+                else:
+                    log.error("heartbeat.probe_failed", error=repr(exc)[:300], attempt=failures)
                 self._stop.wait(self.interval_s)  # not at min_gap_s: a server away is not polled hard
                 continue
             # at most every _SETTLE_GAP_S: the applier nudges after every step, and the reader thread needs the GIL
-            self._stop.wait(min(_SETTLE_GAP_S, self.min_gap_s))
+            if self._stop.wait(min(_SETTLE_GAP_S, self.min_gap_s)):
+                break
             self._wake.wait(max(0.0, min(self._due_in(), self.interval_s)))
 
 

@@ -70,6 +70,7 @@ from cdc_sync.worker.ports import AdminPort, NotifyPort, RulesPort, Silent, Sink
 from cdc_sync.worker.retry import Backoff, retry
 
 log = logs.get("cdc_sync.sync")
+_FOLD_MAX = 1000  # empty transactions one queued item stands for, at most
 T = TypeVar("T")
 
 
@@ -542,9 +543,6 @@ class Worker:
                 position = assembler.tracker.render()
                 source = self._source_factory(self.tables)
                 reconnect = False  # the streamed tables changed (DDL): reconnect once between transactions
-                # (a transaction held by _hand_over is dropped if the connection fails: it changes nothing, and the
-                # transactions read after the reconnect move the checkpoint past it)
-                self._held = None
                 log.info("source.connecting", position=position)
                 try:
                     if assembler.tracker.stream is not None and not self._file_resume_holds(assembler):
@@ -599,6 +597,11 @@ class Worker:
                     self.streaming = False  # until the next connection delivers: the prober does not vouch
                     source.close()
                     assembler.reset()
+                    # A held transaction is whole and in order: queued (the reconnect resumes after it), unless
+                    # the applier asked for a rewind, which drops what was read.
+                    if self.applier.rewind_to is None and not self.stopping:
+                        self._hand_over(None)
+                    self._held = None
         finally:
             self.streaming = False
             if self.applier.stop(self.config.worker.shutdown_timeout_s) and self.applier.failure is None:
@@ -618,8 +621,11 @@ class Worker:
         """
         held = self._held
         if isinstance(item, Transaction) and more and not (item.changes or item.flushes or item.partial):
-            self._held = (item, 1 + item.folded + (held[1] if held is not None else 0))
-            return
+            count = 1 + item.folded + (held[1] if held is not None else 0)
+            if count < _FOLD_MAX:  # (a long backlog of them still moves the checkpoint now and then)
+                self._held = (item, count)
+                return
+            self._held, held, item = None, None, replace(item, folded=count - 1)
         self._held = None
         if held is not None:
             txn, count = held

@@ -86,6 +86,8 @@ class FakeSource:
         events = self.script.get(start, [])
         for i, event in enumerate(events):
             self._left = len(events) - i - 1
+            if isinstance(event, Exception):  # (a scripted connection failure)
+                raise event
             yield event
         self._left = 0
         while True:

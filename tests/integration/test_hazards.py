@@ -191,6 +191,7 @@ def test_a_compressed_event_that_cannot_be_expanded_flushes(
         seen.append(raw)
     unknown = [raw for raw in seen if isinstance(raw, RawUnknown)]
     assert unknown and "injected" in unknown[0].detail
+    assert unknown[0].event_type == 0xA6, "reported as the compressed rows event it is (so its transaction goes on)"
     assert not [raw for raw in seen if isinstance(raw, RawRows)]
 
 

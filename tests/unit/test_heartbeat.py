@@ -163,3 +163,50 @@ def test_the_prober_thread_moves_the_heartbeat_when_the_applier_nudges() -> None
         assert clock.beats and clock.beats[0][1] == "0-1-9"
     finally:
         prober.stop()
+
+
+def test_a_sample_that_can_no_longer_be_reached_does_not_block_newer_ones() -> None:
+    """A failover behind the same address: the oldest sample names the old server's stream, which the worker
+    never reaches; a newer sample it does reach moves the heartbeat at once (and drops the older ones)."""
+    clock = Clock()
+    server = Server("0-1-9@1:bin.000007:900", clock)
+    applied = {"pos": "0-1-5@1:bin.000007:500"}
+    prober = Prober(clock, server, "mariadb", lambda: applied["pos"], interval_s=1)
+    assert prober.sample()
+    server.position = "0-1-12@2:bin.000001:300"
+    assert prober.sample()
+    applied["pos"] = "0-1-12@2:bin.000001:300"
+    assert prober.settle()
+    assert clock.beats == [(clock.beats[0][0], "0-1-12@2:bin.000001:300")] and not prober.pending
+
+
+def test_samples_waiting_longer_than_the_limit_are_dropped() -> None:
+    """A sample older than wait_limit_s is given up (a later one is taken instead): none waits forever."""
+    clock = Clock()
+    prober = Prober(clock, Server("0-1-9", clock), "mariadb", lambda: "0-1-1", interval_s=1, wait_limit_s=0.0)
+    assert prober.sample()
+    assert prober.settle() is False and not prober.pending
+
+
+def test_waiting_samples_are_dropped_while_the_worker_does_not_stream() -> None:
+    """A reconnect (the worker not streaming) drops the waiting samples: it may read another server next."""
+    clock = Clock()
+    streaming = {"on": True}
+    prober = Prober(
+        clock, Server("0-1-9", clock), "mariadb", lambda: "0-1-1", interval_s=1, streaming=lambda: streaming["on"]
+    )
+    assert prober.sample() and prober.pending
+    streaming["on"] = False
+    assert prober.sample() is False and not prober.pending
+
+
+def test_a_sample_outlives_a_heartbeat_write_that_lost_its_race() -> None:
+    """The heartbeat's compare-and-set lost to the applier (the checkpoint moved meanwhile): the sample stays and
+    the next settle writes it."""
+    clock = Clock()
+    results = [False, True]
+    clock.set_heartbeat = lambda ms, expected: (clock.beats.append((ms, expected)), results.pop(0))[1]  # type: ignore[method-assign]
+    prober = Prober(clock, Server("0-1-9", clock), "mariadb", lambda: "0-1-9", interval_s=1)
+    assert prober.sample()
+    assert prober.settle() is False and len(prober.pending) == 1
+    assert prober.settle() is True and not prober.pending

@@ -148,9 +148,15 @@ def test_error_1236_becomes_position_lost() -> None:
 
 
 def test_connection_settings_turn_tls_on_only_when_configured(tmp_path: Any) -> None:
-    """No ssl_* setting: TLS off (not PyMySQL's unverified "preferred" TLS); any ssl_* setting: an SSLContext."""
+    """No ssl_* setting: PyMySQL's "preferred" TLS, its one context made once (not per connection); any ssl_*
+    setting: an SSLContext that requires TLS."""
+    import pymysql
+
     plain = connection_settings(MySQLConfig(password="pw"))
-    assert "ssl" not in plain and plain["ssl_disabled"] is True
+    assert "ssl" not in plain and "ssl_disabled" not in plain
+    first = pymysql.connections.Connection(**plain, defer_connect=True)
+    second = pymysql.connections.Connection(**plain, defer_connect=True)
+    assert first.ssl and not first._ssl_required and first.ctx is second.ctx
     import ssl
     import subprocess
 
@@ -178,7 +184,6 @@ def test_connection_settings_turn_tls_on_only_when_configured(tmp_path: Any) -> 
     settings = connection_settings(MySQLConfig(ssl_ca=str(cert), ssl_verify_identity=True))
     assert isinstance(settings["ssl"], ssl.SSLContext)
     assert settings["ssl"].check_hostname is True
-    assert "ssl_disabled" not in settings
 
 
 @pytest.mark.parametrize("secret", ["hunter2-Secret"])

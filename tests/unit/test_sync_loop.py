@@ -364,3 +364,17 @@ def test_the_last_empty_transaction_is_applied_when_nothing_more_is_read() -> No
         wait_until(lambda: sink.load_checkpoint() == "0-1-5")
     txns = [q for q in queued if isinstance(q, Transaction)]
     assert [(t.position, t.folded) for t in txns][:2] == [("0-1-2", 0), ("0-1-5", 2)]
+
+
+def test_an_empty_transaction_held_when_the_connection_drops_is_still_applied() -> None:
+    """The link fails right after an empty transaction that waited for the next event: it is queued anyway (the
+    reconnect resumes after it), so the checkpoint reaches it without waiting for another write."""
+    from cdc_sync.errors import SourceError
+
+    script: dict[str, list[RawEvent]] = {"0-1-1": [*txn(2, ins(1, "a")), *empty(3), *empty(4)]}
+    script["0-1-1"].append(SourceError("link reset"))  # type: ignore[arg-type]
+    worker, source, sink = make(script)
+    source.buffering = True
+    with running(worker):
+        wait_until(lambda: sink.load_checkpoint() == "0-1-4")
+    assert source.starts[:2] == ["0-1-1", "0-1-4"]
