@@ -120,6 +120,11 @@ class Applier:
                 if rows:
                     self._release_rows(rows)
 
+    @property
+    def generation(self) -> int:
+        """Bumped by every rewind: what the reading side read before one is dropped."""
+        return self._gen
+
     def rewound(self) -> str:
         """The reader has restarted at ``rewind_to``: start a new generation; returns the position."""
         target = self.rewind_to

@@ -543,6 +543,7 @@ class Worker:
                 position = assembler.tracker.render()
                 source = self._source_factory(self.tables)
                 reconnect = False  # the streamed tables changed (DDL): reconnect once between transactions
+                generation = self.applier.generation
                 log.info("source.connecting", position=position)
                 try:
                     if assembler.tracker.stream is not None and not self._file_resume_holds(assembler):
@@ -567,6 +568,7 @@ class Worker:
                             self._hand_over(None)
                             break
                         if self.applier.rewind_to is not None:
+                            self._held = None  # read before the rewind: dropped with everything else of it
                             target = self.applier.rewound()
                             log.warning("sync.rewound", position=target)
                             if self._readable(target):
@@ -598,8 +600,8 @@ class Worker:
                     source.close()
                     assembler.reset()
                     # A held transaction is whole and in order: queued (the reconnect resumes after it), unless
-                    # the applier asked for a rewind, which drops what was read.
-                    if self.applier.rewind_to is None and not self.stopping:
+                    # the applier asked for a rewind (or one happened: a new generation), which drops what was read.
+                    if self.applier.rewind_to is None and self.applier.generation == generation and not self.stopping:
                         self._hand_over(None)
                     self._held = None
         finally:

@@ -88,6 +88,9 @@ class FakeSource:
             self._left = len(events) - i - 1
             if isinstance(event, Exception):  # (a scripted connection failure)
                 raise event
+            if callable(event):  # (a scripted action, between two events)
+                event()
+                continue
             yield event
         self._left = 0
         while True:

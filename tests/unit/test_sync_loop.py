@@ -378,3 +378,22 @@ def test_an_empty_transaction_held_when_the_connection_drops_is_still_applied() 
     with running(worker):
         wait_until(lambda: sink.load_checkpoint() == "0-1-4")
     assert source.starts[:2] == ["0-1-1", "0-1-4"]
+
+
+def test_an_empty_transaction_held_at_a_rewind_is_dropped_with_the_rest() -> None:
+    """A rewind while an empty transaction waits: it was read before the rewind, so it is dropped, never queued
+    in the new generation (where its later position would run the checkpoint ahead of the replay)."""
+    script: dict[str, list[RawEvent]] = {}
+    worker, source, sink = make(script)
+
+    def rewind() -> None:  # what the applier does when Redis holds an older checkpoint
+        worker.applier.rewind_to = "0-1-1"
+
+    script["0-1-1"] = [*txn(2, ins(1, "a")), *empty(3), rewind, *empty(4), *empty(5)]  # type: ignore[list-item]
+    source.buffering = True
+    with running(worker):
+        wait_until(lambda: source.starts.count("0-1-1") >= 2)
+        script["0-1-1"] = txn(2, ins(1, "a"))
+        wait_until(lambda: sink.applied_steps.count("0-1-2") >= 2)
+    seqs = [int(step.rsplit("-", 1)[1]) for step in sink.applied_steps]
+    assert seqs == sorted(seqs), f"the checkpoint went back: {sink.applied_steps}"
