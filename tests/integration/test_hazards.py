@@ -143,6 +143,7 @@ def test_compressed_binlog_events_are_applied(
     finally:
         with sql.cursor() as cur:
             cur.execute("SET GLOBAL log_bin_compress = OFF")
+            cur.execute("SET GLOBAL log_bin_compress_min_len = 256")  # (the default)
     wait_caught_up(r, sql, mysql_server.flavor, w)
     assert json.loads(r.get("users:4") or b"") == {"id": 4, "name": "four " * 40, "note": "noted " * 20}
     reasons = [e["reason"] for e in w.events() if e.get("event") == "sync.table_flushed"]
@@ -176,6 +177,7 @@ def test_a_compressed_event_that_cannot_be_expanded_flushes(
     finally:
         with sql.cursor() as cur:
             cur.execute("SET GLOBAL log_bin_compress = OFF")
+            cur.execute("SET GLOBAL log_bin_compress_min_len = 256")  # (the default)
 
     def broken(data: bytes, checksum: bool, post_header_len: object = None) -> bytes:
         raise FrameError("zlib stream truncated (injected)")

@@ -20,6 +20,7 @@ from cdc_sync.config import MySQLConfig
 from cdc_sync.core.events import RawEvent, RawHeartbeat, RawProgress, RawRows
 from tests.helpers import connect, file_position
 from tests.servers import MySQLTarget
+from tools.devservers import start_mariadb
 
 
 @pytest.fixture
@@ -106,31 +107,26 @@ def test_read_ahead_gives_the_same_events_as_the_library(
     assert any(c.after is not None and c.after.get("extra") == 7 for c in rows), "the map after the ALTER was read"
 
 
-def test_events_longer_than_one_packet_read_whole(
-    mysql_server: MySQLTarget,
-    db: str,
-    sql: pymysql.Connection,  # type: ignore[type-arg]
-) -> None:
+def test_events_longer_than_one_packet_read_whole() -> None:
     """A rows event of 17 MB arrives in two protocol packets (16 MB each at most) and one of 3 MB in one: the
-    read-ahead's packet reader joins them, and the values are the library's, byte for byte."""
-    with sql.cursor() as cur:
-        cur.execute("SELECT @@GLOBAL.max_allowed_packet")
-        (was,) = cur.fetchone()
-        cur.execute("SET GLOBAL max_allowed_packet = 67108864")
-        cur.execute("CREATE TABLE big (id INT PRIMARY KEY, b LONGBLOB)")
-    start = file_position(sql)
-    blobs = {1: bytes(range(256)) * (17 * 4096), 2: b"x" * (3 * 1024 * 1024), 3: b"small"}
+    read-ahead's packet reader joins them, and the values are the library's, byte for byte. (A server of its own:
+    events this large in the shared server's binlog would make BINLOG_GTID_POS fail for later tests.)"""
+    server = start_mariadb(extra_args=("--max-allowed-packet=64M",))
     try:
-        conn = connect(mysql_server, db)  # (a new session picks max_allowed_packet up)
+        mysql = MySQLTarget("127.0.0.1", server.port, "root", "", "mariadb")
+        conn = pymysql.connect(host="127.0.0.1", port=server.port, user="root", autocommit=True)
         with conn.cursor() as cur:
+            cur.execute("CREATE DATABASE big")
+            cur.execute("CREATE TABLE big.big (id INT PRIMARY KEY, b LONGBLOB)")
+            start = file_position(conn)
+            blobs = {1: bytes(range(256)) * (17 * 4096), 2: b"x" * (3 * 1024 * 1024), 3: b"small"}
             for i, blob in blobs.items():
-                cur.execute("INSERT INTO big VALUES (%s, %s)", (i, blob))
+                cur.execute("INSERT INTO big.big VALUES (%s, %s)", (i, blob))
         conn.close()
-        library = _read(mysql_server, [(db, "big")], start, read_ahead=False, sid=7303)
-        ahead = _read(mysql_server, [(db, "big")], start, read_ahead=True, sid=7304, rows=3)
+        library = _read(mysql, [("big", "big")], start, read_ahead=False, sid=7303)
+        ahead = _read(mysql, [("big", "big")], start, read_ahead=True, sid=7304, rows=3)
     finally:
-        with sql.cursor() as cur:
-            cur.execute("SET GLOBAL max_allowed_packet = %s", (was,))
+        server.stop()
     assert ahead == library
     rows = {c.after["id"]: c.after["b"] for raw in ahead if isinstance(raw, RawRows) for c in raw.changes if c.after}
     assert rows == blobs
