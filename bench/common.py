@@ -33,24 +33,41 @@ def reached_end(checkpoint: bytes | None, end: str) -> bool:
 
 def worker_config(workdir: Path, mysql_port: int, redis_port: int, table: str, mode: str, name: str = "") -> Path:
     """A worker configuration for one mapped table (key ``k:{id}``), quiet logs, no metrics port."""
-    cfg = workdir / f"{name or mode}.toml"
-    cfg.write_text(f"""
+    return tables_config(workdir / f"{name or mode}.toml", mysql_port, redis_port, [(table, "k:{id}", mode)])
+
+
+def tables_config(path: Path, mysql_port: int, redis_port: int, tables: list[tuple[str, str, str]]) -> Path:
+    """A worker configuration for ``tables`` ((table, key template, mode) each), quiet logs, no metrics port."""
+    rules = "".join(f'[[tables]]\ntable = "{t}"\nkey = "{k}"\nmode = "{m}"\n' for t, k, m in tables)
+    path.write_text(f"""
 [mysql]
 port = {mysql_port}
 server_id = 4243
 [redis]
 url = "redis://127.0.0.1:{redis_port}/0"
-[[tables]]
-table = "{table}"
-key = "k:{{id}}"
-mode = "{mode}"
-[log]
+{rules}[log]
 level = "warning"
 format = "json"
 [metrics]
 listen = ""
 """)
-    return cfg
+    return path
+
+
+def observe_sets(port: int, pattern: str, ready: Any, stop: Any, out: Any) -> None:
+    """Separate process: when each key matching ``pattern`` (``prefix:<n>``) was first set (time.time()), put on
+    ``out`` once ``stop`` is set; ``ready`` is set once subscribed."""
+    r = redis.Redis(port=port)
+    pubsub = r.pubsub(ignore_subscribe_messages=True)
+    pubsub.psubscribe(f"__keyspace@0__:{pattern}")
+    seen: dict[int, float] = {}
+    ready.set()
+    while not stop.is_set():
+        message = pubsub.get_message(timeout=0.2)
+        if message and message["data"] == b"set":
+            n = int(message["channel"].decode().rsplit(":", 1)[1])
+            seen.setdefault(n, time.time())
+    out.put(seen)
 
 
 def start_worker(cfg: Path, prefix: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:

@@ -22,23 +22,8 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import shutdown, write_results  # noqa: E402
+from bench.common import observe_sets, shutdown, write_results  # noqa: E402
 from tools.devservers import start_mariadb, start_redis  # noqa: E402
-
-
-def observe(port: int, ready: mp.Event, stop: mp.Event, out: mp.Queue) -> None:  # type: ignore[type-arg]
-    """Separate process: record when each l:<n> key is set."""
-    r = redis.Redis(port=port)
-    pubsub = r.pubsub(ignore_subscribe_messages=True)
-    pubsub.psubscribe("__keyspace@0__:l:*")
-    seen: dict[int, float] = {}
-    ready.set()
-    while not stop.is_set():
-        message = pubsub.get_message(timeout=0.2)
-        if message and message["data"] == b"set":
-            n = int(message["channel"].decode().rsplit(":", 1)[1])
-            seen.setdefault(n, time.time())
-    out.put(seen)
 
 
 def run_rate(conn: pymysql.Connection, rate: float, seconds: float, first_id: int) -> dict[int, float]:  # type: ignore[type-arg]
@@ -95,7 +80,7 @@ listen = "127.0.0.1:0"
         first = 1
         for rate in args.rates:
             ready, stop, out = mp.Event(), mp.Event(), mp.Queue()
-            observer = mp.Process(target=observe, args=(redis_srv.port, ready, stop, out))
+            observer = mp.Process(target=observe_sets, args=(redis_srv.port, "l:*", ready, stop, out))
             observer.start()
             ready.wait(10)
             committed = run_rate(conn, rate, args.seconds, first)

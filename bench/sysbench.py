@@ -40,7 +40,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import shutdown, start_worker, write_results  # noqa: E402
+from bench.common import observe_sets, shutdown, start_worker, tables_config, write_results  # noqa: E402
 from cdc_sync.config import WorkerConfig  # noqa: E402
 from tools.devservers import LocalServer, start_mariadb, start_redis  # noqa: E402
 
@@ -145,21 +145,6 @@ def machine_share(before: list[int], after: list[int], ours_ticks: int) -> dict[
 def children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def observe(port: int, ready: Any, stop: Any, out: Any) -> None:
-    """Separate process: when each probe key sb1:<8 digits> was first set (time.time())."""
-    r = redis.Redis(port=port)
-    pubsub = r.pubsub(ignore_subscribe_messages=True)
-    pubsub.psubscribe("__keyspace@0__:sb1:????????")
-    seen: dict[int, float] = {}
-    ready.set()
-    while not stop.is_set():
-        message = pubsub.get_message(timeout=0.2)
-        if message and message["data"] == b"set":
-            n = int(message["channel"].decode().rsplit(":", 1)[1])
-            seen.setdefault(n, time.time())
-    out.put(seen)
 
 
 class Loop(threading.Thread):
@@ -281,7 +266,7 @@ def run_rate(
     """One sysbench run at ``rate`` tx/s with the samplers; (figures, next free probe id)."""
     r = redis.Redis(port=redis_srv.port)
     ready, stop, out = mp.Event(), mp.Event(), mp.Queue()
-    observer = mp.Process(target=observe, args=(redis_srv.port, ready, stop, out), daemon=True)
+    observer = mp.Process(target=observe_sets, args=(redis_srv.port, "sb1:????????", ready, stop, out), daemon=True)
     observer.start()
     sampler: HeartbeatSampler | None = None
     probe: Probe | None = None
@@ -359,23 +344,8 @@ def run_rate(
 
 
 def write_config(workdir: Path, mysql_port: int, redis_port: int) -> Path:
-    tables = "".join(
-        f'[[tables]]\ntable = "sbtest.sbtest{n}"\nkey = "sb{n}:{{id}}"\nmode = "update"\n' for n in range(1, TABLES + 1)
-    )
-    cfg = workdir / "cdc-sync.toml"
-    cfg.write_text(f"""
-[mysql]
-port = {mysql_port}
-server_id = 4243
-[redis]
-url = "redis://127.0.0.1:{redis_port}/0"
-{tables}[log]
-level = "warning"
-format = "json"
-[metrics]
-listen = ""
-""")
-    return cfg
+    tables = [(f"sbtest.sbtest{n}", f"sb{n}:{{id}}", "update") for n in range(1, TABLES + 1)]
+    return tables_config(workdir / "cdc-sync.toml", mysql_port, redis_port, tables)
 
 
 def git_state() -> str:
