@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pymysql
@@ -107,6 +109,26 @@ def test_changed_and_removed_rules_flush_their_tables_on_restart(
     assert reasons == {"users": "rule_changed", "pets": "rule_removed"}
 
 
+@contextmanager
+def compressed_session(
+    sql: pymysql.Connection,
+    mysql: MySQLTarget,
+    db: str,  # type: ignore[type-arg]
+) -> Iterator[pymysql.Connection]:  # type: ignore[type-arg]
+    """A new session whose binlog events are compressed (log_bin_compress on, from 10 bytes), turned off after."""
+    with sql.cursor() as cur:
+        cur.execute("SET GLOBAL log_bin_compress = ON")
+        cur.execute("SET GLOBAL log_bin_compress_min_len = 10")
+    conn = connect(mysql, db)  # (a new session picks the setting up)
+    try:
+        yield conn
+    finally:
+        conn.close()
+        with sql.cursor() as cur:
+            cur.execute("SET GLOBAL log_bin_compress = OFF")
+            cur.execute("SET GLOBAL log_bin_compress_min_len = 256")  # (the default)
+
+
 def test_compressed_binlog_events_are_applied(
     start_worker: StartWorker,
     mysql_server: MySQLTarget,
@@ -123,12 +145,8 @@ def test_compressed_binlog_events_are_applied(
         cur.execute("INSERT INTO users VALUES (1, 'plain'), (2, 'two')")
     wait_caught_up(r, sql, mysql_server.flavor, w)
     assert r.exists("users:1") == 1
-    try:
-        with sql.cursor() as cur:
-            cur.execute("SET GLOBAL log_bin_compress = ON")
-            cur.execute("SET GLOBAL log_bin_compress_min_len = 10")
-        conn = connect(mysql_server, db)
-        with conn.cursor() as cur:  # a new session picks the setting up
+    with compressed_session(sql, mysql_server, db) as conn:
+        with conn.cursor() as cur:
             cur.execute("UPDATE users SET name = %s WHERE id = 1", ("compressed " * 50,))
             cur.execute("INSERT INTO users VALUES (3, %s), (4, %s)", ("three " * 40, "four " * 40))
             cur.execute("DELETE FROM users WHERE id = 2")
@@ -139,11 +157,6 @@ def test_compressed_binlog_events_are_applied(
         with conn.cursor() as cur:
             cur.execute("ALTER TABLE users ADD COLUMN note VARCHAR(200) DEFAULT 'a default note, long enough'")
             cur.execute("UPDATE users SET note = %s WHERE id = 4", ("noted " * 20,))
-        conn.close()
-    finally:
-        with sql.cursor() as cur:
-            cur.execute("SET GLOBAL log_bin_compress = OFF")
-            cur.execute("SET GLOBAL log_bin_compress_min_len = 256")  # (the default)
     wait_caught_up(r, sql, mysql_server.flavor, w)
     assert json.loads(r.get("users:4") or b"") == {"id": 4, "name": "four " * 40, "note": "noted " * 20}
     reasons = [e["reason"] for e in w.events() if e.get("event") == "sync.table_flushed"]
@@ -166,18 +179,8 @@ def test_a_compressed_event_that_cannot_be_expanded_flushes(
     with sql.cursor() as cur:
         cur.execute("CREATE TABLE users (id INT PRIMARY KEY, name TEXT)")
     start = file_position(sql)
-    try:
-        with sql.cursor() as cur:
-            cur.execute("SET GLOBAL log_bin_compress = ON")
-            cur.execute("SET GLOBAL log_bin_compress_min_len = 10")
-        conn = connect(mysql_server, db)
-        with conn.cursor() as cur:
-            cur.execute("INSERT INTO users VALUES (1, %s)", ("compressed " * 50,))
-        conn.close()
-    finally:
-        with sql.cursor() as cur:
-            cur.execute("SET GLOBAL log_bin_compress = OFF")
-            cur.execute("SET GLOBAL log_bin_compress_min_len = 256")  # (the default)
+    with compressed_session(sql, mysql_server, db) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO users VALUES (1, %s)", ("compressed " * 50,))
 
     def broken(data: bytes, checksum: bool, post_header_len: object = None) -> bytes:
         raise FrameError("zlib stream truncated (injected)")
