@@ -11,9 +11,11 @@ samples and settles them:
 
 Samples follow the stream: while the checkpoint moves (the applier nudges the prober after every step) or
 samples wait to be reached, a new one is taken every ``min_gap_s``, without waiting for the previous ones, so
-under load the heartbeat trails real time by about the apply lag plus ``min_gap_s``. An idle server is
-sampled once per ``interval_s``. At most ``max_pending`` samples wait; when they are all waiting, the newest is
-replaced, so the heartbeat still catches up to fresh times once the worker does.
+under load the heartbeat trails real time by about the apply lag plus ``min_gap_s``; a worker far behind samples
+less often (every tenth of the oldest waiting sample's age). An idle server is sampled once per ``interval_s``.
+At most ``max_pending`` samples wait; when they are all waiting, the newest is replaced, so the heartbeat still
+catches up to fresh times once the worker does. The newest is tried first, a sample waiting longer than
+``wait_limit_s`` is dropped, and a reconnect drops them all.
 
 One clock (Redis's) is used for both ends, so neither MySQL's, the worker's nor the app's clock matters.
 No write access to MySQL is needed (unlike a heartbeat table), and binlog event times (whole seconds, MySQL's
@@ -167,9 +169,16 @@ class Prober:
         return moved
 
     def _due_in(self) -> float:
-        """Seconds until the next sample is due."""
-        busy = bool(self.pending) or self._progress.is_set() or self._unready
-        return self._sampled_at + (self.min_gap_s if busy else self.interval_s) - time.monotonic()
+        """Seconds until the next sample is due: ``min_gap_s`` after the last one while the stream moves, but
+        at least a tenth of how long the oldest sample has waited (a worker far behind is not helped by fine
+        samples, and the server is not polled hard for them), and ``interval_s`` when idle."""
+        now = time.monotonic()
+        if not (self.pending or self._progress.is_set() or self._unready):
+            return self._sampled_at + self.interval_s - now
+        gap = self.min_gap_s
+        if self.pending:
+            gap = max(gap, min(self.interval_s, (now - self.pending[0].taken) / 10))
+        return self._sampled_at + gap - now
 
     def _loop(self) -> None:
         failures = 0

@@ -210,3 +210,14 @@ def test_a_sample_outlives_a_heartbeat_write_that_lost_its_race() -> None:
     assert prober.sample()
     assert prober.settle() is False and len(prober.pending) == 1
     assert prober.settle() is True and not prober.pending
+
+
+def test_a_worker_far_behind_samples_less_often() -> None:
+    """The oldest waiting sample is 5 s old (the worker lags): the next one is due a tenth of that after the
+    last, not at the minimum gap, so a long catch-up does not poll the server 50 times a second."""
+    clock = Clock()
+    prober = Prober(clock, Server("0-1-9", clock), "mariadb", lambda: "0-1-1", interval_s=2, min_gap_s=0.02)
+    assert prober.sample()
+    oldest = prober.pending[0]
+    prober.pending[0] = oldest._replace(taken=oldest.taken - 5)
+    assert 0.4 < prober._due_in() <= 0.5
