@@ -112,7 +112,8 @@ _DECODE_ERRORS = (
 
 
 _EPOCH = datetime.datetime(1970, 1, 1)
-_ROW_EVENTS = (WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent)  # not PartialUpdateRowsEvent (a subclass)
+# not PartialUpdateRowsEvent (a subclass of UpdateRowsEvent): looked up by exact type
+_ROW_EVENTS = {WriteRowsEvent: Op.INSERT, UpdateRowsEvent: Op.UPDATE, DeleteRowsEvent: Op.DELETE}
 _DECODERS_MAX = 256  # compiled row decoders kept per source (one per table layout × needed columns)
 # events dropped in a row (a large transaction of another table) before a RawProgress is yielded: the worker then
 # queues an empty transaction it holds instead of waiting for this one's end
@@ -301,9 +302,6 @@ def _without_absent_columns(event: RowsEvent, changes: tuple[RowChange, ...]) ->
             }
         out.append(change._replace(before=before, after=after))
     return tuple(out)
-
-
-_ROWS_OPS = {23: Op.INSERT, 24: Op.UPDATE, 25: Op.DELETE, 30: Op.INSERT, 31: Op.UPDATE, 32: Op.DELETE}
 
 
 def _changes_of(op: Op, schema: str, table: str, images: list[dict[str, Any]]) -> tuple[RowChange, ...]:
@@ -559,9 +557,7 @@ class BinlogSource:
             )
         return RawRows(changes, evict_only=evict_only)
 
-    def _ahead_rows(
-        self, kind: int, table_id: int, table: Any, columns: int, full: bool, body: bytes
-    ) -> RawRows | None:
+    def _ahead_rows(self, op: Op, table_id: int, table: Any, columns: int, full: bool, body: bytes) -> RawRows | None:
         """A rows event of a streamed table, read ahead (readahead.rows_body): its RawRows, or None when the library
         must decode it (the same conditions as _fast_changes)."""
         schema, name = table.schema, table.table
@@ -572,7 +568,7 @@ class BinlogSource:
         decoder = self._decoder(table_id, table.columns, schema, name)
         if decoder is None:
             return None
-        changes = _changes_of(_ROWS_OPS[kind], schema, name, decoder.images(body))
+        changes = _changes_of(op, schema, name, decoder.images(body))
         self.decoded["fast"] += 1
         self._decoded_metric["fast"].inc()
         return self._rows(schema, name, changes)
@@ -612,14 +608,7 @@ class BinlogSource:
         if decoder is None:
             return None
         images = decoder.images(event.packet.read(event.event_size - event.packet.read_bytes))
-        op = (
-            Op.INSERT
-            if isinstance(event, WriteRowsEvent)
-            else Op.DELETE
-            if isinstance(event, DeleteRowsEvent)
-            else Op.UPDATE
-        )
-        return _changes_of(op, event.schema, event.table, images)
+        return _changes_of(_ROW_EVENTS[type(event)], event.schema, event.table, images)
 
     def close(self) -> None:
         if self._stream is not None:

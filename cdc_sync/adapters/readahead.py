@@ -44,7 +44,7 @@ from cdc_sync.core.binlogframes import (
     mariadb_uncompressed,
     mysql_payload_events,
 )
-from cdc_sync.core.events import RawBegin, RawCommit, RawEvent
+from cdc_sync.core.events import Op, RawBegin, RawCommit, RawEvent
 
 XID_EVENT = 16
 TABLE_MAP_EVENT = 19
@@ -61,21 +61,23 @@ _MYSQL_GNO = struct.Struct("<Q")  # MySQL GTID: flags (1), source uuid (16), the
 _MAPS_MAX = 1024  # table maps remembered (a table's map changes with its DDL; the bound is for churn)
 
 
-# (kind, table id, the library's Table of its map, number of columns, whether both images are FULL, the row images)
-RowsHook = Callable[[int, int, Any, int, bool, bytes], RawEvent | None]
-_PLAIN_ROWS = {23: False, 24: True, 25: False, 30: False, 31: True, 32: False}  # (whether it has two bitmaps)
-_V2_ROWS = frozenset({30, 31, 32})
+# (the change, table id, the library's Table of its map, number of columns, whether both images are FULL, the row
+# images)
+RowsHook = Callable[[Op, int, Any, int, bool, bytes], RawEvent | None]
+# plain rows events: v1 (23-25, MariaDB) and v2 (30-32, MySQL); an update's has two column bitmaps
+_PLAIN_ROWS = {23: Op.INSERT, 24: Op.UPDATE, 25: Op.DELETE, 30: Op.INSERT, 31: Op.UPDATE, 32: Op.DELETE}
 
 
 def rows_body(
     data: bytes, kind: int, post_header_len: tuple[int, ...] | None, checksum: bool
-) -> tuple[int, bool, bytes] | None:
-    """A plain rows event packet's number of columns, whether its column bitmaps are all set (FULL images), and
-    its row images; None for another kind or layout (compressed, partial JSON, a post-header of unusual length)."""
-    two = _PLAIN_ROWS.get(kind)
-    if two is None:
+) -> tuple[Op, int, bool, bytes] | None:
+    """A plain rows event packet's change, number of columns, whether its column bitmaps are all set (FULL
+    images), and its row images; None for another kind or layout (compressed, partial JSON, a post-header of
+    unusual length)."""
+    op = _PLAIN_ROWS.get(kind)
+    if op is None:
         return None
-    v2 = kind in _V2_ROWS
+    v2 = kind >= 30
     standard = 10 if v2 else 8  # table id (6), flags (2), [v2: the extra data's length (2), which counts itself]
     if post_header_len is not None and len(post_header_len) >= kind and post_header_len[kind - 1] != standard:
         return None
@@ -99,12 +101,12 @@ def rows_body(
     full = _full_bitmap(columns)
     ok = data[at : at + width] == full
     at += width
-    if two:
+    if op is Op.UPDATE:
         ok = ok and data[at : at + width] == full
         at += width
     if at > end:
         return None
-    return columns, ok, data[at:end]
+    return op, columns, ok, data[at:end]
 
 
 @functools.lru_cache(maxsize=64)
@@ -171,7 +173,7 @@ class ReadAhead:
             else:
                 table = stream.table_map.get(table_id)
                 body = rows_body(data, kind, self.post_header_len, self.checksum) if table is not None else None
-                rows = self.rows(kind, table_id, table, *body) if body is not None and self.rows is not None else None
+                rows = self.rows(body[0], table_id, table, *body[1:]) if body is not None and self.rows else None
                 if rows is None:
                     return None
                 self.rows_decided += 1

@@ -627,7 +627,7 @@ class Worker:
             if count < _FOLD_MAX:  # (a long backlog of them still moves the checkpoint now and then)
                 self._held = (item, count)
                 return
-            self._held, held, item = None, None, replace(item, folded=count - 1)
+            held, item = None, replace(item, folded=count - 1)
         self._held = None
         if held is not None:
             txn, count = held
