@@ -221,3 +221,32 @@ def test_a_worker_far_behind_samples_less_often() -> None:
     oldest = prober.pending[0]
     prober.pending[0] = oldest._replace(taken=oldest.taken - 5)
     assert 0.4 < prober._due_in() <= 0.5
+
+
+def test_the_prober_survives_an_unexpected_error_and_logs_it() -> None:
+    """A sample that fails with something outside the project's error tree (a library's RuntimeError) is logged
+    and counted, and the thread goes on: a dead prober would leave every reader bypassing, silently."""
+    from prometheus_client import REGISTRY
+    from structlog.testing import capture_logs
+
+    class Flaky(Server):
+        def current_position(self, flavor: str, kind: str) -> str:
+            if not self.asked_at:
+                self.asked_at.append(self.clock.now)
+                raise RuntimeError("cryptography is required for sha256_password")
+            return super().current_position(flavor, kind)
+
+    clock = Clock()
+    errors = REGISTRY.get_sample_value("cdc_sync_heartbeat_errors_total") or 0.0
+    prober = Prober(clock, Flaky("0-1-9", clock), "mariadb", lambda: "0-1-9", interval_s=0.05)
+    with capture_logs() as logs:
+        prober.start()
+        try:
+            waited = threading.Event()
+            while not clock.beats and not waited.wait(0.01):
+                pass
+        finally:
+            prober.stop()
+    assert clock.beats, "the heartbeat moved after the failure"
+    assert (REGISTRY.get_sample_value("cdc_sync_heartbeat_errors_total") or 0.0) - errors >= 1
+    assert any(e["event"] == "heartbeat.probe_failed" and "RuntimeError" in e["error"] for e in logs)
