@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from cdc_sync.core.keys import KeyTemplate, renders_with_prefix
+from cdc_sync.core.keys import KeyTemplate, Namespace, renders_with_prefix
 from cdc_sync.errors import ConfigError
 
 DEFAULT_PATH = "cdc-sync.toml"
 ENV_CONFIG = "CDC_SYNC_CONFIG"
 ENV_MYSQL_PASSWORD = "CDC_SYNC_MYSQL_PASSWORD"  # noqa: S105 - a variable name, not a secret
 ENV_REDIS_URL = "CDC_SYNC_REDIS_URL"
+ENV_SENTINEL_PASSWORD = "CDC_SYNC_SENTINEL_PASSWORD"  # noqa: S105 - a variable name
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,35 @@ class RedisConfig:
     ssl_keyfile: str | None = None
     ssl_verify_identity: bool = True  # check the server's host name against its certificate
     socket_timeout_s: float = 10.0
+    # Sentinel: the Sentinels ("host:port") that name the master ``master_name``; the url then gives the master's
+    # user, password, database and scheme (rediss: TLS), not its address
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master_name: str | None = None
+    sentinel_username: str | None = None  # the Sentinels' own ACL user (sentinel's requirepass / ACL)
+    sentinel_password: str = field(default="", repr=False)
+    sentinel_tls: bool = False  # the Sentinels speak TLS too (with the ssl_* settings above)
+    # every apply step waits for this many replicas to acknowledge it (WAIT), at most wait_timeout_ms
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 100
 
     @property
     def safe_url(self) -> str:
-        """The URL with any password replaced by ``***`` (for logs and status)."""
-        return redact_url(self.url)
+        """The URL with any password replaced by ``***`` (for logs and status); with Sentinels, the Sentinels and
+        the master's name (``redis+sentinel://s1:26379,s2:26379/cache/0``)."""
+        if not self.sentinels:
+            return redact_url(self.url)
+        hosts = ",".join(_host_port(h, p) for h, p in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.master_name}/{self.db}"
+
+    @property
+    def db(self) -> int:
+        """The database number of the url (``/0`` by default)."""
+        path = urlsplit(self.url).path.strip("/")
+        return int(path) if path.isdigit() else 0
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -403,8 +428,48 @@ def _redis(raw: object, env: Mapping[str, str]) -> RedisConfig:
         raise ConfigError(f"redis.{tls_set[0]}: TLS needs a rediss:// url; got {redact_url(url)!r}")
     if cfg.ssl_keyfile and not cfg.ssl_certfile:
         raise ConfigError("redis.ssl_keyfile: set redis.ssl_certfile too (the client certificate)")
+    cfg = _sentinel_settings(s, cfg, env, scheme)
     s.finish()
     return cfg
+
+
+def _sentinel_settings(s: _Section, cfg: RedisConfig, env: Mapping[str, str], scheme: str) -> RedisConfig:
+    """The Sentinel and WAIT settings of ``[redis]``."""
+    sentinels = tuple(_sentinel_address(s.at(f"sentinels[{i}]"), a) for i, a in enumerate(s.strs("sentinels") or ()))
+    master_name = s.str_("master_name", None)
+    password = env.get(ENV_SENTINEL_PASSWORD, s.str_("sentinel_password", ""))
+    cfg = dataclasses.replace(
+        cfg,
+        sentinels=sentinels,
+        master_name=master_name,
+        sentinel_username=s.str_("sentinel_username", None),
+        sentinel_password=password,
+        sentinel_tls=s.bool_("sentinel_tls", False),
+        wait_replicas=s.int_("wait_replicas", 0, 0, 1000),
+        wait_timeout_ms=s.int_("wait_timeout_ms", 100, 1, 60_000),
+    )
+    if sentinels and not master_name:
+        raise ConfigError("redis.master_name: required with redis.sentinels (the name the Sentinels monitor)")
+    if master_name is not None and not sentinels:
+        raise ConfigError('redis.sentinels: required with redis.master_name (e.g. ["10.0.0.1:26379"])')
+    if sentinels and scheme == "unix":
+        raise ConfigError("redis.url: with Sentinels it must be redis:// or rediss:// (it names no address then)")
+    if not sentinels:
+        for name in ("sentinel_username", "sentinel_password", "sentinel_tls"):
+            if s.data.get(name):
+                raise ConfigError(f"redis.{name}: only with redis.sentinels")
+    if cfg.sentinel_tls and scheme != "rediss":
+        raise ConfigError("redis.sentinel_tls: the master must speak TLS too: use a rediss:// url")
+    return cfg
+
+
+def _sentinel_address(where: str, text: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` of one Sentinel."""
+    host, colon, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f'{where}: must be "host:port" (e.g. "10.0.0.1:26379"); got {text!r}')
+    return host, int(port)
 
 
 def _rule(raw: object, index: int) -> TableRule:
@@ -500,7 +565,7 @@ def rule_from_fingerprint(text: str) -> TableRule:
 
 def _check_namespace(rules: tuple[TableRule, ...], namespace: str) -> None:
     """No template may render a key in the worker's own namespace (``<ns>:heartbeat``, ``<ns>:lease:...``)."""
-    prefix = f"{namespace}:"
+    prefix = Namespace(namespace).prefix
     for rule in rules:
         named = [("key", rule.key)] if rule.key is not None else []
         named += [(f"also[{i}]", t) for i, t in enumerate(rule.also)]

@@ -22,6 +22,13 @@ APPLY_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 FLUSHES = Counter("cdc_sync_flushes", "Wholesale invalidations of a table's keys", ["table", "reason"])
+REDIS_WAIT_SHORT = Counter(
+    "cdc_sync_redis_wait_short",
+    "Apply steps fewer replicas acknowledged than redis.wait_replicas within redis.wait_timeout_ms (WAIT)",
+)
+REDIS_MASTER_CHANGES = Counter(
+    "cdc_sync_redis_master_changes", "Sentinel failovers the worker followed (another master named than before)"
+)
 REWINDS = Counter("cdc_sync_rewinds", "Replays from Redis's stored checkpoint", ["reason"])
 UNKNOWN_EVENTS = Counter("cdc_sync_unknown_events", "Binlog events not understood (each flushes)", ["event_type"])
 COMPRESSED_EVENTS = Counter(

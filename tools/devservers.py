@@ -6,6 +6,7 @@ stopped (and its directory removed) by :meth:`stop`. Nothing here is used by the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -13,9 +14,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cdc_sync.errors import CdcSyncError
 
@@ -186,6 +188,113 @@ def start_redis(
         server.stop()
         raise
     return server
+
+
+@dataclass
+class SentinelSet:
+    """A Redis master with replicas, watched by Sentinels (``start_sentinel_set``)."""
+
+    master_name: str
+    servers: list[LocalServer]  # the data servers; servers[0] was the first master
+    sentinels: list[LocalServer]
+
+    @property
+    def addresses(self) -> list[str]:
+        """The Sentinels as ``host:port`` (``[redis] sentinels``)."""
+        return [f"127.0.0.1:{s.port}" for s in self.sentinels]
+
+    def master_port(self) -> int | None:
+        """The master's port as the first Sentinel that answers names it (None: none knows)."""
+        for sentinel in self.sentinels:
+            try:
+                reply = _ask(sentinel.port, "SENTINEL", "get-master-addr-by-name", self.master_name)
+            except OSError:
+                continue
+            if isinstance(reply, list | tuple) and len(reply) == 2:
+                return int(reply[1])
+        return None
+
+    def server(self, port: int) -> LocalServer:
+        return next(s for s in self.servers if s.port == port)
+
+    def stop(self) -> None:
+        for server in (*self.sentinels, *self.servers):
+            if server.proc.poll() is None:
+                with contextlib.suppress(OSError):  # (a stopped process, SIGSTOP in a test, first goes on)
+                    os.kill(server.proc.pid, signal.SIGCONT)
+            server.stop()
+
+
+def start_sentinel_set(
+    replicas: int = 1,
+    sentinels: int = 3,
+    master_name: str = "cache",
+    down_after_ms: int = 1000,
+    timeout: float = 30.0,
+) -> SentinelSet:
+    """A master, ``replicas`` replicas of it and ``sentinels`` Sentinels (quorum: a majority), each its own
+    process on a free loopback port, ready: every Sentinel knows every replica and the other Sentinels."""
+    redis_server = _which("redis-server")
+    started = SentinelSet(master_name, [], [])
+    try:
+        master = start_redis()
+        started.servers.append(master)
+        for _ in range(replicas):
+            started.servers.append(start_redis(extra_args=("--replicaof", "127.0.0.1", str(master.port))))
+        _until(
+            lambda: _ask(master.port, "INFO", "replication").get("connected_slaves") == replicas, timeout, "replicas"
+        )
+        quorum = sentinels // 2 + 1
+        for _ in range(sentinels):
+            directory = Path(tempfile.mkdtemp(prefix="cdc-sync-sentinel-"))
+            port = free_port()
+            conf = directory / "sentinel.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {directory}\nlogfile {directory / 'sentinel.log'}\n"
+                f"sentinel monitor {master_name} 127.0.0.1 {master.port} {quorum}\n"
+                f"sentinel down-after-milliseconds {master_name} {down_after_ms}\n"
+                f"sentinel failover-timeout {master_name} {max(3 * down_after_ms, 3000)}\n"
+                f"sentinel parallel-syncs {master_name} 1\n",
+                encoding="utf-8",
+            )
+            args = [redis_server, str(conf), "--sentinel"]
+            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            sentinel = LocalServer("sentinel", port, directory, proc, args=args, log=directory / "sentinel.log")
+            started.sentinels.append(sentinel)
+            _wait_port(port, proc, directory / "sentinel.log", timeout)
+
+        def ready() -> bool:
+            for sentinel in started.sentinels:
+                state = _ask(sentinel.port, "SENTINEL", "master", master_name)
+                fields = state if isinstance(state, dict) else {}
+                if fields.get("num-slaves") != str(replicas) or fields.get("num-other-sentinels") != str(sentinels - 1):
+                    return False
+            return True
+
+        _until(ready, timeout, "the Sentinels to know each other and the replicas")
+    except BaseException:
+        started.stop()
+        raise
+    return started
+
+
+def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise ServerStartError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def _ask(port: int, *command: str) -> Any:
+    """One command to the server on ``port`` (redis-py, imported here: the worker never imports this module)."""
+    import redis
+
+    client = redis.Redis(port=port, socket_timeout=2, decode_responses=True)
+    try:
+        return client.execute_command(*command)
+    finally:
+        client.close()
 
 
 def env_flag(name: str) -> bool:

@@ -247,3 +247,112 @@ def _glob_tokens(t: KeyTemplate) -> tuple[str | None, ...]:
         out.append(None)
         out.extend(literal)
     return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    """Every bookkeeping key of one namespace (``cdc`` by default): the one place their layout is written.
+
+    The worker's own keys are ``<ns>:<kind>`` (checkpoint, heartbeat, leader, ...), per table
+    ``<ns>:<kind>:<schema.table>`` (flushing markers, schema epochs, warm progress), per dependency tag
+    ``<ns>:tag:<suffix>`` and ``<ns>:tinv:<suffix>``, and per cached key ``<ns>:<kind>:<key>`` (its lease, hold-off
+    marker and stamp). Scripts that find keys at run time (a tag set's members) get the per-key prefixes
+    (``lease_prefix``, ``inv_prefix``) as arguments rather than spelling them.
+    """
+
+    name: str
+
+    def _key(self, kind: str, rest: str = "") -> str:
+        return f"{self.name}:{kind}:{rest}" if rest else f"{self.name}:{kind}"
+
+    # the worker's state
+    @property
+    def checkpoint(self) -> str:
+        return self._key("checkpoint")
+
+    @property
+    def heartbeat(self) -> str:
+        return self._key("heartbeat")
+
+    @property
+    def leader(self) -> str:
+        return self._key("leader")
+
+    @property
+    def fence(self) -> str:
+        return self._key("fence")
+
+    @property
+    def operator(self) -> str:
+        return self._key("operator")
+
+    @property
+    def rules(self) -> str:
+        return self._key("rules")
+
+    @property
+    def stats(self) -> str:
+        return self._key("stats")
+
+    @property
+    def server(self) -> str:
+        return self._key("server")
+
+    @property
+    def evictions(self) -> str:
+        return self._key("evictions")
+
+    @property
+    def workers(self) -> str:
+        return self._key("workers")
+
+    @property
+    def doctor_probe(self) -> str:
+        return self._key("doctor", "probe")
+
+    # per table
+    def flushing(self, table: str) -> str:
+        return self._key("flushing", table)
+
+    def schema(self, table: str) -> str:
+        return self._key("schema", table)
+
+    def warm(self, table: str) -> str:
+        return self._key("warm", table)
+
+    # per dependency tag
+    def tag(self, suffix: str) -> str:
+        return self._key("tag", suffix)
+
+    def tinv(self, suffix: str) -> str:
+        return self._key("tinv", suffix)
+
+    @property
+    def tag_prefix(self) -> str:
+        return f"{self.name}:tag:"
+
+    # per cached key
+    def lease(self, key: str) -> str:
+        return self.lease_prefix + key
+
+    def inv(self, key: str) -> str:
+        return self.inv_prefix + key
+
+    def stamp(self, key: str) -> str:
+        return self._key("stamp", key)
+
+    @property
+    def lease_prefix(self) -> str:
+        return f"{self.name}:lease:"
+
+    @property
+    def inv_prefix(self) -> str:
+        return f"{self.name}:inv:"
+
+    @property
+    def prefix(self) -> str:
+        """What every key of the namespace starts with (no template may render one: config.py)."""
+        return f"{self.name}:"
+
+    def owns(self, key: str) -> bool:
+        return key.startswith(self.prefix)

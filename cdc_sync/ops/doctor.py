@@ -23,7 +23,7 @@ from cdc_sync.adapters.mysql import MySQLAdmin, plain_error, translate_error
 from cdc_sync.adapters.redis import make_client, plain_redis_error, redis_error
 from cdc_sync.config import Config, TableRule, check_against_schema
 from cdc_sync.core.events import RedisMemory
-from cdc_sync.core.keys import templates_overlap
+from cdc_sync.core.keys import Namespace, templates_overlap
 from cdc_sync.core.positions import has_tagged_gtids
 from cdc_sync.core.requirements import REFUSED_SETTINGS, REQUIRED_SETTINGS
 from cdc_sync.errors import CdcSyncError, ConfigError, ServerRefused, SinkUnavailable
@@ -401,7 +401,7 @@ def _in_multi(client: redis.Redis, key: str) -> object:
 def _acl_steps(client: redis.Redis, ns: str) -> list[tuple[str, Callable[[], object]]]:
     """One step per command the worker, the readers and the CLI send (commands inside scripts included:
     the ACL applies to those too). Each works on throwaway keys under ``<ns>:doctor:probe``."""
-    probe = f"{ns}:doctor:probe"
+    probe = Namespace(ns).doctor_probe
     script = "return redis.call('TIME')[1]"
     script_sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
     return [

@@ -109,7 +109,7 @@ def _operator(sink: RedisSink, what: str) -> Iterator[None]:
     if holder is not None:
         raise CdcSyncError(
             f"another operator command is running: {holder}; wait for it (a command that died lets go of "
-            f"{sink.ns}:operator {OPERATOR_LOCK_TTL_MS // 1000} s after it stopped)"
+            f"{sink.keys.operator} {OPERATOR_LOCK_TTL_MS // 1000} s after it stopped)"
         )
     done = threading.Event()
 

@@ -25,9 +25,10 @@ import redis
 from cdc_sync.adapters.mysql import MySQLAdmin, plain_error
 from cdc_sync.adapters.redis import make_client, plain_redis_error, redis_error
 from cdc_sync.config import Config
+from cdc_sync.core.keys import Namespace
 from cdc_sync.core.positions import kind_of, parse_mariadb, parse_mysql
 from cdc_sync.errors import CdcSyncError, PositionError, ServerRefused
-from cdc_sync.worker.statusreport import WORKERS_KEY, read_records
+from cdc_sync.worker.statusreport import read_records
 
 ALIVE_MIN_MS = 5000  # a record is "recent" within max(3 x refresh, this)
 SHOWN_GONE = 3  # the human view lists this many records of workers no longer running (--json has them all)
@@ -146,15 +147,16 @@ def collect(config: Config) -> dict[str, Any]:
     client = make_client(config.redis)
     try:
         pipe = client.pipeline()
-        pipe.get(f"{ns}:checkpoint")
-        pipe.get(f"{ns}:heartbeat")
+        keys = Namespace(ns)
+        pipe.get(keys.checkpoint)
+        pipe.get(keys.heartbeat)
         pipe.time()
-        pipe.hgetall(f"{ns}:{WORKERS_KEY}")
-        pipe.hgetall(f"{ns}:stats")
-        pipe.get(f"{ns}:leader")
-        pipe.get(f"{ns}:operator")
+        pipe.hgetall(keys.workers)
+        pipe.hgetall(keys.stats)
+        pipe.get(keys.leader)
+        pipe.get(keys.operator)
         for rule in config.tables:
-            pipe.pttl(f"{ns}:flushing:{rule.name}")
+            pipe.pttl(keys.flushing(rule.name))
         checkpoint, heartbeat, now, records, stats, leader, operator, *flushing = pipe.execute()
     except redis.RedisError as exc:
         error = redis_error(exc, "status")

@@ -52,7 +52,7 @@ from cdc_sync.adapters.mysql import connection_settings, normalize_row, quote_fo
 from cdc_sync.adapters.redis import make_client, redis_errors
 from cdc_sync.config import Config, MySQLConfig, TableRule
 from cdc_sync.core.codec import encode_hash, encode_json
-from cdc_sync.core.keys import KeyTemplate
+from cdc_sync.core.keys import KeyTemplate, Namespace
 from cdc_sync.ops.maintenance import select_rules
 from cdc_sync.reader.client import NEGATIVE
 
@@ -491,7 +491,7 @@ def _redis_ms(client: redis.Redis) -> int:
 def _wait_for_heartbeat(client: redis.Redis, ns: str, past_ms: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        beat = client.get(f"{ns}:heartbeat")
+        beat = client.get(Namespace(ns).heartbeat)
         if beat is not None and int(beat) >= past_ms:
             return True
         time.sleep(0.1)
@@ -588,9 +588,10 @@ def _compare(checker: _Checker, rule: TableRule, keys: dict[str, int], batch: in
 
 def _evict(client: redis.Redis, ns: str, holdoff: int, keys: Sequence[str]) -> int:
     pipe = client.pipeline(transaction=True)
+    names = Namespace(ns)
     for key in keys:
-        pipe.delete(key, f"{ns}:lease:{key}")
+        pipe.delete(key, names.lease(key))
         if holdoff > 0:
-            pipe.set(f"{ns}:inv:{key}", "1", px=holdoff)
+            pipe.set(names.inv(key), "1", px=holdoff)
     pipe.execute()
     return len(keys)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from cdc_sync.adapters.redis import redis_errors
 from cdc_sync.config import Config
+from cdc_sync.core.keys import Namespace
 from cdc_sync.ops.maintenance import select_rules
 from cdc_sync.reader.client import CacheReader
 
@@ -55,7 +56,7 @@ def warm(
                     continue  # mapped only for dependencies: nothing to fill
                 result = WarmResult(rule.name)
                 results.append(result)
-                progress_key = f"{config.redis.namespace}:warm:{rule.name}"
+                progress_key = Namespace(config.redis.namespace).warm(rule.name)
                 if restart:
                     reader.redis.delete(progress_key)
                 saved = reader.redis.get(progress_key)

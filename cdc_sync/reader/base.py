@@ -18,19 +18,15 @@ from typing import Any, NamedTuple
 import orjson
 import pymysql
 
-from cdc_sync import logs
+from cdc_sync import logs, scripts
 from cdc_sync import metrics as m
 from cdc_sync.adapters.mysql import COLUMN_INFO_MAX_AGE_S, RowLoader, translate_error
 from cdc_sync.config import Config, TableRule
 from cdc_sync.core.canonical import ColumnInfo
 from cdc_sync.core.codec import encode_hash, encode_json
-from cdc_sync.core.keys import KeyTemplate
+from cdc_sync.core.keys import KeyTemplate, Namespace
 from cdc_sync.errors import CacheUnavailable, CdcSyncError
 from cdc_sync.reader.protocol import (
-    FILL_LOST,
-    FILL_RULE_MISMATCH,
-    FILL_SCHEMA_CHANGED,
-    FILL_STORED,
     NEGATIVE,
     NO_EPOCH,
     UNKNOWN_EPOCH,
@@ -42,8 +38,6 @@ from cdc_sync.reader.protocol import (
     fetch_tags,
     row_refusal,
     rule_digest,
-    schema_key,
-    stamp_key,
     stamp_of,
 )
 
@@ -129,6 +123,7 @@ class _ReaderBase:
         self.config = config
         self.cfg = config.reader
         self.ns = config.redis.namespace
+        self.keys = Namespace(self.ns)
         self.stats = ReaderStats()
         self._row_lookups: dict[Any, RowLookup] = {}
         self._fetch_lookups: dict[Any, FetchLookup] = {}
@@ -138,7 +133,7 @@ class _ReaderBase:
         self._digests = {r.name: rule_digest(r) for r in config.tables}
         self.row_loader = loader if loader is not None else RowLoader(config.mysql, self.cfg.pool_size)
         self.window = TrustWindow()  # plain-GET hits between checks (see the module docstring)
-        self._heartbeat_key = f"{self.ns}:heartbeat"
+        self._heartbeat_key = self.keys.heartbeat
         self._mismatched: dict[str, bool] = {}  # table → whether the last verdict on its rule was a mismatch
         self._noted: set[Any] = set()  # what was logged once already (non-canonical keys, widened tags)
         self._schema_reread: dict[str, float] = {}  # table → when its column info was last dropped (a flush seen)
@@ -216,7 +211,7 @@ class _ReaderBase:
         column-dependency table (None: none needed, or read it now through the row loader); ``epochs``: the
         schema epoch each was read at, read from Redis before it (``column_info_at``). A table without one
         (None: all) gets ``UNKNOWN_EPOCH``, which the scripts never accept: such a lookup fills nothing."""
-        if key.startswith(f"{self.ns}:"):
+        if self.keys.owns(key):
             raise ValueError(f"fetch key {key!r} is in the worker's namespace {self.ns!r}; use another prefix")
         for rule in self._rules.values():
             for template in rule.templates:
@@ -286,7 +281,7 @@ class _ReaderBase:
         return info, epochs, missing
 
     def epoch_keys(self, tables: Sequence[str]) -> list[str]:
-        return [schema_key(self.ns, t) for t in tables]
+        return [self.keys.schema(t) for t in tables]
 
     def epochs_read(self, tables: Sequence[str], raw: Sequence[object] | None) -> dict[str, str]:
         """The tables' epochs from an MGET of ``epoch_keys`` (None: Redis failed, ``UNKNOWN_EPOCH``)."""
@@ -300,7 +295,7 @@ class _ReaderBase:
         if plan is None:
             if len(self._plans) >= _PLAN_CACHE_SIZE:
                 self._plans.clear()
-            plan = self._plans[lookup] = lookup.lookup_args(self.ns, self.cfg, "")
+            plan = self._plans[lookup] = lookup.lookup_args(self.keys, self.cfg, "")
         keys, args = plan
         return keys, [args[0], args[1], token, *args[3:]]
 
@@ -312,9 +307,9 @@ class _ReaderBase:
         if keys is None:
             if len(self._plain) >= _PLAN_CACHE_SIZE:
                 self._plain.clear()
-            keys = [self._heartbeat_key, *(f"{self.ns}:flushing:{t}" for t in lookup.tables)]
+            keys = [self._heartbeat_key, *(self.keys.flushing(t) for t in lookup.tables)]
             if lookup.stamped:  # and the result's stamp with its tables' epochs now (see Lookup.stamped)
-                keys += [stamp_key(self.ns, lookup.key), *(schema_key(self.ns, t) for t in lookup.tables)]
+                keys += [self.keys.stamp(lookup.key), *(self.keys.schema(t) for t in lookup.tables)]
             self._plain[lookup] = keys
         return keys
 
@@ -376,16 +371,16 @@ class _ReaderBase:
 
     def verdict(self, lookup: Lookup, reply: Sequence[Any], sent: float, received: float) -> tuple[str, Any]:
         """The lookup script's reply (request sent at monotonic ``sent``, reply in hand at ``received``) as
-        (kind, detail): ('H', value), ('B', reason), ('L', the schema epoch of each table), ('W', None). Every
+        (kind, detail): (HIT, value), (BYPASS, reason), (LEASE, the schema epoch of each table), (WAIT, None). Every
         reply but a hit ends the plain-GET window; a hit opens or extends it."""
-        kind = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-        if kind == "H":
+        kind = scripts.reply_name(reply[0])
+        if kind == scripts.HIT:
             if not self.window.opened(sent, received, int(reply[2]), reply[3], self.cfg.freshness_check_ms):
                 self._heartbeat_regressed(reply[3])
             self.stats.add("hit")
             return kind, None if reply[1] == NEGATIVE else self.decode(lookup, reply[1])
         self.close_window()
-        if kind == "B":
+        if kind == scripts.BYPASS:
             reason = reply[1].decode()
             if reason == "rule_mismatch":
                 self._rule_verdict(reply[2].decode(), True)
@@ -394,7 +389,7 @@ class _ReaderBase:
             elif reason == "schema_changed":
                 self.schema_changed([reply[2].decode()])
             return kind, reason
-        if kind == "L":
+        if kind == scripts.LEASE:
             for table in lookup.tables:
                 if self._mismatched.get(table):
                     self._rule_verdict(table, False)
@@ -470,12 +465,12 @@ class _ReaderBase:
 
     def fill_outcome(self, stored: Any, lookup: Lookup) -> None:
         outcomes = {
-            FILL_STORED: "stored",
-            FILL_LOST: "lost",
-            FILL_RULE_MISMATCH: "rule_mismatch",
-            FILL_SCHEMA_CHANGED: "schema_changed",
+            scripts.STORED: "stored",
+            scripts.LOST: "lost",
+            scripts.RULE_MISMATCH: "rule_mismatch",
+            scripts.SCHEMA_CHANGED: "schema_changed",
         }
-        result = outcomes.get(int(stored))
+        result = outcomes.get(scripts.reply_name(stored))
         if result == "schema_changed":
             self.schema_changed(lookup.tables)
         self.stats.add("fill", result or "lost")

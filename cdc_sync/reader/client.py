@@ -1,6 +1,6 @@
 """Cache-aside reads that cooperate with the worker: leases, hold-off markers and a freshness gate.
 
-One Lua round trip per checked lookup (``LOOKUP_LUA`` in lookup.py) decides, on Redis's own clock:
+One Lua round trip per checked lookup (``lookup.lua``, cdc_sync/scripts) decides, on Redis's own clock:
 
 1. the worker's heartbeat is missing or older than ``max_staleness_ms``, or a table is being flushed
    → **bypass**: read MySQL, fill nothing;
@@ -13,7 +13,7 @@ One Lua round trip per checked lookup (``LOOKUP_LUA`` in lookup.py) decides, on 
    the same step; otherwise → **wait** for the holder's fill, then bypass after ``lease_wait_ms``.
 
 A fill lands only while the reader's lease still holds its token, the rules still agree and no table's schema
-epoch moved since the column info its keys and tags were computed with was read (``FILL_LUA``; lookup.py).
+epoch moved since the column info its keys and tags were computed with was read (``fill.lua``; reader/protocol.py).
 The worker deletes the lease with every change of the key or of a tag it depends on, so a fill that loaded
 before a change never lands after it. Redis errors fall back to MySQL (logged and counted) unless ``strict``.
 
@@ -51,18 +51,16 @@ import redis
 import redis.asyncio
 
 from cdc_sync import config as config_mod
+from cdc_sync import scripts
 from cdc_sync.adapters.mysql import RowLoader
-from cdc_sync.adapters.redis import client_kwargs
+from cdc_sync.adapters.redis import make_async_client, make_client
 from cdc_sync.config import Config
 from cdc_sync.core.codec import json_default
 from cdc_sync.errors import CacheUnavailable
 from cdc_sync.reader import flow
 from cdc_sync.reader.base import ColumnInfos, Dependency, Epochs, Loaded, ReaderStats, _ReaderBase
 from cdc_sync.reader.protocol import (
-    FILL_LUA,
-    LOOKUP_LUA,
     NEGATIVE,
-    RELEASE_LUA,
     Lookup,
     column_dependency_tables,
 )
@@ -79,9 +77,7 @@ class CacheReader(_ReaderBase):
         super().__init__(config, loader)
         self.redis = client if client is not None else _client(config)
         self._scripts = {
-            "lookup": self.redis.register_script(LOOKUP_LUA),
-            "fill": self.redis.register_script(FILL_LUA),
-            "release": self.redis.register_script(RELEASE_LUA),
+            name: self.redis.register_script(scripts.source(name)) for name in ("lookup", "fill", "release")
         }
 
     @classmethod
@@ -213,11 +209,7 @@ class AsyncCacheReader(_ReaderBase):
 
     def _use(self, client: redis.asyncio.Redis) -> None:
         self.redis = client
-        self._scripts = {
-            "lookup": client.register_script(LOOKUP_LUA),
-            "fill": client.register_script(FILL_LUA),
-            "release": client.register_script(RELEASE_LUA),
-        }
+        self._scripts = {name: client.register_script(scripts.source(name)) for name in ("lookup", "fill", "release")}
 
     def _after_fork(self) -> None:
         """In a forked child: the redis.asyncio pool (unlike the sync one) never checks the pid, and its
@@ -340,17 +332,14 @@ class AsyncCacheReader(_ReaderBase):
         self.row_loader.close()
 
 
-def _client_kwargs(config: Config) -> dict[str, Any]:
+def _pool(config: Config) -> dict[str, Any]:
     # threads wait for a free connection (up to the socket timeout) instead of failing when all are busy
-    pool = {"max_connections": config.reader.redis_max_connections, "timeout": config.redis.socket_timeout_s}
-    return {**client_kwargs(config.redis), **pool}
+    return {"max_connections": config.reader.redis_max_connections, "timeout": config.redis.socket_timeout_s}
 
 
 def _client(config: Config) -> redis.Redis:
-    pool = redis.BlockingConnectionPool.from_url(config.redis.url, **_client_kwargs(config))
-    return redis.Redis(connection_pool=pool)
+    return make_client(config.redis, **_pool(config))
 
 
 def _async_client(config: Config) -> redis.asyncio.Redis:
-    pool = redis.asyncio.BlockingConnectionPool.from_url(config.redis.url, **_client_kwargs(config))
-    return redis.asyncio.Redis(connection_pool=pool)
+    return make_async_client(config.redis, **_pool(config))

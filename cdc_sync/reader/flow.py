@@ -24,10 +24,8 @@ from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
+from cdc_sync import scripts
 from cdc_sync.reader.protocol import (
-    FILL_RULE_MISMATCH,
-    FILL_SCHEMA_CHANGED,
-    FILL_STORED,
     NEGATIVE,
     Lookup,
     ScriptArg,
@@ -107,11 +105,11 @@ def lookup(core: _ReaderBase, lk: Lookup, now: float) -> Flow:
             core._redis_failed(reply.error, lk.key)
             return (yield from _bypass(core, lk, "redis_error"))
         kind, detail = core.verdict(lk, reply.value, reply.sent, reply.received)
-        if kind == "H":
+        if kind == scripts.HIT:
             return detail
-        if kind == "B":
+        if kind == scripts.BYPASS:
             return (yield from _bypass(core, lk, detail))
-        if kind == "L":
+        if kind == scripts.LEASE:
             return (yield from _load_and_fill(core, lk, token, detail))
         now = reply.received
         if deadline is None:
@@ -139,7 +137,7 @@ def _bypass(core: _ReaderBase, lk: Lookup, reason: str) -> Flow:
 
 
 def _release(core: _ReaderBase, lk: Lookup, token: str) -> Generator[Step, Reply, None]:
-    reply = yield Script("release", [f"{core.ns}:lease:{lk.key}"], [token])
+    reply = yield Script("release", [core.keys.lease(lk.key)], [token])
     if reply.error is not None:
         core._redis_failed(reply.error, lk.key)
 
@@ -159,7 +157,7 @@ def _load_and_fill(core: _ReaderBase, lk: Lookup, token: str, epochs: Epochs) ->
     if fill is None or ttl_ms is None:
         yield from _release(core, lk, token)
     else:
-        keys, args = lk.fill_args(core.ns, token, core.jittered(ttl_ms), fill, epochs)
+        keys, args = lk.fill_args(core.keys, token, core.jittered(ttl_ms), fill, epochs)
         reply = yield Script("fill", keys, args)
         if reply.error is not None:
             core._redis_failed(reply.error, lk.key)
@@ -201,7 +199,7 @@ def fill_rows(
             lookups.append((lk, core.token(), core.encode_row(lk, row)))
     leases: list[Script] = []
     for lk, token, _ in lookups:
-        keys, args = lk.lookup_args(core.ns, core.cfg, token)
+        keys, args = lk.lookup_args(core.keys, core.cfg, token)
         leases.append(Script("lookup", keys, args))
     reply = yield Batch(leases)
     if reply.error is not None:
@@ -211,25 +209,25 @@ def fill_rows(
     is_fill: list[bool] = []  # per queued script: a fill (counted) or a lease given back
     bypass: Counter[str] = Counter()
     for (lk, token, payload), lease in zip(lookups, reply.value, strict=True):
-        kind = lease[0].decode()
-        if kind != "H":
+        kind = scripts.reply_name(lease[0])
+        if kind != scripts.HIT:
             core.close_window()  # as for any lookup: only hits keep the window
-        if kind == "B":
+        if kind == scripts.BYPASS:
             reason = lease[1].decode()
             bypass[reason] += 1
             if reason == "rule_mismatch":
                 core._rule_verdict(lease[2].decode(), True)
             elif reason == "schema_changed":
                 core.schema_changed([table])
-        if kind != "L":
+        if kind != scripts.LEASE:
             continue
         if too_slow or payload == []:
-            second.append(Script("release", [f"{core.ns}:lease:{lk.key}"], [token]))
+            second.append(Script("release", [core.keys.lease(lk.key)], [token]))
             bypass["slow" if too_slow else "empty_hash"] += 1
             is_fill.append(False)
             continue
         epochs = (epoch,) if epoch is not None else tuple(epoch_of(e) for e in lease[1:])
-        keys, args = lk.fill_args(core.ns, token, core.jittered(lk.ttl_ms), payload, epochs)
+        keys, args = lk.fill_args(core.keys, token, core.jittered(lk.ttl_ms), payload, epochs)
         second.append(Script("fill", keys, args))
         is_fill.append(True)
     results: list[Any] = []
@@ -239,12 +237,13 @@ def fill_rows(
             raise reply.error
         results = reply.value
     filled = 0
-    for fill, stored in zip(is_fill, results, strict=True):
-        if fill and stored == FILL_STORED:
+    for fill, reply_name in zip(is_fill, results, strict=True):
+        stored = scripts.reply_name(reply_name)
+        if fill and stored == scripts.STORED:
             filled += 1
-        elif fill and stored == FILL_RULE_MISMATCH:
+        elif fill and stored == scripts.RULE_MISMATCH:
             bypass["rule_mismatch"] += 1
-        elif fill and stored == FILL_SCHEMA_CHANGED:
+        elif fill and stored == scripts.SCHEMA_CHANGED:
             bypass["schema_changed"] += 1
             core.schema_changed([table])
     return filled, len(lookups) - filled, dict(bypass)

@@ -1,9 +1,9 @@
 """What a reader lookup sends to Redis, and the pure decisions around it (used by cdc_sync.reader.client).
 
-* ``LOOKUP_LUA`` / ``FILL_LUA`` / ``RELEASE_LUA``: the scripts, and ``Lookup``, which lays out their KEYS and
-  ARGV for one key;
+* ``Lookup``, which lays out the KEYS and ARGV of the scripts ``lookup.lua``, ``fill.lua`` and ``release.lua``
+  (cdc_sync/scripts) for one key;
 * ``rule_digest``: how a reader proves it runs the worker's rule (the scripts compare it with ``<ns>:rules``);
-* schema epochs (``schema_key``, ``epoch_of``): how a reader proves its column info is not older than the last
+* schema epochs (``Namespace.schema``, ``epoch_of``): how a reader proves its column info is not older than the last
   DDL of a table (below);
 * ``row_refusal``: whether a loaded row may be filled under the key that was looked up;
 * ``fetch_tags``: the dependency tags of ``fetch(..., depends_on=...)``, canonical or widened;
@@ -15,7 +15,7 @@ and kept for a while. The worker bumps ``<ns>:schema:<table>`` whenever it marks
 DDL of a mapped table flushes it, and so does every jump that may skip one), before it scans the table's keys
 and tags. A reader reads the epoch *before* it reads the column info and keeps the two together; the scripts
 compare the epoch of every table whose column info a lookup used with the current one: a lease is refused
-(bypass ``schema_changed``) and so is a fill (``FILL_SCHEMA_CHANGED``). A fill that lands before the bump is
+(bypass ``schema_changed``) and so is a fill (``SCHEMA_CHANGED``). A fill that lands before the bump is
 evicted by the flush that follows it (its key joined its tags at the lease). A missing epoch is ``'0'`` on
 both sides; every bump sets Redis's clock in microseconds (or one past the epoch, if that is later), not a
 count, so a namespace emptied, or restored from an older snapshot, never shows a reader an epoch it saw before.
@@ -30,144 +30,17 @@ from dataclasses import dataclass
 from cdc_sync import config as config_mod
 from cdc_sync.config import TableRule
 from cdc_sync.core.canonical import NOT_CANONICAL, ColumnInfo, canonical, renders_as_given
-from cdc_sync.core.keys import KeyTemplate, tag_suffix
-
-# KEYS: key, heartbeat, hold-off of key, lease of key, rules, then nflush flushing markers, then the tags'
-#       hold-off markers and the tag sets (ntags each), then nflush schema epochs, then the key's stamp (if stamped).
-# ARGV: max_staleness_ms, lease_ttl_ms, token, nflush, format ('j' | 'h'), tag ttl ms (0: no expiry), ntags,
-#       then for each flushed table: its name and the sha1 of the reader's rule fingerprint, then for each the
-#       schema epoch its column info was read at ('': none used), then '1' when the value is stamped (a fetch
-#       result: a hit only while the stamp is the tables' epochs now).
-# Reply: {'H', value, ms the heartbeat keeps the cache trusted, heartbeat} | {'B', reason[, table]}
-#        | {'L', schema epoch of each table now} | {'W'}
-LOOKUP_LUA = r"""
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local hb = redis.call('GET', KEYS[2])
-if not hb then return {'B', 'no_heartbeat'} end
-local fresh = tonumber(ARGV[1]) - (now - tonumber(hb))  -- ms this heartbeat keeps the cache trusted
-if fresh < 0 then return {'B', 'stale'} end
-local nflush, ntags = tonumber(ARGV[4]), tonumber(ARGV[7])
-for i = 6, 5 + nflush do
-  if redis.call('EXISTS', KEYS[i]) == 1 then return {'B', 'flushing'} end
-end
-local first_tag = 6 + nflush
-local first_epoch = first_tag + 2 * ntags
-if ARGV[5] == 'h' then
-  local v = redis.call('HGETALL', KEYS[1])
-  if #v > 0 then return {'H', v, fresh, hb} end
-else
-  local v = redis.call('GET', KEYS[1])
-  if v then
-    if ARGV[8 + 3 * nflush] ~= '1' then return {'H', v, fresh, hb} end
-    local now_epochs = {}
-    for i = 1, nflush do now_epochs[i] = redis.call('GET', KEYS[first_epoch + i - 1]) or '0' end
-    if redis.call('GET', KEYS[first_epoch + nflush]) == table.concat(now_epochs, ',') then
-      return {'H', v, fresh, hb}
-    end  -- (stamped before a flush of one of its tables, or the stamp is gone: a miss)
-  end
-end
-for i = 1, nflush do  -- a lease only under the worker's own rule for every table the value depends on
-  local table_name = ARGV[6 + 2 * i]
-  if redis.sha1hex(redis.call('HGET', KEYS[5], table_name) or '') ~= ARGV[7 + 2 * i] then
-    return {'B', 'rule_mismatch', table_name}
-  end
-end
-for i = 1, nflush do  -- and only with column info read since the table's last DDL
-  local want = ARGV[7 + 2 * nflush + i]
-  if want ~= '' and (redis.call('GET', KEYS[first_epoch + i - 1]) or '0') ~= want then
-    return {'B', 'schema_changed', ARGV[6 + 2 * i]}
-  end
-end
-if redis.call('EXISTS', KEYS[3]) == 1 then return {'B', 'holdoff'} end
-for i = first_tag, first_tag + ntags - 1 do
-  if redis.call('EXISTS', KEYS[i]) == 1 then return {'B', 'holdoff'} end
-end
-if not redis.call('SET', KEYS[4], ARGV[3], 'NX', 'PX', ARGV[2]) then return {'W'} end
-local tag_ttl = tonumber(ARGV[6])
-for i = first_tag + ntags, first_tag + 2 * ntags - 1 do
-  local existed = redis.call('EXISTS', KEYS[i]) == 1
-  redis.call('SADD', KEYS[i], KEYS[1])
-  if tag_ttl == 0 then
-    redis.call('PERSIST', KEYS[i])
-  else
-    local p = redis.call('PTTL', KEYS[i])
-    if (not existed) or (p >= 0 and p < tag_ttl) then redis.call('PEXPIRE', KEYS[i], tag_ttl) end
-  end
-end
-local reply = {'L'}
-for i = 1, nflush do reply[i + 1] = redis.call('GET', KEYS[first_epoch + i - 1]) or '0' end
-return reply
-"""
-
-# KEYS: key, lease, rules, then the flushing markers, then the schema epochs, then the key's stamp (stamped only).
-# ARGV: token, format, ttl_ms, ntables, then for each table its name and rule digest, then for each the schema
-# epoch its column info was read at ('': none used), then '1' to stamp the value with the tables' epochs now (a
-# fetch result), then value | field value ... Reply: 1 stored, 0 lost (lease gone, or a flush), 2 refused
-# (the worker's rule for a table is no longer the reader's), 3 refused (a table's schema epoch moved: DDL).
-FILL_LUA = r"""
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[2])
-local n = tonumber(ARGV[4])
-for i = 1, n do
-  if redis.call('EXISTS', KEYS[3 + i]) == 1 then return 0 end
-end
-for i = 1, n do
-  if redis.sha1hex(redis.call('HGET', KEYS[3], ARGV[3 + 2 * i]) or '') ~= ARGV[4 + 2 * i] then return 2 end
-end
-for i = 1, n do
-  local want = ARGV[4 + 2 * n + i]
-  if want ~= '' and (redis.call('GET', KEYS[3 + n + i]) or '0') ~= want then return 3 end
-end
-local first = 6 + 3 * n
-local ttl = tonumber(ARGV[3])
-if ARGV[2] == 'h' then
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], unpack(ARGV, first))
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
-elseif ttl > 0 then
-  redis.call('SET', KEYS[1], ARGV[first], 'PX', ttl)
-else
-  redis.call('SET', KEYS[1], ARGV[first])
-end
-if ARGV[5 + 3 * n] == '1' then
-  local epochs = {}
-  for i = 1, n do epochs[i] = redis.call('GET', KEYS[3 + n + i]) or '0' end
-  if ttl > 0 then
-    redis.call('SET', KEYS[4 + 2 * n], table.concat(epochs, ','), 'PX', ttl)
-  else
-    redis.call('SET', KEYS[4 + 2 * n], table.concat(epochs, ','))
-  end
-end
-return 1
-"""
-
-# KEYS: lease. ARGV: token. Give a lease back (the loader failed, or nothing is to be filled).
-RELEASE_LUA = r"""
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+from cdc_sync.core.keys import KeyTemplate, Namespace, tag_suffix
 
 ScriptArg = bytes | str | int | float
 NEGATIVE = b"null"  # a cached "row absent" (JSON format only)
-FILL_STORED, FILL_LOST, FILL_RULE_MISMATCH, FILL_SCHEMA_CHANGED = 1, 0, 2, 3
 NO_EPOCH = ""  # in a lookup's or fill's epochs: no column info of that table was used (not compared)
 UNKNOWN_EPOCH = "?"  # the epoch could not be read (Redis failed): never equal to a stored one
 
 
-def stamp_key(ns: str, key: str) -> str:
-    """``<ns>:stamp:<key>``: the schema epochs of a fetch result's tables when it was filled (``Lookup.stamped``)."""
-    return f"{ns}:stamp:{key}"
-
-
 def stamp_of(epochs: Sequence[object]) -> str:
-    """The stamp of these schema epochs (as read from Redis): what FILL_LUA writes and a hit must find."""
+    """The stamp of these schema epochs (as read from Redis): what fill.lua writes and a hit must find."""
     return ",".join(epoch_of(e) for e in epochs)
-
-
-def schema_key(ns: str, table: str) -> str:
-    """``<ns>:schema:<table>``: the table's schema epoch, bumped by the worker when it marks the table flushing."""
-    return f"{ns}:schema:{table}"
 
 
 def epoch_of(raw: object) -> str:
@@ -180,7 +53,7 @@ def epoch_of(raw: object) -> str:
 
 
 def rule_digest(rule: TableRule) -> str:
-    """What ``LOOKUP_LUA``/``FILL_LUA`` compare with ``sha1(HGET <ns>:rules <table>)``."""
+    """What lookup.lua and fill.lua compare with ``sha1(HGET <ns>:rules <table>)``."""
     return hashlib.sha1(config_mod.rule_fingerprint(rule).encode(), usedforsecurity=False).hexdigest()
 
 
@@ -217,14 +90,14 @@ class Lookup:
             raise ValueError(f"{self.key}: {len(chosen)} schema epochs for {len(self.tables)} tables")
         return list(chosen)
 
-    def lookup_args(self, ns: str, cfg: config_mod.ReaderConfig, token: str) -> tuple[list[str], list[ScriptArg]]:
-        keys = [self.key, f"{ns}:heartbeat", f"{ns}:inv:{self.key}", f"{ns}:lease:{self.key}", f"{ns}:rules"]
-        keys += [f"{ns}:flushing:{t}" for t in self.tables]
-        keys += [f"{ns}:tinv:{t}" for t in self.tags]
-        keys += [f"{ns}:tag:{t}" for t in self.tags]
-        keys += [schema_key(ns, t) for t in self.tables]
+    def lookup_args(self, ns: Namespace, cfg: config_mod.ReaderConfig, token: str) -> tuple[list[str], list[ScriptArg]]:
+        keys = [self.key, ns.heartbeat, ns.inv(self.key), ns.lease(self.key), ns.rules]
+        keys += [ns.flushing(t) for t in self.tables]
+        keys += [ns.tinv(t) for t in self.tags]
+        keys += [ns.tag(t) for t in self.tags]
+        keys += [ns.schema(t) for t in self.tables]
         if self.stamped:
-            keys.append(stamp_key(ns, self.key))
+            keys.append(ns.stamp(self.key))
         # the tag sets must outlive whatever this key may be filled with (a value, or a cached absence)
         tag_ttl = max(self.ttl_ms, cfg.negative_ttl * 1000) + cfg.lease_ttl_ms if self.ttl_ms else 0
         args: list[ScriptArg] = [cfg.max_staleness_ms, cfg.lease_ttl_ms, token, len(self.tables), self.fmt, tag_ttl]
@@ -235,14 +108,14 @@ class Lookup:
         return keys, args
 
     def fill_args(
-        self, ns: str, token: str, ttl_ms: int, payload: bytes | list[str], epochs: Sequence[str] | None = None
+        self, ns: Namespace, token: str, ttl_ms: int, payload: bytes | list[str], epochs: Sequence[str] | None = None
     ) -> tuple[list[str], list[ScriptArg]]:
         """``epochs``: the schema epoch of each table the filled value's keys, tags and form were computed
         with (the lease reply's, for column info checked against it); None: the lookup's own."""
-        keys = [self.key, f"{ns}:lease:{self.key}", f"{ns}:rules", *(f"{ns}:flushing:{t}" for t in self.tables)]
-        keys += [schema_key(ns, t) for t in self.tables]
+        keys = [self.key, ns.lease(self.key), ns.rules, *(ns.flushing(t) for t in self.tables)]
+        keys += [ns.schema(t) for t in self.tables]
         if self.stamped:
-            keys.append(stamp_key(ns, self.key))
+            keys.append(ns.stamp(self.key))
         args: list[ScriptArg] = [token, self.fmt, ttl_ms, len(self.tables), *self._rules_argv()]
         args += self._epochs(epochs)
         args.append("1" if self.stamped else "")

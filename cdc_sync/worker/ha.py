@@ -1,7 +1,7 @@
 """High availability: one applier per namespace, elected through a Redis lease with a fencing counter.
 
 The leader holds ``<ns>:leader`` (its token, with a TTL) and renews it well inside the TTL; every
-acquisition increments ``<ns>:fence``. The apply step itself (sink.APPLY_LUA) checks the token, so a
+acquisition increments ``<ns>:fence``. The apply step itself (apply.lua) checks the token, so a
 leader that was paused or partitioned past its TTL cannot write one key when it wakes: its next step is
 refused (Fenced), and it steps down to standby. Standbys poll for the lease and, once it expires, take
 over from the checkpoint.
@@ -19,39 +19,26 @@ from typing import Any
 
 import redis
 
-from cdc_sync import logs
+from cdc_sync import logs, scripts
 from cdc_sync import metrics as m
 from cdc_sync.adapters.redis import redis_errors
+from cdc_sync.core.keys import Namespace
 from cdc_sync.errors import ServerRefused, SinkUnavailable
 
 log = logs.get("cdc_sync.ha")
-
-# KEYS: leader, fence. ARGV: token, ttl ms. Returns the new fence number, or 0 if someone holds the lease.
-ACQUIRE_LUA = r"""
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return redis.call('INCR', KEYS[2]) end
-return 0
-"""
-# KEYS: leader. ARGV: token, ttl ms. 1 while the lease is ours (renewed), else 0.
-RENEW_LUA = r"""
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-return 0
-"""
-RELEASE_LUA = r"""
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class LeaderLease:
     def __init__(self, client: redis.Redis, namespace: str, ttl_ms: int) -> None:
         self.client = client
         self.ttl_ms = ttl_ms
-        self.key, self.fence_key = f"{namespace}:leader", f"{namespace}:fence"
+        ns = Namespace(namespace)
+        self.key, self.fence_key = ns.leader, ns.fence
         self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
         self.fence = 0
-        self._acquire = client.register_script(ACQUIRE_LUA)
-        self._renew = client.register_script(RENEW_LUA)
-        self._release = client.register_script(RELEASE_LUA)
+        self._acquire = client.register_script(scripts.source("lease_acquire"))
+        self._renew = client.register_script(scripts.source("lease_renew"))
+        self._release = client.register_script(scripts.source("release"))
 
     def _run(self, what: str, fn: Callable[[], Any]) -> int:
         with redis_errors(f"lease {what}"):

@@ -41,6 +41,7 @@ from cdc_sync.core.events import (
     StreamItem,
     Transaction,
 )
+from cdc_sync.core.keys import Namespace
 from cdc_sync.core.planner import needed_columns, sql_for_log, statement_flushes
 from cdc_sync.core.positions import (
     PositionTracker,
@@ -153,7 +154,8 @@ class Worker:
             try:
                 PositionTracker(checkpoint)
             except PositionError as exc:
-                raise ConfigError(f"Redis key {self.config.redis.namespace}:checkpoint holds {exc}") from None
+                where = Namespace(self.config.redis.namespace).checkpoint
+                raise ConfigError(f"Redis key {where} holds {exc}") from None
             self.applier.expected = checkpoint
             self._reconcile_rules(fresh=False)
             checkpoint = self._check_lineage(info, checkpoint)

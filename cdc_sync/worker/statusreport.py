@@ -28,35 +28,16 @@ from typing import Any
 import orjson
 import redis
 
-from cdc_sync import logs
+from cdc_sync import logs, scripts
 from cdc_sync import metrics as m
 from cdc_sync.adapters.redis import redis_error
+from cdc_sync.core.keys import Namespace
 
 log = logs.get("cdc_sync.statusreport")
 
 REFRESH_S = 1.0  # how often the record is rewritten
 KEEP_MS = 7 * 86_400_000  # records not refreshed for this long are pruned
 REDIS_RETRYING_AFTER_S = 1.0  # a Redis step failing this long makes the state "reconnecting"
-WORKERS_KEY = "workers"  # <ns>:workers
-
-# KEYS[1]: <ns>:workers. ARGV: worker id, record (a JSON object), keep ms.
-# Stamps the record with Redis's clock; prunes records older than keep when there are many. Returns the stamp.
-REFRESH_LUA = r"""
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rec = cjson.decode(ARGV[2])
-rec['last_seen_ms'] = now
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(rec))
-if redis.call('HLEN', KEYS[1]) > 16 then
-  local all = redis.call('HGETALL', KEYS[1])
-  for i = 1, #all, 2 do
-    local ok, other = pcall(cjson.decode, all[i + 1])
-    local seen = ok and type(other) == 'table' and tonumber(other['last_seen_ms']) or 0
-    if seen < now - tonumber(ARGV[3]) then redis.call('HDEL', KEYS[1], all[i]) end
-  end
-end
-return now
-"""
 
 # Fields the reporter owns: what the worker passes for these is ignored (wall-clock times would bring skew).
 _OWN = frozenset({"id", "host", "pid", "version", "started_at", "last_error_at", "last_seen_ms", "uptime_s"})
@@ -79,7 +60,7 @@ class StatusReporter:
         from cdc_sync import __version__
 
         self.client = client
-        self.key = f"{namespace}:{WORKERS_KEY}"
+        self.key = Namespace(namespace).workers
         self.refresh_s = refresh_s
         self.facts = facts
         host = socket.gethostname()
@@ -93,7 +74,7 @@ class StatusReporter:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cdc-sync-status", daemon=True)
-        self._script = client.register_script(REFRESH_LUA)
+        self._script = client.register_script(scripts.source("status_refresh"))
         self._failing = False  # the last refresh failed (logged once per outage)
 
     # ---- what the worker tells it ----------------------------------------------------------------------

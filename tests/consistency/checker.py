@@ -71,7 +71,8 @@ import redis
 from cdc_sync import CacheReader
 from cdc_sync.adapters.mysql import RowLoader
 from cdc_sync.config import load
-from cdc_sync.reader.protocol import schema_key, stamp_key, stamp_of
+from cdc_sync.core.keys import Namespace
+from cdc_sync.reader.protocol import stamp_of
 from tests.consistency.model import History, Verdict
 from tests.consistency.proxy import TcpProxy
 from tools.devservers import LocalServer, start_mariadb, start_redis
@@ -1122,7 +1123,8 @@ ttl = 600
             raw = r.get(f"grp:{grp}")
             # a result is a hit only while its stamp is c.items's schema epoch (an eviction flush bumps it when its
             # tag set may be gone): one with another stamp is never served, whatever it holds
-            if r.get(stamp_key("cdc", f"grp:{grp}")) != stamp_of([r.get(schema_key("cdc", "c.items"))]).encode():
+            ns = Namespace("cdc")
+            if r.get(ns.stamp(f"grp:{grp}")) != stamp_of([r.get(ns.schema("c.items"))]).encode():
                 continue
             if raw is not None and json.loads(raw) != self._group(grp):
                 self.report.divergent.append(f"grp:{grp}: cached {json.loads(raw)} db {self._group(grp)}")

@@ -10,7 +10,7 @@ import pytest
 from cdc_sync.errors import CacheUnavailable
 from cdc_sync.reader import flow
 from cdc_sync.reader.base import _ReaderBase
-from cdc_sync.reader.protocol import FILL_LOST, FILL_STORED, Lookup
+from cdc_sync.reader.protocol import Lookup
 from tests.unit.factories import make_config
 
 USERS = {"table": "shop.users", "key": "user:{id}", "mode": "update"}
@@ -53,12 +53,12 @@ def test_a_miss_takes_the_lease_loads_with_its_epochs_and_fills() -> None:
     d = Driver(flow.lookup(core, _lookup(core), now=0.0))
     assert isinstance(d.step, flow.Script) and d.step.name == "lookup" and d.step.keys[0] == "user:5"
     token = d.step.args[2]
-    d.send(flow.Reply([b"L", b"7"], sent=0.0, received=0.001))
+    d.send(flow.Reply([b"LEASE", b"7"], sent=0.0, received=0.001))
     assert d.step == flow.Load(("7",))
     d.send(flow.Reply((b'{"id":5}', None)))
     assert isinstance(d.step, flow.Script) and d.step.name == "fill"
     assert d.step.args[0] == token, "the fill carries the lease's token"
-    d.send(flow.Reply(FILL_STORED, sent=0.002, received=0.003))
+    d.send(flow.Reply(b"STORED", sent=0.002, received=0.003))
     assert d.done and d.result == {"id": 5}
     assert (core.stats["miss"], core.stats["fill:stored"]) == (1, 1)
 
@@ -67,7 +67,7 @@ def test_a_checked_hit_opens_the_window_and_the_next_lookup_is_a_plain_read() ->
     core = _reader()
     lk = _lookup(core)
     d = Driver(flow.lookup(core, lk, now=10.0))
-    d.send(flow.Reply([b"H", b'{"id":5}', 5000, b"1000"], sent=10.0, received=10.001))
+    d.send(flow.Reply([b"HIT", b'{"id":5}', 5000, b"1000"], sent=10.0, received=10.001))
     assert d.done and d.result == {"id": 5}
     # inside the window (1 s, the cap): value and gates in one read, no script
     d = Driver(flow.lookup(core, lk, now=10.5))
@@ -89,7 +89,7 @@ def test_a_reply_arriving_after_the_window_closed_is_not_served() -> None:
     core = _reader()
     lk = _lookup(core)
     d = Driver(flow.lookup(core, lk, now=0.0))
-    d.send(flow.Reply([b"H", b'{"id":5}', 5000, b"1000"], sent=0.0, received=0.0))
+    d.send(flow.Reply([b"HIT", b'{"id":5}', 5000, b"1000"], sent=0.0, received=0.0))
     d = Driver(flow.lookup(core, lk, now=0.9))
     d.send(flow.Reply((b'{"id":5}', [b"1000", None]), sent=0.9, received=1.2))  # (the window ended at 1.0)
     assert isinstance(d.step, flow.Script) and d.step.name == "lookup"
@@ -98,14 +98,14 @@ def test_a_reply_arriving_after_the_window_closed_is_not_served() -> None:
 def test_a_lease_held_elsewhere_is_waited_for_then_bypassed() -> None:
     core = _reader(lease_wait_ms=100)
     d = Driver(flow.lookup(core, _lookup(core), now=0.0))
-    d.send(flow.Reply([b"W"], sent=0.0, received=0.0))
+    d.send(flow.Reply([b"WAIT"], sent=0.0, received=0.0))
     assert isinstance(d.step, flow.Sleep) and 0 < d.step.seconds <= 0.015
     d.send(flow.Reply())
     assert isinstance(d.step, flow.Script) and d.step.name == "lookup"
-    d.send(flow.Reply([b"W"], sent=0.05, received=0.05))
+    d.send(flow.Reply([b"WAIT"], sent=0.05, received=0.05))
     assert isinstance(d.step, flow.Sleep)
     d.send(flow.Reply())
-    d.send(flow.Reply([b"W"], sent=0.1, received=0.1))  # the deadline: a bypass, nothing filled
+    d.send(flow.Reply([b"WAIT"], sent=0.1, received=0.1))  # the deadline: a bypass, nothing filled
     assert d.step == flow.Load(None)
     d.send(flow.Reply((b'{"id":5}', None)))
     assert d.done and d.result == {"id": 5}
@@ -130,7 +130,7 @@ def test_a_loader_that_raises_gives_the_lease_back_and_the_error_goes_on() -> No
     core = _reader()
     d = Driver(flow.lookup(core, _lookup(core), now=0.0))
     token = d.step.args[2]  # type: ignore[union-attr]
-    d.send(flow.Reply([b"L", b"0"], sent=0.0, received=0.0))
+    d.send(flow.Reply([b"LEASE", b"0"], sent=0.0, received=0.0))
     d.throw(RuntimeError("mysql down"))
     assert d.step == flow.Script("release", ["cdc:lease:user:5"], [token])
     with pytest.raises(RuntimeError, match="mysql down"):
@@ -141,15 +141,15 @@ def test_a_loader_that_raises_gives_the_lease_back_and_the_error_goes_on() -> No
 def test_a_refused_or_lost_fill_is_counted_and_the_value_still_returned() -> None:
     core = _reader()
     d = Driver(flow.lookup(core, _lookup(core), now=0.0))
-    d.send(flow.Reply([b"L", b"0"], sent=0.0, received=0.0))
+    d.send(flow.Reply([b"LEASE", b"0"], sent=0.0, received=0.0))
     d.send(flow.Reply((b'{"id":5}', "not_canonical")))  # the loader says: do not fill
     assert isinstance(d.step, flow.Script) and d.step.name == "release"
     d.send(flow.Reply(1))
     assert d.done and d.result == {"id": 5} and core.stats["fill:not_canonical"] == 1
     d = Driver(flow.lookup(core, _lookup(core), now=0.0))
-    d.send(flow.Reply([b"L", b"0"], sent=0.0, received=0.0))
+    d.send(flow.Reply([b"LEASE", b"0"], sent=0.0, received=0.0))
     d.send(flow.Reply((b'{"id":5}', None)))
-    d.send(flow.Reply(FILL_LOST))  # a change deleted the lease meanwhile
+    d.send(flow.Reply(b"LOST"))  # a change deleted the lease meanwhile
     assert d.done and core.stats["fill:lost"] == 1
 
 
@@ -158,13 +158,13 @@ def test_fill_rows_leases_in_one_batch_and_gives_them_back_when_too_slow() -> No
     rows = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
     d = Driver(flow.fill_rows(core, "shop.users", rows, selected_at=0.0, epoch=None))
     assert isinstance(d.step, flow.Batch) and [s.keys[0] for s in d.step.scripts] == ["user:1", "user:2"]
-    d.send(flow.Reply([[b"L", b"0"], [b"H", b"{}", 1, b"1"]], sent=0.0, received=0.2))
+    d.send(flow.Reply([[b"LEASE", b"0"], [b"HIT", b"{}", 1, b"1"]], sent=0.0, received=0.2))
     assert isinstance(d.step, flow.Batch) and [s.name for s in d.step.scripts] == ["fill"]
-    d.send(flow.Reply([FILL_STORED], sent=0.2, received=0.3))
+    d.send(flow.Reply([b"STORED"], sent=0.2, received=0.3))
     assert d.done and d.result == (1, 1, {})
     # the leases came back after half the hold-off: given back, nothing filled
     d = Driver(flow.fill_rows(core, "shop.users", rows, selected_at=0.0, epoch=None))
-    d.send(flow.Reply([[b"L", b"0"], [b"L", b"0"]], sent=0.0, received=0.6))
+    d.send(flow.Reply([[b"LEASE", b"0"], [b"LEASE", b"0"]], sent=0.0, received=0.6))
     assert isinstance(d.step, flow.Batch) and [s.name for s in d.step.scripts] == ["release", "release"]
     d.send(flow.Reply([1, 1]))
     assert d.done and d.result == (0, 2, {"slow": 2})
@@ -175,6 +175,6 @@ def test_a_flow_closed_while_it_loads_ends_quietly() -> None:
     lease's release then (the lease expires by itself), or Python raises "generator ignored GeneratorExit"."""
     core = _reader()
     d = Driver(flow.lookup(core, _lookup(core), now=0.0))
-    d.send(flow.Reply([b"L", b"0"], sent=0.0, received=0.0))
+    d.send(flow.Reply([b"LEASE", b"0"], sent=0.0, received=0.0))
     assert isinstance(d.step, flow.Load)
     d.flow.close()  # raises RuntimeError if the flow yields instead of ending

@@ -18,6 +18,7 @@ import pytest
 
 from cdc_sync.config import ReaderConfig
 from cdc_sync.core.canonical import ColumnInfo
+from cdc_sync.core.keys import Namespace
 from cdc_sync.reader.base import _ReaderBase, _template_for
 from cdc_sync.reader.client import NEGATIVE, CacheReader, Lookup
 from cdc_sync.reader.flow import fill_payload as _payload
@@ -269,7 +270,7 @@ def test_lookup_args_key_layout() -> None:
     """KEYS: key, heartbeat, hold-off, lease, rules, flushing markers, tag hold-offs, tag sets, schema epochs,
     and for a stamped lookup the key's stamp."""
     lookup = _lookup(key="r", tables=("s.a", "s.b"), tags=("s.a", "s.b:x=1"))
-    keys, _ = lookup.lookup_args(NS, ReaderConfig(), "tok")
+    keys, _ = lookup.lookup_args(Namespace(NS), ReaderConfig(), "tok")
     assert keys == [
         "r",
         "cdc:heartbeat",
@@ -285,7 +286,7 @@ def test_lookup_args_key_layout() -> None:
         "cdc:schema:s.a",
         "cdc:schema:s.b",
     ]
-    stamped, _ = replace(lookup, stamped=True).lookup_args(NS, ReaderConfig(), "tok")
+    stamped, _ = replace(lookup, stamped=True).lookup_args(Namespace(NS), ReaderConfig(), "tok")
     assert stamped == [*keys, "cdc:stamp:r"]
 
 
@@ -294,40 +295,42 @@ def test_lookup_args_argv_layout() -> None:
     then the schema epoch of each table ('' where no column info was used), then whether the value is stamped."""
     lookup = _lookup(tables=("s.a", "s.b"), tags=("s.a",), ttl_ms=60_000, epochs=("", "7"))
     cfg = ReaderConfig(max_staleness_ms=4000, lease_ttl_ms=2500)
-    _, args = lookup.lookup_args(NS, cfg, "tok")
+    _, args = lookup.lookup_args(Namespace(NS), cfg, "tok")
     assert args == [4000, 2500, "tok", 2, "j", 62_500, 1, "s.a", "sha-s.a", "s.b", "sha-s.b", "", "7", ""]
-    _, stamped = replace(lookup, stamped=True).lookup_args(NS, cfg, "tok")
+    _, stamped = replace(lookup, stamped=True).lookup_args(Namespace(NS), cfg, "tok")
     assert stamped[-1] == "1"
 
 
 def test_lookup_args_without_epochs_compare_none() -> None:
     """A lookup that used no column info sends '' for every table: the scripts compare nothing."""
-    _, args = _lookup(tables=("s.a", "s.b")).lookup_args(NS, ReaderConfig(), "tok")
+    _, args = _lookup(tables=("s.a", "s.b")).lookup_args(Namespace(NS), ReaderConfig(), "tok")
     assert args[-3:-1] == ["", ""]
 
 
 def test_lookup_args_need_an_epoch_per_table() -> None:
     """Epochs are per table: a lookup with another count of them cannot be sent."""
     with pytest.raises(ValueError, match="schema epochs"):
-        _lookup(tables=("s.a", "s.b"), epochs=("1",)).lookup_args(NS, ReaderConfig(), "tok")
+        _lookup(tables=("s.a", "s.b"), epochs=("1",)).lookup_args(Namespace(NS), ReaderConfig(), "tok")
 
 
 def test_lookup_args_need_a_digest_per_table() -> None:
     """A lookup without the rule digest of each table cannot be sent (it would fill unchecked)."""
     with pytest.raises(ValueError):
-        _lookup(tables=("s.a",), digests=()).lookup_args(NS, ReaderConfig(), "tok")
+        _lookup(tables=("s.a",), digests=()).lookup_args(Namespace(NS), ReaderConfig(), "tok")
 
 
 def test_lookup_args_tag_ttl_zero_without_ttl() -> None:
     """A lookup without TTL gives tag ttl 0 (the tag sets never expire)."""
-    _, args = _lookup(ttl_ms=0, tags=("s.a",), fmt="h").lookup_args(NS, ReaderConfig(lease_ttl_ms=2500), "tok")
+    _, args = _lookup(ttl_ms=0, tags=("s.a",), fmt="h").lookup_args(
+        Namespace(NS), ReaderConfig(lease_ttl_ms=2500), "tok"
+    )
     assert args[4:] == ["h", 0, 1, "shop.users", "sha-shop.users", "", ""]
 
 
 def test_lookup_args_counts_match_keys() -> None:
     """5 fixed keys + 2 * nflush + 2 * ntags keys (+ the stamp when stamped), as the script expects."""
     lookup = _lookup(tables=("a.b", "c.d", "e.f"), tags=("a.b", "c.d:x=1"))
-    keys, args = lookup.lookup_args(NS, ReaderConfig(), "tok")
+    keys, args = lookup.lookup_args(Namespace(NS), ReaderConfig(), "tok")
     nflush, ntags = args[3], args[6]
     assert isinstance(nflush, int) and isinstance(ntags, int)
     assert len(keys) == 5 + 2 * nflush + 2 * ntags
@@ -338,7 +341,9 @@ def test_fill_args_json_layout() -> None:
     """Fill KEYS: key, lease, rules, flushing markers, schema epochs (stamp when stamped); ARGV: token, fmt, ttl,
     ntables,
     (table, digest)s, the lookup's epochs, whether to stamp, value."""
-    keys, args = _lookup(key="k", tables=("s.a", "s.b"), epochs=("3", "")).fill_args(NS, "tok", 1234, b'{"a":1}')
+    keys, args = _lookup(key="k", tables=("s.a", "s.b"), epochs=("3", "")).fill_args(
+        Namespace(NS), "tok", 1234, b'{"a":1}'
+    )
     assert keys == [
         "k",
         "cdc:lease:k",
@@ -353,13 +358,13 @@ def test_fill_args_json_layout() -> None:
 
 def test_fill_args_take_the_lease_epochs() -> None:
     """The epochs a fill is checked against may be given (the lease reply's), replacing the lookup's."""
-    _, args = _lookup(key="k", tables=("s.a",), epochs=("3",)).fill_args(NS, "tok", 0, b"1", epochs=("4",))
+    _, args = _lookup(key="k", tables=("s.a",), epochs=("3",)).fill_args(Namespace(NS), "tok", 0, b"1", epochs=("4",))
     assert args == ["tok", "j", 0, 1, "s.a", "sha-s.a", "4", "", b"1"]
 
 
 def test_fill_args_hash_payload_is_flattened() -> None:
     """A hash payload's field/value list follows the ttl in ARGV."""
-    keys, args = _lookup(key="k", fmt="h", tables=()).fill_args(NS, "tok", 0, ["a", "1", "b", "x"])
+    keys, args = _lookup(key="k", fmt="h", tables=()).fill_args(Namespace(NS), "tok", 0, ["a", "1", "b", "x"])
     assert keys == ["k", "cdc:lease:k", "cdc:rules"]
     assert args == ["tok", "h", 0, 0, "", "a", "1", "b", "x"]
 

@@ -10,7 +10,7 @@ import pytest
 from cdc_sync.adapters.redis import encode_ops
 from cdc_sync.config import check_against_schema, rule_fingerprint, rule_from_fingerprint
 from cdc_sync.core.events import Op, RowChange
-from cdc_sync.core.keys import glob_escape, tag_suffix
+from cdc_sync.core.keys import Namespace, glob_escape, tag_suffix
 from cdc_sync.core.planner import Delete, EvictTag, MissingColumn, plan_change, tags_of
 from cdc_sync.errors import ConfigError
 from tests.unit.factories import make_config, make_rule
@@ -379,13 +379,15 @@ def test_plan_change_of_a_tags_only_rule_has_no_key_operations(mode: str) -> Non
 
 
 def test_encode_ops_of_evict_tag() -> None:
-    """EvictTag flattens to the T op and its suffix."""
-    assert encode_ops([EvictTag("s.t:a=1")]) == ["T", "s.t:a=1"]
+    """EvictTag declares the tag set and its hold-off marker, and flattens to the T op."""
+    assert encode_ops(Namespace("cdc"), [EvictTag("s.t:a=1")]) == (["cdc:tag:s.t:a=1", "cdc:tinv:s.t:a=1"], ["T"])
 
 
 def test_encode_ops_keeps_tag_ops_in_order_with_deletes() -> None:
-    """Mixed ops flatten in the order given."""
-    assert encode_ops([Delete("k"), EvictTag("s.t"), Delete("j")]) == ["D", "k", "T", "s.t", "D", "j"]
+    """Mixed ops flatten in the order given, each with its declared keys."""
+    keys, args = encode_ops(Namespace("n"), [Delete("k"), EvictTag("s.t"), Delete("j")])
+    assert args == ["D", "T", "D"]
+    assert keys == ["k", "n:lease:k", "n:inv:k", "n:tag:s.t", "n:tinv:s.t", "j", "n:lease:j", "n:inv:j"]
 
 
 def test_the_fingerprint_carries_the_encoding_so_an_upgrade_that_renders_values_anew_flushes() -> None:
