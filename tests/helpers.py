@@ -62,6 +62,8 @@ def write_config(
     password: str | None = None,
     server_id: int = 4242,
     worker: str = "",
+    redis_url: str | None = None,
+    redis_extra: str = "",
 ) -> Path:
     path.write_text(
         f"""
@@ -75,8 +77,9 @@ heartbeat_s = 0.5
 {extra_mysql}
 
 [redis]
-url = "{redis_t.url}"
+url = "{redis_url or redis_t.url}"
 namespace = "{namespace}"
+{redis_extra}
 
 [worker]
 retry_initial_s = 0.05

@@ -237,13 +237,13 @@ def start_sentinel_set(
     redis_server = _which("redis-server")
     started = SentinelSet(master_name, [], [])
     try:
-        master = start_redis()
+        sync_now = ("--repl-diskless-sync-delay", "0")  # (not 5 s: every replica is synced before a test starts)
+        master = start_redis(extra_args=sync_now)
         started.servers.append(master)
         for _ in range(replicas):
-            started.servers.append(start_redis(extra_args=("--replicaof", "127.0.0.1", str(master.port))))
-        _until(
-            lambda: _ask(master.port, "INFO", "replication").get("connected_slaves") == replicas, timeout, "replicas"
-        )
+            replica = start_redis(extra_args=(*sync_now, "--replicaof", "127.0.0.1", str(master.port)))
+            started.servers.append(replica)
+            _until(lambda port=replica.port: _synced(port), timeout, f"the replica on {replica.port} to sync")
         quorum = sentinels // 2 + 1
         for _ in range(sentinels):
             directory = Path(tempfile.mkdtemp(prefix="cdc-sync-sentinel-"))
@@ -284,6 +284,11 @@ def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise ServerStartError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.1)
+
+
+def _synced(port: int) -> bool:
+    info = _ask(port, "INFO", "replication")
+    return bool(info.get("master_link_status") == "up" and not info.get("master_sync_in_progress"))
 
 
 def _ask(port: int, *command: str) -> Any:

@@ -210,6 +210,7 @@ class RedisSink:
         self.on_status: Callable[[Mapping[str, str | int | float]], None] | None = None  # see report_status
         self._waiting_short = False  # the last WAIT saw fewer replicas than redis.wait_replicas (logged once)
         self._next_follow = 0.0  # Sentinel: when to ask again which master the Sentinels name
+        self._master: tuple[str, int] | None = None  # ... and the one they named last
         self._apply: Script = self.client.register_script(scripts.source("apply"))
         self._beat: Script = self.client.register_script(scripts.source("heartbeat"))
         self._evict: Script = self.client.register_script(scripts.source("evict_tags"))
@@ -286,8 +287,8 @@ class RedisSink:
         if not isinstance(pool, redis.sentinel.SentinelConnectionPool) or time.monotonic() < self._next_follow:
             return
         self._next_follow = time.monotonic() + 1.0
-        before = pool.proxy.master_address
-        now = self._call("SENTINEL get-master-addr-by-name", pool.get_master_address)
+        before, now = self._master, self._call("SENTINEL get-master-addr-by-name", pool.get_master_address)
+        self._master = now  # (compared with what this step saw last: a reconnect may have found it first)
         if before is not None and now != before:
             m.REDIS_MASTER_CHANGES.inc()
             log.warning(

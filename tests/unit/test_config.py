@@ -444,3 +444,39 @@ def test_section_settings_are_declared_once_with_their_defaults_and_bounds() -> 
         from_dict({"tables": [table], "log": {"format": "xml"}}, env={})
     with pytest.raises(ConfigError, match=r"reader\.strict: must be true or false"):
         from_dict({"tables": [table], "reader": {"strict": "yes"}}, env={})
+
+
+SENTINELS = {"sentinels": ["10.0.0.1:26379", "[::1]:26380"], "master_name": "cache"}
+
+
+def test_sentinels_name_the_master() -> None:
+    """Sentinels as host:port (IPv6 in brackets); safe_url names them and the master, never a password."""
+    redis_raw = {**SENTINELS, "url": f"rediss://app:{SECRET}@ignored:1/3", "sentinel_password": SECRET}
+    cfg = from_dict(_raw(redis={**redis_raw, "sentinel_tls": True}), env={}).redis
+    assert cfg.sentinels == (("10.0.0.1", 26379), ("::1", 26380)) and cfg.master_name == "cache"
+    assert cfg.safe_url == "redis+sentinel://10.0.0.1:26379,[::1]:26380/cache/3"
+    assert cfg.db == 3 and cfg.sentinel_tls
+    assert SECRET not in repr(cfg) and SECRET not in cfg.safe_url
+
+
+def test_sentinel_password_from_the_environment() -> None:
+    env = {"CDC_SYNC_SENTINEL_PASSWORD": SECRET}
+    assert from_dict(_raw(redis=dict(SENTINELS)), env=env).redis.sentinel_password == SECRET
+
+
+@pytest.mark.parametrize(
+    ("redis_raw", "message"),
+    [
+        ({"sentinels": ["10.0.0.1:26379"]}, "redis.master_name: required with redis.sentinels"),
+        ({"master_name": "cache"}, "redis.sentinels: required with redis.master_name"),
+        ({**SENTINELS, "sentinels": ["10.0.0.1"]}, 'redis.sentinels[0]: must be "host:port"'),
+        ({**SENTINELS, "sentinels": ["h:0"]}, 'redis.sentinels[0]: must be "host:port"'),
+        ({**SENTINELS, "url": "unix:///tmp/r.sock"}, "redis.url: with Sentinels it must be"),
+        ({**SENTINELS, "sentinel_tls": True}, "redis.sentinel_tls: the master must speak TLS too"),
+        ({"sentinel_password": "x"}, "redis.sentinel_password: only with redis.sentinels"),
+        ({"wait_replicas": -1}, "redis.wait_replicas: must be between 0 and 1000"),
+        ({"wait_timeout_ms": 0}, "redis.wait_timeout_ms: must be between 1 and 60000"),
+    ],
+)
+def test_bad_sentinel_settings_are_refused(redis_raw: dict[str, Any], message: str) -> None:
+    assert _error(_raw(redis=redis_raw)).startswith(message)
