@@ -139,8 +139,8 @@ def test_a_failover_that_loses_acknowledged_writes_is_replayed(
     workers: list[WorkerProcess],
 ) -> None:
     """The replica is stopped (its socket buffers full) while the worker applies, and Redis acknowledges, changes on
-    the master; the master is killed and the Sentinels promote the replica, which lacks them. The worker's next step finds an older
-    checkpoint there (REWIND), replays from it, and the new master ends with every change."""
+    the master; the master is killed and the Sentinels promote the replica, which lacks them. The worker's next
+    step finds an older checkpoint there (REWIND), replays from it, and the new master ends with every change."""
     with sql.cursor() as cur:
         cur.execute("CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(20))")
         cur.execute("INSERT INTO users VALUES " + ", ".join(f"({i}, 'v0')" for i in range(1, 21)))
