@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup servers sysbench test unit lint demo consistency consistency-memory consistency-compressed consistency-gtid-resume bench clean
+.PHONY: setup servers sysbench test unit lint demo demo-sentinel consistency consistency-memory consistency-compressed consistency-gtid-resume bench clean
 
 setup: servers $(STAMP)
 
@@ -51,6 +51,9 @@ lint: setup
 
 demo: setup
 	$(BIN)/python tools/demo.py
+
+demo-sentinel: setup
+	$(BIN)/python tools/demo.py --topology sentinel
 
 # Benchmarks on throwaway servers: figures printed, written to bench/results.json (and bench/<scenario>.json),
 # then a summary of the targets.

@@ -3,7 +3,9 @@
 Starts a private MariaDB and Redis, creates a small shop schema, runs the real worker
 (`python -m cdc_sync run`) and a writer that inserts, updates and deletes, and shows the table and
 the Redis keys side by side every second. Ctrl-C stops everything and leaves nothing running.
-`--duration N` stops by itself after N seconds (used by the test suite).
+`--duration N` stops by itself after N seconds (used by the test suite). `--topology sentinel` keeps the cache
+on a Sentinel-managed master with a replica and three Sentinels instead, and fails it over half-way through
+(with `--duration`; every 20 s without): the worker follows, and the cache stays equal to the table.
 """
 
 from __future__ import annotations
@@ -22,15 +24,16 @@ from pathlib import Path
 
 import pymysql
 import redis
+import redis.sentinel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.devservers import LocalServer, start_mariadb, start_redis
+from tools.devservers import LocalServer, SentinelSet, start_mariadb, start_redis, start_sentinel_set
 
 NAMES = ["ada", "linus", "grace", "alan", "barbara", "ken", "margaret", "dennis", "edsger", "frances"]
 
 
-def _config(mysql_port: int, redis_port: int) -> str:
+def _config(mysql_port: int, redis_section: str) -> str:
     return f"""
 [mysql]
 host = "127.0.0.1"
@@ -40,7 +43,7 @@ server_id = 4242
 start = "current"
 
 [redis]
-url = "redis://127.0.0.1:{redis_port}/0"
+{redis_section}
 namespace = "cdc"
 
 [[tables]]
@@ -129,18 +132,29 @@ def _snapshot(port: int, r: redis.Redis) -> tuple[list[str], bool]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=0, help="stop after N seconds (0: until Ctrl-C)")
+    parser.add_argument("--topology", choices=("single", "sentinel"), default="single", help="the Redis side")
     args = parser.parse_args()
     servers: list[LocalServer] = []
+    sentinel_set: SentinelSet | None = None
     worker: subprocess.Popen[bytes] | None = None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     workdir = Path(tempfile.mkdtemp(prefix="cdc-sync-demo-"))
     try:
-        print("starting a throwaway MariaDB and Redis ...", flush=True)
+        print(f"starting a throwaway MariaDB and Redis ({args.topology}) ...", flush=True)
         mariadb = start_mariadb()
         servers.append(mariadb)
-        redis_srv = start_redis()
-        servers.append(redis_srv)
+        if args.topology == "sentinel":
+            sentinel_set = start_sentinel_set()
+            addresses = ", ".join(f'"{a}"' for a in sentinel_set.addresses)
+            redis_section = f'url = "redis:///0"\nsentinels = [{addresses}]\nmaster_name = "cache"'
+            manager = redis.sentinel.Sentinel([("127.0.0.1", int(a.split(":")[1])) for a in sentinel_set.addresses])
+            r = manager.master_for("cache", socket_timeout=2)
+        else:
+            redis_srv = start_redis()
+            servers.append(redis_srv)
+            redis_section = f'url = "redis://127.0.0.1:{redis_srv.port}/0"'
+            r = redis.Redis(port=redis_srv.port)
         conn = pymysql.connect(host="127.0.0.1", port=mariadb.port, user="root", autocommit=True)
         with conn.cursor() as cur:
             cur.execute("CREATE DATABASE shop")
@@ -151,7 +165,7 @@ def main() -> int:
             cur.execute("CREATE TABLE shop.orders (id INT AUTO_INCREMENT PRIMARY KEY, user_id INT, total INT)")
         conn.close()
         cfg = workdir / "cdc-sync.toml"
-        cfg.write_text(_config(mariadb.port, redis_srv.port))
+        cfg.write_text(_config(mariadb.port, redis_section))
         log_path = workdir / "worker.log"
         print(f"config: {cfg}\nworker log: {log_path}", flush=True)
         with log_path.open("wb") as log:
@@ -162,7 +176,6 @@ def main() -> int:
                 env={**os.environ},
                 start_new_session=True,  # Ctrl-C reaches only this script, which stops the worker with SIGTERM
             )
-        r = redis.Redis(port=redis_srv.port)
         deadline = time.monotonic() + 30
         while r.get("cdc:checkpoint") is None:
             if worker.poll() is not None or time.monotonic() > deadline:
@@ -175,13 +188,22 @@ def main() -> int:
         started = time.monotonic()
         tty = sys.stdout.isatty()
         in_sync_seen = 0
+        failover_every = args.duration / 2 if args.duration else 20.0
+        next_failover = started + failover_every
         while not stop.is_set():
+            if sentinel_set is not None and time.monotonic() >= next_failover:
+                next_failover += failover_every
+                print(f"failing the master over (it was on port {sentinel_set.master_port()}) ...", flush=True)
+                redis.Redis(port=sentinel_set.sentinels[0].port).execute_command("SENTINEL", "FAILOVER", "cache")
             if args.duration and time.monotonic() - started >= args.duration:
                 break
             if worker.poll() is not None:
                 print("worker exited unexpectedly:\n" + log_path.read_text()[-3000:], file=sys.stderr)
                 return 1
-            lines, ok = _snapshot(mariadb.port, r)
+            try:
+                lines, ok = _snapshot(mariadb.port, r)
+            except redis.RedisError as exc:  # (the moment of a failover)
+                lines, ok = [f"redis: {exc}"], False
             in_sync_seen += ok
             header = (
                 f"cdc-sync demo - writer: {stats['upserts']} upserts, {stats['updates']} updates, "
@@ -193,9 +215,17 @@ def main() -> int:
             stop.wait(1.0)
         stop.set()
         writer.join(5)
-        # let the worker apply the last writes, then show the final state
-        time.sleep(1.5)
-        lines, ok = _snapshot(mariadb.port, r)
+        # let the worker apply the last writes (after a failover, replay what the old master took), then show
+        # the final state
+        deadline = time.monotonic() + (30 if sentinel_set is not None else 1.5)
+        while True:
+            time.sleep(0.5)
+            try:
+                lines, ok = _snapshot(mariadb.port, r)
+            except redis.RedisError as exc:
+                lines, ok = [f"redis: {exc}"], False
+            if ok or time.monotonic() > deadline:
+                break
         print("\nfinal state:\n" + "\n".join(lines), flush=True)
         print(f"snapshots in sync: {in_sync_seen}; final: {'in sync' if ok else 'NOT in sync'}", flush=True)
         return 0 if ok else 1
@@ -211,6 +241,8 @@ def main() -> int:
                 worker.kill()
         for server in reversed(servers):
             server.stop()
+        if sentinel_set is not None:
+            sentinel_set.stop()
         print("demo stopped: worker and servers are down", flush=True)
 
 

@@ -20,7 +20,7 @@ import redis
 
 from cdc_sync.adapters.binlog import REPORT_HOST
 from cdc_sync.adapters.mysql import MySQLAdmin, plain_error, translate_error
-from cdc_sync.adapters.redis import make_client, plain_redis_error, redis_error
+from cdc_sync.adapters.redis import make_client, plain_redis_error, redis_error, sentinel_kwargs
 from cdc_sync.config import Config, TableRule, check_against_schema
 from cdc_sync.core.events import RedisMemory
 from cdc_sync.core.keys import Namespace, templates_overlap
@@ -359,9 +359,46 @@ def _redis_checks(config: Config) -> list[Check]:
         return [Check("redis.connect", FAIL, f"{where}: {plain_redis_error(exc)}", fix, blocking=False)]
     out = [Check("redis.connect", PASS, f"Redis {server.get('redis_version', '?')} at {where}")]
     out.append(_eviction_check(client))
+    out.append(_replication_check(client, config))
     out.append(_acl_check(client, config.redis.namespace, config.tables))
     client.close()
     return out
+
+
+def _replication_check(client: redis.Redis, config: Config) -> Check:
+    """With Sentinels: every Sentinel answers and names the same master, which is a master; with
+    ``wait_replicas``: the master has that many replicas connected (else every step waits out its timeout)."""
+    name, cfg = "redis.replication", config.redis
+    named: dict[str, list[str]] = {}
+    for host, port in cfg.sentinels:
+        sentinel = redis.Redis(host=host, port=port, **sentinel_kwargs(cfg))
+        try:
+            master = sentinel.execute_command(  # type: ignore[no-untyped-call]
+                "SENTINEL GET-MASTER-ADDR-BY-NAME", cfg.master_name
+            )
+            where = ":".join(x.decode() if isinstance(x, bytes) else str(x) for x in master) if master else "none"
+            named.setdefault(where, []).append(f"{host}:{port}")
+        except redis.RedisError as exc:
+            named.setdefault(f"no answer ({plain_redis_error(exc)})", []).append(f"{host}:{port}")
+        finally:
+            sentinel.close()
+    try:
+        info = client.info("replication")
+    except redis.RedisError as exc:
+        return Check(name, WARN, f"cannot read INFO replication: {plain_redis_error(exc)}")
+    replicas = int(info.get("connected_slaves", 0))
+    facts = f"role {info.get('role')}, {replicas} replica(s) connected"
+    if cfg.sentinels:
+        views = "; ".join(f"{', '.join(who)} name {what}" for what, who in named.items())
+        if len(named) != 1 or next(iter(named)).startswith(("none", "no answer")):
+            fix = f"check that every Sentinel in redis.sentinels runs and monitors {cfg.master_name!r}"
+            return Check(name, WARN, f"the Sentinels disagree or do not answer: {views}", fix)
+        facts = f"{len(cfg.sentinels)} Sentinel(s) name master {next(iter(named))} ({cfg.master_name}); {facts}"
+    if cfg.wait_replicas > replicas:
+        fix = "lower redis.wait_replicas, or attach replicas"
+        detail = f"{facts}, fewer than redis.wait_replicas = {cfg.wait_replicas}: every step waits out the timeout"
+        return Check(name, WARN, detail, fix)
+    return Check(name, PASS, facts)
 
 
 def _refused_because(error: ServerRefused) -> str:

@@ -6,13 +6,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_demo_shows_live_sync_and_cleans_up() -> None:
-    """The demo (bounded by --duration) ends with the cache equal to the table and exits 0."""
+@pytest.mark.parametrize("topology", ["single", "sentinel"])
+def test_demo_shows_live_sync_and_cleans_up(topology: str) -> None:
+    """The demo (bounded by --duration) ends with the cache equal to the table and exits 0; on a Sentinel set it
+    fails the master over half-way, and the worker follows."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "demo.py"), "--duration", "4"],
+        [sys.executable, str(ROOT / "tools" / "demo.py"), "--duration", "6", "--topology", topology],
         capture_output=True,
         text=True,
         timeout=180,
@@ -22,3 +26,5 @@ def test_demo_shows_live_sync_and_cleans_up() -> None:
     assert "final: in sync" in proc.stdout
     assert "demo stopped: worker and servers are down" in proc.stdout
     assert "cache == database" in proc.stdout
+    if topology == "sentinel":
+        assert "failing the master over" in proc.stdout

@@ -128,6 +128,11 @@ def test_worker_reader_and_commands_follow_a_failover(
     assert status.returncode == 0, status.stdout + status.stderr
     shown = json.loads(status.stdout)
     assert shown["redis"].startswith("redis+sentinel://") and shown["checkpoint"]
+    doctor = cli(cfg, "doctor", "--json")
+    checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
+    replication = checks["redis.replication"]
+    assert replication["status"] == "PASS" and "3 Sentinel(s) name master 127.0.0.1:" in replication["detail"]
+    assert checks["redis.connect"]["status"] == "PASS"
 
 
 def test_a_failover_that_loses_acknowledged_writes_is_replayed(
