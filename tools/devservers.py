@@ -278,6 +278,105 @@ def start_sentinel_set(
     return started
 
 
+@dataclass
+class RedisClusterSet:
+    """A Redis Cluster of local servers (``start_cluster``): primaries and their replicas."""
+
+    servers: list[LocalServer]
+
+    @property
+    def ports(self) -> list[int]:
+        return [s.port for s in self.servers]
+
+    @property
+    def url(self) -> str:
+        """A seed node (any node: the client learns the others)."""
+        return f"redis://127.0.0.1:{self.servers[0].port}/0"
+
+    def server(self, port: int) -> LocalServer:
+        return next(s for s in self.servers if s.port == port)
+
+    def primaries(self) -> list[int]:
+        """The ports of the nodes serving slots now (``CLUSTER NODES`` of the first node that answers)."""
+        for server in self.servers:
+            try:
+                nodes = cluster_nodes(server.port)
+            except OSError:
+                continue
+            return sorted(
+                n["port"] for n in nodes if "master" in n["flags"] and "fail" not in n["flags"] and n["slots"]
+            )
+        return []
+
+    def stop(self) -> None:
+        for server in self.servers:
+            if server.proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    os.kill(server.proc.pid, signal.SIGCONT)
+            server.stop()
+
+
+def start_cluster(
+    primaries: int = 3, replicas: int = 1, node_timeout_ms: int = 2000, timeout: float = 60.0
+) -> RedisClusterSet:
+    """``primaries`` primaries with ``replicas`` replicas each (``redis-cli --cluster create``), every slot served
+    and every node agreeing (``cluster_state:ok``) before it returns."""
+    redis_cli = _which("redis-cli")
+    started = RedisClusterSet([])
+    try:
+        for _ in range(primaries * (1 + replicas)):
+            node_args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+            node_args += ("--cluster-port", str(free_port()))  # (not port + 10000: free ports go past 55535)
+            node_args += ("--cluster-node-timeout", str(node_timeout_ms), "--repl-diskless-sync-delay", "0")
+            started.servers.append(start_redis(extra_args=node_args))
+        create = [redis_cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in started.ports)]
+        create += ["--cluster-replicas", str(replicas), "--cluster-yes"]
+        done = subprocess.run(create, capture_output=True, text=True, timeout=timeout, check=False)
+        if done.returncode != 0:
+            raise ServerStartError(f"redis-cli --cluster create failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
+
+        def ready() -> bool:
+            for port in started.ports:
+                info = cluster_info(port)
+                if info.get("cluster_state") != "ok" or int(info.get("cluster_known_nodes", 0)) != len(started.ports):
+                    return False
+            nodes = cluster_nodes(started.ports[0])
+            if sum(1 for n in nodes if "slave" in n["flags"]) != primaries * replicas:
+                return False
+            return all(_synced(n["port"]) for n in nodes if "slave" in n["flags"])
+
+        _until(ready, timeout, "the cluster to be ready")
+    except BaseException:
+        started.stop()
+        raise
+    return started
+
+
+def cluster_info(port: int) -> dict[str, str]:
+    """``CLUSTER INFO`` of the node on ``port``, as a dict."""
+    text = str(_ask(port, "CLUSTER", "INFO"))
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+def cluster_nodes(port: int) -> list[dict[str, Any]]:
+    """``CLUSTER NODES`` of the node on ``port``: each node's id, port, flags, primary id and slot ranges."""
+    out = []
+    for line in str(_ask(port, "CLUSTER", "NODES")).splitlines():
+        fields = line.split()
+        if len(fields) >= 8:
+            address = fields[1].split("@")[0]
+            out.append(
+                {
+                    "id": fields[0],
+                    "port": int(address.rsplit(":", 1)[1]),
+                    "flags": fields[2].split(","),
+                    "primary": fields[3],
+                    "slots": fields[8:],
+                }
+            )
+    return out
+
+
 def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
