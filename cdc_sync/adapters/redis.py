@@ -453,7 +453,7 @@ class RedisSink:
         deleted = 0
         # Leases first: a fill that loaded before the flush must find its lease gone, whichever key it is.
         for template in rule.templates:
-            for page in self._scan(glob_escape(self.keys.lease_prefix) + template.pattern()):
+            for page in self._scan(self.keys.lease_pattern(template.pattern())):
                 self._step("unlink", page)
         for template in rule.templates:
             for page in self._scan(template.pattern()):
@@ -463,9 +463,8 @@ class RedisSink:
                     deleted += self._step("unlink", mine)
         # Keys that depend on the table through reader tags: the whole-table tag and every column tag.
         tag_suffixes = [rule.name]
-        prefix = self.keys.tag_prefix
         for page in self._scan(glob_escape(self.keys.tag(rule.name)) + ":*"):
-            tag_suffixes.extend(k.decode()[len(prefix) :] for k in page)
+            tag_suffixes.extend(self.keys.tag_suffix_of(k.decode()) for k in page)
         for start in range(0, len(tag_suffixes), 500):
             tag_keys, _ = encode_ops(self.keys, [EvictTag(s) for s in tag_suffixes[start : start + 500]])
             keys = [self.keys.leader, self.keys.operator, *tag_keys]

@@ -27,6 +27,7 @@ proven canonical (canonical.py), never from a caller's spelling as such.
 
 from __future__ import annotations
 
+import binascii
 import datetime as dt
 import functools
 import re
@@ -249,21 +250,71 @@ def _glob_tokens(t: KeyTemplate) -> tuple[str | None, ...]:
     return tuple(out)
 
 
+SLOTS = 16384  # Redis Cluster's hash slots
+
+
+def key_slot(key: str | bytes) -> int:
+    """Redis Cluster's slot of ``key``: CRC16 (XMODEM) of its hash tag (the text between the first ``{`` and the
+    next ``}``, when not empty), else of the whole key, modulo 16384."""
+    data = key.encode() if isinstance(key, str) else key
+    start = data.find(b"{")
+    if start >= 0:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1 : end]
+    return binascii.crc_hqx(data, 0) % SLOTS
+
+
+@functools.cache
+def _slot_tags() -> tuple[str, ...]:
+    """For each slot, the shortest hex text (the first found, counting up) whose slot it is."""
+    tags: list[str | None] = [None] * SLOTS
+    left, n = SLOTS, 0
+    while left:
+        text = format(n, "x")
+        slot = binascii.crc_hqx(text.encode(), 0) % SLOTS
+        if tags[slot] is None:
+            tags[slot] = text
+            left -= 1
+        n += 1
+    return tuple(t for t in tags if t is not None)
+
+
+def slot_tag(slot: int) -> str:
+    """A short hash tag that maps to ``slot``: ``{<tag>}`` in a key puts the key in that slot."""
+    return _slot_tags()[slot]
+
+
 @dataclass(frozen=True, slots=True)
 class Namespace:
     """Every bookkeeping key of one namespace (``cdc`` by default): the one place their layout is written.
 
-    The worker's own keys are ``<ns>:<kind>`` (checkpoint, heartbeat, leader, ...), per table
+    On one Redis the worker's own keys are ``<ns>:<kind>`` (checkpoint, heartbeat, leader, ...), per table
     ``<ns>:<kind>:<schema.table>`` (flushing markers, schema epochs, warm progress), per dependency tag
     ``<ns>:tag:<suffix>`` and ``<ns>:tinv:<suffix>``, and per cached key ``<ns>:<kind>:<key>`` (its lease, hold-off
     marker and stamp). Scripts that find keys at run time (a tag set's members) get the per-key prefixes
     (``lease_prefix``, ``inv_prefix``) as arguments rather than spelling them.
+
+    On a Redis Cluster (``cluster=True``) every key a script touches must sit in one slot. The worker's own keys and
+    the per-table ones share the namespace's home slot (``<ns>:{<ns>}:<kind>``); a cached key's lease, hold-off
+    marker and stamp sit in that key's slot (``<ns>:lease:{<tag>}<key>``, where ``<tag>`` is the short hash tag
+    of the key's slot, ``slot_tag``: whatever braces the key holds); a tag set and its hold-off marker share one
+    slot (``<ns>:tag:{<tag>}<suffix>``); and each slot the worker writes has its checkpoint there
+    (``<ns>:checkpoint:{<tag>}``).
     """
 
     name: str
+    cluster: bool = False
 
     def _key(self, kind: str, rest: str = "") -> str:
+        if self.cluster:
+            return f"{self.name}:{{{self.name}}}:{kind}:{rest}" if rest else f"{self.name}:{{{self.name}}}:{kind}"
         return f"{self.name}:{kind}:{rest}" if rest else f"{self.name}:{kind}"
+
+    def _in_slot_of(self, kind: str, item: str) -> str:
+        if self.cluster:
+            return f"{self.name}:{kind}:{{{slot_tag(key_slot(item))}}}{item}"
+        return f"{self.name}:{kind}:{item}"
 
     # the worker's state
     @property
@@ -322,32 +373,57 @@ class Namespace:
 
     # per dependency tag
     def tag(self, suffix: str) -> str:
-        return self._key("tag", suffix)
+        return self._in_slot_of("tag", suffix)
 
     def tinv(self, suffix: str) -> str:
-        return self._key("tinv", suffix)
+        return self._in_slot_of("tinv", suffix)
 
     @property
     def tag_prefix(self) -> str:
+        """What a tag set's name starts with, before its suffix (one Redis: the suffix follows at once)."""
         return f"{self.name}:tag:"
+
+    def tag_suffix_of(self, tag_key: str) -> str:
+        """The suffix a tag set's name holds (the inverse of ``tag``)."""
+        rest = tag_key[len(self.tag_prefix) :]
+        return rest[rest.index("}") + 1 :] if self.cluster else rest
 
     # per cached key
     def lease(self, key: str) -> str:
-        return self.lease_prefix + key
+        return self._in_slot_of("lease", key)
 
     def inv(self, key: str) -> str:
-        return self.inv_prefix + key
+        return self._in_slot_of("inv", key)
 
     def stamp(self, key: str) -> str:
-        return self._key("stamp", key)
+        return self._in_slot_of("stamp", key)
 
     @property
     def lease_prefix(self) -> str:
+        """One Redis: ``lease(key)`` is this followed by the key (apply.lua builds a tag member's so)."""
         return f"{self.name}:lease:"
 
     @property
     def inv_prefix(self) -> str:
         return f"{self.name}:inv:"
+
+    def lease_pattern(self, pattern: str) -> str:
+        """A SCAN glob of the leases of the keys ``pattern`` (a SCAN glob) matches."""
+        if self.cluster:
+            return f"{glob_escape(self.lease_prefix)}\\{{*\\}}{pattern}"
+        return glob_escape(self.lease_prefix) + pattern
+
+    # per slot (a cluster)
+    def slot_checkpoint(self, slot: int) -> str:
+        return f"{self.name}:checkpoint:{{{slot_tag(slot)}}}"
+
+    def slot_fence(self, slot: int) -> str:
+        return f"{self.name}:fence:{{{slot_tag(slot)}}}"
+
+    @property
+    def slots(self) -> str:
+        """A cluster: the hash of each slot's checkpoint as the heartbeat vouches for it (home slot)."""
+        return self._key("slots")
 
     @property
     def prefix(self) -> str:

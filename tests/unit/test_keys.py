@@ -316,3 +316,54 @@ def test_time_values_render_like_the_cached_values() -> None:
 
     assert _escape(_dt.timedelta(days=1, hours=2)) == "26%3A00%3A00"
     assert _escape(-_dt.timedelta(hours=838, minutes=59, seconds=59, microseconds=500000)) == "-838%3A59%3A59.500000"
+
+
+# ---- Redis Cluster slots and the cluster layout --------------------------------------------------------------
+
+
+def test_key_slot_is_redis_clusters() -> None:
+    """The pure CRC16 slot equals redis-py's, hash tags included (first '{', next '}', not empty)."""
+    import random
+
+    from redis.crc import key_slot as redis_slot
+
+    from cdc_sync.core.keys import key_slot
+
+    rng = random.Random(7)
+    samples = ["user:1", "{user}:1", "a{}b", "a{b}c{d}", "}{x}", "{", "x{y", "", "é:{ü}"]
+    samples += ["".join(rng.choice("ab{}:x1é") for _ in range(rng.randrange(12))) for _ in range(2000)]
+    for key in samples:
+        assert key_slot(key) == redis_slot(key.encode()), key
+
+
+def test_every_slot_has_a_tag_of_its_own() -> None:
+    from cdc_sync.core.keys import SLOTS, key_slot, slot_tag
+
+    tags = [slot_tag(s) for s in range(SLOTS)]
+    assert len(set(tags)) == SLOTS and all("{" not in t and "}" not in t for t in tags)
+    assert all(key_slot(f"{{{slot_tag(s)}}}") == s for s in range(0, SLOTS, 97))
+
+
+@pytest.mark.parametrize("key", ["user:42", "user:{42}", "a}b", "x:{}", "{", "t:%7B{u}", "é{"])
+def test_a_keys_bookkeeping_sits_in_its_slot_on_a_cluster(key: str) -> None:
+    from cdc_sync.core.keys import Namespace, key_slot
+
+    ns = Namespace("cdc", cluster=True)
+    for name in (ns.lease(key), ns.inv(key), ns.stamp(key)):
+        assert key_slot(name) == key_slot(key) and name.endswith(key) and name.startswith("cdc:")
+    assert key_slot(ns.tag(key)) == key_slot(ns.tinv(key)) and ns.tag_suffix_of(ns.tag(key)) == key
+
+
+def test_the_worker_keys_share_the_home_slot_on_a_cluster() -> None:
+    from cdc_sync.core.keys import Namespace, key_slot
+
+    ns = Namespace("cdc", cluster=True)
+    home = {key_slot(k) for k in (ns.checkpoint, ns.heartbeat, ns.leader, ns.rules, ns.slots, ns.flushing("s.t"))}
+    assert home == {key_slot("cdc")} and ns.heartbeat == "cdc:{cdc}:heartbeat"
+    assert key_slot(ns.slot_checkpoint(123)) == 123 and key_slot(ns.slot_fence(9000)) == 9000
+    single = Namespace("cdc")
+    assert (single.heartbeat, single.lease("u:1"), single.tag("s.t")) == (
+        "cdc:heartbeat",
+        "cdc:lease:u:1",
+        "cdc:tag:s.t",
+    )
