@@ -20,6 +20,7 @@ from cdc_sync import metrics as m
 from cdc_sync.adapters.binlog import BinlogSource
 from cdc_sync.adapters.mysql import MySQLAdmin
 from cdc_sync.adapters.redis import RedisSink
+from cdc_sync.adapters.redis_cluster import ClusterSink
 from cdc_sync.config import Config
 from cdc_sync.errors import CdcSyncError, ConfigError, Fenced, ServerRefused, SinkUnavailable
 from cdc_sync.ops import doctor
@@ -44,16 +45,17 @@ class Service:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.sink = RedisSink(config.redis, holdoff_ms=config.reader.holdoff_ms)
+        sink_class = ClusterSink if config.redis.cluster else RedisSink
+        self.sink = sink_class(config.redis, holdoff_ms=config.reader.holdoff_ms)
         self.backoff = ExponentialWithJitterBackoff(cap=config.worker.retry_max_s, base=config.worker.retry_initial_s)
         self.notifier = Notifier()  # (one per process: its watchdog pings are rate-limited across HA terms)
         self.worker = self._new_worker()
         self.prober: Prober | None = None
-        self.lease = LeaderLease(self.sink.client, config.redis.namespace, config.ha.lease_ttl_ms)
+        self.lease = LeaderLease(self.sink.client, config.redis.names, config.ha.lease_ttl_ms)
         self._stop = threading.Event()
         self.role = "leader" if not config.ha.enabled else "standby"
         self._standby_tick = time.monotonic()
-        self.reporter = StatusReporter(self.sink.client, config.redis.namespace, facts=self._status_facts)
+        self.reporter = StatusReporter(self.sink.client, config.redis.names, facts=self._status_facts)
         self.reporter.update({"ha": config.ha.enabled, "role": None if not config.ha.enabled else "standby"})
         self.sink.on_status = self.reporter.update  # the sync loop sets the state; the reporter keeps it in Redis
         self.http: HealthServer | None = None
@@ -185,6 +187,7 @@ class Service:
         renewer: Renewer | None = None
         if self.config.ha.enabled:
             self.sink.leader_token = self.lease.token
+            self.sink.fence = self.lease.fence
             renewer = Renewer(self.lease, self.worker.stop)
             renewer.start()
         try:

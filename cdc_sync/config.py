@@ -75,6 +75,12 @@ class RedisConfig:
     # every apply step waits for this many replicas to acknowledge it (WAIT), at most wait_timeout_ms
     wait_replicas: int = 0
     wait_timeout_ms: int = 100
+    cluster: bool = False  # a Redis Cluster, seeded by the url's node
+
+    @property
+    def names(self) -> Namespace:
+        """The namespace's key layout (for one node, or for a cluster)."""
+        return Namespace(self.namespace, cluster=self.cluster)
 
     @property
     def safe_url(self) -> str:
@@ -447,7 +453,14 @@ def _sentinel_settings(s: _Section, cfg: RedisConfig, env: Mapping[str, str], sc
         sentinel_tls=s.bool_("sentinel_tls", False),
         wait_replicas=s.int_("wait_replicas", 0, 0, 1000),
         wait_timeout_ms=s.int_("wait_timeout_ms", 100, 1, 60_000),
+        cluster=s.bool_("cluster", False),
     )
+    if cfg.cluster and sentinels:
+        raise ConfigError("redis.cluster: a cluster fails over by itself; leave redis.sentinels out")
+    if cfg.cluster and scheme == "unix":
+        raise ConfigError("redis.url: a cluster needs a redis:// or rediss:// url of one of its nodes")
+    if cfg.cluster and cfg.wait_replicas:
+        raise ConfigError("redis.wait_replicas: not supported on a cluster yet")
     if sentinels and not master_name:
         raise ConfigError("redis.master_name: required with redis.sentinels (the name the Sentinels monitor)")
     if master_name is not None and not sentinels:

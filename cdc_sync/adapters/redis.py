@@ -202,6 +202,7 @@ class RedisSink:
         self.keys = Namespace(cfg.namespace)
         self.holdoff_ms = holdoff_ms
         self.leader_token: str | None = None  # HA: every apply checks that this token still holds <ns>:leader
+        self.fence: int | None = None  # HA: this term's fence number (a cluster's slots check it: redis_cluster.py)
         # an operator command: every flush and checkpoint step checks that this token still holds <ns>:operator
         self.operator_token: str | None = None
         self.client = client if client is not None else make_client(cfg)

@@ -417,6 +417,11 @@ class Namespace:
     def slot_checkpoint(self, slot: int) -> str:
         return f"{self.name}:checkpoint:{{{slot_tag(slot)}}}"
 
+    @property
+    def slot_checkpoint_pattern(self) -> str:
+        """A SCAN glob of every slot's checkpoint."""
+        return f"{glob_escape(self.name)}:checkpoint:\\{{*\\}}"
+
     def slot_fence(self, slot: int) -> str:
         return f"{self.name}:fence:{{{slot_tag(slot)}}}"
 

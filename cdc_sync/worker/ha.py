@@ -29,10 +29,9 @@ log = logs.get("cdc_sync.ha")
 
 
 class LeaderLease:
-    def __init__(self, client: redis.Redis, namespace: str, ttl_ms: int) -> None:
+    def __init__(self, client: redis.Redis, ns: Namespace, ttl_ms: int) -> None:
         self.client = client
         self.ttl_ms = ttl_ms
-        ns = Namespace(namespace)
         self.key, self.fence_key = ns.leader, ns.fence
         self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
         self.fence = 0

@@ -53,14 +53,14 @@ class StatusReporter:
     def __init__(
         self,
         client: redis.Redis,
-        namespace: str,
+        ns: Namespace,
         refresh_s: float = REFRESH_S,
         facts: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         from cdc_sync import __version__
 
         self.client = client
-        self.key = Namespace(namespace).workers
+        self.key = ns.workers
         self.refresh_s = refresh_s
         self.facts = facts
         host = socket.gethostname()

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import redis
 
+from cdc_sync.core.keys import Namespace
 from cdc_sync.ops.status import assess, describe_worker
 from cdc_sync.worker.statusreport import StatusReporter
 
@@ -94,7 +95,7 @@ def test_times_come_from_redis_clock_minus_durations() -> None:
 
 def _reporter(**facts: Any) -> StatusReporter:
     client = redis.Redis(port=1)  # never contacted: record() builds the record only
-    return StatusReporter(client, "cdc", facts=lambda: facts)
+    return StatusReporter(client, Namespace("cdc"), facts=lambda: facts)
 
 
 def test_the_record_uses_no_wall_clock(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,345 @@
+"""The Redis side on a Redis Cluster: the apply step per slot, each slot with its own checkpoint.
+
+Every script declares its keys and touches one slot (keys.Namespace(cluster=True) lays them out):
+
+* **Apply.** A batch's data operations are grouped by slot; each slot's group runs as one ``slot_apply.lua`` with
+  that slot's checkpoint (compare-and-set, as on one node) and fence, all the slots' scripts pipelined (redis-py's
+  cluster pipeline: one round trip per node, MOVED/ASK/TRYAGAIN retried). Then the *home step* (``apply.lua`` on the
+  namespace's home slot, with only the stats counts) moves the home checkpoint: every slot has everything up to it.
+  A slot whose checkpoint already reached a transaction skips it (a replay after a crash, or after one slot lost
+  writes); every other slot applies it.
+* **Loss.** A primary that fails over and loses writes shows an older (or no) checkpoint in its slots: that slot's
+  script replies REWIND or LOST, the sink reads every slot's checkpoint again and the worker resumes from the oldest
+  (``RewindRequired``), each slot skipping what it has; other slots are not rewritten.
+* **Tags.** A tag set sits in one slot and its members in many: ``tag_take.lua`` holds the tag's fills off and reads
+  its members, each member is deleted in its own slot's script (with its lease, leaving its hold-off marker), then
+  just those members leave the set (SREM). A crash in between leaves them in the set: the replay evicts them again.
+* **Heartbeat.** On the home slot, with the checkpoint of each slot written since the last one (``<ns>:{<ns>}:slots``):
+  a reader trusts a slot's key only while the slot's own checkpoint has reached what the heartbeat recorded.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import redis
+import redis.cluster
+
+from cdc_sync import logs, scripts
+from cdc_sync.adapters.redis import (
+    FLUSH_MARKER_TTL_MS,
+    RedisSink,
+    client_kwargs,
+    encode_ops,
+    redis_error,
+)
+from cdc_sync.config import RedisConfig, TableRule
+from cdc_sync.core.events import RedisMemory
+from cdc_sync.core.keys import Namespace, glob_escape, key_slot
+from cdc_sync.core.planner import Count, Delete, EvictTag, RedisOp
+from cdc_sync.core.positions import reached
+from cdc_sync.errors import Fenced, PositionError, RewindRequired
+
+log = logs.get("cdc_sync.redis_cluster")
+
+Ops = tuple[list[str], list[bytes | str | int]]  # a slot's KEYS and ARGV tail
+
+
+def make_cluster_client(cfg: RedisConfig, **pool: Any) -> redis.RedisCluster:
+    """A redis-py cluster client seeded by the url's node (it learns the others, and follows slot moves)."""
+    return redis.RedisCluster.from_url(cfg.url, **client_kwargs(cfg), **pool)
+
+
+class ClusterSink(RedisSink):
+    """RedisSink for a Redis Cluster (see the module docstring)."""
+
+    def __init__(self, cfg: RedisConfig, holdoff_ms: int, client: redis.RedisCluster | None = None) -> None:
+        cluster = client if client is not None else make_cluster_client(cfg)
+        super().__init__(cfg, holdoff_ms, client=cluster)  # type: ignore[arg-type]
+        self.cluster = cluster
+        self.keys = Namespace(cfg.namespace, cluster=True)
+        self.fence: int | None = None  # HA: this leadership term's fence number (slot_apply.lua's fence)
+        self.slot_checkpoints: dict[int, str] = {}  # what each written slot holds, as this worker knows it
+        self._unvouched: dict[int, str] = {}  # slots written since the last heartbeat (recorded with the next)
+        self._lock = threading.Lock()
+        self._slot_apply = self.cluster.register_script(scripts.source("slot_apply"))
+        self._tag_take = self.cluster.register_script(scripts.source("tag_take"))
+
+    def _pipe(self) -> Any:
+        """A cluster pipeline: commands grouped by node, one round trip each; MOVED, ASK and TRYAGAIN retried."""
+        return self.cluster.pipeline(transaction=False)  # type: ignore[no-untyped-call]
+
+    # ---- checkpoints ---------------------------------------------------------------------------------
+
+    def load_checkpoint(self) -> str | None:
+        """Where to resume: the oldest of the home checkpoint and every slot's (each slot then skips what it has).
+        None when Redis holds none at all; RewindRequired(None) (the checkpoint is lost) when they cannot be
+        ordered, or slots hold checkpoints while the home slot holds none."""
+        home = super().load_checkpoint()
+        self.slot_checkpoints = self._read_slot_checkpoints()
+        if home is None:
+            if self.slot_checkpoints:
+                raise RewindRequired(None)
+            return None
+        return self._oldest([home, *self.slot_checkpoints.values()])
+
+    def _read_slot_checkpoints(self) -> dict[int, str]:
+        names: list[bytes] = []
+        for page in self._scan(self.keys.slot_checkpoint_pattern):
+            names.extend(page)
+        if not names:
+            return {}
+        pipe = self._pipe()
+        for name in names:
+            pipe.get(name)
+        values = self._call("GET slot checkpoints", pipe.execute)
+        return {key_slot(n): v.decode() for n, v in zip(names, values, strict=True) if v is not None}
+
+    @staticmethod
+    def _oldest(positions: Sequence[str]) -> str:
+        """The position every other one has reached; RewindRequired(None) when there is none (another lineage)."""
+        try:
+            for candidate in positions:
+                if all(reached(other, candidate) for other in positions):
+                    return candidate
+        except PositionError:
+            pass
+        raise RewindRequired(None)
+
+    def set_checkpoint(self, position: str) -> None:
+        """Replace the checkpoint (``checkpoint set``): the home one, and every slot's goes (a slot's checkpoint
+        must never claim what the new position does not)."""
+        super().set_checkpoint(position)
+        for page in self._scan(self.keys.slot_checkpoint_pattern):
+            self._unlink(page)
+        self.slot_checkpoints.clear()
+
+    # ---- the apply step ------------------------------------------------------------------------------
+
+    def apply(self, ops: Sequence[RedisOp], expected: str | None, new: str) -> bool:
+        data: list[RedisOp] = []
+        home: list[RedisOp] = []
+        tags: list[str] = []
+        for op in ops:
+            if isinstance(op, Count):
+                home.append(op)
+            elif isinstance(op, EvictTag):
+                tags.append(op.suffix)
+            else:
+                data.append(op)
+        members = self._take_tags(tags) if tags else {}
+        data += [Delete(m) for members_of in members.values() for m in members_of]
+        self._apply_slots(data, new)
+        if members:
+            self._release_tags(members)
+        return self._home_step(home, expected, new)
+
+    def _apply_slots(self, data: Sequence[RedisOp], new: str) -> None:
+        groups: dict[int, list[RedisOp]] = {}
+        for op in data:
+            groups.setdefault(key_slot(op.key), []).append(op)  # type: ignore[union-attr]
+        todo = {slot: ops for slot, ops in groups.items() if not self._has(slot, new)}
+        if not todo:
+            return
+        calls = []
+        for slot, ops in todo.items():
+            op_keys, op_args = encode_ops(self.keys, ops)
+            stored = self.slot_checkpoints.get(slot)
+            keys = [self.keys.slot_checkpoint(slot), self.keys.slot_fence(slot), *op_keys]
+            args: list[bytes | str | int] = [stored or "", "1" if stored is not None else "0", new, self.holdoff_ms]
+            args += [str(self.fence) if self.fence is not None else "", *op_args]
+            calls.append((self._slot_apply, keys, args))
+        replies = self._call("apply", self._run_scripts, calls)
+        refused: list[tuple[int, Any]] = []
+        for slot, reply in zip(todo, replies, strict=True):
+            status = scripts.reply_name(reply[0])
+            if status in (scripts.OK, scripts.DUP):
+                self._applied(slot, new)
+            else:
+                refused.append((slot, reply))
+        if refused:
+            self._refused(refused)
+
+    def _has(self, slot: int, new: str) -> bool:
+        """Whether the slot's checkpoint has reached ``new`` already (a replay: skipped there)."""
+        stored = self.slot_checkpoints.get(slot)
+        if stored is None:
+            return False
+        try:
+            return reached(stored, new)
+        except PositionError:
+            return False
+
+    def _applied(self, slot: int, position: str) -> None:
+        with self._lock:
+            self.slot_checkpoints[slot] = position
+            self._unvouched[slot] = position
+
+    def _refused(self, refused: Sequence[tuple[int, Any]]) -> None:
+        """Some slots' checkpoints are not what this worker wrote: fenced, or writes lost (a failover, a restart)
+        or made by another worker. Every slot's checkpoint is read again, and the worker resumes from the oldest."""
+        if any(scripts.reply_name(reply[0]) == scripts.FENCED for _, reply in refused):
+            raise Fenced("another worker holds the leader lease (a slot was written in a later term)")
+        detail = {slot: scripts.reply_name(reply[0]) for slot, reply in refused[:10]}
+        log.error("redis.slot_checkpoint_mismatch", slots=detail, count=len(refused), action="resume from the oldest")
+        home = super().load_checkpoint()
+        self.slot_checkpoints = self._read_slot_checkpoints()
+        if home is None:
+            raise RewindRequired(None)
+        raise RewindRequired(self._oldest([home, *self.slot_checkpoints.values()]))
+
+    def _home_step(self, counts: Sequence[RedisOp], expected: str | None, new: str) -> bool:
+        """apply.lua on the home slot with only the counts: the home checkpoint's compare-and-set (and HA's
+        leader check)."""
+        return super().apply(counts, expected, new)
+
+    def _run_scripts(self, calls: Sequence[tuple[Any, Sequence[str], Sequence[bytes | str | int]]]) -> list[Any]:
+        """Run script calls in one cluster pipeline, each routed by its keys' slot (redis-py's cluster pipeline
+        refuses ``evalsha()``, since a node may lack the script: the raw command is queued instead). A node that
+        does not know a script (NOSCRIPT: after a failover or a restart) gets every script loaded, and the calls run
+        again (each is idempotent: a step applied already replies DUP)."""
+        for attempt in (1, 2):
+            pipe = self._pipe()
+            for script, keys, args in calls:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            try:
+                return list(pipe.execute(raise_on_error=True))
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                for loaded in (self._slot_apply, self._tag_take):
+                    self.cluster.script_load(loaded.script)
+        raise AssertionError("unreachable")
+
+    # ---- tags ----------------------------------------------------------------------------------------
+
+    def _take_tags(self, suffixes: Sequence[str]) -> dict[str, list[str]]:
+        calls = [(self._tag_take, [self.keys.tag(s), self.keys.tinv(s)], [self.holdoff_ms]) for s in suffixes]
+        replies = self._call("tag take", self._run_scripts, calls)
+        return {s: [m.decode() for m in r] for s, r in zip(suffixes, replies, strict=True) if r}
+
+    def _release_tags(self, members: Mapping[str, Sequence[str]]) -> None:
+        pipe = self._pipe()
+        for suffix, names in members.items():
+            pipe.srem(self.keys.tag(suffix), *names)
+        self._call("tag release", pipe.execute)
+
+    def _evict_tags(self, suffixes: Sequence[str]) -> int:
+        """A flush's eviction of tag sets: members deleted in their slots with their leases, held off."""
+        members = self._take_tags(suffixes)
+        names = [m for ms in members.values() for m in ms]
+        pipe = self._pipe()
+        for name in names:
+            pipe.delete(name, self.keys.lease(name))
+            if self.holdoff_ms > 0:
+                pipe.set(self.keys.inv(name), "1", px=self.holdoff_ms)
+        if names:
+            self._call("evict members", pipe.execute)
+        self._release_tags(members)
+        return len(names)
+
+    # ---- the heartbeat -------------------------------------------------------------------------------
+
+    def set_heartbeat(self, ms: int, expected: str) -> bool:
+        with self._lock:
+            unvouched, self._unvouched = self._unvouched, {}
+        keys = [self.keys.checkpoint, self.keys.heartbeat, self.keys.leader, self.keys.slots]
+        args: list[str | int] = [expected, ms, self.leader_token or ""]
+        for slot, position in unvouched.items():
+            args += (slot, position)
+        try:
+            moved = bool(self._call("heartbeat", self._beat, keys=keys, args=args))
+        except BaseException:
+            with self._lock:  # (recorded with the next one)
+                self._unvouched = {**unvouched, **self._unvouched}
+            raise
+        if not moved:
+            with self._lock:
+                self._unvouched = {**unvouched, **self._unvouched}
+        return moved
+
+    # ---- flushes and scans across the nodes ------------------------------------------------------------
+
+    def _scan(self, pattern: str) -> Iterator[list[bytes]]:
+        """SCAN every primary, in pages."""
+        page: list[bytes] = []
+        try:
+            for key in self.cluster.scan_iter(match=pattern, count=1000):
+                page.append(key)
+                if len(page) >= 1000:
+                    yield page
+                    page = []
+        except redis.RedisError as exc:
+            raise redis_error(exc, "SCAN") from exc
+        if page:
+            yield page
+
+    def _unlink(self, keys: Sequence[bytes | str]) -> int:
+        """UNLINK keys of any slots (deleting a cached key is always safe: the next read fills it again)."""
+        by_slot: dict[int, list[bytes | str]] = {}
+        for k in keys:
+            by_slot.setdefault(key_slot(k), []).append(k)
+        pipe = self._pipe()
+        for names in by_slot.values():
+            pipe.unlink(*names)
+        return sum(int(n) for n in self._call("flush unlink", pipe.execute))
+
+    def _step(self, op: str, keys: Sequence[bytes | str], ms: int = 0) -> int:
+        if op != "unlink":  # markers and schema epochs: all in the home slot, fenced like on one node
+            return super()._step(op, keys, ms)
+        super()._step("release", [], 0)  # (fenced: refused once the lease or the operator lock is another's)
+        return self._unlink(keys)
+
+    def flush(self, rule: TableRule, held: bool = False) -> int:
+        marker = self.keys.flushing(rule.name)
+        self._step("mark", self._marked([rule]), FLUSH_MARKER_TTL_MS)
+        deleted = 0
+        for template in rule.templates:
+            for page in self._scan(self.keys.lease_pattern(template.pattern())):
+                self._step("unlink", page)
+        for template in rule.templates:
+            for page in self._scan(template.pattern()):
+                mine = [k for k in page if template.matches(k.decode(errors="replace"))]
+                if mine:
+                    deleted += self._step("unlink", mine)
+        tag_suffixes = [rule.name]
+        for page in self._scan(glob_escape(self.keys.tag_prefix) + "\\{*\\}" + glob_escape(rule.name) + ":*"):
+            tag_suffixes.extend(self.keys.tag_suffix_of(k.decode()) for k in page)
+        super()._step("release", [], 0)
+        deleted += self._evict_tags(tag_suffixes)
+        self._step("release" if held else "unmark", [marker], self.holdoff_ms)
+        return deleted
+
+    def count_keys(self, rules: Sequence[TableRule], limit: int = 1) -> int:
+        found = 0
+        for rule in rules:
+            patterns = [t.pattern() for t in rule.templates]
+            tag = glob_escape(self.keys.tag_prefix) + "\\{*\\}" + glob_escape(rule.name)
+            for pattern in (*patterns, tag, f"{tag}:*"):
+                for page in self._scan(pattern):
+                    found += len(page)
+                    if found >= limit:
+                        return found
+        return found
+
+    def memory(self) -> RedisMemory:
+        """Evictions summed over every primary (any of them may have taken a tag set or a marker)."""
+        replies = self._call("INFO stats memory", self._info_everywhere)
+        evicted = sum(int(str(info.get("evicted_keys", 0))) for info in replies)
+        policies = [RedisMemory.from_info(info) for info in replies]
+        worst = next((p for p in policies if p.may_evict), policies[0])
+        return RedisMemory(evicted, worst.policy, worst.maxmemory)
+
+    def _info_everywhere(self) -> list[Mapping[str, object]]:
+        reply = self.cluster.info("stats", "memory", target_nodes=redis.RedisCluster.PRIMARIES)
+        if isinstance(reply, dict) and all(isinstance(v, dict) for v in reply.values()):
+            return list(reply.values())
+        return [reply]
+
+    def time_ms(self) -> int:
+        """The clock of the node serving the home slot: the one readers compare the heartbeat with."""
+        node = self.cluster.get_node_from_key(self.keys.heartbeat)  # type: ignore[no-untyped-call]
+        seconds, micros = self._call("TIME", self.cluster.time, target_nodes=node)
+        return int(seconds) * 1000 + int(micros) // 1000
