@@ -29,6 +29,11 @@ REDIS_WAIT_SHORT = Counter(
 REDIS_MASTER_CHANGES = Counter(
     "cdc_sync_redis_master_changes", "Sentinel failovers the worker followed (another master named than before)"
 )
+REDIS_TOPOLOGY_CHECKS = Counter(
+    "cdc_sync_redis_slot_checks",
+    "Redis Cluster: every slot's checkpoint read again (the epoch moved, or a step failed), by outcome: whole or lost",
+    ["outcome"],
+)
 REWINDS = Counter("cdc_sync_rewinds", "Replays from Redis's stored checkpoint", ["reason"])
 UNKNOWN_EVENTS = Counter("cdc_sync_unknown_events", "Binlog events not understood (each flushes)", ["event_type"])
 COMPRESSED_EVENTS = Counter(

@@ -397,6 +397,8 @@ def _ask(port: int, *command: str) -> Any:
     client = redis.Redis(port=port, socket_timeout=2, decode_responses=True)
     try:
         return client.execute_command(*command)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:  # (a server down: callers skip it)
+        raise OSError(f"port {port}: {exc}") from exc
     finally:
         client.close()
 

@@ -21,6 +21,7 @@ Every script declares its keys and touches one slot (keys.Namespace(cluster=True
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ import redis
 import redis.cluster
 
 from cdc_sync import logs, scripts
+from cdc_sync import metrics as m
 from cdc_sync.adapters.redis import (
     FLUSH_MARKER_TTL_MS,
     RedisSink,
@@ -64,6 +66,9 @@ class ClusterSink(RedisSink):
         self.slot_checkpoints: dict[int, str] = {}  # what each written slot holds, as this worker knows it
         self._unvouched: dict[int, str] = {}  # slots written since the last heartbeat (recorded with the next)
         self._lock = threading.Lock()
+        self._epoch: str | None = None  # the cluster's current epoch when slots were last known to be whole
+        self._suspect = False  # a step failed to reach a node: its slots are checked at the next step
+        self._next_check = 0.0
         self._slot_apply = self.cluster.register_script(scripts.source("slot_apply"))
         self._tag_take = self.cluster.register_script(scripts.source("tag_take"))
 
@@ -119,6 +124,7 @@ class ClusterSink(RedisSink):
     # ---- the apply step ------------------------------------------------------------------------------
 
     def apply(self, ops: Sequence[RedisOp], expected: str | None, new: str) -> bool:
+        self._check_slots()
         data: list[RedisOp] = []
         home: list[RedisOp] = []
         tags: list[str] = []
@@ -161,6 +167,57 @@ class ClusterSink(RedisSink):
                 refused.append((slot, reply))
         if refused:
             self._refused(refused)
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super()._call(what, fn, *args, **kwargs)
+        except Exception:
+            self._suspect = True  # (a node away may come back as another: a failover, a restart from a snapshot)
+            raise
+
+    def _check_slots(self) -> None:
+        """At most once a second (every step, the server heartbeat's empty ones too): when the cluster's epoch moved
+        (a failover, a slot moved) or a step failed to reach a node, read every slot's checkpoint again. A slot
+        holding another than this worker wrote lost writes (or another worker wrote it): the worker resumes from
+        the oldest (RewindRequired), whether or not a change touches that slot soon."""
+        now = time.monotonic()
+        if now < self._next_check and not self._suspect:
+            return
+        self._next_check = now + 1.0
+        node = self.cluster.get_node_from_key(self.keys.checkpoint)  # type: ignore[no-untyped-call]
+        text = self._call("CLUSTER INFO", self.cluster.execute_command, "CLUSTER INFO", target_nodes=node)
+        info = (
+            text
+            if isinstance(text, dict)
+            else dict(
+                line.split(":", 1)
+                for line in str(text.decode() if isinstance(text, bytes) else text).splitlines()
+                if ":" in line
+            )
+        )
+        epoch = str(info.get("cluster_current_epoch", ""))
+        suspect, self._suspect = self._suspect, False
+        if self._epoch is not None and epoch == self._epoch and not suspect:
+            return
+        first, self._epoch = self._epoch is None, epoch
+        if first and not suspect:
+            return
+        stored = self._read_slot_checkpoints()
+        lost = [
+            (slot, [b"LOST" if stored.get(slot) is None else b"REWIND"])
+            for slot, position in self.slot_checkpoints.items()
+            if stored.get(slot) != position
+        ]
+        m.REDIS_TOPOLOGY_CHECKS.labels(outcome="lost" if lost else "whole").inc()
+        log.info(
+            "redis.slots_checked",
+            epoch=epoch,
+            reason="a step failed" if suspect else "the epoch moved",
+            slots=len(stored),
+            lost=len(lost),
+        )
+        if lost:
+            self._refused(lost)
 
     def _has(self, slot: int, new: str) -> bool:
         """Whether the slot's checkpoint has reached ``new`` already (a replay: skipped there)."""
@@ -343,3 +400,12 @@ class ClusterSink(RedisSink):
         node = self.cluster.get_node_from_key(self.keys.heartbeat)  # type: ignore[no-untyped-call]
         seconds, micros = self._call("TIME", self.cluster.time, target_nodes=node)
         return int(seconds) * 1000 + int(micros) // 1000
+
+
+def _field(info: object, name: str) -> str:
+    """A field of an INFO-style reply, parsed by redis-py (a dict) or not (``name:value`` lines)."""
+    if isinstance(info, dict):
+        return str(info.get(name, ""))
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return fields.get(name, "").strip()

@@ -340,9 +340,54 @@ def test_stamped_fill_and_hit(r: redis.Redis, acl: list[str]) -> None:
     assert lookup(r, acl, lk, "t2") == ["LEASE", b"6"]
 
 
+# ---- slot_apply.lua, tag_take.lua, heartbeat.lua's slot record (a cluster's scripts, on one node) ---------------
+
+CNS = Namespace("cdc", cluster=True)
+
+
+def slot_apply(
+    r: redis.Redis, users: list[str], slot: int, expected: str | None, new: str, key: str, fence: str = ""
+) -> list[object]:
+    COVERED.add("slot_apply")
+    keys = [CNS.slot_checkpoint(slot), CNS.slot_fence(slot), key, CNS.lease(key), CNS.inv(key)]
+    args = [expected or "", "1" if expected is not None else "0", new, 500, fence, "D"]
+    return names(run(r, users, "slot_apply", keys, args))
+
+
+def test_slot_apply_replies(r: redis.Redis, acl: list[str]) -> None:
+    r.set("u:1", "v")
+    assert slot_apply(r, acl, 7, None, "p1", "u:1") == ["OK"]
+    assert r.get("u:1") is None and r.get(CNS.slot_checkpoint(7)) == b"p1" and r.exists(CNS.inv("u:1"))
+    assert slot_apply(r, acl, 7, None, "p1", "u:1") == ["DUP"]
+    assert slot_apply(r, acl, 7, "p0", "p2", "u:1") == ["REWIND", b"p1"]
+    assert slot_apply(r, acl, 8, "p0", "p2", "u:1") == ["LOST"]
+    assert slot_apply(r, acl, 7, "p1", "p2", "u:1", fence="3") == ["OK"]
+    assert r.get(CNS.slot_fence(7)) == b"3"
+    r.set("u:1", "w")
+    assert slot_apply(r, acl, 7, "p2", "p3", "u:1", fence="2") == ["FENCED"]  # an older term
+    assert r.get("u:1") == b"w" and r.get(CNS.slot_checkpoint(7)) == b"p2"
+
+
+def test_tag_take_holds_the_tag_off_and_keeps_the_members(r: redis.Redis, acl: list[str]) -> None:
+    COVERED.add("tag_take")
+    tag, tinv = CNS.tag("s.t:a=1"), CNS.tinv("s.t:a=1")
+    r.sadd(tag, "m1", "m2")
+    assert sorted(run(r, acl, "tag_take", [tag, tinv], [300])) == [b"m1", b"m2"]  # type: ignore[type-var]
+    assert 0 < r.pttl(tinv) <= 300 and r.scard(tag) == 2  # (the caller removes them once evicted)
+
+
+def test_heartbeat_records_slot_checkpoints_with_the_beat(r: redis.Redis, acl: list[str]) -> None:
+    keys = [CNS.checkpoint, CNS.heartbeat, CNS.leader, CNS.slots]
+    r.set(CNS.checkpoint, "p5")
+    assert run(r, acl, "heartbeat", keys, ["p5", 100, "", 7, "p4", 9, "p5"]) == 1
+    assert r.hgetall(CNS.slots) == {b"7": b"p4", b"9": b"p5"} and r.get(CNS.heartbeat) == b"100"
+    assert run(r, acl, "heartbeat", keys, ["p0", 200, "", 7, "p9"]) == 0  # refused: nothing recorded
+    assert r.hget(CNS.slots, "7") == b"p4"
+
+
 def test_every_script_is_tested() -> None:
     """Runs last in this file (pytest keeps file order): each .lua file but the shared part was run above."""
-    assert set(scripts.names()) - {"evict_tag"} == COVERED
+    assert set(scripts.names()) - {"evict_tag", "apply_op"} == COVERED
 
 
 def test_an_undeclared_key_is_refused(r: redis.Redis, acl: list[str]) -> None:
