@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup servers sysbench test unit lint demo demo-sentinel consistency consistency-memory consistency-compressed consistency-gtid-resume bench clean
+.PHONY: setup servers sysbench test unit lint demo demo-sentinel demo-cluster consistency consistency-memory consistency-compressed consistency-gtid-resume bench clean
 
 setup: servers $(STAMP)
 
@@ -54,6 +54,9 @@ demo: setup
 
 demo-sentinel: setup
 	$(BIN)/python tools/demo.py --topology sentinel
+
+demo-cluster: setup
+	$(BIN)/python tools/demo.py --topology cluster
 
 # Benchmarks on throwaway servers: figures printed, written to bench/results.json (and bench/<scenario>.json),
 # then a summary of the targets.

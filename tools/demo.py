@@ -6,6 +6,8 @@ the Redis keys side by side every second. Ctrl-C stops everything and leaves not
 `--duration N` stops by itself after N seconds (used by the test suite). `--topology sentinel` keeps the cache
 on a Sentinel-managed master with a replica and three Sentinels instead, and fails it over half-way through
 (with `--duration`; every 20 s without): the worker follows, and the cache stays equal to the table.
+`--topology cluster` keeps it on a Redis Cluster of three primaries and three replicas, each slot written with its
+own checkpoint.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pymysql
 import redis
@@ -28,7 +31,15 @@ import redis.sentinel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.devservers import LocalServer, SentinelSet, start_mariadb, start_redis, start_sentinel_set
+from tools.devservers import (
+    LocalServer,
+    RedisClusterSet,
+    SentinelSet,
+    start_cluster,
+    start_mariadb,
+    start_redis,
+    start_sentinel_set,
+)
 
 NAMES = ["ada", "linus", "grace", "alan", "barbara", "ken", "margaret", "dennis", "edsger", "frances"]
 
@@ -96,7 +107,7 @@ def _writer(port: int, stop: threading.Event, stats: dict[str, int]) -> None:
     conn.close()
 
 
-def _snapshot(port: int, r: redis.Redis) -> tuple[list[str], bool]:
+def _snapshot(port: int, r: Any) -> tuple[list[str], bool]:
     conn = pymysql.connect(host="127.0.0.1", port=port, user="root", database="shop", autocommit=True)
     with conn.cursor(pymysql.cursors.DictCursor) as cur:
         cur.execute("SELECT id, email, name, balance FROM users ORDER BY id")
@@ -120,22 +131,31 @@ def _snapshot(port: int, r: redis.Redis) -> tuple[list[str], bool]:
     for key in extra:
         all_equal = False
         lines.append(f"{'(no row)':<52} | {key} = stale!")
-    checkpoint = r.get("cdc:checkpoint")
+    checkpoint = r.get("cdc:{cdc}:checkpoint" if isinstance(r, redis.RedisCluster) else "cdc:checkpoint")
     lines.append("")
     lines.append(
         f"checkpoint: {checkpoint.decode() if checkpoint else '-'}    "
-        f"keys: {r.dbsize()}    {'cache == database' if all_equal else 'catching up...'}"
+        f"keys: {_dbsize(r)}    {'cache == database' if all_equal else 'catching up...'}"
     )
     return lines, all_equal
+
+
+def _dbsize(r: Any) -> int:
+    if isinstance(r, redis.RedisCluster):
+        return int(r.dbsize(target_nodes=redis.RedisCluster.PRIMARIES))  # (summed over the primaries)
+    return int(r.dbsize())
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=0, help="stop after N seconds (0: until Ctrl-C)")
-    parser.add_argument("--topology", choices=("single", "sentinel"), default="single", help="the Redis side")
+    parser.add_argument(
+        "--topology", choices=("single", "sentinel", "cluster"), default="single", help="the Redis side"
+    )
     args = parser.parse_args()
     servers: list[LocalServer] = []
     sentinel_set: SentinelSet | None = None
+    cluster: RedisClusterSet | None = None
     worker: subprocess.Popen[bytes] | None = None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -144,7 +164,12 @@ def main() -> int:
         print(f"starting a throwaway MariaDB and Redis ({args.topology}) ...", flush=True)
         mariadb = start_mariadb()
         servers.append(mariadb)
-        if args.topology == "sentinel":
+        r: Any
+        if args.topology == "cluster":
+            cluster = start_cluster()
+            redis_section = f'url = "{cluster.url}"\ncluster = true'
+            r = redis.RedisCluster.from_url(cluster.url)
+        elif args.topology == "sentinel":
             sentinel_set = start_sentinel_set()
             addresses = ", ".join(f'"{a}"' for a in sentinel_set.addresses)
             redis_section = f'url = "redis:///0"\nsentinels = [{addresses}]\nmaster_name = "cache"'
@@ -177,7 +202,8 @@ def main() -> int:
                 start_new_session=True,  # Ctrl-C reaches only this script, which stops the worker with SIGTERM
             )
         deadline = time.monotonic() + 30
-        while r.get("cdc:checkpoint") is None:
+        home = "cdc:{cdc}:checkpoint" if cluster is not None else "cdc:checkpoint"
+        while r.get(home) is None:
             if worker.poll() is not None or time.monotonic() > deadline:
                 print(log_path.read_text(), file=sys.stderr)
                 return 1
@@ -243,6 +269,8 @@ def main() -> int:
             server.stop()
         if sentinel_set is not None:
             sentinel_set.stop()
+        if cluster is not None:
+            cluster.stop()
         print("demo stopped: worker and servers are down", flush=True)
 
 

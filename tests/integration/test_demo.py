@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("topology", ["single", "sentinel"])
+@pytest.mark.parametrize("topology", ["single", "sentinel", "cluster"])
 def test_demo_shows_live_sync_and_cleans_up(topology: str) -> None:
     """The demo (bounded by --duration) ends with the cache equal to the table and exits 0; on a Sentinel set it
     fails the master over half-way, and the worker follows."""
