@@ -11,7 +11,7 @@ import contextlib
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -48,7 +48,12 @@ def client_kwargs(cfg: RedisConfig) -> dict[str, Any]:
 def make_client(cfg: RedisConfig, **pool: Any) -> redis.Redis:
     """A redis-py client for ``cfg``: of the url's server, or of the master the Sentinels name, followed across
     failovers (each new connection asks the Sentinels; a connection to a demoted master fails and is replaced).
-    ``pool``: connection pool settings (``max_connections``, and ``timeout`` for a blocking pool)."""
+    ``pool``: connection pool settings (``max_connections``, and ``timeout`` for a blocking pool). A cluster
+    (``redis.cluster``): redis-py's cluster client, which has the same commands (routed by key; see
+    redis_cluster.py for what one step may touch)."""
+    if cfg.cluster:
+        pool.pop("timeout", None)  # (per-node pools, not blocking ones)
+        return cast(redis.Redis, redis.RedisCluster.from_url(cfg.url, **client_kwargs(cfg), **pool))
     if cfg.sentinels:
         pool_class = _BlockingSentinelPool if "timeout" in pool else redis.sentinel.SentinelConnectionPool
         manager = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
@@ -66,6 +71,9 @@ def make_client(cfg: RedisConfig, **pool: Any) -> redis.Redis:
 
 def make_async_client(cfg: RedisConfig, **pool: Any) -> redis.asyncio.Redis:
     """``make_client`` for asyncio."""
+    if cfg.cluster:
+        pool.pop("timeout", None)
+        return cast(redis.asyncio.Redis, redis.asyncio.RedisCluster.from_url(cfg.url, **client_kwargs(cfg), **pool))
     if cfg.sentinels:
         manager = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
             list(cfg.sentinels), sentinel_kwargs=sentinel_kwargs(cfg)
@@ -103,6 +111,26 @@ def sentinel_kwargs(cfg: RedisConfig) -> dict[str, Any]:
         kwargs["ssl"] = True
         kwargs.update({k: v for k, v in client_kwargs(cfg).items() if k.startswith("ssl_")})
     return kwargs
+
+
+def cluster_eval(client: Any, calls: Sequence[tuple[Script, Sequence[Any], Sequence[Any]]]) -> list[Any]:
+    """Script calls in one Redis Cluster pipeline, each routed by its keys' slot. redis-py's cluster pipeline refuses
+    ``evalsha()``, since a node may lack the script: the raw command is queued instead, and on NOSCRIPT (a node
+    after a failover or a restart) every script of the calls is loaded on every node and the calls run again. Only
+    for calls that may run twice: the worker's steps reply DUP, a reader's lookups and fills are guarded by their
+    lease."""
+    for attempt in (1, 2):
+        pipe = client.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            return list(pipe.execute(raise_on_error=True))
+        except redis.exceptions.NoScriptError:
+            if attempt == 2:
+                raise
+            for script in {id(s): s for s, _, _ in calls}.values():
+                client.script_load(script.script)
+    raise AssertionError("unreachable")
 
 
 class _BlockingSentinelPool(redis.sentinel.SentinelConnectionPool, redis.BlockingConnectionPool):

@@ -34,6 +34,7 @@ from cdc_sync.adapters.redis import (
     FLUSH_MARKER_TTL_MS,
     RedisSink,
     client_kwargs,
+    cluster_eval,
     encode_ops,
     redis_error,
 )
@@ -253,22 +254,7 @@ class ClusterSink(RedisSink):
         return super().apply(counts, expected, new)
 
     def _run_scripts(self, calls: Sequence[tuple[Any, Sequence[str], Sequence[bytes | str | int]]]) -> list[Any]:
-        """Run script calls in one cluster pipeline, each routed by its keys' slot (redis-py's cluster pipeline
-        refuses ``evalsha()``, since a node may lack the script: the raw command is queued instead). A node that
-        does not know a script (NOSCRIPT: after a failover or a restart) gets every script loaded, and the calls run
-        again (each is idempotent: a step applied already replies DUP)."""
-        for attempt in (1, 2):
-            pipe = self._pipe()
-            for script, keys, args in calls:
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            try:
-                return list(pipe.execute(raise_on_error=True))
-            except redis.exceptions.NoScriptError:
-                if attempt == 2:
-                    raise
-                for loaded in (self._slot_apply, self._tag_take):
-                    self.cluster.script_load(loaded.script)
-        raise AssertionError("unreachable")
+        return cluster_eval(self.cluster, calls)
 
     # ---- tags ----------------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from cdc_sync.config import Config, TableRule
 from cdc_sync.core.canonical import ColumnInfo
 from cdc_sync.core.codec import encode_hash, encode_json
 from cdc_sync.core.keys import KeyTemplate
-from cdc_sync.errors import CacheUnavailable, CdcSyncError, ConfigError
+from cdc_sync.errors import CacheUnavailable, CdcSyncError
 from cdc_sync.reader.protocol import (
     NEGATIVE,
     NO_EPOCH,
@@ -122,8 +122,7 @@ class _ReaderBase:
     def __init__(self, config: Config, loader: RowLoader | None = None) -> None:
         self.config = config
         self.cfg = config.reader
-        if config.redis.cluster:
-            raise ConfigError("redis.cluster: the reader does not run on a Redis Cluster yet (the worker does)")
+        self.cluster = config.redis.cluster  # two scripts per lookup and per fill (reader/cluster.py)
         self.ns = config.redis.namespace
         self.keys = config.redis.names
         self.stats = ReaderStats()

@@ -53,7 +53,7 @@ import redis.asyncio
 from cdc_sync import config as config_mod
 from cdc_sync import scripts
 from cdc_sync.adapters.mysql import RowLoader
-from cdc_sync.adapters.redis import make_async_client, make_client
+from cdc_sync.adapters.redis import cluster_eval, make_async_client, make_client
 from cdc_sync.config import Config
 from cdc_sync.core.codec import json_default
 from cdc_sync.errors import CacheUnavailable
@@ -76,9 +76,8 @@ class CacheReader(_ReaderBase):
     def __init__(self, config: Config, client: redis.Redis | None = None, loader: RowLoader | None = None) -> None:
         super().__init__(config, loader)
         self.redis = client if client is not None else _client(config)
-        self._scripts = {
-            name: self.redis.register_script(scripts.source(name)) for name in ("lookup", "fill", "release")
-        }
+        names = flow.CLUSTER_SCRIPTS if self.cluster else flow.SCRIPTS
+        self._scripts = {name: self.redis.register_script(scripts.source(name)) for name in names}
 
     @classmethod
     def from_config(cls, path: str | None = None) -> CacheReader:
@@ -167,7 +166,7 @@ class CacheReader(_ReaderBase):
         finally:
             steps.close()  # (a flow left mid-way, by an error here, ends now, not at garbage collection)
 
-    def _perform(self, step: flow.PlainGet | flow.Script | flow.Batch) -> flow.Reply:
+    def _perform(self, step: flow.PlainGet | flow.Script | flow.Batch | flow.Unlink) -> flow.Reply:
         sent = time.monotonic()
         try:
             value: Any
@@ -182,6 +181,13 @@ class CacheReader(_ReaderBase):
                     value = (raw, seen)
             elif isinstance(step, flow.Script):
                 value = self._scripts[step.name](keys=step.keys, args=step.args)
+            elif isinstance(step, flow.Unlink):
+                with self.redis.pipeline(transaction=False) as pipe:
+                    for group in step.groups:
+                        pipe.unlink(*group)
+                    value = pipe.execute()
+            elif self.cluster:
+                value = cluster_eval(self.redis, [(self._scripts[c.name], c.keys, c.args) for c in step.scripts])
             else:
                 with self.redis.pipeline(transaction=False) as pipe:
                     for script in step.scripts:
@@ -193,7 +199,8 @@ class CacheReader(_ReaderBase):
 
     def close(self) -> None:
         self.redis.close()
-        self.redis.connection_pool.disconnect()
+        if not self.cluster:
+            self.redis.connection_pool.disconnect()
         self.row_loader.close()
 
 
@@ -209,7 +216,8 @@ class AsyncCacheReader(_ReaderBase):
 
     def _use(self, client: redis.asyncio.Redis) -> None:
         self.redis = client
-        self._scripts = {name: client.register_script(scripts.source(name)) for name in ("lookup", "fill", "release")}
+        names = flow.CLUSTER_SCRIPTS if self.cluster else flow.SCRIPTS
+        self._scripts = {name: client.register_script(scripts.source(name)) for name in names}
 
     def _after_fork(self) -> None:
         """In a forked child: the redis.asyncio pool (unlike the sync one) never checks the pid, and its
@@ -301,7 +309,7 @@ class AsyncCacheReader(_ReaderBase):
         finally:
             steps.close()  # (a flow left mid-way, by an error here, ends now, not at garbage collection)
 
-    async def _perform(self, step: flow.PlainGet | flow.Script | flow.Batch) -> flow.Reply:
+    async def _perform(self, step: flow.PlainGet | flow.Script | flow.Batch | flow.Unlink) -> flow.Reply:
         sent = time.monotonic()
         try:
             value: Any
@@ -318,6 +326,13 @@ class AsyncCacheReader(_ReaderBase):
                     value = (raw, seen)
             elif isinstance(step, flow.Script):
                 value = await self._scripts[step.name](keys=step.keys, args=step.args)
+            elif isinstance(step, flow.Unlink):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for group in step.groups:
+                        pipe.unlink(*group)
+                    value = await pipe.execute()
+            elif self.cluster:
+                value = await self._cluster_batch(step)
             else:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for script in step.scripts:
@@ -327,8 +342,26 @@ class AsyncCacheReader(_ReaderBase):
             return flow.Reply(error=exc, sent=sent, received=time.monotonic())
         return flow.Reply(value, sent=sent, received=time.monotonic())
 
+    async def _cluster_batch(self, step: flow.Batch) -> list[Any]:
+        """``cluster_eval`` (adapters/redis.py), awaited."""
+        for attempt in (1, 2):
+            pipe = self.redis.pipeline(transaction=False)
+            for c in step.scripts:
+                pipe.execute_command("EVALSHA", self._scripts[c.name].sha, len(c.keys), *c.keys, *c.args)
+            try:
+                return list(await pipe.execute(raise_on_error=True))
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                for c in step.scripts:
+                    await self.redis.script_load(self._scripts[c.name].script)
+        raise AssertionError("unreachable")
+
     async def close(self) -> None:
-        await self.redis.aclose(close_connection_pool=True)
+        if self.cluster:
+            await self.redis.aclose()  # (a cluster client closes its nodes' pools)
+        else:
+            await self.redis.aclose(close_connection_pool=True)
         self.row_loader.close()
 
 

@@ -10,7 +10,11 @@ A flow yields one of:
 * ``Batch``: several ``Script`` calls in one pipeline; reply value the list of their replies;
 * ``Load``: call the lookup's loader with the lease's schema epochs; reply value its ``Loaded``. A loader that
   raises is thrown into the flow (it gives a held lease back, then the error goes on to the caller);
-* ``Sleep``: wait that long (a lease holder's fill is awaited).
+* ``Sleep``: wait that long (a lease holder's fill is awaited);
+* ``Unlink``: delete keys, each group in one slot (a Redis Cluster: a fill its gate refused is deleted again).
+
+On a Redis Cluster a lookup and a fill are each two scripts in one pipeline (reader/cluster.py), whose replies are
+combined into the one-node replies before the flow goes on.
 
 and returns the lookup's result. A Redis error comes back as ``Reply.error`` (the driver catches only redis-py's
 errors); the flow decides what it means (bypass to MySQL, or ``CacheUnavailable`` in strict mode).
@@ -25,17 +29,21 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from cdc_sync import scripts
+from cdc_sync.reader import cluster
 from cdc_sync.reader.protocol import (
     NEGATIVE,
     Lookup,
     ScriptArg,
     epoch_of,
+    stamp_of,
 )
 
 if TYPE_CHECKING:  # (the reader's shared state and decisions; base.py imports the MySQL driver)
     from cdc_sync.reader.base import Epochs, Loaded, Payload, _ReaderBase
 
-ScriptName = Literal["lookup", "fill", "release"]
+ScriptName = Literal["lookup", "fill", "release", "gate", "slot_lookup", "tag_join", "slot_fill"]
+SCRIPTS: tuple[ScriptName, ...] = ("lookup", "fill", "release")
+CLUSTER_SCRIPTS: tuple[ScriptName, ...] = ("release", "gate", "slot_lookup", "tag_join", "slot_fill")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +75,12 @@ class Sleep:
     seconds: float
 
 
-Step = PlainGet | Script | Batch | Load | Sleep
+@dataclass(frozen=True, slots=True)
+class Unlink:
+    groups: list[list[str]]  # each group's keys in one slot
+
+
+Step = PlainGet | Script | Batch | Load | Sleep | Unlink
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +100,7 @@ Flow = Generator[Step, Reply, Any]
 def lookup(core: _ReaderBase, lk: Lookup, now: float) -> Flow:
     """One cache-aside lookup (``now``: the monotonic clock as it starts): a plain read inside the trust window,
     else the lookup script, then a hit, a bypass, a lease (load, fill) or a wait for another holder's fill."""
-    if core.window.is_open(now):
+    if not core.cluster and core.window.is_open(now):
         reply = yield PlainGet(lk.key, core.plain_keys(lk), lk.fmt == "h")
         if reply.error is not None:
             core._redis_failed(reply.error, lk.key)
@@ -100,7 +113,10 @@ def lookup(core: _ReaderBase, lk: Lookup, now: float) -> Flow:
     keys, args = core.lookup_plan(lk, token)
     deadline: float | None = None
     while True:
-        reply = yield Script("lookup", keys, args)
+        if core.cluster:
+            reply = _only((yield from _cluster_lookups(core, [(lk, token)])))
+        else:
+            reply = yield Script("lookup", keys, args)
         if reply.error is not None:
             core._redis_failed(reply.error, lk.key)
             return (yield from _bypass(core, lk, "redis_error"))
@@ -157,8 +173,12 @@ def _load_and_fill(core: _ReaderBase, lk: Lookup, token: str, epochs: Epochs) ->
     if fill is None or ttl_ms is None:
         yield from _release(core, lk, token)
     else:
-        keys, args = lk.fill_args(core.keys, token, core.jittered(ttl_ms), fill, epochs)
-        reply = yield Script("fill", keys, args)
+        if core.cluster:
+            item = (lk, token, core.jittered(ttl_ms), fill, epochs)
+            reply = _only((yield from _cluster_fills(core, [item])))
+        else:
+            keys, args = lk.fill_args(core.keys, token, core.jittered(ttl_ms), fill, epochs)
+            reply = yield Script("fill", keys, args)
         if reply.error is not None:
             core._redis_failed(reply.error, lk.key)
         else:
@@ -197,16 +217,17 @@ def fill_rows(
             if epoch is not None:
                 lk = replace(lk, epochs=(epoch,))
             lookups.append((lk, core.token(), core.encode_row(lk, row)))
-    leases: list[Script] = []
-    for lk, token, _ in lookups:
-        keys, args = lk.lookup_args(core.keys, core.cfg, token)
-        leases.append(Script("lookup", keys, args))
-    reply = yield Batch(leases)
+    if core.cluster:
+        reply = yield from _cluster_lookups(core, [(lk, token) for lk, token, _ in lookups])
+    else:
+        leases = [Script("lookup", *lk.lookup_args(core.keys, core.cfg, token)) for lk, token, _ in lookups]
+        reply = yield Batch(leases)
     if reply.error is not None:
         raise reply.error
     too_slow = reply.received - selected_at > core.cfg.holdoff_ms / 2000
     second: list[Script] = []
     is_fill: list[bool] = []  # per queued script: a fill (counted) or a lease given back
+    cluster_fills: list[tuple[Lookup, str, int, Payload, Epochs]] = []
     bypass: Counter[str] = Counter()
     for (lk, token, payload), lease in zip(lookups, reply.value, strict=True):
         kind = scripts.reply_name(lease[0])
@@ -227,6 +248,9 @@ def fill_rows(
             is_fill.append(False)
             continue
         epochs = (epoch,) if epoch is not None else tuple(epoch_of(e) for e in lease[1:])
+        if core.cluster:
+            cluster_fills.append((lk, token, core.jittered(lk.ttl_ms), payload, epochs))
+            continue
         keys, args = lk.fill_args(core.keys, token, core.jittered(lk.ttl_ms), payload, epochs)
         second.append(Script("fill", keys, args))
         is_fill.append(True)
@@ -236,6 +260,12 @@ def fill_rows(
         if reply.error is not None:
             raise reply.error
         results = reply.value
+    if cluster_fills:
+        reply = yield from _cluster_fills(core, cluster_fills)
+        if reply.error is not None:
+            raise reply.error
+        is_fill += [True] * len(cluster_fills)
+        results += reply.value
     filled = 0
     for fill, reply_name in zip(is_fill, results, strict=True):
         stored = scripts.reply_name(reply_name)
@@ -247,3 +277,77 @@ def fill_rows(
             bypass["schema_changed"] += 1
             core.schema_changed([table])
     return filled, len(lookups) - filled, dict(bypass)
+
+
+# ---- a Redis Cluster (reader/cluster.py) ---------------------------------------------------------------------
+
+
+def _only(reply: Reply) -> Reply:
+    """The reply of a one-item cluster step."""
+    return reply if reply.error is not None else replace(reply, value=reply.value[0])
+
+
+def _cluster_lookups(core: _ReaderBase, items: Sequence[tuple[Lookup, str]]) -> Generator[Step, Reply, Reply]:
+    """lookup.lua's replies for ``items`` (lookup, lease token) on a cluster: each lookup's gate and slot scripts
+    in one pipeline, then the tag joins of the leases taken, then the leases to give back, in one pipeline each."""
+    calls: list[Script] = []
+    for lk, token in items:
+        calls.append(Script("gate", *cluster.gate(core.keys, core.cfg, lk)))
+        calls.append(Script("slot_lookup", *cluster.slot_lookup(core.keys, core.cfg, lk, token)))
+    first = yield Batch(calls)
+    if first.error is not None:
+        return first
+    out: list[list[Any]] = []
+    give_back: list[int] = []
+    joins: list[tuple[int, Script]] = []
+    for i, (lk, _token) in enumerate(items):
+        combined, release = cluster.combine_lookup(lk, first.value[2 * i], first.value[2 * i + 1])
+        out.append(combined)
+        if release:
+            give_back.append(i)
+        elif combined[0] == scripts.LEASE:
+            joins += [(i, Script("tag_join", keys, args)) for keys, args in cluster.tag_joins(core.keys, core.cfg, lk)]
+    if joins:
+        joined = yield Batch([step for _, step in joins])
+        if joined.error is not None:
+            yield from _give_back(core, [items[i] for i in dict.fromkeys(i for i, _ in joins)])
+            return joined
+        for i in dict.fromkeys(i for (i, _), ok in zip(joins, joined.value, strict=True) if int(ok) != 1):
+            out[i] = [scripts.BYPASS, b"holdoff"]  # a tag just evicted: held off as on one node
+            give_back.append(i)
+    if give_back:
+        yield from _give_back(core, [items[i] for i in give_back])
+    return Reply(out, sent=first.sent, received=first.received)
+
+
+def _give_back(core: _ReaderBase, items: Sequence[tuple[Lookup, str]]) -> Generator[Step, Reply, None]:
+    reply = yield Batch([Script("release", [core.keys.lease(lk.key)], [token]) for lk, token in items])
+    if reply.error is not None:  # (the leases expire by themselves)
+        core._redis_failed(reply.error, items[0][0].key)
+
+
+def _cluster_fills(
+    core: _ReaderBase, items: Sequence[tuple[Lookup, str, int, Payload, Epochs]]
+) -> Generator[Step, Reply, Reply]:
+    """fill.lua's replies for ``items`` (lookup, token, ttl, payload, the lease's epochs) on a cluster: each fill's
+    gate and slot scripts in one pipeline; fills the gate refuses are deleted again."""
+    calls: list[Script] = []
+    for lk, token, ttl_ms, payload, epochs in items:
+        stamp = stamp_of(epochs) if epochs else ""
+        calls.append(Script("gate", *cluster.gate(core.keys, core.cfg, lk, epochs)))
+        calls.append(Script("slot_fill", *cluster.slot_fill(core.keys, lk, token, ttl_ms, payload, stamp)))
+    reply = yield Batch(calls)
+    if reply.error is not None:
+        return reply
+    out: list[str] = []
+    undo: list[list[str]] = []
+    for i, (lk, *_rest) in enumerate(items):
+        outcome, delete = cluster.combine_fill(reply.value[2 * i], reply.value[2 * i + 1])
+        out.append(outcome)
+        if delete:
+            undo.append([lk.key, core.keys.stamp(lk.key)])
+    if undo:
+        done = yield Unlink(undo)
+        if done.error is not None:
+            core._redis_failed(done.error, undo[0][0])
+    return Reply(out, sent=reply.sent, received=reply.received)

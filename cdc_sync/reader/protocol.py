@@ -76,6 +76,16 @@ class Lookup:
     # flush bumps them, so it invalidates the result even when Redis evicted the tag set that leads to it)
     stamped: bool = False
 
+    def tag_ttl(self, cfg: config_mod.ReaderConfig) -> int:
+        """The tag sets must outlive whatever this key may be filled with (a value, or a cached absence)."""
+        return max(self.ttl_ms, cfg.negative_ttl * 1000) + cfg.lease_ttl_ms if self.ttl_ms else 0
+
+    def rules_argv(self) -> list[ScriptArg]:
+        return self._rules_argv()
+
+    def epochs_argv(self, epochs: Sequence[str] | None = None) -> list[str]:
+        return self._epochs(epochs)
+
     def _rules_argv(self) -> list[ScriptArg]:
         out: list[ScriptArg] = []
         for table, digest in zip(self.tables, self.digests, strict=True):
@@ -98,9 +108,8 @@ class Lookup:
         keys += [ns.schema(t) for t in self.tables]
         if self.stamped:
             keys.append(ns.stamp(self.key))
-        # the tag sets must outlive whatever this key may be filled with (a value, or a cached absence)
-        tag_ttl = max(self.ttl_ms, cfg.negative_ttl * 1000) + cfg.lease_ttl_ms if self.ttl_ms else 0
-        args: list[ScriptArg] = [cfg.max_staleness_ms, cfg.lease_ttl_ms, token, len(self.tables), self.fmt, tag_ttl]
+        args: list[ScriptArg] = [cfg.max_staleness_ms, cfg.lease_ttl_ms, token, len(self.tables), self.fmt]
+        args.append(self.tag_ttl(cfg))
         args.append(len(self.tags))
         args += self._rules_argv()
         args += self._epochs()

@@ -11,13 +11,16 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pymysql
 import pytest
 import redis
 
+from cdc_sync import AsyncCacheReader, CacheReader
+from cdc_sync.config import load
 from cdc_sync.core.keys import Namespace, key_slot, slot_tag
-from tests.helpers import WorkerProcess, server_position, wait_for, write_config
+from tests.helpers import AsyncDriven, WorkerProcess, server_position, wait_for, write_config
 from tests.servers import MySQLTarget, RedisTarget
 from tools.devservers import RedisClusterSet, cluster_info, cluster_nodes, start_cluster
 
@@ -192,3 +195,114 @@ def test_a_primary_failover_that_loses_writes_is_replayed_in_its_slots(
     rc = _client(cluster)
     assert [_names(rc, range(i, i + 1))[0] for i in lost] == ["v2"] * len(lost)
     assert _names(rc, range(kept, kept + 1)) == ["by hand"], "a slot that had the changes was not replayed into"
+
+
+@pytest.fixture(params=["sync", "async"])
+def driver(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _reader(cfg: Path, driver: str) -> Any:
+    config = load(cfg)
+    if driver == "sync":
+        return CacheReader(config)
+    return AsyncDriven(AsyncCacheReader(config))
+
+
+def test_the_reader_on_a_cluster(
+    tmp_path: Path,
+    mysql_server: MySQLTarget,
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    cluster: RedisClusterSet,
+    workers: list[WorkerProcess],
+    driver: str,
+) -> None:
+    """Hits, a miss filled under its lease, a dependency tag evicted by the worker, and a slot whose checkpoint is
+    behind what the heartbeat recorded (its keys bypass): the reader's gate and slot scripts on a real cluster."""
+    with sql.cursor() as cur:
+        cur.execute("CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(20))")
+        cur.execute("CREATE TABLE orders (id INT PRIMARY KEY, user_id INT)")
+        cur.execute("INSERT INTO users VALUES " + ", ".join(f"({i}, 'v0')" for i in range(1, 11)))
+    w = _start(tmp_path, mysql_server, cluster, db, workers)
+    with sql.cursor() as cur:
+        cur.execute("UPDATE users SET name = 'v1'")
+    _caught_up(cluster, sql, w)
+    rc = _client(cluster)
+    wait_for(lambda: rc.hget(NS.slots, key_slot("user:1")), 30, "the heartbeat to record user:1's slot")
+    reader = _reader(tmp_path / "w.toml", driver)
+    try:
+        assert reader.get_row(f"{db}.users", id=1) == {"id": 1, "name": "v1"}
+        assert reader.stats["hit"] == 1
+        rc.delete("user:2")
+        assert reader.get_row(f"{db}.users", id=2) == {"id": 2, "name": "v1"}  # a miss, filled
+        assert reader.stats["fill:stored"] == 1 and json.loads(rc.get("user:2"))["name"] == "v1"
+        assert reader.get_row(f"{db}.users", id=2) == {"id": 2, "name": "v1"} and reader.stats["hit"] == 2
+
+        calls: list[int] = []
+
+        def orders_of_5() -> list[int]:
+            calls.append(1)
+            return [len(calls)]
+
+        dep = [(f"{db}.orders", {"user_id": 5})]
+        assert reader.fetch("view:orders:5", orders_of_5, ttl=60, depends_on=dep) == [1]
+        assert reader.fetch("view:orders:5", orders_of_5, ttl=60, depends_on=dep) == [1]  # a hit
+        with sql.cursor() as cur:
+            cur.execute("INSERT INTO orders VALUES (1, 5)")
+        _caught_up(cluster, sql, w)
+        wait_for(lambda: rc.get("view:orders:5") is None, 30, "the tag's member evicted in its slot")
+        wait_for(lambda: rc.get(NS.tinv(f"{db}.orders:user_id=5")) is None, 30, "the tag's hold-off to end")
+        assert reader.fetch("view:orders:5", orders_of_5, ttl=60, depends_on=dep) == [2]
+
+        # the slot of user:3 lost writes (as after a failover): the heartbeat recorded a later checkpoint there
+        slot = key_slot("user:3")
+        recorded = rc.hget(NS.slots, slot) or rc.get(NS.slot_checkpoint(slot))
+        assert recorded is not None
+        rc.set(NS.slot_checkpoint(slot), "0-1-1")
+        before = reader.stats["bypass:slot_behind"]
+        assert reader.get_row(f"{db}.users", id=3) == {"id": 3, "name": "v1"}  # from MySQL
+        assert reader.stats["bypass:slot_behind"] == before + 1
+        assert reader.stats["hit"] == 3  # (not a hit)
+    finally:
+        reader.close()
+
+
+def test_a_fill_races_a_tag_eviction_on_a_cluster(
+    tmp_path: Path,
+    mysql_server: MySQLTarget,
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    cluster: RedisClusterSet,
+    workers: list[WorkerProcess],
+) -> None:
+    """The tag set sits in one slot, the member in another. The reader holds its lease and has joined the tag; the
+    change that evicts the tag commits and is applied while the loader runs (after it read the old value): the
+    worker deletes the member's lease in the member's slot, so the old value is never stored."""
+    with sql.cursor() as cur:
+        cur.execute("CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(20))")
+        cur.execute("CREATE TABLE orders (id INT PRIMARY KEY, user_id INT)")
+    w = _start(tmp_path, mysql_server, cluster, db, workers)
+    _caught_up(cluster, sql, w)
+    rc = _client(cluster)
+    key, tag = "view:race", f"{db}.orders:user_id=7"
+    assert key_slot(NS.tag(tag)) != key_slot(key)
+    reader = CacheReader(load(tmp_path / "w.toml"))
+    try:
+        wait_for(lambda: rc.get(NS.heartbeat), 30, "a heartbeat")
+
+        def stale_loader() -> str:
+            old = "before the insert"
+            assert rc.sismember(NS.tag(tag), key), "joined the tag before loading"
+            with sql.cursor() as cur:
+                cur.execute("INSERT INTO orders VALUES (1, 7)")
+            wait_for(lambda: rc.get(NS.lease(key)) is None, 30, "the worker to evict the member and its lease")
+            return old
+
+        assert reader.fetch(key, stale_loader, ttl=60, depends_on=[(f"{db}.orders", {"user_id": 7})]) == (
+            "before the insert"
+        )
+        assert rc.get(key) is None, "the old value was not stored"
+        assert reader.stats["fill:lost"] == 1
+    finally:
+        reader.close()

@@ -10,13 +10,15 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import pytest
 import redis
 
 from cdc_sync import scripts
 from cdc_sync.config import ReaderConfig
-from cdc_sync.core.keys import Namespace, glob_escape
+from cdc_sync.core.keys import Namespace, glob_escape, key_slot
+from cdc_sync.reader import cluster
 from cdc_sync.reader.protocol import Lookup
 from tests.servers import RedisTarget
 
@@ -383,6 +385,60 @@ def test_heartbeat_records_slot_checkpoints_with_the_beat(r: redis.Redis, acl: l
     assert r.hgetall(CNS.slots) == {b"7": b"p4", b"9": b"p5"} and r.get(CNS.heartbeat) == b"100"
     assert run(r, acl, "heartbeat", keys, ["p0", 200, "", 7, "p9"]) == 0  # refused: nothing recorded
     assert r.hget(CNS.slots, "7") == b"p4"
+
+
+# ---- gate.lua, slot_lookup.lua, tag_join.lua, slot_fill.lua (a cluster reader's scripts, on one node) -----------
+
+
+def _cluster_call(r: redis.Redis, users: list[str], name: str, call: tuple[list[str], list[object]]) -> object:
+    COVERED.add(name)
+    return run(r, users, name, *call)
+
+
+def test_gate_replies(r: redis.Redis, acl: list[str]) -> None:
+    cfg = ReaderConfig(max_staleness_ms=2000)
+    lk = _lookup(key="k:1")
+    assert names(_cluster_call(r, acl, "gate", cluster.gate(CNS, cfg, lk)))[0] == "no_heartbeat"
+    seconds, micros = r.time()
+    r.set(CNS.heartbeat, seconds * 1000 + micros // 1000)
+    r.hset(CNS.rules, TABLE, FINGERPRINT)
+    r.hset(CNS.slots, str(key_slot("k:1")), "p7")
+    r.set(CNS.schema(TABLE), "4")
+    status, fresh, _hb, recorded, why, table, epoch = names(_cluster_call(r, acl, "gate", cluster.gate(CNS, cfg, lk)))
+    assert (status, recorded, why, table, epoch) == ("OK", b"p7", b"", b"", b"4") and 0 < int(fresh) <= 2000  # type: ignore[call-overload]
+    assert names(_cluster_call(r, acl, "gate", cluster.gate(CNS, cfg, _lookup(epochs=("3",)))))[4] == b"schema_changed"
+    r.hset(CNS.rules, TABLE, "another rule")
+    assert names(_cluster_call(r, acl, "gate", cluster.gate(CNS, cfg, lk)))[4:6] == [b"rule_mismatch", TABLE.encode()]
+    r.set(CNS.flushing(TABLE), "1")
+    assert names(_cluster_call(r, acl, "gate", cluster.gate(CNS, cfg, lk)))[0] == "flushing"
+
+
+def test_slot_lookup_tag_join_and_slot_fill(r: redis.Redis, acl: list[str]) -> None:
+    cfg = ReaderConfig(lease_ttl_ms=3000)
+    lk = _lookup(key="k:1", tags=("s.t:a=1",), ttl_ms=60000)
+    r.set(CNS.slot_checkpoint(key_slot("k:1")), "p3")
+    assert names(_cluster_call(r, acl, "slot_lookup", cluster.slot_lookup(CNS, cfg, lk, "tok"))) == ["LEASE", b"p3"]
+    assert names(_cluster_call(r, acl, "slot_lookup", cluster.slot_lookup(CNS, cfg, lk, "other"))) == ["WAIT"]
+    [join] = cluster.tag_joins(CNS, cfg, lk)
+    assert _cluster_call(r, acl, "tag_join", join) == 1 and r.smembers(CNS.tag("s.t:a=1")) == {b"k:1"}
+    assert 0 < r.pttl(CNS.tag("s.t:a=1")) <= 63000
+    r.set(CNS.tinv("s.t:a=1"), "1")
+    assert _cluster_call(r, acl, "tag_join", join) == 0  # held off
+    stamped = replace(lk, stamped=True)
+    assert (
+        scripts.reply_name(_cluster_call(r, acl, "slot_fill", cluster.slot_fill(CNS, stamped, "x", 0, b"1", "4")))
+        == "LOST"
+    )
+    assert (
+        scripts.reply_name(_cluster_call(r, acl, "slot_fill", cluster.slot_fill(CNS, stamped, "tok", 0, b"1", "4")))
+        == "STORED"
+    )
+    assert r.get("k:1") == b"1" and r.get(CNS.stamp("k:1")) == b"4" and r.get(CNS.lease("k:1")) is None
+    hit = names(_cluster_call(r, acl, "slot_lookup", cluster.slot_lookup(CNS, cfg, stamped, "t")))
+    assert hit == ["HIT", b"1", b"p3", b"4"]
+    r.delete("k:1")
+    r.set(CNS.inv("k:1"), "1")
+    assert names(_cluster_call(r, acl, "slot_lookup", cluster.slot_lookup(CNS, cfg, lk, "t"))) == ["BYPASS", b"holdoff"]
 
 
 def test_every_script_is_tested() -> None:
