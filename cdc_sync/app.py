@@ -19,8 +19,7 @@ from cdc_sync import logs
 from cdc_sync import metrics as m
 from cdc_sync.adapters.binlog import BinlogSource
 from cdc_sync.adapters.mysql import MySQLAdmin
-from cdc_sync.adapters.redis import RedisSink
-from cdc_sync.adapters.redis_cluster import ClusterSink
+from cdc_sync.adapters.redis_cluster import make_sink
 from cdc_sync.config import Config
 from cdc_sync.errors import CdcSyncError, ConfigError, Fenced, ServerRefused, SinkUnavailable
 from cdc_sync.ops import doctor
@@ -45,8 +44,7 @@ class Service:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        sink_class = ClusterSink if config.redis.cluster else RedisSink
-        self.sink = sink_class(config.redis, holdoff_ms=config.reader.holdoff_ms)
+        self.sink = make_sink(config.redis, holdoff_ms=config.reader.holdoff_ms)
         self.backoff = ExponentialWithJitterBackoff(cap=config.worker.retry_max_s, base=config.worker.retry_initial_s)
         self.notifier = Notifier()  # (one per process: its watchdog pings are rate-limited across HA terms)
         self.worker = self._new_worker()

@@ -55,6 +55,11 @@ def make_cluster_client(cfg: RedisConfig, **pool: Any) -> redis.RedisCluster:
     return redis.RedisCluster.from_url(cfg.url, **client_kwargs(cfg), **pool)
 
 
+def make_sink(cfg: RedisConfig, holdoff_ms: int) -> RedisSink:
+    """The sink for ``cfg``: one Redis (or a Sentinel's master), or a cluster."""
+    return ClusterSink(cfg, holdoff_ms) if cfg.cluster else RedisSink(cfg, holdoff_ms)
+
+
 class ClusterSink(RedisSink):
     """RedisSink for a Redis Cluster (see the module docstring)."""
 
@@ -275,7 +280,7 @@ class ClusterSink(RedisSink):
         names = [m for ms in members.values() for m in ms]
         pipe = self._pipe()
         for name in names:
-            pipe.delete(name, self.keys.lease(name))
+            pipe.execute_command("DEL", name, self.keys.lease(name))  # (no multi-key delete() in a cluster pipeline)
             if self.holdoff_ms > 0:
                 pipe.set(self.keys.inv(name), "1", px=self.holdoff_ms)
         if names:
@@ -326,7 +331,7 @@ class ClusterSink(RedisSink):
             by_slot.setdefault(key_slot(k), []).append(k)
         pipe = self._pipe()
         for names in by_slot.values():
-            pipe.unlink(*names)
+            pipe.execute_command("UNLINK", *names)
         return sum(int(n) for n in self._call("flush unlink", pipe.execute))
 
     def _step(self, op: str, keys: Sequence[bytes | str], ms: int = 0) -> int:

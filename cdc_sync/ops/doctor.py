@@ -359,10 +359,38 @@ def _redis_checks(config: Config) -> list[Check]:
         return [Check("redis.connect", FAIL, f"{where}: {plain_redis_error(exc)}", fix, blocking=False)]
     out = [Check("redis.connect", PASS, f"Redis {server.get('redis_version', '?')} at {where}")]
     out.append(_eviction_check(client))
-    out.append(_replication_check(client, config))
+    out.append(_cluster_check(client, config) if config.redis.cluster else _replication_check(client, config))
     out.append(_acl_check(client, config.redis.namespace, config.tables))
     client.close()
     return out
+
+
+def _cluster_check(client: redis.Redis, config: Config) -> Check:
+    """A cluster: every primary answers with cluster_state ok and every slot is served."""
+    name = "redis.cluster"
+    try:
+        states = client.execute_command(  # type: ignore[no-untyped-call]
+            "CLUSTER INFO", target_nodes=redis.RedisCluster.PRIMARIES
+        )
+    except redis.RedisError as exc:
+        return Check(name, FAIL, f"cannot read CLUSTER INFO: {plain_redis_error(exc)}", "check that every node runs")
+    replies = states.values() if isinstance(states, dict) and "cluster_state" not in states else [states]
+    fields = [_info_fields(r) for r in replies]
+    bad = [f for f in fields if f.get("cluster_state") != "ok" or f.get("cluster_slots_ok") != "16384"]
+    facts = f"{len(fields)} primaries, cluster_state ok, all 16384 slots served"
+    if bad:
+        detail = (
+            f"a primary reports cluster_state {bad[0].get('cluster_state')}, {bad[0].get('cluster_slots_ok')} slots ok"
+        )
+        return Check(name, FAIL, detail, "fix the cluster (redis-cli --cluster check) before the worker writes to it")
+    return Check(name, PASS, facts + "; every template can be served: each step touches one slot (Scaling out)")
+
+
+def _info_fields(reply: object) -> dict[str, str]:
+    if isinstance(reply, dict):
+        return {str(k): str(v) for k, v in reply.items()}
+    text = reply.decode() if isinstance(reply, bytes) else str(reply)
+    return dict(line.strip().split(":", 1) for line in text.splitlines() if ":" in line)
 
 
 def _replication_check(client: redis.Redis, config: Config) -> Check:

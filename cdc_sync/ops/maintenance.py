@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 
 from cdc_sync.adapters.mysql import MySQLAdmin
 from cdc_sync.adapters.redis import RedisSink
+from cdc_sync.adapters.redis_cluster import make_sink
 from cdc_sync.config import Config, TableRule
 from cdc_sync.core.positions import FilePos, PositionTracker, contains, kind_of, reached, same_state, split_stream
 from cdc_sync.core.requirements import initial_position
@@ -36,7 +37,7 @@ def select_rules(config: Config, tables: Sequence[str]) -> list[TableRule]:
 
 
 def show(config: Config) -> str | None:
-    sink = RedisSink(config.redis, config.reader.holdoff_ms)
+    sink = make_sink(config.redis, config.reader.holdoff_ms)
     try:
         return sink.load_checkpoint()
     finally:
@@ -56,7 +57,7 @@ def set_position(config: Config, position: str) -> tuple[str, int | None]:
     except PositionError as exc:
         raise ConfigError(str(exc)) from None
     _check_on_server(config, position)
-    sink = RedisSink(config.redis, config.reader.holdoff_ms)
+    sink = make_sink(config.redis, config.reader.holdoff_ms)
     try:
         with _operator(sink, "checkpoint set"):
             previous = sink.load_checkpoint()
@@ -138,7 +139,7 @@ def reset(config: Config) -> tuple[str, int]:
         start = initial_position(admin.server_info(), "current", config.mysql.position_mode)
     finally:
         admin.close()
-    sink = RedisSink(config.redis, config.reader.holdoff_ms)
+    sink = make_sink(config.redis, config.reader.holdoff_ms)
     try:
         with _operator(sink, "checkpoint reset"):
             return start, _move(sink, list(config.tables), start)
@@ -172,7 +173,7 @@ def _reaches(applied: str, target: str) -> bool:
 def flush(config: Config, tables: Sequence[str]) -> int:
     """Invalidate the named tables' keys, leases and dependent reader keys, the way DDL does."""
     rules = select_rules(config, tables)
-    sink = RedisSink(config.redis, config.reader.holdoff_ms)
+    sink = make_sink(config.redis, config.reader.holdoff_ms)
     try:
         with _operator(sink, "flush"):
             sink.hold_flushing(rules)

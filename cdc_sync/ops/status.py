@@ -25,7 +25,6 @@ import redis
 from cdc_sync.adapters.mysql import MySQLAdmin, plain_error
 from cdc_sync.adapters.redis import make_client, plain_redis_error, redis_error
 from cdc_sync.config import Config
-from cdc_sync.core.keys import Namespace
 from cdc_sync.core.positions import kind_of, parse_mariadb, parse_mysql
 from cdc_sync.errors import CdcSyncError, PositionError, ServerRefused
 from cdc_sync.worker.statusreport import read_records
@@ -147,17 +146,21 @@ def collect(config: Config) -> dict[str, Any]:
     client = make_client(config.redis)
     try:
         pipe = client.pipeline()
-        keys = Namespace(ns)
+        keys = config.redis.names
         pipe.get(keys.checkpoint)
         pipe.get(keys.heartbeat)
-        pipe.time()
+        if not config.redis.cluster:
+            pipe.time()
         pipe.hgetall(keys.workers)
         pipe.hgetall(keys.stats)
         pipe.get(keys.leader)
         pipe.get(keys.operator)
         for rule in config.tables:
             pipe.pttl(keys.flushing(rule.name))
-        checkpoint, heartbeat, now, records, stats, leader, operator, *flushing = pipe.execute()
+        replies = pipe.execute()
+        if config.redis.cluster:  # (TIME is not pipelined on a cluster: the home slot's node, the heartbeat's clock)
+            replies.insert(2, client.time(target_nodes=client.get_node_from_key(keys.heartbeat)))  # type: ignore[attr-defined]
+        checkpoint, heartbeat, now, records, stats, leader, operator, *flushing = replies
     except redis.RedisError as exc:
         error = redis_error(exc, "status")
         if isinstance(error, ServerRefused):

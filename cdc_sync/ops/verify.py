@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import decimal
 import functools
+import itertools
 import math
 import operator
 import re
@@ -251,6 +252,8 @@ class _Checker:
     def _cached(self, keys: Sequence[str]) -> list[Any]:
         """Cached values in one round trip: raw bytes (JSON, one MGET), a field dict (hash, pipelined), or None."""
         if not self.hash:
+            if isinstance(self.client, redis.RedisCluster):  # (keys of many slots: one MGET per node)
+                return list(self.client.mget_nonatomic(keys))
             values: list[Any] = self.client.mget(keys)
             return values
         pipe = self.client.pipeline(transaction=False)
@@ -421,9 +424,7 @@ def _scan(
     keys), only keys the template renders (``params`` says, None: not one), at most ``limit`` keys (0: all)."""
     seen: set[str] = set()
     for i, template in enumerate(rule.templates):
-        cursor = 0
-        while True:
-            cursor, page = client.scan(cursor, match=template.pattern(), count=SCAN_COUNT)
+        for page in _scan_pages(client, template.pattern()):
             fresh: list[Item] = []
             for raw in page:
                 key = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
@@ -438,8 +439,21 @@ def _scan(
                 return
             if fresh:
                 yield i, fresh
-            if cursor == 0:
-                break
+
+
+def _scan_pages(client: redis.Redis, pattern: str) -> Iterator[list[Any]]:
+    """SCAN in pages (a cluster: every primary's keys, in pages of SCAN_COUNT)."""
+    if isinstance(client, redis.RedisCluster):
+        keys = client.scan_iter(match=pattern, count=SCAN_COUNT)
+        while page := list(itertools.islice(keys, SCAN_COUNT)):
+            yield page
+        return
+    cursor = 0
+    while True:
+        cursor, page = client.scan(cursor, match=pattern, count=SCAN_COUNT)
+        yield page
+        if cursor == 0:
+            return
 
 
 def _batches(pages: Iterator[tuple[int, list[Item]]], size: int, window: int = 0) -> Iterator[tuple[int, list[Item]]]:
@@ -483,15 +497,19 @@ def _row_order(item: Item) -> tuple[tuple[int, Any], ...]:
     return tuple((0, v) if isinstance(v, int) else (1, v) if isinstance(v, bytes) else (2, str(v)) for v in item[1])
 
 
-def _redis_ms(client: redis.Redis) -> int:
+def _redis_ms(client: redis.Redis, ns: Namespace) -> int:
+    """Redis's clock (a cluster: the home slot's node, whose clock the heartbeat is on)."""
+    if isinstance(client, redis.RedisCluster):
+        s, us = client.time(target_nodes=client.get_node_from_key(ns.heartbeat))
+        return int(s) * 1000 + int(us) // 1000
     s, us = client.time()
     return int(s) * 1000 + int(us) // 1000
 
 
-def _wait_for_heartbeat(client: redis.Redis, ns: str, past_ms: int, timeout_s: float) -> bool:
+def _wait_for_heartbeat(client: redis.Redis, ns: Namespace, past_ms: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        beat = client.get(Namespace(ns).heartbeat)
+        beat = client.get(ns.heartbeat)
         if beat is not None and int(beat) >= past_ms:
             return True
         time.sleep(0.1)
@@ -515,7 +533,6 @@ def verify(
     """
     client = make_client(config.redis)
     rows = _Rows(config.mysql)
-    ns = config.redis.namespace
     results: list[VerifyResult] = []
     confirmed = True
     try:
@@ -540,13 +557,15 @@ def verify(
                     # time, wait until the worker has applied everything committed before it, read the cache, read
                     # the row again (d2): divergent only if the row did not move (d1 == d2) and the cache differs.
                     first = {d.key: d.database for d in _compare(checker, rule, suspects, batch)}
-                    at = _redis_ms(client)
-                    confirmed = _wait_for_heartbeat(client, ns, at, recheck_timeout_s) and confirmed
+                    at = _redis_ms(client, config.redis.names)
+                    confirmed = _wait_for_heartbeat(client, config.redis.names, at, recheck_timeout_s) and confirmed
                     again = _compare(checker, rule, {k: suspects[k] for k in first}, batch)
                     divergent = [d for d in again if first.get(d.key) == d.database]
                 result.divergent = divergent
                 if repair and divergent:
-                    result.repaired = _evict(client, ns, config.reader.holdoff_ms, [d.key for d in divergent])
+                    result.repaired = _evict(
+                        client, config.redis.names, config.reader.holdoff_ms, [d.key for d in divergent]
+                    )
                 results.append(result)
     finally:
         rows.close()
@@ -586,11 +605,12 @@ def _compare(checker: _Checker, rule: TableRule, keys: dict[str, int], batch: in
     return out
 
 
-def _evict(client: redis.Redis, ns: str, holdoff: int, keys: Sequence[str]) -> int:
-    pipe = client.pipeline(transaction=True)
-    names = Namespace(ns)
+def _evict(client: redis.Redis, names: Namespace, holdoff: int, keys: Sequence[str]) -> int:
+    """Delete the keys with their leases, holding fills off (in one transaction; a cluster: each key's commands in
+    its slot)."""
+    pipe = client.pipeline(transaction=not isinstance(client, redis.RedisCluster))
     for key in keys:
-        pipe.delete(key, names.lease(key))
+        pipe.execute_command("DEL", key, names.lease(key))  # type: ignore[no-untyped-call]
         if holdoff > 0:
             pipe.set(names.inv(key), "1", px=holdoff)
     pipe.execute()

@@ -184,7 +184,7 @@ class CacheReader(_ReaderBase):
             elif isinstance(step, flow.Unlink):
                 with self.redis.pipeline(transaction=False) as pipe:
                     for group in step.groups:
-                        pipe.unlink(*group)
+                        pipe.execute_command("UNLINK", *group)  # type: ignore[no-untyped-call]
                     value = pipe.execute()
             elif self.cluster:
                 value = cluster_eval(self.redis, [(self._scripts[c.name], c.keys, c.args) for c in step.scripts])
@@ -329,7 +329,7 @@ class AsyncCacheReader(_ReaderBase):
             elif isinstance(step, flow.Unlink):
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for group in step.groups:
-                        pipe.unlink(*group)
+                        pipe.execute_command("UNLINK", *group)
                     value = await pipe.execute()
             elif self.cluster:
                 value = await self._cluster_batch(step)

@@ -20,7 +20,7 @@ import redis
 from cdc_sync import AsyncCacheReader, CacheReader
 from cdc_sync.config import load
 from cdc_sync.core.keys import Namespace, key_slot, slot_tag
-from tests.helpers import AsyncDriven, WorkerProcess, server_position, wait_for, write_config
+from tests.helpers import AsyncDriven, WorkerProcess, cli, server_position, wait_for, write_config
 from tests.servers import MySQLTarget, RedisTarget
 from tools.devservers import RedisClusterSet, cluster_info, cluster_nodes, start_cluster
 
@@ -306,3 +306,47 @@ def test_a_fill_races_a_tag_eviction_on_a_cluster(
         assert reader.stats["fill:lost"] == 1
     finally:
         reader.close()
+
+
+def test_the_commands_on_a_cluster(
+    tmp_path: Path,
+    mysql_server: MySQLTarget,
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    cluster: RedisClusterSet,
+    workers: list[WorkerProcess],
+) -> None:
+    """status, doctor, checkpoint show, verify (SCAN every primary; --repair evicts in each key's slot), warm and
+    flush, across the nodes."""
+    with sql.cursor() as cur:
+        cur.execute("CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(20))")
+        cur.execute("CREATE TABLE orders (id INT PRIMARY KEY, user_id INT)")
+        cur.execute("INSERT INTO users VALUES " + ", ".join(f"({i}, 'v0')" for i in range(1, 41)))
+    w = _start(tmp_path, mysql_server, cluster, db, workers)
+    with sql.cursor() as cur:
+        cur.execute("UPDATE users SET name = 'v1'")
+    _caught_up(cluster, sql, w)
+    cfg = tmp_path / "w.toml"
+    rc = _client(cluster)
+    wait_for(lambda: rc.get(NS.heartbeat), 30, "a heartbeat")
+    status = json.loads(cli(cfg, "status", "--json").stdout)
+    assert status["ok"] and status["checkpoint"], status
+    doctor = {c["name"]: c for c in json.loads(cli(cfg, "doctor", "--json").stdout)["checks"]}
+    assert doctor["redis.cluster"]["status"] == "PASS", doctor["redis.cluster"]
+    assert cli(cfg, "checkpoint", "show").stdout.strip()
+    rc.set("user:7", json.dumps({"id": 7, "name": "wrong"}))
+    verified = cli(cfg, "verify", "--json", "--repair")
+    assert verified.stdout.lstrip().startswith("{"), verified.stdout[-2000:] + verified.stderr[-3000:]
+    report = json.loads(verified.stdout)
+    table = next(t for t in report["tables"] if t["table"] == f"{db}.users")
+    assert table["checked"] == 40 and [d["key"] for d in table["divergent"]] == ["user:7"], report
+    assert rc.get("user:7") is None and rc.exists(NS.inv("user:7"))
+    rc.sadd(NS.tag(f"{db}.users"), "view:all")  # a reader key depending on the table, in another slot
+    rc.set("view:all", "cached")
+    assert cli(cfg, "flush", f"{db}.users").returncode == 0
+    assert all(rc.get(f"user:{i}") is None for i in range(1, 41))
+    assert rc.get("view:all") is None and not rc.exists(NS.tag(f"{db}.users"))
+    wait_for(lambda: not rc.exists(NS.flushing(f"{db}.users")), 10, "the flush's hold-off to end")
+    warmed = cli(cfg, "warm", f"{db}.users", "--json")
+    assert warmed.returncode == 0, warmed.stdout + warmed.stderr
+    assert json.loads(rc.get("user:9"))["name"] == "v1"
