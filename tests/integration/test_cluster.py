@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,16 @@ import redis
 from cdc_sync import AsyncCacheReader, CacheReader
 from cdc_sync.config import load
 from cdc_sync.core.keys import Namespace, key_slot, slot_tag
-from tests.helpers import AsyncDriven, WorkerProcess, cli, server_position, wait_for, write_config
+from tests.helpers import (
+    AsyncDriven,
+    WorkerProcess,
+    cli,
+    connect,
+    query_rows,
+    server_position,
+    wait_for,
+    write_config,
+)
 from tests.servers import MySQLTarget, RedisTarget
 from tools.devservers import RedisClusterSet, cluster_info, cluster_nodes, start_cluster
 
@@ -44,6 +55,8 @@ def cluster() -> Iterator[RedisClusterSet]:
     try:
         yield started
     finally:
+        for client in _CLIENTS.pop(id(started), []):
+            client.close()
         started.stop()
 
 
@@ -58,8 +71,16 @@ def _start(
     return w
 
 
+_CLIENTS: dict[int, list[redis.RedisCluster]] = {}  # the test's own clients of each cluster, closed with it
+
+
 def _client(c: RedisClusterSet) -> redis.RedisCluster:
-    return redis.RedisCluster(host="127.0.0.1", port=c.primaries()[0])
+    """A cluster client of the test's (one per cluster, made again once its seed node is gone)."""
+    made = _CLIENTS.setdefault(id(c), [])
+    primaries = c.primaries()
+    if not made or made[-1].get_default_node().port not in primaries:
+        made.append(redis.RedisCluster(host="127.0.0.1", port=primaries[0]))
+    return made[-1]
 
 
 def _caught_up(c: RedisClusterSet, sql: pymysql.Connection, w: WorkerProcess, timeout: float = 60) -> None:  # type: ignore[type-arg]
@@ -160,17 +181,16 @@ def test_a_primary_failover_that_loses_writes_is_replayed_in_its_slots(
     assert lost
 
     def replica_synced() -> bool:
-        primary_info = redis.Redis(port=victim).info("replication")
-        return bool(
-            redis.Redis(port=replica).info("replication")["slave_repl_offset"] >= primary_info["master_repl_offset"]
-        )
+        with redis.Redis(port=victim) as p, redis.Redis(port=replica) as q:
+            return bool(q.info("replication")["slave_repl_offset"] >= p.info("replication")["master_repl_offset"])
 
     wait_for(replica_synced, 30, "the replica to hold v1")
     stopped = cluster.server(replica).proc.pid
     os.kill(stopped, signal.SIGSTOP)
     try:
         low = _serving(victim)[0][0]
-        redis.Redis(port=victim).set(f"{{{slot_tag(low)}}}filler", b"x" * (32 << 20))  # more than its buffers take
+        with redis.Redis(port=victim) as node:  # more than the stopped replica's socket buffers take
+            node.set(f"{{{slot_tag(low)}}}filler", b"x" * (32 << 20))
         with sql.cursor() as cur:
             cur.execute("UPDATE users SET name = 'v2'")
         _caught_up(cluster, sql, w)
@@ -350,3 +370,120 @@ def test_the_commands_on_a_cluster(
     warmed = cli(cfg, "warm", f"{db}.users", "--json")
     assert warmed.returncode == 0, warmed.stdout + warmed.stderr
     assert json.loads(rc.get("user:9"))["name"] == "v1"
+
+
+def test_slots_move_while_the_worker_applies(
+    tmp_path: Path,
+    mysql_server: MySQLTarget,
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    cluster: RedisClusterSet,
+    workers: list[WorkerProcess],
+) -> None:
+    """``redis-cli --cluster reshard`` moves a third of the slots (keys, leases and slot checkpoints with them)
+    while a writer keeps changing rows: MOVED, ASK and TRYAGAIN are followed, and the cache ends equal to the
+    table, no change lost or applied out of order."""
+    with sql.cursor() as cur:
+        cur.execute("CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(20))")
+        cur.execute("CREATE TABLE orders (id INT PRIMARY KEY, user_id INT)")
+        cur.execute("INSERT INTO users VALUES " + ", ".join(f"({i}, 'v0')" for i in range(1, 301)))
+    w = _start(tmp_path, mysql_server, cluster, db, workers)
+    _caught_up(cluster, sql, w)
+    primaries = cluster.primaries()
+    ids = {n["port"]: n["id"] for n in cluster_nodes(primaries[0])}
+    served = sum(high - low + 1 for low, high in _serving(primaries[1]))
+    stop = threading.Event()
+    written = [0]
+
+    def writer() -> None:
+        conn = connect(mysql_server, db)
+        with conn.cursor() as cur:
+            while not stop.is_set():
+                written[0] += 1
+                cur.execute("UPDATE users SET name = %s WHERE id %% 7 = %s", (f"w{written[0]}", written[0] % 7))
+        conn.close()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        moved = subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "reshard",
+                f"127.0.0.1:{primaries[0]}",
+                "--cluster-from",
+                ids[primaries[0]],
+                "--cluster-to",
+                ids[primaries[1]],
+                "--cluster-slots",
+                "2000",
+                "--cluster-yes",
+                "--cluster-pipeline",
+                "10",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert moved.returncode == 0, moved.stdout[-2000:] + moved.stderr[-2000:]
+    finally:
+        stop.set()
+        thread.join(10)
+    assert written[0] > 20, "changes kept coming while the slots moved"
+    _caught_up(cluster, sql, w, timeout=120)
+    rows = dict(query_rows(sql, "SELECT id, name FROM users"))
+    rc = _client(cluster)
+    assert _names(rc, range(1, 301)) == [rows[i] for i in range(1, 301)]
+    assert sum(high - low + 1 for low, high in _serving(primaries[1])) == served + 2000, "the slots moved"
+
+
+def test_ha_on_a_cluster_fences_a_paused_leader_in_every_slot(
+    tmp_path: Path,
+    mysql_server: MySQLTarget,
+    db: str,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    cluster: RedisClusterSet,
+    workers: list[WorkerProcess],
+) -> None:
+    """Two workers with [ha] on a cluster. The leader is paused past its lease; the standby takes over, claims
+    every slot with its fence number and applies. The old leader wakes with changes in hand: every slot refuses
+    them (FENCED), it steps down, and the cache equals the table."""
+    with sql.cursor() as cur:
+        cur.execute("CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(20))")
+        cur.execute("CREATE TABLE orders (id INT PRIMARY KEY, user_id INT)")
+    seed = RedisTarget("127.0.0.1", cluster.ports[0])
+    ha = "[ha]\nenabled = true\nlease_ttl_ms = 1500\n"
+    made = []
+    for name, server_id in (("a", 5101), ("b", 5102)):
+        cfg = write_config(
+            tmp_path / f"{name}.toml",
+            mysql_server,
+            seed,
+            TABLES.format(db=db),
+            extra=ha,
+            server_id=server_id,
+            redis_extra="cluster = true",
+        )
+        made.append(WorkerProcess(cfg, tmp_path / f"{name}.log").start())
+        workers.append(made[-1])
+        if name == "a":
+            wait_for(lambda: "ha.acquired" in made[0].event_names(), 30, "a leader")
+    a, b = made
+    wait_for(lambda: "ha.standby" in b.event_names(), 30, "the standby")
+    assert a.proc is not None
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: "redis.slots_fenced" in b.event_names(), 30, "the standby to take over and claim the slots")
+        with sql.cursor() as cur:
+            cur.execute("INSERT INTO users VALUES " + ", ".join(f"({i}, 'during the pause')" for i in range(1, 51)))
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+    wait_for(lambda: "ha.stepped_down" in a.event_names(), 30, "the old leader to step down")
+    assert "ha.fenced" in a.event_names() or "ha.lease_lost" in a.event_names()
+    _caught_up(cluster, sql, b)
+    rc = _client(cluster)
+    assert _names(rc, range(1, 51)) == ["during the pause"] * 50
+    fence = int(next(e for e in b.events() if e.get("event") == "redis.slots_fenced")["fence"])
+    assert {int(rc.get(NS.slot_fence(s)) or 0) for s in (0, 5000, 16383)} == {fence}

@@ -370,6 +370,13 @@ def test_slot_apply_replies(r: redis.Redis, acl: list[str]) -> None:
     assert r.get("u:1") == b"w" and r.get(CNS.slot_checkpoint(7)) == b"p2"
 
 
+def test_slot_fence_only_rises(r: redis.Redis, acl: list[str]) -> None:
+    COVERED.add("slot_fence")
+    assert run(r, acl, "slot_fence", [CNS.slot_fence(5)], [4]) == 1 and r.get(CNS.slot_fence(5)) == b"4"
+    assert run(r, acl, "slot_fence", [CNS.slot_fence(5)], [3]) == 1 and r.get(CNS.slot_fence(5)) == b"4"
+    assert slot_apply(r, acl, 5, None, "p1", "u:5", fence="3") == ["FENCED"]  # an older term, claimed before it wrote
+
+
 def test_tag_take_holds_the_tag_off_and_keeps_the_members(r: redis.Redis, acl: list[str]) -> None:
     COVERED.add("tag_take")
     tag, tinv = CNS.tag("s.t:a=1"), CNS.tinv("s.t:a=1")
