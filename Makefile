@@ -69,6 +69,7 @@ bench: setup sysbench
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/sysbench.py
+	$(BIN)/python bench/cluster.py
 	$(BIN)/python bench/summary.py
 
 # The long consistency profile (about 6 minutes, 12 fault kinds, about 30 faults); the short one (about 2 minutes)

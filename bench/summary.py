@@ -67,6 +67,15 @@ def rows(s: dict[str, Any]) -> list[tuple[str, float | None, str, bool | None]]:
             )
         )
         out.append(("verify keys/s", v["keys_per_s"], "(no target)", None))
+    if "cluster" in s:
+        c = s["cluster"]
+        for mode in ("evict", "update"):
+            ratio = c[f"ratio_{mode}"]
+            out.append((f"cluster catch-up {mode} vs one node", ratio, ">= 0.8x", ratio >= 0.8))
+        for name, res in c["latency"].items():
+            out.append((f"{name}: commit-to-cache p99 (ms)", res["p99_ms"], "(no target)", None))
+        for name, res in c["reader_hit"].items():
+            out.append((f"{name}: reader hit round trips", res["round_trips"], "(measured)", None))
     return out
 
 
