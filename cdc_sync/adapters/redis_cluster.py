@@ -147,9 +147,11 @@ class ClusterSink(RedisSink):
         raise RewindRequired(None)
 
     def set_checkpoint(self, position: str) -> None:
-        """Replace the checkpoint (``checkpoint set``): the home one, and every slot's goes (a slot's checkpoint
-        must never claim what the new position does not)."""
-        super().set_checkpoint(position)
+        """Replace the checkpoint (``checkpoint set``): the home one; every slot's goes, and so does what the
+        heartbeat recorded of them (a slot's checkpoint must never claim what the new position does not, and a
+        recorded one must not keep a slot's keys bypassed)."""
+        super().set_checkpoint(position)  # (the heartbeat goes with it: readers bypass until the worker vouches again)
+        self._call("DEL slots", self.cluster.delete, self.keys.slots)  # (what it recorded is the old position's)
         for page in self._scan(self.keys.slot_checkpoint_pattern):
             self._unlink(page)
         self.slot_checkpoints.clear()

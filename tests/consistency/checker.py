@@ -37,6 +37,16 @@ Compressed binlogs (``--compress``): MariaDB runs with ``log_bin_compress=ON`` a
 (restarts included), so most rows and statement events reach the worker compressed; the summary line counts them
 (``compressed_events``, from ``SHOW BINLOG EVENTS``).
 
+Topologies (``--topology``): ``single`` (one Redis behind a TCP proxy, the default), ``cluster`` (a local Redis
+Cluster of 3 primaries and 3 replicas) or ``sentinel`` (a master, a replica and three Sentinels). Their faults:
+
+* ``cluster_failover``: ``CLUSTER FAILOVER`` on a replica (planned: nothing lost); ``cluster_kill_primary``: kill -9
+  of a primary, its replica promoted, the old one back as a replica; ``cluster_reshard``: ``redis-cli --cluster
+  reshard`` of 300 slots under load; ``cluster_lossy_failover``: a primary takes writes its stopped replica never
+  gets (a full socket buffer), then dies: the promoted replica lacks them;
+* ``sentinel_failover``: ``SENTINEL FAILOVER``; ``sentinel_lossy_failover``: as ``cluster_lossy_failover``, the
+  Sentinels promoting the replica.
+
 Checks: no read older than max_staleness_ms, no phantom read, 0 divergent keys after quiescence (every cached key,
 whatever its spelling, against the row MySQL matches for it), no worker exit by itself. Stale reads are printed
 with the change they missed and their likely cause.
@@ -48,6 +58,7 @@ import argparse
 import contextlib
 import itertools
 import json
+import os
 import random
 import re
 import shutil
@@ -71,11 +82,21 @@ import redis
 from cdc_sync import CacheReader
 from cdc_sync.adapters.mysql import RowLoader
 from cdc_sync.config import load
-from cdc_sync.core.keys import Namespace
+from cdc_sync.core.keys import Namespace, slot_tag
 from cdc_sync.reader.protocol import stamp_of
 from tests.consistency.model import History, Verdict
 from tests.consistency.proxy import TcpProxy
-from tools.devservers import LocalServer, start_mariadb, start_redis
+from tools.devservers import (
+    LocalServer,
+    RedisClusterSet,
+    SentinelSet,
+    cluster_info,
+    cluster_nodes,
+    start_cluster,
+    start_mariadb,
+    start_redis,
+    start_sentinel_set,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 WRITERS = 2
@@ -104,6 +125,16 @@ FAULT_KINDS = (
 )
 MAXMEMORY = 4 * 1024 * 1024  # --memory: Redis alone takes about 0.9 MB; the cache, a few hundred kB
 PRESSURE_VALUE = 2048  # --memory: bytes per key of the other application's bursts
+CLUSTER_FAULTS = ("cluster_failover", "cluster_kill_primary", "cluster_reshard", "cluster_lossy_failover")
+SENTINEL_FAULTS = ("sentinel_failover", "sentinel_lossy_failover")
+# the faults that need one Redis (its proxy, its files): not on the other topologies
+SINGLE_ONLY = ("redis_restart", "cut_redis", "redis_snapshot", "checkpoint_reset")
+TOPOLOGY_FAULTS = {
+    "single": (),
+    "cluster": ("kill9_worker", "cut_mysql", "ddl", *CLUSTER_FAULTS),
+    "sentinel": ("kill9_worker", "cut_mysql", "ddl", *SENTINEL_FAULTS),
+}
+FILLER_BYTES = 32 << 20  # lossy failovers: more than a stopped replica's socket buffers take
 MEMORY_FAULTS = ("kill9_worker", "cut_redis", "ddl")  # --memory without --faults (no filler, no empty Redis)
 MAPPED = {"item": "items", "note": "notes", "kid": "kids"}  # key prefix -> table
 _PERCENT = re.compile(r"%([0-9A-F]{2})")
@@ -163,6 +194,7 @@ class Report:
     memory_policy: str = ""  # --memory: the maxmemory-policy of the run
     compress: bool = False  # --compress: MariaDB wrote compressed binlog events
     compressed_events: int = 0  # ... how many (SHOW BINLOG EVENTS, at the end)
+    topology: str = "single"  # --topology
     evicted: Counter[str] = field(default_factory=Counter)  # keys Redis evicted, by kind (evicted_kind)
     pressure_bursts: int = 0
     eviction_flushes: int = 0  # the worker's flushes of every table after evictions (sync.keys_evicted)
@@ -186,6 +218,7 @@ class Report:
             f"worker_crashes={self.worker_crashes} staleness_ms p50={pct(0.5):.0f} p99={pct(0.99):.0f} "
             f"max={max(self.staleness, default=0) * 1000:.0f}{self._memory_line()}"
             + (f" compress=on compressed_events={self.compressed_events}" if self.compress else "")
+            + (f" topology={self.topology}" if self.topology != "single" else "")
         )
 
     def _memory_line(self) -> str:
@@ -249,14 +282,20 @@ class Checker:
         kinds: tuple[str, ...] = FAULT_KINDS,
         memory: str = "",
         compress: bool = False,
+        topology: str = "single",
     ) -> None:
+        self.topology = topology
+        self.names = Namespace("cdc", cluster=topology == "cluster")
+        self.cluster: RedisClusterSet | None = None
+        self.sentinel_set: SentinelSet | None = None
+        self._client: Any = None
         self.profile = profile
         self.memory = memory
         self.compress = compress
         self.seed = seed
         self.workdir = workdir
         self.kinds = kinds
-        self.report = Report(seed, memory_policy=memory, compress=compress)
+        self.report = Report(seed, memory_policy=memory, compress=compress, topology=topology)
         self.history = History()
         self.stop = threading.Event()
         self.round_done = threading.Event()  # every selected fault kind ran at least once
@@ -295,8 +334,19 @@ class Checker:
             memory_args = ("--maxmemory", str(MAXMEMORY), "--maxmemory-policy", self.memory)
             memory_args += ("--notify-keyspace-events", "Ee")  # evicted events: what went, by kind
         compress_args = ("--log-bin-compress=ON", "--log-bin-compress-min-len=10") if self.compress else ()
-        self.mariadb, self.redis = start_mariadb(extra_args=compress_args), start_redis(extra_args=memory_args)
-        self.mysql_proxy, self.redis_proxy = TcpProxy(self.mariadb.port), TcpProxy(self.redis.port)
+        self.mariadb = start_mariadb(extra_args=compress_args)
+        self.mysql_proxy = TcpProxy(self.mariadb.port)
+        if self.topology == "cluster":
+            self.cluster = start_cluster(node_timeout_ms=2000)
+            redis_section = f'url = "{self.cluster.url}"\ncluster = true'
+        elif self.topology == "sentinel":
+            self.sentinel_set = start_sentinel_set(down_after_ms=1000)
+            addresses = ", ".join(f'"{a}"' for a in self.sentinel_set.addresses)
+            redis_section = f'url = "redis:///0"\nsentinels = [{addresses}]\nmaster_name = "cache"'
+        else:
+            self.redis = start_redis(extra_args=memory_args)
+            self.redis_proxy = TcpProxy(self.redis.port)
+            redis_section = f'url = "redis://127.0.0.1:{self.redis_proxy.port}/0"'
         conn = self.sql()
         with conn.cursor() as cur:
             cur.execute("CREATE DATABASE c")
@@ -322,7 +372,7 @@ class Checker:
 port = {self.mysql_proxy.port}
 heartbeat_s = 0.5
 [redis]
-url = "redis://127.0.0.1:{self.redis_proxy.port}/0"
+{redis_section}
 socket_timeout_s = 2
 [worker]
 retry_initial_s = 0.05
@@ -358,7 +408,7 @@ ttl = 600
         self.start_worker()
         r = self.redis_client()
         deadline = time.monotonic() + 60
-        while r.get("cdc:heartbeat") is None:
+        while r.get(self.names.heartbeat) is None:
             assert time.monotonic() < deadline, "the worker never wrote a heartbeat"
             time.sleep(0.1)
 
@@ -366,7 +416,17 @@ ttl = 600
         assert self.mariadb is not None
         return pymysql.connect(host="127.0.0.1", port=self.mariadb.port, user="root", database=db, autocommit=True)
 
-    def redis_client(self) -> redis.Redis:
+    def redis_client(self) -> Any:
+        """A client of the cache's Redis: the one server, the cluster (one client, made again after a failure), or
+        the master the Sentinels name now."""
+        if self.cluster is not None:
+            if self._client is None:
+                self._client = redis.RedisCluster(host="127.0.0.1", port=self.cluster.primaries()[0])
+            return self._client
+        if self.sentinel_set is not None:
+            port = self.sentinel_set.master_port()
+            assert port is not None, "no Sentinel names a master"
+            return redis.Redis(port=port)
         assert self.redis is not None
         return redis.Redis(port=self.redis.port)
 
@@ -409,7 +469,15 @@ ttl = 600
         self.stop.set()
 
     def checkpoint(self) -> str:
-        return (self.redis_client().get("cdc:checkpoint") or b"").decode()
+        for attempt in range(50):  # (a cluster or Sentinel failover in progress: asked again)
+            try:
+                return (self.redis_client().get(self.names.checkpoint) or b"").decode()
+            except (redis.RedisError, OSError, AssertionError):
+                if attempt == 49:
+                    raise
+                self._client = None
+                time.sleep(0.2)
+        raise AssertionError("unreachable")
 
     def checkpoint_gtid(self) -> str:
         """The checkpoint's GTID state (a MariaDB checkpoint also says where in the binlog: ``@server:file:pos``)."""
@@ -1025,6 +1093,140 @@ ttl = 600
             raise FaultFailed(f"MariaDB did not take gtid_seq_no {seq_no} in domain {domain}: last_gtid {got}")
         return got
 
+    # ---- Redis Cluster and Sentinel faults ---------------------------------------------------------------
+
+    def _cluster_ok(self, timeout: float = 60) -> None:
+        """Every node answers cluster_state ok, every primary has its replica synced."""
+        assert self.cluster is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                nodes = cluster_nodes(self.cluster.primaries()[0])
+                up = [n for n in nodes if "fail" not in ",".join(n["flags"])]
+                if (
+                    len(up) == len(self.cluster.servers)
+                    and all(cluster_info(n["port"]).get("cluster_state") == "ok" for n in up)
+                    and sum("slave" in n["flags"] for n in up) == len(up) // 2
+                ):
+                    self._client = None
+                    return
+            except (OSError, IndexError):
+                pass
+            if time.monotonic() > deadline:
+                raise FaultFailed("the cluster did not come back whole")
+            time.sleep(0.2)
+
+    def _replica_of(self, port: int) -> int:
+        assert self.cluster is not None
+        nodes = cluster_nodes(port)
+        me = next(n for n in nodes if n["port"] == port)
+        return int(next(n["port"] for n in nodes if n["primary"] == me["id"]))
+
+    def _promoted(self, port: int, timeout: float = 60) -> None:
+        assert self.cluster is not None
+        deadline = time.monotonic() + timeout
+        while port not in self.cluster.primaries():
+            if time.monotonic() > deadline:
+                raise FaultFailed(f"the replica on {port} was not promoted")
+            time.sleep(0.2)
+
+    def fault_cluster_failover(self, rng: random.Random) -> None:
+        assert self.cluster is not None
+        replica = self._replica_of(rng.choice(self.cluster.primaries()))
+        with redis.Redis(port=replica) as node:
+            node.execute_command("CLUSTER FAILOVER")
+        self._promoted(replica)
+        self._cluster_ok()
+
+    def fault_cluster_kill_primary(self, rng: random.Random) -> None:
+        assert self.cluster is not None
+        victim = rng.choice(self.cluster.primaries())
+        replica = self._replica_of(victim)
+        server = self.cluster.server(victim)
+        server.proc.kill()
+        server.proc.wait(10)
+        self._promoted(replica)
+        time.sleep(rng.uniform(0.5, 2.0))
+        server.restart()  # (its nodes.conf: it comes back as the new primary's replica, empty, and syncs)
+        self._cluster_ok()
+
+    def fault_cluster_reshard(self, rng: random.Random) -> None:
+        assert self.cluster is not None
+        source, target = rng.sample(self.cluster.primaries(), 2)
+        ids = {n["port"]: n["id"] for n in cluster_nodes(source)}
+        moved = subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "reshard",
+                f"127.0.0.1:{source}",
+                "--cluster-from",
+                ids[source],
+                "--cluster-to",
+                ids[target],
+                "--cluster-slots",
+                "300",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if moved.returncode != 0:
+            raise FaultFailed(f"reshard failed: {moved.stdout[-500:]}{moved.stderr[-500:]}")
+        self._cluster_ok()
+
+    def fault_cluster_lossy_failover(self, rng: random.Random) -> None:
+        assert self.cluster is not None
+        victim = rng.choice(self.cluster.primaries())
+        replica = self._replica_of(victim)
+        me = next(n for n in cluster_nodes(victim) if n["port"] == victim)
+        low = int(next(p for p in me["slots"] if not p.startswith("[")).split("-")[0])
+        self._lossy(self.cluster.server(victim), self.cluster.server(replica), f"{{{slot_tag(low)}}}filler", rng)
+        self._promoted(replica)
+        self.cluster.server(victim).restart()
+        self._cluster_ok()
+
+    def fault_sentinel_failover(self, rng: random.Random) -> None:
+        assert self.sentinel_set is not None
+        before = self.sentinel_set.master_port()
+        with redis.Redis(port=self.sentinel_set.sentinels[0].port) as sentinel:
+            sentinel.execute_command("SENTINEL", "FAILOVER", "cache")
+        self._new_master(before)
+
+    def fault_sentinel_lossy_failover(self, rng: random.Random) -> None:
+        s = self.sentinel_set
+        assert s is not None
+        before = s.master_port()
+        assert before is not None
+        replica = next(x for x in s.servers if x.port != before)
+        self._lossy(s.server(before), replica, "filler", rng)
+        self._new_master(before)
+        s.server(before).restart()  # (the Sentinels make it a replica of the new master)
+
+    def _new_master(self, before: int | None, timeout: float = 60) -> None:
+        assert self.sentinel_set is not None
+        deadline = time.monotonic() + timeout
+        while self.sentinel_set.master_port() in (before, None):
+            if time.monotonic() > deadline:
+                raise FaultFailed("the Sentinels named no new master")
+            time.sleep(0.2)
+        time.sleep(1.0)
+
+    def _lossy(self, primary: LocalServer, replica: LocalServer, filler: str, rng: random.Random) -> None:
+        """The primary takes the writers' changes (applied by the worker) that its stopped replica never gets,
+        then dies with kill -9."""
+        os.kill(replica.proc.pid, signal.SIGSTOP)
+        try:
+            with redis.Redis(port=primary.port) as node:
+                node.set(filler, b"x" * FILLER_BYTES)
+            time.sleep(rng.uniform(1.0, 3.0))  # the worker applies (and Redis acknowledges) changes meanwhile
+            primary.proc.kill()
+            primary.proc.wait(10)
+        finally:
+            os.kill(replica.proc.pid, signal.SIGCONT)
+
     def fault_noncanonical(self, rng: random.Random) -> None:
         """A few seconds of lookups spelled the way MySQL matches but the worker never renders."""
         self.odd_until = time.monotonic() + rng.uniform(4.0, 6.0)
@@ -1144,6 +1346,9 @@ ttl = 600
         for server in (self.mariadb, self.redis):
             if server is not None:
                 server.stop()
+        for servers in (self.cluster, self.sentinel_set):
+            if servers is not None:
+                servers.stop()
 
 
 def odd_lookup(rng: random.Random, row_id: int) -> tuple[str, dict[str, object], str]:
@@ -1215,7 +1420,7 @@ class FlushWatch:
         while not self._stop.wait(0.02):
             pipe = self.client.pipeline(transaction=True)
             pipe.time()
-            pipe.get("cdc:heartbeat")
+            pipe.get(Namespace("cdc").heartbeat)
             for table in self.tables:
                 pipe.exists(f"cdc:flushing:{table}")
             try:
@@ -1281,15 +1486,20 @@ def resume_notes(workdir: Path) -> list[str]:
     return out
 
 
-def parse_faults(text: str | None) -> tuple[str, ...]:
+def parse_faults(text: str | None, topology: str = "single") -> tuple[str, ...]:
     if text is None or text == "all":
-        return FAULT_KINDS
+        return TOPOLOGY_FAULTS[topology] or FAULT_KINDS
     if text in ("", "none"):
         return ()
     kinds = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
-    unknown = [k for k in kinds if k not in FAULT_KINDS]
+    known = (*FAULT_KINDS, *CLUSTER_FAULTS, *SENTINEL_FAULTS)
+    unknown = [k for k in kinds if k not in known]
     if unknown:
-        raise SystemExit(f"unknown fault kind(s) {', '.join(unknown)}; known: {', '.join(FAULT_KINDS)}")
+        raise SystemExit(f"unknown fault kind(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    allowed = TOPOLOGY_FAULTS[topology] or tuple(k for k in FAULT_KINDS)
+    wrong = [k for k in kinds if k not in allowed]
+    if wrong:
+        raise SystemExit(f"fault kind(s) {', '.join(wrong)} do not apply to --topology {topology}")
     return kinds
 
 
@@ -1300,12 +1510,13 @@ def run(
     seconds: float | None = None,
     memory: str = "",
     compress: bool = False,
+    topology: str = "single",
 ) -> Report:
     workdir = Path(tempfile.mkdtemp(prefix="cdc-consistency-"))
     chosen = PROFILES[profile]
     if seconds is not None:
         chosen = Profile(seconds=seconds, fault_every_s=chosen.fault_every_s)
-    checker = Checker(chosen, seed, workdir, kinds, memory, compress)
+    checker = Checker(chosen, seed, workdir, kinds, memory, compress, topology)
     try:
         report = checker.run()
     finally:
@@ -1346,9 +1557,13 @@ def main() -> int:
         f"(default faults then: {','.join(MEMORY_FAULTS)})",
     )
     parser.add_argument("--compress", action="store_true", help="MariaDB writes compressed binlog events")
+    parser.add_argument("--topology", choices=sorted(TOPOLOGY_FAULTS), default="single", help="the Redis side")
     args = parser.parse_args()
-    kinds = parse_faults(args.faults) if args.faults is not None or not args.memory else MEMORY_FAULTS
-    report = run(args.profile, args.seed, kinds, args.seconds, args.memory, args.compress)
+    if args.topology != "single" and args.memory:
+        parser.error("--memory runs on --topology single")
+    memory_default = args.faults is None and bool(args.memory)
+    kinds = MEMORY_FAULTS if memory_default else parse_faults(args.faults, args.topology)
+    report = run(args.profile, args.seed, kinds, args.seconds, args.memory, args.compress, args.topology)
     print(report.line(), flush=True)
     return 0 if report.ok else 1
 
