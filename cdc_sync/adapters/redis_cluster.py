@@ -284,8 +284,13 @@ class ClusterSink(RedisSink):
 
     def _home_step(self, counts: Sequence[RedisOp], expected: str | None, new: str) -> bool:
         """apply.lua on the home slot with only the counts: the home checkpoint's compare-and-set (and HA's
-        leader check)."""
-        return super().apply(counts, expected, new)
+        leader check). When the home checkpoint is another (``checkpoint set``, another worker), the slots'
+        checkpoints are read again too, so the replay that follows skips only what each slot really holds."""
+        try:
+            return super().apply(counts, expected, new)
+        except RewindRequired:
+            self.slot_checkpoints = self._read_slot_checkpoints()
+            raise
 
     def _run_scripts(self, calls: Sequence[tuple[Any, Sequence[str], Sequence[bytes | str | int]]]) -> list[Any]:
         return cluster_eval(self.cluster, calls)

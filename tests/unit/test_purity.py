@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 IO_LIBRARIES = ("redis", "pymysql", "pymysqlreplication", "click", "prometheus_client")
 PURE = sorted(
     [f"cdc_sync.core.{p.stem}" for p in (ROOT / "cdc_sync" / "core").glob("*.py") if p.stem != "__init__"]
-    + ["cdc_sync.config", "cdc_sync.errors", "cdc_sync.reader.protocol"]
+    + ["cdc_sync.config", "cdc_sync.errors", "cdc_sync.reader.protocol", "cdc_sync.reader.cluster", "cdc_sync.scripts"]
 )
 
 
