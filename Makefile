@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup servers sysbench test unit lint demo demo-sentinel demo-cluster consistency consistency-memory consistency-compressed consistency-gtid-resume bench clean
+.PHONY: setup servers sysbench test unit lint demo demo-sentinel demo-cluster consistency consistency-memory consistency-compressed consistency-cluster consistency-sentinel consistency-gtid-resume bench clean
 
 setup: servers $(STAMP)
 
@@ -90,6 +90,17 @@ consistency-memory: setup
 # The checker on compressed binlogs (MariaDB log_bin_compress=ON; long profile, about 6 minutes).
 consistency-compressed: setup
 	$(BIN)/python -m tests.consistency.checker --profile $${PROFILE:-long} --seed $${SEED:-1} --compress \
+	  $${FAULTS:+--faults $$FAULTS}
+
+# The checker on a local Redis Cluster (3 primaries, 3 replicas) with CLUSTER FAILOVER, kill -9 of a primary, a
+# reshard under load and a failover that loses acknowledged writes (long profile, about 6 minutes).
+consistency-cluster: setup
+	$(BIN)/python -m tests.consistency.checker --profile $${PROFILE:-long} --seed $${SEED:-1} --topology cluster \
+	  $${FAULTS:+--faults $$FAULTS}
+
+# The checker on a Sentinel set (a master, a replica, three Sentinels) with planned and lossy failovers.
+consistency-sentinel: setup
+	$(BIN)/python -m tests.consistency.checker --profile $${PROFILE:-long} --seed $${SEED:-1} --topology sentinel \
 	  $${FAULTS:+--faults $$FAULTS}
 
 # Where MariaDB resumes a GTID stream when sequence numbers are out of order (a table; about 40 s).

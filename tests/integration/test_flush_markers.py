@@ -92,7 +92,7 @@ def test_checkpoint_reset_marks_every_table_before_the_checkpoint_moves(
                 assert release.wait(60)
             return super().flush(rule, held)
 
-    monkeypatch.setattr(maintenance, "RedisSink", SlowSink)
+    monkeypatch.setattr(maintenance, "make_sink", SlowSink)  # (a one-node sink: its class is the factory)
     result: list[Any] = []
     t = threading.Thread(target=lambda: result.append(maintenance.reset(load(tmp_path / "w.toml"))))
     t.start()
@@ -294,7 +294,7 @@ def test_cdc_sync_flush_that_loses_its_lock_stops_with_exit_1_and_leaves_its_hol
             super().hold_flushing(rules)
             r.set("cdc:operator", "checkpoint reset on another host")  # the lock expired and was taken
 
-    monkeypatch.setattr(maintenance, "RedisSink", Paused)
+    monkeypatch.setattr(maintenance, "make_sink", Paused)  # (a one-node sink: its class is the factory)
     result = CliRunner().invoke(main, ["flush", f"{db}.b", "--config", str(path)])
     assert result.exit_code == 1, result.output
     assert "cdc:operator no longer holds this command's lock" in result.stderr

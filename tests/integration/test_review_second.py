@@ -806,7 +806,7 @@ def test_an_operator_command_that_outlives_its_lock_releases_a_hold_of_the_next_
                 return False  # frozen: its keeper renews nothing either
             return super().keep_operator_lock(token, ttl_ms)
 
-    monkeypatch.setattr(maintenance, "RedisSink", Hooked)
+    monkeypatch.setattr(maintenance, "make_sink", Hooked)  # (a one-node sink: its class is the factory)
     stopped: list[Exception] = []
 
     def flush_b() -> None:

@@ -270,7 +270,7 @@ def test_an_operator_flush_releases_the_flushing_hold_of_a_concurrent_checkpoint
                 assert flush_go.wait(60)
             return super()._step(op, keys, ms)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(maintenance, "RedisSink", Hooked)
+    monkeypatch.setattr(maintenance, "make_sink", Hooked)  # (a one-node sink: its class is the factory)
     x = threading.Thread(target=maintenance.flush, args=(cfg, ["d.b"]), name="flush-cmd")
     assert w.proc is not None
     try:
@@ -676,7 +676,7 @@ def test_a_readers_plain_get_window_opened_on_one_table_serves_a_table_a_reset_s
                 assert release.wait(60)
             return super().flush(rule, held)
 
-    monkeypatch.setattr(maintenance, "RedisSink", SlowSink)
+    monkeypatch.setattr(maintenance, "make_sink", SlowSink)  # (a one-node sink: its class is the factory)
     cfg = load(tmp_path / "w.toml")
     assert w.proc is not None
     w.proc.send_signal(signal.SIGSTOP)
