@@ -24,7 +24,7 @@ from cdc_sync import logs, scripts
 from cdc_sync import metrics as m
 from cdc_sync.config import RedisConfig, TableRule
 from cdc_sync.core.events import RedisMemory
-from cdc_sync.core.keys import Namespace, glob_escape
+from cdc_sync.core.keys import Namespace, glob_escape, key_slot
 from cdc_sync.core.planner import Count, Delete, EvictTag, RedisOp, SetHash, SetJson
 from cdc_sync.errors import TLS_UNTRUSTED, Fenced, OperatorLockLost, RewindRequired, ServerRefused, SinkUnavailable
 
@@ -113,12 +113,59 @@ def sentinel_kwargs(cfg: RedisConfig) -> dict[str, Any]:
     return kwargs
 
 
+# Replies meaning a script did not run where it was sent: the cluster pipeline sends it again (and follows the move).
+_NOT_RUN_THERE = (
+    redis.exceptions.AskError,  # (MovedError too)
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.NoScriptError,
+    redis.exceptions.ReadOnlyError,  # (a replica now: a failover)
+)
+
+
 def cluster_eval(client: Any, calls: Sequence[tuple[Script, Sequence[Any], Sequence[Any]]]) -> list[Any]:
-    """Script calls in one Redis Cluster pipeline, each routed by its keys' slot. redis-py's cluster pipeline refuses
-    ``evalsha()``, since a node may lack the script: the raw command is queued instead, and on NOSCRIPT (a node
-    after a failover or a restart) every script of the calls is loaded on every node and the calls run again. Only
-    for calls that may run twice: the worker's steps reply DUP, a reader's lookups and fills are guarded by their
-    lease."""
+    """Script calls on a Redis Cluster, each on the node serving its keys' slot, replies in call order.
+
+    The fast way first: one plain pipeline per node, by the client's slot map (redis-py's cluster pipeline costs
+    about 0.5 ms a command in Python, ten times a plain one's). A call that did not run there (MOVED, ASK, TRYAGAIN,
+    NOSCRIPT, a node away: the map is out of date, a slot moves, a failover) goes again through the cluster
+    pipeline, which follows redirections and refreshes the map. Only for calls that may run twice: the worker's
+    steps reply DUP, a reader's lookups and fills are guarded by their lease."""
+    results: list[Any] = [None] * len(calls)
+    by_node: dict[str, list[int]] = {}
+    nodes: dict[str, Any] = {}
+    for i, (_script, keys, _args) in enumerate(calls):
+        node = client.nodes_manager.get_node_from_slot(key_slot(keys[0]))
+        by_node.setdefault(node.name, []).append(i)
+        nodes[node.name] = node
+    again: list[int] = []
+    for name, indexes in by_node.items():
+        pipe = client.get_redis_connection(nodes[name]).pipeline(transaction=False)
+        for i in indexes:
+            script, keys, args = calls[i]
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except (redis.ConnectionError, redis.TimeoutError):
+            again += indexes
+            continue
+        for i, reply in zip(indexes, replies, strict=True):
+            if isinstance(reply, _NOT_RUN_THERE):
+                again.append(i)
+            elif isinstance(reply, Exception):
+                raise reply
+            else:
+                results[i] = reply
+    if again:
+        for i, reply in zip(again, _cluster_pipeline_eval(client, [calls[i] for i in again]), strict=True):
+            results[i] = reply
+    return results
+
+
+def _cluster_pipeline_eval(client: Any, calls: Sequence[tuple[Script, Sequence[Any], Sequence[Any]]]) -> list[Any]:
+    """The calls through redis-py's cluster pipeline (which refuses ``evalsha()``, since a node may lack the
+    script: the raw command is queued instead); on NOSCRIPT every script of the calls is loaded on every node and
+    the calls run again."""
     for attempt in (1, 2):
         pipe = client.pipeline(transaction=False)
         for script, keys, args in calls:
