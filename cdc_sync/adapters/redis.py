@@ -30,6 +30,10 @@ from cdc_sync.errors import TLS_UNTRUSTED, Fenced, OperatorLockLost, RewindRequi
 
 log = logs.get("cdc_sync.redis")
 
+# What a Redis call may raise: redis-py's errors, and its cluster client's own, which are not RedisErrors (no node
+# reachable, a slot not covered during a failover)
+REDIS_ERRORS = (redis.RedisError, redis.exceptions.RedisClusterException)
+
 FLUSH_MARKER_TTL_MS = 600_000  # a crashed flush leaves the marker at most this long (replay redoes it)
 
 
@@ -227,7 +231,7 @@ def redis_errors(what: str) -> Iterator[None]:
     ``map_httpcore_exceptions`` shape). The one translation every Redis caller of the worker and the CLI uses."""
     try:
         yield
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise redis_error(exc, what) from exc
 
 
@@ -301,7 +305,7 @@ class RedisSink:
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             result = fn(*args, **kwargs)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             error = redis_error(exc, what)
             self.failing.setdefault(what, (time.monotonic(), str(error)))
             raise error from exc

@@ -32,6 +32,7 @@ from cdc_sync import logs, scripts
 from cdc_sync import metrics as m
 from cdc_sync.adapters.redis import (
     FLUSH_MARKER_TTL_MS,
+    REDIS_ERRORS,
     RedisSink,
     client_kwargs,
     cluster_eval,
@@ -353,7 +354,7 @@ class ClusterSink(RedisSink):
                 if len(page) >= 1000:
                     yield page
                     page = []
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise redis_error(exc, "SCAN") from exc
         if page:
             yield page

@@ -20,7 +20,7 @@ import redis
 
 from cdc_sync.adapters.binlog import REPORT_HOST
 from cdc_sync.adapters.mysql import MySQLAdmin, plain_error, translate_error
-from cdc_sync.adapters.redis import make_client, plain_redis_error, redis_error, sentinel_kwargs
+from cdc_sync.adapters.redis import REDIS_ERRORS, make_client, plain_redis_error, redis_error, sentinel_kwargs
 from cdc_sync.config import Config, TableRule, check_against_schema
 from cdc_sync.core.events import RedisMemory
 from cdc_sync.core.keys import Namespace, templates_overlap
@@ -348,7 +348,7 @@ def _redis_checks(config: Config) -> list[Check]:
     try:
         client.ping()
         server = client.info("server")
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         client.close()
         error = redis_error(exc, "connect")
         if isinstance(error, ServerRefused):  # a wrong password: retrying cannot fix it
@@ -372,7 +372,7 @@ def _cluster_check(client: redis.Redis, config: Config) -> Check:
         states = client.execute_command(  # type: ignore[no-untyped-call]
             "CLUSTER INFO", target_nodes=redis.RedisCluster.PRIMARIES
         )
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         return Check(name, FAIL, f"cannot read CLUSTER INFO: {plain_redis_error(exc)}", "check that every node runs")
     replies = states.values() if isinstance(states, dict) and "cluster_state" not in states else [states]
     fields = [_info_fields(r) for r in replies]
@@ -406,13 +406,13 @@ def _replication_check(client: redis.Redis, config: Config) -> Check:
             )
             where = ":".join(x.decode() if isinstance(x, bytes) else str(x) for x in master) if master else "none"
             named.setdefault(where, []).append(f"{host}:{port}")
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             named.setdefault(f"no answer ({plain_redis_error(exc)})", []).append(f"{host}:{port}")
         finally:
             sentinel.close()
     try:
         info = client.info("replication")
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         return Check(name, WARN, f"cannot read INFO replication: {plain_redis_error(exc)}")
     replicas = int(info.get("connected_slaves", 0))
     facts = f"role {info.get('role')}, {replicas} replica(s) connected"
@@ -441,7 +441,7 @@ def _eviction_check(client: redis.Redis) -> Check:
     evicted tag set or marker never leads to a stale read. What a policy costs is flushes."""
     try:
         memory = RedisMemory.from_info(client.info("memory"))
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         return Check("redis.maxmemory_policy", WARN, f"cannot read INFO memory: {plain_redis_error(exc)}")
     policy, limit = memory.policy, memory.maxmemory
     if not memory.may_evict:
@@ -516,7 +516,7 @@ def _acl_check(client: redis.Redis, ns: str, rules: Sequence[TableRule] = ()) ->
             step()
         except redis.exceptions.NoPermissionError:
             denied.append(command)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             detail = f"{command} failed: {plain_redis_error(exc)}"
             return Check("redis.acl", FAIL, detail, "check the Redis user's ACL", blocking=False)
     patterns: list[str] = []
@@ -530,7 +530,7 @@ def _acl_check(client: redis.Redis, ns: str, rules: Sequence[TableRule] = ()) ->
                 client.unlink(key)
             except redis.exceptions.NoPermissionError:
                 patterns.append(template.pattern())
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 detail = f"reading and deleting {key!r} failed: {plain_redis_error(exc)}"
                 return Check("redis.acl", FAIL, detail, "check the Redis user's ACL", blocking=False)
     if denied or patterns:

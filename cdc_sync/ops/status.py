@@ -20,10 +20,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import redis
-
 from cdc_sync.adapters.mysql import MySQLAdmin, plain_error
-from cdc_sync.adapters.redis import make_client, plain_redis_error, redis_error
+from cdc_sync.adapters.redis import REDIS_ERRORS, make_client, plain_redis_error, redis_error
 from cdc_sync.config import Config
 from cdc_sync.core.positions import kind_of, parse_mariadb, parse_mysql
 from cdc_sync.errors import CdcSyncError, PositionError, ServerRefused
@@ -161,7 +159,7 @@ def collect(config: Config) -> dict[str, Any]:
         if config.redis.cluster:  # (TIME is not pipelined on a cluster: the home slot's node, the heartbeat's clock)
             replies.insert(2, client.time(target_nodes=client.get_node_from_key(keys.heartbeat)))  # type: ignore[attr-defined]
         checkpoint, heartbeat, now, records, stats, leader, operator, *flushing = replies
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         error = redis_error(exc, "status")
         if isinstance(error, ServerRefused):
             raise error from exc

@@ -53,7 +53,7 @@ import redis.asyncio
 from cdc_sync import config as config_mod
 from cdc_sync import scripts
 from cdc_sync.adapters.mysql import RowLoader
-from cdc_sync.adapters.redis import cluster_eval, make_async_client, make_client
+from cdc_sync.adapters.redis import REDIS_ERRORS, cluster_eval, make_async_client, make_client
 from cdc_sync.config import Config
 from cdc_sync.core.codec import json_default
 from cdc_sync.errors import CacheUnavailable
@@ -119,7 +119,7 @@ class CacheReader(_ReaderBase):
         """The tables' schema epochs now (``UNKNOWN_EPOCH`` when Redis fails: nothing is then filled)."""
         try:
             raw = self.redis.mget(self.epoch_keys(tables))
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._redis_failed(exc, self.epoch_keys(tables)[0])
             raw = None
         return self.epochs_read(tables, raw)
@@ -193,7 +193,7 @@ class CacheReader(_ReaderBase):
                     for script in step.scripts:
                         self._scripts[script.name](keys=script.keys, args=script.args, client=pipe)
                     value = pipe.execute()
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             return flow.Reply(error=exc, sent=sent, received=time.monotonic())
         return flow.Reply(value, sent=sent, received=time.monotonic())
 
@@ -271,7 +271,7 @@ class AsyncCacheReader(_ReaderBase):
         """The tables' schema epochs now (``UNKNOWN_EPOCH`` when Redis fails: nothing is then filled)."""
         try:
             raw = await self.redis.mget(self.epoch_keys(tables))
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._redis_failed(exc, self.epoch_keys(tables)[0])
             raw = None
         return self.epochs_read(tables, raw)
@@ -338,7 +338,7 @@ class AsyncCacheReader(_ReaderBase):
                     for script in step.scripts:
                         await self._scripts[script.name](keys=script.keys, args=script.args, client=pipe)
                     value = await pipe.execute()
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             return flow.Reply(error=exc, sent=sent, received=time.monotonic())
         return flow.Reply(value, sent=sent, received=time.monotonic())
 

@@ -30,7 +30,7 @@ import redis
 
 from cdc_sync import logs, scripts
 from cdc_sync import metrics as m
-from cdc_sync.adapters.redis import redis_error
+from cdc_sync.adapters.redis import REDIS_ERRORS, redis_error
 from cdc_sync.core.keys import Namespace
 
 log = logs.get("cdc_sync.statusreport")
@@ -132,7 +132,7 @@ class StatusReporter:
         payload = orjson.dumps(self.record(), default=str)
         try:
             self._script(keys=[self.key], args=[self.id, payload, KEEP_MS])
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             m.STATUS_REFRESH_ERRORS.inc()
             if not self._failing:
                 log.warning("status.refresh_failed", error=str(redis_error(exc, "status record")))

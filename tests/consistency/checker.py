@@ -78,6 +78,7 @@ from typing import Any, NamedTuple
 
 import pymysql
 import redis
+import redis.cluster
 
 from cdc_sync import CacheReader
 from cdc_sync.adapters.mysql import RowLoader
@@ -420,8 +421,9 @@ ttl = 600
         """A client of the cache's Redis: the one server, the cluster (one client, made again after a failure), or
         the master the Sentinels name now."""
         if self.cluster is not None:
-            if self._client is None:
-                self._client = redis.RedisCluster(host="127.0.0.1", port=self.cluster.primaries()[0])
+            if self._client is None:  # (seeded by every node: any that answers will do, a killed one may not)
+                nodes = [redis.cluster.ClusterNode("127.0.0.1", p) for p in self.cluster.ports]
+                self._client = redis.RedisCluster(startup_nodes=nodes)
             return self._client
         if self.sentinel_set is not None:
             port = self.sentinel_set.master_port()
@@ -472,7 +474,7 @@ ttl = 600
         for attempt in range(50):  # (a cluster or Sentinel failover in progress: asked again)
             try:
                 return (self.redis_client().get(self.names.checkpoint) or b"").decode()
-            except (redis.RedisError, OSError, AssertionError):
+            except (redis.RedisError, redis.exceptions.RedisClusterException, OSError, AssertionError):
                 if attempt == 49:
                     raise
                 self._client = None
