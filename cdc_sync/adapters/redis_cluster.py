@@ -93,12 +93,23 @@ class ClusterSink(RedisSink):
         if self.fence is not None:
             self._fence_slots(self.fence)
         home = super().load_checkpoint()
-        self.slot_checkpoints = self._read_slot_checkpoints()
         if home is None:
-            if self.slot_checkpoints:
+            if self._read_slot_checkpoints():
                 raise RewindRequired(None)
             return None
-        return self._oldest([home, *self.slot_checkpoints.values()])
+        return self._resume_from(home)
+
+    def _resume_from(self, home: str) -> str:
+        """Read every slot's checkpoint again and return the oldest of them and the home one (``home``). When a
+        slot is behind the home checkpoint, the home checkpoint is moved back to it first (a compare-and-set from
+        ``home``): the worker's steps from there must find it where they resume, or the home step's REWIND would
+        send the worker forward again, past what that slot lost."""
+        self.slot_checkpoints = self._read_slot_checkpoints()
+        oldest = self._oldest([home, *self.slot_checkpoints.values()])
+        if oldest != home:
+            super().apply([], home, oldest)
+            log.warning("redis.home_checkpoint_moved_back", stored=home, to=oldest, why="a slot is behind it")
+        return oldest
 
     def _fence_slots(self, fence: int) -> None:
         """HA: this term claims every slot (``slot_fence.lua``) before it reads where to resume, so a leader of an
@@ -278,10 +289,9 @@ class ClusterSink(RedisSink):
         detail = {slot: scripts.reply_name(reply[0]) for slot, reply in refused[:10]}
         log.error("redis.slot_checkpoint_mismatch", slots=detail, count=len(refused), action="resume from the oldest")
         home = super().load_checkpoint()
-        self.slot_checkpoints = self._read_slot_checkpoints()
         if home is None:
             raise RewindRequired(None)
-        raise RewindRequired(self._oldest([home, *self.slot_checkpoints.values()]))
+        raise RewindRequired(self._resume_from(home))
 
     def _home_step(self, counts: Sequence[RedisOp], expected: str | None, new: str) -> bool:
         """apply.lua on the home slot with only the counts: the home checkpoint's compare-and-set (and HA's
@@ -289,9 +299,11 @@ class ClusterSink(RedisSink):
         checkpoints are read again too, so the replay that follows skips only what each slot really holds."""
         try:
             return super().apply(counts, expected, new)
-        except RewindRequired:
-            self.slot_checkpoints = self._read_slot_checkpoints()
-            raise
+        except RewindRequired as exc:
+            if exc.stored is None:
+                self.slot_checkpoints = self._read_slot_checkpoints()
+                raise
+            raise RewindRequired(self._resume_from(exc.stored)) from None
 
     def _run_scripts(self, calls: Sequence[tuple[Any, Sequence[str], Sequence[bytes | str | int]]]) -> list[Any]:
         return cluster_eval(self.cluster, calls)
