@@ -1327,7 +1327,7 @@ ttl = 600
             raw = r.get(f"grp:{grp}")
             # a result is a hit only while its stamp is c.items's schema epoch (an eviction flush bumps it when its
             # tag set may be gone): one with another stamp is never served, whatever it holds
-            ns = Namespace("cdc")
+            ns = self.names
             if r.get(ns.stamp(f"grp:{grp}")) != stamp_of([r.get(ns.schema("c.items"))]).encode():
                 continue
             if raw is not None and json.loads(raw) != self._group(grp):
