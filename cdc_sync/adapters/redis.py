@@ -470,8 +470,8 @@ class RedisSink:
         reader-filled keys, of tag-only rules too); stops once ``limit`` is reached."""
         found = 0
         for rule in rules:
-            table_tag = glob_escape(self.keys.tag(rule.name))
-            for pattern in (*(t.pattern() for t in rule.templates), table_tag, f"{table_tag}:*"):
+            tags = (glob_escape(self.keys.tag(rule.name)), self.keys.column_tags_pattern(rule.name))
+            for pattern in (*(t.pattern() for t in rule.templates), *tags):
                 for page in self._scan(pattern):
                     found += len(page)
                     if found >= limit:
@@ -543,15 +543,21 @@ class RedisSink:
                     deleted += self._step("unlink", mine)
         # Keys that depend on the table through reader tags: the whole-table tag and every column tag.
         tag_suffixes = [rule.name]
-        for page in self._scan(glob_escape(self.keys.tag(rule.name)) + ":*"):
+        for page in self._scan(self.keys.column_tags_pattern(rule.name)):
             tag_suffixes.extend(self.keys.tag_suffix_of(k.decode()) for k in page)
-        for start in range(0, len(tag_suffixes), 500):
-            tag_keys, _ = encode_ops(self.keys, [EvictTag(s) for s in tag_suffixes[start : start + 500]])
+        deleted += self._evict_tags(tag_suffixes)
+        self._step("release" if held else "unmark", [marker], self.holdoff_ms)
+        return deleted
+
+    def _evict_tags(self, suffixes: Sequence[str]) -> int:
+        """A flush's eviction of reader tag sets and their members (evict_tags.lua, fenced like a flush step)."""
+        deleted = 0
+        for start in range(0, len(suffixes), 500):
+            tag_keys, _ = encode_ops(self.keys, [EvictTag(s) for s in suffixes[start : start + 500]])
             keys = [self.keys.leader, self.keys.operator, *tag_keys]
             args = [self.leader_token or "", self.operator_token or "", self.holdoff_ms]
             args += (self.keys.lease_prefix, self.keys.inv_prefix)
             deleted += self._fenced("evict tags", self._call("evict tags", self._evict, keys=keys, args=args))
-        self._step("release" if held else "unmark", [marker], self.holdoff_ms)
         return deleted
 
     def _marked(self, rules: Sequence[TableRule]) -> list[str]:

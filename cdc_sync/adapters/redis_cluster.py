@@ -31,7 +31,6 @@ import redis.cluster
 from cdc_sync import logs, scripts
 from cdc_sync import metrics as m
 from cdc_sync.adapters.redis import (
-    FLUSH_MARKER_TTL_MS,
     REDIS_ERRORS,
     RedisSink,
     client_kwargs,
@@ -39,9 +38,9 @@ from cdc_sync.adapters.redis import (
     encode_ops,
     redis_error,
 )
-from cdc_sync.config import RedisConfig, TableRule
+from cdc_sync.config import RedisConfig
 from cdc_sync.core.events import RedisMemory
-from cdc_sync.core.keys import SLOTS, Namespace, glob_escape, key_slot
+from cdc_sync.core.keys import SLOTS, Namespace, key_slot
 from cdc_sync.core.planner import Count, Delete, EvictTag, RedisOp
 from cdc_sync.core.positions import reached
 from cdc_sync.errors import Fenced, PositionError, RewindRequired
@@ -322,7 +321,9 @@ class ClusterSink(RedisSink):
         self._call("tag release", pipe.execute)
 
     def _evict_tags(self, suffixes: Sequence[str]) -> int:
-        """A flush's eviction of tag sets: members deleted in their slots with their leases, held off."""
+        """A flush's eviction of tag sets, fenced like a flush step: members deleted in their slots with their
+        leases, held off."""
+        super()._step("release", [], 0)  # (refused once the lease or the operator lock is another's)
         members = self._take_tags(suffixes)
         names = [m for ms in members.values() for m in ms]
         pipe = self._pipe()
@@ -386,38 +387,6 @@ class ClusterSink(RedisSink):
             return super()._step(op, keys, ms)
         super()._step("release", [], 0)  # (fenced: refused once the lease or the operator lock is another's)
         return self._unlink(keys)
-
-    def flush(self, rule: TableRule, held: bool = False) -> int:
-        marker = self.keys.flushing(rule.name)
-        self._step("mark", self._marked([rule]), FLUSH_MARKER_TTL_MS)
-        deleted = 0
-        for template in rule.templates:
-            for page in self._scan(self.keys.lease_pattern(template.pattern())):
-                self._step("unlink", page)
-        for template in rule.templates:
-            for page in self._scan(template.pattern()):
-                mine = [k for k in page if template.matches(k.decode(errors="replace"))]
-                if mine:
-                    deleted += self._step("unlink", mine)
-        tag_suffixes = [rule.name]
-        for page in self._scan(glob_escape(self.keys.tag_prefix) + "\\{*\\}" + glob_escape(rule.name) + ":*"):
-            tag_suffixes.extend(self.keys.tag_suffix_of(k.decode()) for k in page)
-        super()._step("release", [], 0)
-        deleted += self._evict_tags(tag_suffixes)
-        self._step("release" if held else "unmark", [marker], self.holdoff_ms)
-        return deleted
-
-    def count_keys(self, rules: Sequence[TableRule], limit: int = 1) -> int:
-        found = 0
-        for rule in rules:
-            patterns = [t.pattern() for t in rule.templates]
-            tag = glob_escape(self.keys.tag_prefix) + "\\{*\\}" + glob_escape(rule.name)
-            for pattern in (*patterns, tag, f"{tag}:*"):
-                for page in self._scan(pattern):
-                    found += len(page)
-                    if found >= limit:
-                        return found
-        return found
 
     def memory(self) -> RedisMemory:
         """Evictions summed over every primary (any of them may have taken a tag set or a marker)."""

@@ -383,6 +383,12 @@ class Namespace:
         """What a tag set's name starts with, before its suffix (one Redis: the suffix follows at once)."""
         return f"{self.name}:tag:"
 
+    def column_tags_pattern(self, table: str) -> str:
+        """A SCAN glob of the table's column tags (``<table>:<col>=<val>...``; the whole-table tag is ``tag``)."""
+        if self.cluster:
+            return f"{glob_escape(self.tag_prefix)}\\{{*\\}}{glob_escape(table)}:*"
+        return glob_escape(self.tag(table)) + ":*"
+
     def tag_suffix_of(self, tag_key: str) -> str:
         """The suffix a tag set's name holds (the inverse of ``tag``)."""
         rest = tag_key[len(self.tag_prefix) :]
