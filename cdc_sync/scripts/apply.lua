@@ -7,22 +7,14 @@
 -- Reply: {'OK'} | {'DUP'} (this very step was applied already) | {'REWIND', stored checkpoint} | {'LOST'} (no
 -- checkpoint where one was expected) | {'FENCED'} (another worker holds the leader lease)
 -- include: evict_tag
+-- include: checkpoint_cas
 -- include: apply_op
 local expected, has_expected, new = ARGV[1], ARGV[2] == '1', ARGV[3]
 local holdoff, token = tonumber(ARGV[4]), ARGV[5]
 local lease_prefix, inv_prefix = ARGV[6], ARGV[7]
 if token ~= '' and redis.call('GET', KEYS[2]) ~= token then return {'FENCED'} end
-local cur = redis.call('GET', KEYS[1])
-if has_expected then
-  if cur ~= expected then
-    if cur == new then return {'DUP'} end
-    if cur then return {'REWIND', cur} end
-    return {'LOST'}
-  end
-elseif cur then
-  if cur == new then return {'DUP'} end
-  return {'REWIND', cur}
-end
+local refused = checkpoint_cas(KEYS[1], expected, has_expected, new)
+if refused then return refused end
 local i, k, n = 8, 4, #ARGV
 while i <= n do
   local op = ARGV[i]

@@ -6,6 +6,7 @@
 -- leader that lost its lease cannot write a slot its successor wrote.
 -- Reply: {'OK'} | {'DUP'} (this very step was applied already) | {'REWIND', stored checkpoint} | {'LOST'} (no
 -- checkpoint where one was expected) | {'FENCED'}
+-- include: checkpoint_cas
 -- include: apply_op
 local expected, has_expected, new = ARGV[1], ARGV[2] == '1', ARGV[3]
 local holdoff, fence = tonumber(ARGV[4]), ARGV[5]
@@ -13,17 +14,8 @@ if fence ~= '' then
   local stored = tonumber(redis.call('GET', KEYS[2]) or '0')
   if stored > tonumber(fence) then return {'FENCED'} end
 end
-local cur = redis.call('GET', KEYS[1])
-if has_expected then
-  if cur ~= expected then
-    if cur == new then return {'DUP'} end
-    if cur then return {'REWIND', cur} end
-    return {'LOST'}
-  end
-elseif cur then
-  if cur == new then return {'DUP'} end
-  return {'REWIND', cur}
-end
+local refused = checkpoint_cas(KEYS[1], expected, has_expected, new)
+if refused then return refused end
 local i, k, n = 6, 3, #ARGV
 while i <= n do
   local next_i, next_k = apply_op(i, k, holdoff)
