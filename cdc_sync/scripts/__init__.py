@@ -2,7 +2,8 @@
 
 Each file starts with what it takes (KEYS, ARGV) and what it replies; a line ``-- include: <name>`` is replaced by
 that file (the parts scripts share: ``evict_tag.lua``, ``apply_op.lua``, ``checkpoint_cas.lua``). Multi-outcome
-scripts reply with names (``'OK'``, ``'REWIND'``, ``'HIT'``, ``'STORED'``, ...), listed here. Pure: the standard library only.
+scripts reply with names (``'OK'``, ``'REWIND'``, ``'HIT'``, ``'STORED'``, ...), listed here. Pure: the standard
+library only.
 """
 
 from __future__ import annotations
