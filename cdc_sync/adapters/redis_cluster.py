@@ -14,6 +14,7 @@ Every script declares its keys and touches one slot (keys.Namespace(cluster=True
 * **Tags.** A tag set sits in one slot and its members in many: ``tag_take.lua`` holds the tag's fills off and reads
   its members, each member is deleted in its own slot's script (with its lease, leaving its hold-off marker), then
   just those members leave the set (SREM). A crash in between leaves them in the set: the replay evicts them again.
+  A replay leaves alone the members whose slots have the step already (neither deleted nor taken out of the set).
 * **Heartbeat.** On the home slot, with the checkpoint of each slot written since the last one (``<ns>:{<ns>}:slots``):
   a reader trusts a slot's key only while the slot's own checkpoint has reached what the heartbeat recorded.
 """
@@ -182,6 +183,13 @@ class ClusterSink(RedisSink):
             else:
                 data.append(op)
         members = self._take_tags(tags) if tags else {}
+        # A member whose slot has this step already (a replay) is neither deleted nor released: a reader may
+        # have filled it since, under the tag, and the next change of the tag must still find it in the set.
+        members = {
+            suffix: kept
+            for suffix, names in members.items()
+            if (kept := [name for name in names if not self._has(key_slot(name), new)])
+        }
         data += [Delete(m) for members_of in members.values() for m in members_of]
         self._apply_slots(data, new)
         if members:

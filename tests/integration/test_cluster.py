@@ -487,3 +487,42 @@ def test_ha_on_a_cluster_fences_a_paused_leader_in_every_slot(
     assert _names(rc, range(1, 51)) == ["during the pause"] * 50
     fence = int(next(e for e in b.events() if e.get("event") == "redis.slots_fenced")["fence"])
     assert {int(rc.get(NS.slot_fence(s)) or 0) for s in (0, 5000, 16383)} == {fence}
+
+
+def test_a_replayed_tag_eviction_keeps_members_its_slot_already_has(cluster: RedisClusterSet) -> None:
+    """A crash between a step's slot scripts and its home step: the member's slot has the step, the home checkpoint
+    does not. A reader fills the member again and joins the tag. The replay skips the member's slot (it has the
+    step), so it must leave the member in the tag set: the next change of the tag still evicts it (found by the
+    cluster checker after kill -9: a cached group kept forever)."""
+    from dataclasses import replace
+
+    from cdc_sync.adapters.redis_cluster import ClusterSink
+    from cdc_sync.config import RedisConfig
+    from cdc_sync.core.planner import EvictTag
+
+    cfg = replace(RedisConfig(url=f"redis://127.0.0.1:{cluster.ports[0]}"), cluster=True)
+    rc = _client(cluster)
+    tag, member = "db.orders:user_id=1", "grp:1"
+    assert key_slot(NS.tag(tag)) != key_slot(member)
+    p0, p1, p2 = "bin.000001:100", "bin.000001:200", "bin.000001:300"
+    sink = ClusterSink(cfg, holdoff_ms=0)
+    try:
+        assert sink.apply([], None, p0)
+        rc.sadd(NS.tag(tag), member)
+        rc.set(member, "old")
+        rc.set(NS.slot_checkpoint(key_slot(member)), p1)  # (the slot script of p1 ran; then kill -9)
+        rc.delete(member)
+    finally:
+        sink.close()
+    rc.set(member, "filled after p1")  # (a reader's fill, after it joined the tag again)
+    rc.sadd(NS.tag(tag), member)
+    sink = ClusterSink(cfg, holdoff_ms=0)
+    try:
+        assert sink.load_checkpoint() == p0
+        assert sink.apply([EvictTag(tag)], p0, p1)  # the replay: the member's slot has p1 already
+        assert rc.get(member) == b"filled after p1"
+        assert rc.sismember(NS.tag(tag), member), "a member whose slot skipped the step stays in the tag"
+        assert sink.apply([EvictTag(tag)], p1, p2)
+        assert rc.get(member) is None, "the next change of the tag evicts it"
+    finally:
+        sink.close()
