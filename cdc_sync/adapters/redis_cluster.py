@@ -21,6 +21,7 @@ Every script declares its keys and touches one slot (keys.Namespace(cluster=True
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -205,7 +206,7 @@ class ClusterSink(RedisSink):
             return
         calls = []
         for slot, ops in todo.items():
-            op_keys, op_args = encode_ops(self.keys, ops)
+            op_keys, op_args = encode_ops(self.keys, ops, slot)
             stored = self.slot_checkpoints.get(slot)
             keys = [self.keys.slot_checkpoint(slot), self.keys.slot_fence(slot), *op_keys]
             args: list[bytes | str | int] = [stored or "", "1" if stored is not None else "0", new, self.holdoff_ms]
@@ -276,12 +277,7 @@ class ClusterSink(RedisSink):
     def _has(self, slot: int, new: str) -> bool:
         """Whether the slot's checkpoint has reached ``new`` already (a replay: skipped there)."""
         stored = self.slot_checkpoints.get(slot)
-        if stored is None:
-            return False
-        try:
-            return reached(stored, new)
-        except PositionError:
-            return False
+        return stored is not None and _reached(stored, new)
 
     def _applied(self, slot: int, position: str) -> None:
         with self._lock:
@@ -415,6 +411,16 @@ class ClusterSink(RedisSink):
         node = self.cluster.get_node_from_key(self.keys.heartbeat)  # type: ignore[no-untyped-call]
         seconds, micros = self._call("TIME", self.cluster.time, target_nodes=node)
         return int(seconds) * 1000 + int(micros) // 1000
+
+
+@functools.lru_cache(maxsize=4096)
+def _reached(stored: str, new: str) -> bool:
+    """positions.reached (False when they cannot be compared), remembered: a step asks it of thousands of slots
+    holding a few distinct checkpoints."""
+    try:
+        return reached(stored, new)
+    except PositionError:
+        return False
 
 
 def _field(info: object, name: str) -> str:

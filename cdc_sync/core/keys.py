@@ -311,9 +311,9 @@ class Namespace:
             return f"{self.name}:{{{self.name}}}:{kind}:{rest}" if rest else f"{self.name}:{{{self.name}}}:{kind}"
         return f"{self.name}:{kind}:{rest}" if rest else f"{self.name}:{kind}"
 
-    def _in_slot_of(self, kind: str, item: str) -> str:
+    def _in_slot_of(self, kind: str, item: str, slot: int | None = None) -> str:
         if self.cluster:
-            return f"{self.name}:{kind}:{{{slot_tag(key_slot(item))}}}{item}"
+            return f"{self.name}:{kind}:{{{slot_tag(key_slot(item) if slot is None else slot)}}}{item}"
         return f"{self.name}:{kind}:{item}"
 
     # the worker's state
@@ -395,11 +395,12 @@ class Namespace:
         return rest[rest.index("}") + 1 :] if self.cluster else rest
 
     # per cached key
-    def lease(self, key: str) -> str:
-        return self._in_slot_of("lease", key)
+    def lease(self, key: str, slot: int | None = None) -> str:
+        """``slot``: the key's slot, when the caller knows it already (``key_slot(key)``)."""
+        return self._in_slot_of("lease", key, slot)
 
-    def inv(self, key: str) -> str:
-        return self._in_slot_of("inv", key)
+    def inv(self, key: str, slot: int | None = None) -> str:
+        return self._in_slot_of("inv", key, slot)
 
     def stamp(self, key: str) -> str:
         return self._in_slot_of("stamp", key)
