@@ -129,18 +129,38 @@ def cluster_eval(client: Any, calls: Sequence[tuple[Script, Sequence[Any], Seque
 
     The fast way first: by the client's slot map, every node's calls are packed at once (hiredis) and sent, to
     all nodes before any reply is read, so the nodes run them side by side (redis-py's cluster pipeline costs about
-    0.5 ms a command in Python, its plain one still encodes each argument in Python). A call that did not run there
-    (MOVED, ASK, TRYAGAIN, NOSCRIPT, a node away: the map is out of date, a slot moves, a failover) goes again
-    through the cluster pipeline, which follows redirections and refreshes the map. Only for calls that may run
-    twice: the worker's steps reply DUP, a reader's lookups and fills are guarded by their lease."""
+    0.5 ms a command in Python, its plain one still encodes each argument in Python). Calls a node lacks the script
+    of (NOSCRIPT: a new node, a restart) go the fast way again once the scripts are loaded on every primary. A call
+    that did not run there (MOVED, ASK, TRYAGAIN, a node away: the map is out of date, a slot moves, a failover)
+    goes again through the cluster pipeline, which follows redirections and refreshes the map. Only for calls that
+    may run twice: the worker's steps reply DUP, a reader's lookups and fills are guarded by their lease."""
     results: list[Any] = [None] * len(calls)
+    again, noscript = _eval_by_node(client, calls, range(len(calls)), results)
+    if noscript:
+        for script in {id(s): s for s, _, _ in (calls[i] for i in noscript)}.values():
+            client.script_load(script.script)
+        more, still = _eval_by_node(client, calls, noscript, results)
+        again += more + still
+    if again:
+        again.sort()
+        for i, reply in zip(again, _cluster_pipeline_eval(client, [calls[i] for i in again]), strict=True):
+            results[i] = reply
+    return results
+
+
+def _eval_by_node(
+    client: Any, calls: Sequence[tuple[Script, Sequence[Any], Sequence[Any]]], which: Iterable[int], results: list[Any]
+) -> tuple[list[int], list[int]]:
+    """cluster_eval's fast way for the calls ``which``: replies into ``results``; returns the calls that did not
+    run where they were sent, and those that met NOSCRIPT."""
     by_node: dict[str, list[int]] = {}
     nodes: dict[str, Any] = {}
-    for i, (_script, keys, _args) in enumerate(calls):
-        node = client.nodes_manager.get_node_from_slot(key_slot(keys[0]))
+    for i in which:
+        node = client.nodes_manager.get_node_from_slot(key_slot(calls[i][1][0]))
         by_node.setdefault(node.name, []).append(i)
         nodes[node.name] = node
     again: list[int] = []
+    noscript: list[int] = []
     sent: list[tuple[Any, Any, list[int]]] = []
     try:
         for name, indexes in by_node.items():
@@ -165,6 +185,8 @@ def cluster_eval(client: Any, calls: Sequence[tuple[Script, Sequence[Any], Seque
                 for i in indexes:
                     try:
                         results[i] = conn.read_response()
+                    except redis.exceptions.NoScriptError:
+                        noscript.append(i)
                     except redis.ResponseError as exc:
                         if not isinstance(exc, _NOT_RUN_THERE):
                             raise
@@ -180,11 +202,7 @@ def cluster_eval(client: Any, calls: Sequence[tuple[Script, Sequence[Any], Seque
         for pool, conn, _indexes in sent:
             if conn is not None:
                 pool.release(conn)
-    if again:
-        again.sort()
-        for i, reply in zip(again, _cluster_pipeline_eval(client, [calls[i] for i in again]), strict=True):
-            results[i] = reply
-    return results
+    return again, noscript
 
 
 def _cluster_pipeline_eval(client: Any, calls: Sequence[tuple[Script, Sequence[Any], Sequence[Any]]]) -> list[Any]:

@@ -516,6 +516,9 @@ def test_a_replayed_tag_eviction_keeps_members_its_slot_already_has(cluster: Red
         sink.close()
     rc.set(member, "filled after p1")  # (a reader's fill, after it joined the tag again)
     rc.sadd(NS.tag(tag), member)
+    for port in cluster.primaries():  # (and the restarted worker meets NOSCRIPT)
+        with redis.Redis(port=port) as node:
+            node.script_flush()
     sink = ClusterSink(cfg, holdoff_ms=0)
     try:
         assert sink.load_checkpoint() == p0
