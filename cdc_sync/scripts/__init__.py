@@ -1,7 +1,8 @@
 """The Lua scripts of the worker, the reader and the commands, as ``.lua`` files of this package.
 
 Each file starts with what it takes (KEYS, ARGV) and what it replies; a line ``-- include: <name>`` is replaced by
-that file (the parts scripts share: ``evict_tag.lua``, ``apply_op.lua``, ``checkpoint_cas.lua``). Multi-outcome
+that file (the parts scripts share: ``evict_tag.lua``, ``apply_op.lua``, ``checkpoint_cas.lua``,
+``hset_args.lua``). Multi-outcome
 scripts reply with names (``'OK'``, ``'REWIND'``, ``'HIT'``, ``'STORED'``, ...), listed here. Pure: the standard
 library only.
 """

@@ -3,6 +3,7 @@
 --   J value ttl    KEYS: key, its lease                        store a JSON string (ttl 0: no expiry)
 --   H ttl n f v..  KEYS: key, its lease                        replace a hash with its n fields
 -- Returns the next (i, k), or nil when ARGV[i] is another code (left to the caller).
+-- include: hset_args
 local function apply_op(i, k, holdoff)
   local op = ARGV[i]
   if op == 'D' then
@@ -17,12 +18,8 @@ local function apply_op(i, k, holdoff)
   elseif op == 'H' then
     local ttl, nf = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
     redis.call('DEL', KEYS[k], KEYS[k + 1])
-    local j, last = i + 3, i + 2 + nf * 2
-    while j <= last do
-      local stop = math.min(j + 999, last)
-      redis.call('HSET', KEYS[k], unpack(ARGV, j, stop))
-      j = stop + 1
-    end
+    local last = i + 2 + nf * 2
+    hset_args(KEYS[k], i + 3, last)
     if ttl > 0 then redis.call('PEXPIRE', KEYS[k], ttl) end
     return last + 1, k + 2
   end

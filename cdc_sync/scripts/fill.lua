@@ -5,6 +5,7 @@
 -- fetch result), then value | field value ...
 -- Reply: 'STORED' | 'LOST' (the lease is gone, or a flush runs) | 'RULE_MISMATCH' (refused: the worker's rule for
 -- a table is no longer the reader's) | 'SCHEMA_CHANGED' (refused: a table's schema epoch moved, a DDL)
+-- include: hset_args
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 'LOST' end
 redis.call('DEL', KEYS[2])
 local n = tonumber(ARGV[4])
@@ -24,7 +25,7 @@ local first = 6 + 3 * n
 local ttl = tonumber(ARGV[3])
 if ARGV[2] == 'h' then
   redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], unpack(ARGV, first))
+  hset_args(KEYS[1], first, #ARGV)
   if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 elseif ttl > 0 then
   redis.call('SET', KEYS[1], ARGV[first], 'PX', ttl)

@@ -2,12 +2,13 @@
 -- time: gate.lua; a fill they refuse is deleted again).
 -- KEYS: key, its lease[, its stamp (stamped only)]. ARGV: token, format, ttl_ms, stamp ('': none), value | field
 -- value ... Reply: 'STORED' | 'LOST' (the lease is gone: a change, or a flush)
+-- include: hset_args
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 'LOST' end
 redis.call('DEL', KEYS[2])
 local ttl = tonumber(ARGV[3])
 if ARGV[2] == 'h' then
   redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+  hset_args(KEYS[1], 5, #ARGV)
   if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 elseif ttl > 0 then
   redis.call('SET', KEYS[1], ARGV[5], 'PX', ttl)

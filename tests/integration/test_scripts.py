@@ -392,6 +392,9 @@ def test_heartbeat_records_slot_checkpoints_with_the_beat(r: redis.Redis, acl: l
     assert r.hgetall(CNS.slots) == {b"7": b"p4", b"9": b"p5"} and r.get(CNS.heartbeat) == b"100"
     assert run(r, acl, "heartbeat", keys, ["p0", 200, "", 7, "p9"]) == 0  # refused: nothing recorded
     assert r.hget(CNS.slots, "7") == b"p4"
+    every: list[object] = [x for slot in range(16384) for x in (slot, "p5")]  # (after a step touching every slot)
+    assert run(r, acl, "heartbeat", keys, ["p5", 300, "", *every]) == 1  # (more than Lua's unpack takes at once)
+    assert r.hlen(CNS.slots) == 16384 and r.get(CNS.heartbeat) == b"300"
 
 
 # ---- gate.lua, slot_lookup.lua, tag_join.lua, slot_fill.lua (a cluster reader's scripts, on one node) -----------
@@ -441,6 +444,11 @@ def test_slot_lookup_tag_join_and_slot_fill(r: redis.Redis, acl: list[str]) -> N
         == "STORED"
     )
     assert r.get("k:1") == b"1" and r.get(CNS.stamp("k:1")) == b"4" and r.get(CNS.lease("k:1")) is None
+    wide = replace(lk, key="k:wide", fmt="h")  # a hash of 4096 columns: more than Lua's unpack takes at once
+    r.set(CNS.lease("k:wide"), "tok")
+    fields = [x for i in range(4096) for x in (f"c{i}", str(i))]
+    filled = _cluster_call(r, acl, "slot_fill", cluster.slot_fill(CNS, wide, "tok", 0, fields, ""))
+    assert scripts.reply_name(filled) == "STORED" and r.hlen("k:wide") == 4096 and r.hget("k:wide", "c4095") == b"4095"
     hit = names(_cluster_call(r, acl, "slot_lookup", cluster.slot_lookup(CNS, cfg, stamped, "t")))
     assert hit == ["HIT", b"1", b"p3", b"4"]
     r.delete("k:1")
@@ -450,7 +458,7 @@ def test_slot_lookup_tag_join_and_slot_fill(r: redis.Redis, acl: list[str]) -> N
 
 def test_every_script_is_tested() -> None:
     """Runs last in this file (pytest keeps file order): each .lua file but the shared part was run above."""
-    assert set(scripts.names()) - {"evict_tag", "apply_op", "checkpoint_cas"} == COVERED
+    assert set(scripts.names()) - {"evict_tag", "apply_op", "checkpoint_cas", "hset_args"} == COVERED
 
 
 def test_an_undeclared_key_is_refused(r: redis.Redis, acl: list[str]) -> None:
