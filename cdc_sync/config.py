@@ -179,6 +179,8 @@ class ReaderConfig:
     pool_size: int = _bound(4, 1, 1000)  # MySQL connections of the built-in loader
     redis_max_connections: int = _bound(64, 1, 100_000)  # Redis connections per reader; more lookups wait
     strict: bool = False  # raise CacheUnavailable when Redis fails, instead of reading MySQL
+    # inside reader.after(gtid): how long lookups wait for the worker to apply that write before reading MySQL
+    read_your_writes_wait_ms: int = _bound(1000, 0, 60_000)
 
 
 @dataclass(frozen=True)

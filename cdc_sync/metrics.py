@@ -73,6 +73,9 @@ HEARTBEAT_LAG_SECONDS = Gauge("cdc_sync_heartbeat_lag_seconds", "Age of the hear
 READER_LOOKUPS = Counter("cdc_sync_reader_lookups", "Reader lookups by result", ["result"])
 READER_BYPASSES = Counter("cdc_sync_reader_bypasses", "Reader lookups that read MySQL without filling", ["reason"])
 READER_LEASE_WAITS = Counter("cdc_sync_reader_lease_waits", "Reader lookups that waited for another's fill")
+READER_WRITE_WAITS = Counter(
+    "cdc_sync_reader_write_waits", "Reader lookups inside reader.after(gtid) that waited for the worker to apply it"
+)
 READER_FILLS = Counter(
     "cdc_sync_reader_fills",
     "Reader fills: stored, lost to a change, refused (rule_mismatch), or not tried (noncanonical key)",

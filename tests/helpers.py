@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -269,7 +269,26 @@ class AsyncDriven:
         import asyncio
 
         coro = getattr(self._reader, name)(*args, **kwargs)
+        written = self.__dict__.get("_written")
+        if written:  # (the loop's task has its own context: after() is entered inside it)
+            gtid, wait_ms = written[-1]
+
+            async def inside() -> Any:
+                with self._reader.after(gtid, wait_ms):
+                    return await coro
+
+            return asyncio.run_coroutine_threadsafe(inside(), self._loop).result()
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    @contextlib.contextmanager
+    def after(self, gtid: str | None, wait_ms: int | None = None) -> Iterator[None]:
+        """The async reader's ``after``, entered around each call of the block (one test thread at a time)."""
+        stack = self.__dict__.setdefault("_written", [])
+        stack.append((gtid, wait_ms))
+        try:
+            yield
+        finally:
+            stack.pop()
 
     def fetch(self, key: str, loader: Callable[[], Any], ttl: float, depends_on: Any = ()) -> Any:
         import asyncio

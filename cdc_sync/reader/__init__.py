@@ -11,11 +11,16 @@ if TYPE_CHECKING:
     from cdc_sync.errors import CacheUnavailable
     from cdc_sync.reader.base import ReaderStats
     from cdc_sync.reader.client import AsyncCacheReader, CacheReader
+    from cdc_sync.reader.writes import last_gtid
 
-__all__ = ["AsyncCacheReader", "CacheReader", "CacheUnavailable", "ReaderStats"]
+__all__ = ["AsyncCacheReader", "CacheReader", "CacheUnavailable", "ReaderStats", "last_gtid"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "last_gtid":  # (no redis-py needed)
+        from cdc_sync.reader import writes
+
+        return writes.last_gtid
     if name in __all__:
         from cdc_sync.reader import client
 

@@ -4,6 +4,8 @@ lookup script's replies. The protocol itself (scripts, argument layouts, pure de
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import itertools
 import os
 import random
@@ -12,7 +14,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import orjson
@@ -33,6 +35,7 @@ from cdc_sync.reader.protocol import (
     Lookup,
     ScriptArg,
     TrustWindow,
+    Written,
     column_dependency_tables,
     epoch_of,
     fetch_tags,
@@ -90,6 +93,7 @@ def _exporter(name: str, reason: str) -> Callable[[], None]:
     else:
         plain = {
             "lease_wait": m.READER_LEASE_WAITS,
+            "write_wait": m.READER_WRITE_WAITS,
             "loader_error": m.READER_LOADER_ERRORS,
             "redis_error": m.READER_REDIS_ERRORS,
             "heartbeat_regression": m.READER_HEARTBEAT_REGRESSIONS,
@@ -134,6 +138,10 @@ class _ReaderBase:
         self._digests = {r.name: rule_digest(r) for r in config.tables}
         self.row_loader = loader if loader is not None else RowLoader(config.mysql, self.cfg.pool_size)
         self.window = TrustWindow()  # plain-GET hits between checks (see the module docstring)
+        # read-your-writes: the write the current context's lookups must see (``after``); one variable per reader
+        self._written: contextvars.ContextVar[Written | None] = contextvars.ContextVar(
+            f"cdc_sync_written_{id(self)}", default=None
+        )
         self._heartbeat_key = self.keys.heartbeat
         self._mismatched: dict[str, bool] = {}  # table → whether the last verdict on its rule was a mismatch
         self._noted: set[Any] = set()  # what was logged once already (non-canonical keys, widened tags)
@@ -313,6 +321,30 @@ class _ReaderBase:
                 keys += [self.keys.stamp(lookup.key), *(self.keys.schema(t) for t in lookup.tables)]
             self._plain[lookup] = keys
         return keys
+
+    @contextlib.contextmanager
+    def after(self, gtid: str | None, wait_ms: int | None = None) -> Iterator[None]:
+        """Read-your-writes: inside the block, lookups (``get_row``, ``fetch``, ...) use the cache only once the
+        worker's checkpoint covers the write ``gtid`` (``cdc_sync.last_gtid(connection)`` right after its commit),
+        waiting for it up to ``wait_ms`` (default ``[reader] read_your_writes_wait_ms``) from the block's first
+        lookup, then reading MySQL (``bypass`` reason ``behind_write``). A block per request or task: the setting
+        is a context variable, so threads and asyncio tasks each have their own. ``gtid`` empty or None (the
+        session wrote nothing): the block changes nothing."""
+        if not gtid:
+            yield
+            return
+        wait = self.cfg.read_your_writes_wait_ms if wait_ms is None else wait_ms
+        if wait < 0:
+            raise ValueError(f"reader.after: wait_ms must be >= 0; got {wait}")
+        token = self._written.set(Written(gtid.strip(), wait / 1000))
+        try:
+            yield
+        finally:
+            self._written.reset(token)
+
+    def written(self) -> Written | None:
+        """The write this context's lookups must see (``after``), if any."""
+        return self._written.get()
 
     def token(self) -> str:
         return f"{self._token_prefix}{next(self._tokens):x}"

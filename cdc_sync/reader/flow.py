@@ -34,6 +34,7 @@ from cdc_sync.reader.protocol import (
     NEGATIVE,
     Lookup,
     ScriptArg,
+    Written,
     epoch_of,
     stamp_of,
 )
@@ -99,7 +100,11 @@ Flow = Generator[Step, Reply, Any]
 
 def lookup(core: _ReaderBase, lk: Lookup, now: float) -> Flow:
     """One cache-aside lookup (``now``: the monotonic clock as it starts): a plain read inside the trust window,
-    else the lookup script, then a hit, a bypass, a lease (load, fill) or a wait for another holder's fill."""
+    else the lookup script, then a hit, a bypass, a lease (load, fill) or a wait for another holder's fill. Inside
+    ``reader.after(gtid)``, first the wait for the worker's checkpoint to cover that write (else MySQL)."""
+    written = core.written()
+    if written is not None and not written.covered and not (yield from _await_write(core, written, now)):
+        return (yield from _bypass(core, lk, "behind_write"))
     if not core.cluster and core.window.is_open(now):
         reply = yield PlainGet(lk.key, core.plain_keys(lk), lk.fmt == "h")
         if reply.error is not None:
@@ -134,6 +139,27 @@ def lookup(core: _ReaderBase, lk: Lookup, now: float) -> Flow:
         if now >= deadline:
             return (yield from _bypass(core, lk, "lease_wait_timeout"))
         yield Sleep(min(0.01, deadline - now) * (0.5 + random.random()))
+
+
+def _await_write(core: _ReaderBase, written: Written, now: float) -> Generator[Step, Reply, bool]:
+    """Read-your-writes: read the worker's checkpoint until it covers the write, for up to ``written.wait_s``
+    from the block's first lookup (later lookups of a block that waited in vain read it once each)."""
+    if written.deadline is None:
+        written.deadline = now + written.wait_s
+    waited = False
+    while True:
+        reply = yield PlainGet(core.keys.checkpoint, [], False)
+        if reply.error is not None:
+            core._redis_failed(reply.error, core.keys.checkpoint)
+            return False
+        if written.seen(reply.value[0]):
+            return True
+        if not waited:
+            core.stats.add("write_wait")
+            waited = True
+        if reply.received >= written.deadline:
+            return False
+        yield Sleep(min(0.005, written.deadline - reply.received))
 
 
 def _load(core: _ReaderBase, epochs: Epochs) -> Generator[Step, Reply, Loaded]:

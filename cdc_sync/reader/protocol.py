@@ -31,6 +31,8 @@ from cdc_sync import config as config_mod
 from cdc_sync.config import TableRule
 from cdc_sync.core.canonical import NOT_CANONICAL, ColumnInfo, canonical, renders_as_given
 from cdc_sync.core.keys import KeyTemplate, Namespace, tag_suffix
+from cdc_sync.core.positions import contains, kind_of
+from cdc_sync.errors import PositionError
 
 ScriptArg = bytes | str | int | float
 NEGATIVE = b"null"  # a cached "row absent" (JSON format only)
@@ -273,3 +275,38 @@ def _heartbeat_ms(raw: object) -> int | None:
         except ValueError:
             return None
     return None
+
+
+@dataclass(slots=True)
+class Written:
+    """Read-your-writes (``reader.after(gtid)``): lookups use the cache only once the worker's checkpoint covers
+    the write ``gtid`` (a MariaDB GTID or GTID state, or a MySQL GTID set); until then, for up to ``wait_s`` from
+    the first lookup, they wait, then read MySQL. The checkpoint moves only after the step that applied a change
+    (and so every key it evicted or wrote), so once it covers the write no cached value is older than it: seen
+    once, covered for the rest of the block."""
+
+    gtid: str
+    wait_s: float
+    deadline: float | None = None  # monotonic: set by the first lookup that waits
+    covered: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            kind = kind_of(self.gtid)
+        except PositionError as exc:
+            raise ValueError(f"reader.after: not a GTID: {self.gtid[:200]!r} ({exc})") from None
+        if kind == "file":
+            raise ValueError(f"reader.after: a GTID is needed (e.g. from cdc_sync.last_gtid), not {self.gtid!r}")
+
+    def seen(self, checkpoint: bytes | None) -> bool:
+        """Whether the worker's checkpoint (``ns:checkpoint`` as Redis holds it; None: none) covers the write."""
+        if not self.covered and checkpoint is not None:
+            stored = checkpoint.decode()
+            try:
+                self.covered = contains(stored.partition("@")[0], self.gtid)
+            except PositionError:
+                raise ValueError(
+                    f"reader.after: the worker's checkpoint {stored[:100]!r} cannot be compared with {self.gtid!r} "
+                    "(file positions, or another server's GTIDs)"
+                ) from None
+        return self.covered

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -666,3 +667,43 @@ def test_async_fetch_after_a_collation_alter_never_fills_a_precise_tag(
             await reader.close()
 
     asyncio.run(scenario())
+
+
+def test_read_your_writes_sees_a_write_the_worker_has_not_applied_yet(
+    start_worker: StartWorker,
+    make_reader: Callable[..., CacheReader],
+    db: str,
+    schema: None,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+) -> None:
+    """The worker stopped (SIGSTOP), a row updated: a plain lookup still serves the cached row (inside its
+    staleness bound), one inside ``after(last_gtid(sql))`` waits, then reads MySQL; once the worker runs again,
+    the same block's lookup waits for the checkpoint and is a hit with the new row."""
+    from cdc_sync import last_gtid
+
+    w = start_worker(_tables(db, mode="update"), extra=READER_DEFAULTS)
+    _heartbeat(r)
+    reader = make_reader()
+    users = f"{db}.users"
+    assert reader.get_row(users, id=1) == {"id": 1, "name": "old"}
+    w.proc.send_signal(signal.SIGSTOP)
+    try:
+        with sql.cursor() as cur:
+            cur.execute("UPDATE users SET name = 'new' WHERE id = 1")
+        gtid = last_gtid(sql)
+        assert gtid.count("-") == 2, gtid  # (MariaDB: domain-server-sequence)
+        assert reader.get_row(users, id=1) == {"id": 1, "name": "old"}  # (cached, and the bound allows it)
+        with reader.after(gtid, wait_ms=300):
+            assert reader.get_row(users, id=1) == {"id": 1, "name": "new"}
+        assert reader.stats["bypass:behind_write"] == 1 and reader.stats["write_wait"] == 1
+        assert json.loads(r.get("user:1") or b"")["name"] == "old", "the bypass filled nothing"
+    finally:
+        w.proc.send_signal(signal.SIGCONT)
+    hits = reader.stats["hit"]
+    with reader.after(gtid, wait_ms=30_000):
+        assert reader.get_row(users, id=1) == {"id": 1, "name": "new"}
+    assert reader.stats["hit"] == hits + 1 and reader.stats["bypass:behind_write"] == 1
+    with sql.cursor() as cur:
+        cur.execute("SELECT 1")
+    assert last_gtid(sql) == gtid  # (a read writes nothing: the session's last GTID stays)

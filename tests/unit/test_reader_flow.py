@@ -178,3 +178,58 @@ def test_a_flow_closed_while_it_loads_ends_quietly() -> None:
     d.send(flow.Reply([b"LEASE", b"0"], sent=0.0, received=0.0))
     assert isinstance(d.step, flow.Load)
     d.flow.close()  # raises RuntimeError if the flow yields instead of ending
+
+
+def test_read_your_writes_waits_for_the_checkpoint_then_uses_the_cache() -> None:
+    """Inside after(gtid): the checkpoint first (even inside the plain-GET window), polled until it covers the
+    write; then the lookup as usual, and later lookups of the block skip the wait."""
+    core = _reader()
+    lk = _lookup(core)
+    d = Driver(flow.lookup(core, lk, now=10.0))
+    d.send(flow.Reply([b"HIT", b'{"id":5}', 5000, b"1000"], sent=10.0, received=10.001))  # (opens the window)
+    with core.after("0-1-120"):
+        d = Driver(flow.lookup(core, lk, now=10.1))
+        assert d.step == flow.PlainGet("cdc:checkpoint", [], False)
+        d.send(flow.Reply((b"0-1-119@1:bin.000001:900/7", []), sent=10.1, received=10.101))
+        assert isinstance(d.step, flow.Sleep) and 0 < d.step.seconds <= 0.005
+        d.send(flow.Reply())
+        assert d.step == flow.PlainGet("cdc:checkpoint", [], False)
+        d.send(flow.Reply((b"0-1-121@1:bin.000001:990/7", []), sent=10.11, received=10.111))
+        assert isinstance(d.step, flow.PlainGet) and d.step.key == "user:5"  # covered: the window's plain read
+        d.send(flow.Reply((b'{"id":5,"n":2}', [b"1000", None]), sent=10.12, received=10.121))
+        assert d.done and d.result == {"id": 5, "n": 2}
+        d = Driver(flow.lookup(core, lk, now=10.2))
+        assert isinstance(d.step, flow.PlainGet) and d.step.key == "user:5", "covered once: no more waits"
+    assert core.written() is None and core.stats["write_wait"] == 1
+
+
+def test_read_your_writes_reads_mysql_when_the_worker_is_behind() -> None:
+    core = _reader()
+    lk = _lookup(core)
+    with core.after("0-1-120", wait_ms=50):
+        d = Driver(flow.lookup(core, lk, now=0.0))
+        for t in (0.0, 0.02, 0.04, 0.06):
+            assert d.step == flow.PlainGet("cdc:checkpoint", [], False)
+            d.send(flow.Reply((b"0-1-100", []), sent=t, received=t))
+            if isinstance(d.step, flow.Sleep):
+                d.send(flow.Reply())
+        assert d.step == flow.Load(None), "past the wait: MySQL, nothing filled"
+        d.send(flow.Reply((b'{"id":5}', None)))
+        assert d.done and d.result == {"id": 5} and core.stats["bypass:behind_write"] == 1
+        d = Driver(flow.lookup(core, lk, now=1.0))  # the block's wait is spent: one read, then MySQL
+        d.send(flow.Reply((b"0-1-100", []), sent=1.0, received=1.0))
+        assert d.step == flow.Load(None)
+
+
+def test_read_your_writes_refuses_what_is_not_a_gtid() -> None:
+    core = _reader()
+    with pytest.raises(ValueError, match="not a GTID"), core.after("yesterday"):
+        pass
+    with pytest.raises(ValueError, match="a GTID is needed"), core.after("bin.000001:4"):
+        pass
+    with core.after(""):  # the session wrote nothing
+        assert core.written() is None
+    with core.after("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5"):
+        d = Driver(flow.lookup(core, _lookup(core), now=0.0))
+        with pytest.raises(ValueError, match="cannot be compared"):
+            d.send(flow.Reply((b"0-1-100@1:bin.000001:4/7", []), sent=0.0, received=0.0))
