@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +191,29 @@ def start_redis(
     return server
 
 
+@dataclass(frozen=True)
+class Access:
+    """How a helper here logs in to a server: an ACL user (None: ``default``) and password, and TLS
+    (certificate, key, CA: the certificate is presented as the client's). The default: plain, no password."""
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: tuple[Path, Path, Path] | None = None
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """redis-py connection arguments (none by default)."""
+        kwargs: dict[str, Any] = {}
+        if self.username is not None:
+            kwargs["username"] = self.username
+        if self.password is not None:
+            kwargs["password"] = self.password
+        if self.tls is not None:
+            cert, key, ca = self.tls
+            kwargs.update(ssl=True, ssl_certfile=str(cert), ssl_keyfile=str(key), ssl_ca_certs=str(ca))
+            kwargs["host"] = "127.0.0.1"  # (the name the servers' certificate holds; not localhost)
+        return kwargs
+
+
 @dataclass
 class SentinelSet:
     """A Redis master with replicas, watched by Sentinels (``start_sentinel_set``)."""
@@ -197,6 +221,8 @@ class SentinelSet:
     master_name: str
     servers: list[LocalServer]  # the data servers; servers[0] was the first master
     sentinels: list[LocalServer]
+    access: Access = field(default_factory=Access)  # how to log in to the data servers
+    sentinel_access: Access = field(default_factory=Access)  # ... and to the Sentinels
 
     @property
     def addresses(self) -> list[str]:
@@ -207,7 +233,9 @@ class SentinelSet:
         """The master's port as the first Sentinel that answers names it (None: none knows)."""
         for sentinel in self.sentinels:
             try:
-                reply = _ask(sentinel.port, "SENTINEL", "get-master-addr-by-name", self.master_name)
+                reply = _ask(
+                    sentinel.port, "SENTINEL", "get-master-addr-by-name", self.master_name, access=self.sentinel_access
+                )
             except OSError:
                 continue
             if isinstance(reply, list | tuple) and len(reply) == 2:
@@ -216,6 +244,19 @@ class SentinelSet:
 
     def server(self, port: int) -> LocalServer:
         return next(s for s in self.servers if s.port == port)
+
+    def client(self, port: int, **kwargs: Any) -> Any:
+        """A redis-py client of the data server or Sentinel on ``port``, logged in as the helpers are."""
+        import redis
+
+        sentinel = any(s.port == port for s in self.sentinels)
+        access = self.sentinel_access if sentinel else self.access
+        return redis.Redis(port=port, **{**access.client_kwargs(), **kwargs})
+
+    def ask(self, port: int, *command: str) -> Any:
+        """One command to the data server or Sentinel on ``port`` (OSError: it does not answer)."""
+        sentinel = any(s.port == port for s in self.sentinels)
+        return _ask(port, *command, access=self.sentinel_access if sentinel else self.access)
 
     def stop(self) -> None:
         for server in (*self.sentinels, *self.servers):
@@ -231,27 +272,75 @@ def start_sentinel_set(
     master_name: str = "cache",
     down_after_ms: int = 1000,
     timeout: float = 30.0,
+    *,
+    tls: tuple[Path, Path, Path] | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    sentinel_user: str | None = None,
+    sentinel_password: str | None = None,
 ) -> SentinelSet:
     """A master, ``replicas`` replicas of it and ``sentinels`` Sentinels (quorum: a majority), each its own
-    process on a free loopback port, ready: every Sentinel knows every replica and the other Sentinels."""
+    process on a free loopback port, ready: every Sentinel knows every replica and the other Sentinels.
+
+    ``tls`` = (certificate, key, CA): every server and Sentinel on a TLS-only port, client certificates required,
+    replication and the Sentinels' own links over TLS too (the certificate is also their client certificate: it
+    must be valid for client authentication). ``password``: the data servers require it (``requirepass``), or with
+    ``user`` only that ACL user may log in (the default user off); replicas and Sentinels log in so.
+    ``sentinel_password``: the Sentinels require it of their clients and of each other (``requirepass``), or with
+    ``sentinel_user`` only that ACL user of theirs may log in. The SentinelSet's helpers log in the same ways."""
+    if (user and not password) or (sentinel_user and not sentinel_password):
+        raise ValueError("an ACL user needs a password")
     redis_server = _which("redis-server")
-    started = SentinelSet(master_name, [], [])
+    started = SentinelSet(
+        master_name,
+        [],
+        [],
+        Access(user, password, tls),
+        Access(sentinel_user, sentinel_password, tls),
+    )
     try:
-        sync_now = ("--repl-diskless-sync-delay", "0")  # (not 5 s: every replica is synced before a test starts)
-        master = start_redis(extra_args=sync_now)
+        sync_now: tuple[str, ...] = (
+            "--repl-diskless-sync-delay",
+            "0",
+        )  # (not 5 s: every replica is synced before a test starts)
+        if tls is not None:
+            sync_now += ("--tls-replication", "yes")
+        if user:  # (the first master too: demoted in a failover, it logs in to the new one)
+            sync_now += ("--user", "default", "off", "--user", user, "on", f">{password}", "~*", "&*", "+@all")
+            sync_now += ("--masteruser", user, "--masterauth", str(password))
+        elif password:
+            sync_now += ("--requirepass", password, "--masterauth", password)
+        master = start_redis(extra_args=sync_now, tls=tls)
         started.servers.append(master)
         for _ in range(replicas):
-            replica = start_redis(extra_args=(*sync_now, "--replicaof", "127.0.0.1", str(master.port)))
+            replica = start_redis(extra_args=(*sync_now, "--replicaof", "127.0.0.1", str(master.port)), tls=tls)
             started.servers.append(replica)
-            _until(lambda port=replica.port: _synced(port), timeout, f"the replica on {replica.port} to sync")
+            _until(partial(_synced, replica.port, started.access), timeout, f"the replica on {replica.port} to sync")
         quorum = sentinels // 2 + 1
         for _ in range(sentinels):
             directory = Path(tempfile.mkdtemp(prefix="cdc-sync-sentinel-"))
             port = free_port()
             conf = directory / "sentinel.conf"
+            listen = f"port {port}\n"
+            if tls is not None:
+                cert, key, ca = tls
+                listen = (
+                    f"port 0\ntls-port {port}\ntls-cert-file {cert}\ntls-key-file {key}\ntls-ca-cert-file {ca}\n"
+                    "tls-replication yes\n"
+                )
+            own = ""
+            if sentinel_user:
+                own = (
+                    f"user default off\nuser {sentinel_user} on >{sentinel_password} ~* &* +@all\n"
+                    f"sentinel sentinel-user {sentinel_user}\nsentinel sentinel-pass {sentinel_password}\n"
+                )
+            elif sentinel_password:
+                own = f"requirepass {sentinel_password}\nsentinel sentinel-pass {sentinel_password}\n"
+            login = f"sentinel auth-user {master_name} {user}\n" if user else ""
+            login += f"sentinel auth-pass {master_name} {password}\n" if password else ""
             conf.write_text(
-                f"port {port}\nbind 127.0.0.1\ndir {directory}\nlogfile {directory / 'sentinel.log'}\n"
-                f"sentinel monitor {master_name} 127.0.0.1 {master.port} {quorum}\n"
+                f"{listen}bind 127.0.0.1\ndir {directory}\nlogfile {directory / 'sentinel.log'}\n{own}"
+                f"sentinel monitor {master_name} 127.0.0.1 {master.port} {quorum}\n{login}"
                 f"sentinel down-after-milliseconds {master_name} {down_after_ms}\n"
                 f"sentinel failover-timeout {master_name} {max(3 * down_after_ms, 3000)}\n"
                 f"sentinel parallel-syncs {master_name} 1\n",
@@ -265,7 +354,7 @@ def start_sentinel_set(
 
         def ready() -> bool:
             for sentinel in started.sentinels:
-                state = _ask(sentinel.port, "SENTINEL", "master", master_name)
+                state = _ask(sentinel.port, "SENTINEL", "master", master_name, access=started.sentinel_access)
                 fields = state if isinstance(state, dict) else {}
                 if fields.get("num-slaves") != str(replicas) or fields.get("num-other-sentinels") != str(sentinels - 1):
                     return False
@@ -385,16 +474,18 @@ def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def _synced(port: int) -> bool:
-    info = _ask(port, "INFO", "replication")
+def _synced(port: int, access: Access | None = None) -> bool:
+    info = _ask(port, "INFO", "replication", access=access)
     return bool(info.get("master_link_status") == "up" and not info.get("master_sync_in_progress"))
 
 
-def _ask(port: int, *command: str) -> Any:
-    """One command to the server on ``port`` (redis-py, imported here: the worker never imports this module)."""
+def _ask(port: int, *command: str, access: Access | None = None) -> Any:
+    """One command to the server on ``port`` (redis-py, imported here: the worker never imports this module),
+    logged in and over TLS as ``access`` says (default: plain, no password)."""
     import redis
 
-    client = redis.Redis(port=port, socket_timeout=2, decode_responses=True)
+    login = access.client_kwargs() if access is not None else {}
+    client = redis.Redis(port=port, socket_timeout=2, decode_responses=True, **login)
     try:
         return client.execute_command(*command)
     except (redis.ConnectionError, redis.TimeoutError) as exc:  # (a server down: callers skip it)
