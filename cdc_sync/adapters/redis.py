@@ -236,6 +236,13 @@ _REDIS_TLS_FIX = (
     "certificate holds (or redis.ssl_verify_identity = false to skip that check)"
 )
 _SCRIPT_ACL = re.compile(r"The user executing the script can't (?:access|run)|\bNOPERM\b")
+_SENTINEL_AUTH = re.compile(r"AuthenticationError|invalid username-password|\bWRONGPASS\b|\bNOAUTH\b")
+_SENTINEL_AUTH_FIX = (
+    "check redis.sentinel_username and redis.sentinel_password (or $CDC_SYNC_SENTINEL_PASSWORD) against the "
+    "Sentinels' requirepass or ACL users, and redis.sentinel_tls"
+)
+# redis-py names each Sentinel it asked by its client's repr: <redis.client.Redis(<...(host=h,port=p,db=0)>)>
+_SENTINEL_REPR = re.compile(r"<redis\.(?:asyncio\.)?client\.Redis\(<.*?host=([^,>]+),port=(\d+)[^>]*>\)>\)>")
 _CONNECT_FAILED = re.compile(r"^Error (-?\d+) connecting to (.+?)\. (.+?)\.?$", re.S)
 
 
@@ -250,6 +257,10 @@ def redis_error(exc: BaseException, what: str) -> SinkUnavailable | ServerRefuse
     text = plain_redis_error(exc)
     if isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthenticationWrongNumberOfArgsError):
         return ServerRefused(f"redis {what}: Redis refused the login: {text}", _REDIS_AUTH_FIX, "redis_auth")
+    if isinstance(exc, redis.sentinel.MasterNotFoundError) and _SENTINEL_AUTH.search(text):
+        # (redis-py folds each Sentinel's refusal into "no master found": retrying would never heal it)
+        why = "a Sentinel refused the login"
+        return ServerRefused(f"redis {what}: {why}: {text}", _SENTINEL_AUTH_FIX, "redis_auth")
     if isinstance(exc, redis.exceptions.NoPermissionError) or (
         isinstance(exc, redis.ResponseError) and _SCRIPT_ACL.search(text)
     ):  # (inside a script, a refused key or command is a plain error with its own wording)
@@ -276,7 +287,7 @@ def redis_errors(what: str) -> Iterator[None]:
 
 def plain_redis_error(exc: BaseException) -> str:
     """A redis-py error as a plain sentence: ``cannot connect to 127.0.0.1:6379: connection refused``."""
-    text = str(exc).strip()
+    text = _SENTINEL_REPR.sub(r"Sentinel \1:\2", str(exc).strip())
     match = _CONNECT_FAILED.match(text)
     if match:
         reason = match.group(3)

@@ -8,6 +8,7 @@ import re
 import pymysql
 import pytest
 import redis
+import redis.sentinel
 
 from cdc_sync.adapters.mysql import plain_error, translate_error
 from cdc_sync.adapters.redis import plain_redis_error, redis_error
@@ -117,3 +118,20 @@ def test_redis_messages_are_plain_sentences() -> None:
     text = plain_redis_error(redis.ConnectionError("Error 111 connecting to 127.0.0.1:6390. Connection refused."))
     assert text == "cannot connect to 127.0.0.1:6390: connection refused"
     assert "Error 111" not in str(redis_error(redis.ConnectionError("Error 111 connecting to h:1. Refused."), "x"))
+
+
+_SENTINEL = "<redis.client.Redis(<redis.connection.ConnectionPool(<redis.connection.SSLConnection(host=127.0.0.1,port=26400,db=0)>)>)>"  # noqa: E501
+
+
+def test_a_sentinel_refusing_the_login_is_server_refused_and_named_by_address() -> None:
+    """redis-py folds each Sentinel's refusal into MasterNotFoundError: still a refusal (not retried forever), with
+    the Sentinels named by address, not by client reprs; Sentinels that are only unreachable stay retryable."""
+    refused = redis.sentinel.MasterNotFoundError(
+        f"No master found for 'cache' : {_SENTINEL} - AuthenticationError(...): invalid username-password pair or "
+        f"user is disabled., {_SENTINEL} - AuthenticationError(...): invalid username-password pair"
+    )
+    error = redis_error(refused, "GET operator")
+    assert isinstance(error, ServerRefused) and "sentinel_password" in error.fix
+    assert "Sentinel 127.0.0.1:26400" in str(error) and "redis.client.Redis" not in str(error)
+    down = redis.sentinel.MasterNotFoundError(f"No master found for 'cache' : {_SENTINEL} - ConnectionError(...)")
+    assert type(redis_error(down, "apply")) is SinkUnavailable
