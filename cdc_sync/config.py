@@ -181,6 +181,7 @@ class ReaderConfig:
     strict: bool = False  # raise CacheUnavailable when Redis fails, instead of reading MySQL
     # inside reader.after(gtid): how long lookups wait for the worker to apply that write before reading MySQL
     read_your_writes_wait_ms: int = _bound(1000, 0, 60_000)
+    near_cache_size: int = _bound(0, 0, 100_000_000)  # values kept in the reader's memory (LRU); 0 = no near cache
 
 
 @dataclass(frozen=True)
@@ -612,6 +613,8 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path
     reader = _read_section(ReaderConfig, top, "reader")
     if reader.ttl_jitter >= 1:
         raise ConfigError(f"reader.ttl_jitter: must be below 1, got {reader.ttl_jitter}")
+    if reader.near_cache_size and redis_cfg.cluster:
+        raise ConfigError("reader.near_cache_size: not supported on a Redis Cluster yet (set it to 0)")
     log = _read_section(LogConfig, top, "log")
     metrics = _read_section(MetricsConfig, top, "metrics")
     if metrics.listen:

@@ -86,6 +86,12 @@ READER_WIDENED_DEPENDENCIES = Counter(
     "fetch() dependencies widened to the whole-table tag (a value not canonical for its column)",
     ["table"],
 )
+READER_NEAR_CACHE_RESETS = Counter(
+    "cdc_sync_reader_near_cache_resets",
+    "Times a reader's near cache was emptied: its tracking connection lost or made anew, a flush or rule change "
+    "seen, the heartbeat gone back",
+    ["reason"],
+)
 READER_HEARTBEAT_REGRESSIONS = Counter(
     "cdc_sync_reader_heartbeat_regressions", "Heartbeats seen missing or older than before by a reader (window closed)"
 )

@@ -28,6 +28,7 @@ from cdc_sync.core.canonical import ColumnInfo
 from cdc_sync.core.codec import encode_hash, encode_json
 from cdc_sync.core.keys import KeyTemplate
 from cdc_sync.errors import CacheUnavailable, CdcSyncError
+from cdc_sync.reader.nearcache import NearCache
 from cdc_sync.reader.protocol import (
     NEGATIVE,
     NO_EPOCH,
@@ -43,6 +44,7 @@ from cdc_sync.reader.protocol import (
     rule_digest,
     stamp_of,
 )
+from cdc_sync.reader.tracking import Tracker
 
 log = logs.get("cdc_sync.reader")
 
@@ -82,7 +84,7 @@ class ReaderStats:
 def _exporter(name: str, reason: str) -> Callable[[], None]:
     """The Prometheus increments for one stats label, with their label children bound once."""
     children: list[Any] = []
-    if name in ("hit", "miss", "bypass"):
+    if name in ("hit", "miss", "bypass", "near_hit"):
         children.append(m.READER_LOOKUPS.labels(result=name))
         if name == "bypass":
             children.append(m.READER_BYPASSES.labels(reason=reason))
@@ -138,6 +140,11 @@ class _ReaderBase:
         self._digests = {r.name: rule_digest(r) for r in config.tables}
         self.row_loader = loader if loader is not None else RowLoader(config.mysql, self.cfg.pool_size)
         self.window = TrustWindow()  # plain-GET hits between checks (see the module docstring)
+        # hot values in this process (``near_cache_size``), served only where a plain GET would be (reader/flow.py)
+        self.near = NearCache(self.cfg.near_cache_size) if self.cfg.near_cache_size > 0 else None
+        # only keys under the templates' literal prefixes (what the tracking connection hears of) are kept
+        self.near_prefixes = tuple(t.literals[0] for r in config.tables for t in r.templates)
+        self.tracker = self._tracker() if self.near is not None else None
         # read-your-writes: the write the current context's lookups must see (``after``); one variable per reader
         self._written: contextvars.ContextVar[Written | None] = contextvars.ContextVar(
             f"cdc_sync_written_{id(self)}", default=None
@@ -158,6 +165,20 @@ class _ReaderBase:
         self._reseed()
         self.window.close()  # a new process, new connections: trust is re-established by a checked hit
         self.stats._lock = threading.Lock()  # another thread of the parent may have held it
+        if self.near is not None:  # (the tracking connection is the parent's: the child hears nothing on it)
+            self.near = NearCache(self.cfg.near_cache_size)
+            self.tracker = self._tracker()
+
+    def _tracker(self) -> Tracker:
+        assert self.near is not None
+        resets = [self.keys.flushing(""), self.keys.rules, self.keys.schema("")]
+        tracker = Tracker(self.config.redis, self.near, self.near_prefixes, resets)
+        tracker.ready()  # (connected now, so the first values read can be kept; else again at a lookup)
+        return tracker
+
+    def near_ready(self) -> bool:
+        """Whether the near cache may serve now (its invalidations applied; see reader/tracking.py)."""
+        return self.tracker is not None and self.tracker.ready()
 
     # ---- building lookups -----------------------------------------------------------------------
 
@@ -488,7 +509,23 @@ class _ReaderBase:
             return True, {k.decode(): v.decode() for k, v in raw.items()}
         return True, (None if raw == NEGATIVE else orjson.loads(raw))
 
+    def near_value(self, lookup: Lookup, raw: Any) -> object:
+        """What the near cache keeps of a hit's payload: a JSON value's bytes (decoded anew for every local hit,
+        so callers never share an object), a hash decoded (its str values cannot be changed)."""
+        if lookup.fmt == "h":
+            return self.decode(lookup, [x for kv in raw.items() for x in kv] if isinstance(raw, dict) else raw)
+        return bytes(raw)
+
+    def near_hit(self, lookup: Lookup, kept: object) -> Any:
+        self.stats.add("near_hit")
+        if lookup.fmt == "h":
+            return dict(kept)  # type: ignore[call-overload]
+        return None if kept == NEGATIVE else orjson.loads(kept)  # type: ignore[arg-type]
+
     def _heartbeat_regressed(self, heartbeat: Any) -> None:
+        if self.near is not None:
+            self.near.clear()
+            m.READER_NEAR_CACHE_RESETS.labels(reason="heartbeat_went_back").inc()
         self.stats.add("heartbeat_regression")
         seen = heartbeat.decode() if isinstance(heartbeat, bytes) else heartbeat
         log.warning("reader.heartbeat_went_back", heartbeat=seen, action="window closed; every lookup checked")

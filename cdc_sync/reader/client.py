@@ -166,7 +166,9 @@ class CacheReader(_ReaderBase):
         finally:
             steps.close()  # (a flow left mid-way, by an error here, ends now, not at garbage collection)
 
-    def _perform(self, step: flow.PlainGet | flow.Script | flow.Batch | flow.Unlink) -> flow.Reply:
+    def _perform(self, step: flow.PlainGet | flow.Script | flow.Batch | flow.Unlink | flow.NearGet) -> flow.Reply:
+        if isinstance(step, flow.NearGet):
+            return flow.Reply(self.near.get(step.key) if self.near is not None and self.near_ready() else None)
         sent = time.monotonic()
         try:
             value: Any
@@ -201,6 +203,8 @@ class CacheReader(_ReaderBase):
         self.redis.close()
         if not self.cluster:
             self.redis.connection_pool.disconnect()
+        if self.tracker is not None:
+            self.tracker.close()
         self.row_loader.close()
 
 
@@ -309,7 +313,9 @@ class AsyncCacheReader(_ReaderBase):
         finally:
             steps.close()  # (a flow left mid-way, by an error here, ends now, not at garbage collection)
 
-    async def _perform(self, step: flow.PlainGet | flow.Script | flow.Batch | flow.Unlink) -> flow.Reply:
+    async def _perform(self, step: flow.PlainGet | flow.Script | flow.Batch | flow.Unlink | flow.NearGet) -> flow.Reply:
+        if isinstance(step, flow.NearGet):  # (no await: a non-blocking check of the tracking connection)
+            return flow.Reply(self.near.get(step.key) if self.near is not None and self.near_ready() else None)
         sent = time.monotonic()
         try:
             value: Any
@@ -362,6 +368,8 @@ class AsyncCacheReader(_ReaderBase):
             await self.redis.aclose()  # (a cluster client closes its nodes' pools)
         else:
             await self.redis.aclose(close_connection_pool=True)
+        if self.tracker is not None:
+            self.tracker.close()
         self.row_loader.close()
 
 

@@ -196,6 +196,8 @@ class Report:
     compress: bool = False  # --compress: MariaDB wrote compressed binlog events
     compressed_events: int = 0  # ... how many (SHOW BINLOG EVENTS, at the end)
     topology: str = "single"  # --topology
+    near_cache: int = 0  # --near-cache: the readers' near_cache_size
+    near_hits: int = 0  # ... lookups they served from it
     evicted: Counter[str] = field(default_factory=Counter)  # keys Redis evicted, by kind (evicted_kind)
     pressure_bursts: int = 0
     eviction_flushes: int = 0  # the worker's flushes of every table after evictions (sync.keys_evicted)
@@ -220,6 +222,7 @@ class Report:
             f"max={max(self.staleness, default=0) * 1000:.0f}{self._memory_line()}"
             + (f" compress=on compressed_events={self.compressed_events}" if self.compress else "")
             + (f" topology={self.topology}" if self.topology != "single" else "")
+            + (f" near_cache={self.near_cache} near_hits={self.near_hits}" if self.near_cache else "")
         )
 
     def _memory_line(self) -> str:
@@ -284,8 +287,10 @@ class Checker:
         memory: str = "",
         compress: bool = False,
         topology: str = "single",
+        near_cache: int = 0,
     ) -> None:
         self.topology = topology
+        self.near_cache = near_cache
         self.names = Namespace("cdc", cluster=topology == "cluster")
         self.cluster: RedisClusterSet | None = None
         self.sentinel_set: SentinelSet | None = None
@@ -296,7 +301,7 @@ class Checker:
         self.seed = seed
         self.workdir = workdir
         self.kinds = kinds
-        self.report = Report(seed, memory_policy=memory, compress=compress, topology=topology)
+        self.report = Report(seed, memory_policy=memory, compress=compress, topology=topology, near_cache=near_cache)
         self.history = History()
         self.stop = threading.Event()
         self.round_done = threading.Event()  # every selected fault kind ran at least once
@@ -382,6 +387,7 @@ heartbeat_interval_ms = 200
 [reader]
 max_staleness_ms = {MAX_STALENESS_MS}
 freshness_check_ms = {FRESHNESS_CHECK_MS}
+near_cache_size = {self.near_cache}
 holdoff_ms = 500
 lease_wait_ms = 300
 [log]
@@ -1275,6 +1281,7 @@ ttl = 600
         self.judge_reads()
         if self.compress:
             self.report.compressed_events = self.count_compressed_events()
+        self.report.near_hits = sum(reader.stats["near_hit"] for reader in self.readers)
         self.report.seconds = time.monotonic() - started
         return self.report
 
@@ -1513,12 +1520,13 @@ def run(
     memory: str = "",
     compress: bool = False,
     topology: str = "single",
+    near_cache: int = 0,
 ) -> Report:
     workdir = Path(tempfile.mkdtemp(prefix="cdc-consistency-"))
     chosen = PROFILES[profile]
     if seconds is not None:
         chosen = Profile(seconds=seconds, fault_every_s=chosen.fault_every_s)
-    checker = Checker(chosen, seed, workdir, kinds, memory, compress, topology)
+    checker = Checker(chosen, seed, workdir, kinds, memory, compress, topology, near_cache)
     try:
         report = checker.run()
     finally:
@@ -1560,12 +1568,17 @@ def main() -> int:
     )
     parser.add_argument("--compress", action="store_true", help="MariaDB writes compressed binlog events")
     parser.add_argument("--topology", choices=sorted(TOPOLOGY_FAULTS), default="single", help="the Redis side")
+    parser.add_argument("--near-cache", type=int, default=0, metavar="N", help="readers keep N values in memory")
     args = parser.parse_args()
+    if args.near_cache and args.topology == "cluster":
+        parser.error("--near-cache: not on a cluster")
     if args.topology != "single" and args.memory:
         parser.error("--memory runs on --topology single")
     memory_default = args.faults is None and bool(args.memory)
     kinds = MEMORY_FAULTS if memory_default else parse_faults(args.faults, args.topology)
-    report = run(args.profile, args.seed, kinds, args.seconds, args.memory, args.compress, args.topology)
+    report = run(
+        args.profile, args.seed, kinds, args.seconds, args.memory, args.compress, args.topology, args.near_cache
+    )
     print(report.line(), flush=True)
     return 0 if report.ok else 1
 

@@ -1,0 +1,125 @@
+"""The near cache's invalidations (reader/nearcache.py): one RESP3 connection of the reader's own with
+``CLIENT TRACKING on BCAST`` for the prefixes of the keys it may keep, so Redis pushes the name of every such key
+that changes, expires or is evicted, whoever changed it (the worker's steps, flushes, other readers' fills).
+
+``ready()`` runs before every local hit: it reads what has arrived (one non-blocking check when nothing has), and
+says whether the connection is there. A connection lost, refused or made anew (its pushes before are unknown),
+a PING unanswered for a second (a silent network), a flush marker, rule or schema epoch of the namespace changed:
+the near cache is emptied.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from cdc_sync import logs
+from cdc_sync import metrics as m
+from cdc_sync.adapters.redis import REDIS_ERRORS, make_client
+from cdc_sync.config import RedisConfig
+from cdc_sync.errors import ConfigError
+from cdc_sync.reader.nearcache import NearCache, tracking_prefixes
+
+log = logs.get("cdc_sync.reader")
+
+PING_EVERY_S = 1.0  # a PING on the tracking connection this often ...
+PONG_WITHIN_S = 1.0  # ... answered within this, or the connection counts as lost
+RETRY_AFTER_S = 1.0  # after a failed connect, lookups skip the near cache this long
+
+
+class Tracker:
+    def __init__(self, cfg: RedisConfig, near: NearCache, prefixes: Sequence[str], resets: Sequence[str]) -> None:
+        """``prefixes``: the keys the near cache may keep; ``resets``: prefixes of namespace keys whose change
+        empties it (flush markers, rules, schema epochs)."""
+        self.near = near
+        self.prefixes = tracking_prefixes([*prefixes, *resets])
+        self._resets = tuple(resets)
+        self._client = make_client(cfg, protocol=3, max_connections=1)
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._ping_sent: float | None = None
+        self._next_ping = 0.0
+        self._retry_at = 0.0
+
+    def ready(self) -> bool:
+        """Apply every invalidation that has arrived; False when there is no tracking connection (the near cache
+        is then empty, and must not serve)."""
+        with self._lock:
+            try:
+                if self._conn is None:
+                    if time.monotonic() < self._retry_at:
+                        return False
+                    self._connect()
+                conn = self._conn
+                while conn.can_read(timeout=0):
+                    if conn.read_response(push_request=True) in (b"PONG", "PONG"):
+                        self._ping_sent = None
+                now = time.monotonic()
+                if self._ping_sent is not None and now - self._ping_sent > PONG_WITHIN_S:
+                    raise redis.ConnectionError(f"no PONG within {PONG_WITHIN_S} s on the tracking connection")
+                if self._ping_sent is None and now >= self._next_ping:
+                    conn.send_command("PING")
+                    self._ping_sent, self._next_ping = now, now + PING_EVERY_S
+                return True
+            except (*REDIS_ERRORS, OSError) as exc:
+                self._lost(exc)
+                return False
+
+    def _connect(self) -> None:
+        conn: Any = self._client.connection_pool.get_connection()
+        setter = getattr(getattr(conn, "_parser", None), "set_invalidation_push_handler", None)
+        if setter is None or getattr(conn, "protocol", 3) not in (3, "3"):
+            self._client.connection_pool.release(conn)
+            raise ConfigError("reader.near_cache_size: needs redis-py's RESP3 push handling (redis-py 5.1 or later)")
+        setter(self._pushed)
+        self._conn = conn
+        args: list[str] = ["CLIENT", "TRACKING", "on", "BCAST"]
+        for prefix in self.prefixes:
+            args += ["PREFIX", prefix]
+        conn.send_command(*args)
+        reply = conn.read_response()
+        if reply not in (b"OK", "OK"):
+            raise redis.ResponseError(f"CLIENT TRACKING answered {reply!r}")
+        # Only now: a value read before this point (marked before the clear) is never kept; one read after it
+        # is, since from now on any change of its key is pushed.
+        self.near.clear(live=True)
+        self._ping_sent, self._next_ping = None, time.monotonic() + PING_EVERY_S
+        log.info("reader.near_cache_tracking", prefixes=self.prefixes)
+
+    def _pushed(self, push: Sequence[Any]) -> None:
+        keys = push[1] if len(push) > 1 else None
+        if keys is None:  # FLUSHALL, FLUSHDB
+            self._reset("redis_flushed")
+            return
+        names = [k.decode() if isinstance(k, bytes) else str(k) for k in keys]
+        if any(n.startswith(self._resets) for n in names):
+            self._reset("namespace_changed")  # a flush began, a rule or a schema epoch changed
+        else:
+            self.near.invalidate(names)
+
+    def _reset(self, reason: str) -> None:
+        self.near.clear()
+        m.READER_NEAR_CACHE_RESETS.labels(reason=reason).inc()
+
+    def _lost(self, exc: BaseException) -> None:
+        self.near.clear(live=False)
+        m.READER_NEAR_CACHE_RESETS.labels(reason="tracking_lost").inc()
+        log.warning("reader.near_cache_tracking_lost", error=repr(exc)[:300], action="near cache emptied")
+        conn, self._conn = self._conn, None
+        self._retry_at = time.monotonic() + RETRY_AFTER_S
+        if conn is not None:
+            conn.disconnect()
+            self._client.connection_pool.release(conn)
+
+    def close(self) -> None:
+        self.near.clear(live=False)
+        with self._lock:
+            if self._conn is not None:
+                self._conn.disconnect()
+                self._client.connection_pool.release(self._conn)
+                self._conn = None
+        self._client.close()
