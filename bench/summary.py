@@ -51,6 +51,13 @@ def rows(s: dict[str, Any]) -> list[tuple[str, float | None, str, bool | None]]:
         out.append(("reader hit vs raw GET", hit, "<= 1.15x", hit <= 1.15))
         miss = s["reader"]["ratios"]["miss_vs_naive"]
         out.append(("reader miss vs naive GET->SELECT->SET", miss, "(no target)", None))
+        near = s["reader"]["ratios"].get("near_hit_vs_raw_get")
+        if near is not None:
+            out.append(("reader near-cache hit vs raw GET", near, "<= 0.1x", near <= 0.1))
+            share = s["reader"]["near_cache"]["share_served_locally"]
+            out.append(("near cache: share of hot lookups served locally", share, "(measured)", None))
+            ryw = s["reader"]["read_your_writes_ms"]["p99"]
+            out.append(("read-your-writes: commit to get_row p99 (ms)", ryw, "(measured)", None))
     if "memory" in s:
         for name, res in s["memory"].items():
             if isinstance(res, dict) and "peak_rss_mb" in res:

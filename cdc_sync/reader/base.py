@@ -56,6 +56,7 @@ Loaded = tuple[Payload | None, str | None]  # (value to return and maybe fill, w
 Epochs = tuple[str, ...] | None
 ColumnInfos = dict[str, Mapping[str, ColumnInfo] | None]
 _readers: weakref.WeakSet[_ReaderBase] = weakref.WeakSet()
+NEAR_MISS = object()  # near_first: not served from the near cache
 
 
 class ReaderStats:
@@ -176,9 +177,28 @@ class _ReaderBase:
         tracker.ready()  # (connected now, so the first values read can be kept; else again at a lookup)
         return tracker
 
-    def near_ready(self) -> bool:
-        """Whether the near cache may serve now (its invalidations applied; see reader/tracking.py)."""
-        return self.tracker is not None and self.tracker.ready()
+    def near_keeps(self, lookup: Lookup) -> bool:
+        """Whether the near cache may hold this lookup's value: a key the tracking connection hears of, not a
+        stamped fetch result (its stamp is checked against the schema epochs on every read)."""
+        return self.near is not None and not lookup.stamped and lookup.key.startswith(self.near_prefixes)
+
+    def near_first(self, lookup: Lookup) -> Any:
+        """Before a lookup's flow (both drivers): apply the invalidations that have arrived (so the flow's marks
+        come after them), then serve a local hit if a plain GET would be allowed now (the window open, outside
+        ``after`` or once it is covered). ``NEAR_MISS``: go on with the flow."""
+        near, tracker = self.near, self.tracker
+        if near is None or tracker is None or not self.near_keeps(lookup) or not tracker.ready():
+            return NEAR_MISS
+        written = self._written.get()
+        if (written is not None and not written.covered) or not self.window.is_open(time.monotonic()):
+            return NEAR_MISS
+        kept = near.get(lookup.key)
+        if kept is None:
+            return NEAR_MISS
+        self.stats.add("near_hit")
+        if lookup.fmt == "h":
+            return dict(kept)  # type: ignore[call-overload]
+        return None if kept == NEGATIVE else orjson.loads(kept)  # type: ignore[arg-type]
 
     # ---- building lookups -----------------------------------------------------------------------
 
@@ -515,12 +535,6 @@ class _ReaderBase:
         if lookup.fmt == "h":
             return self.decode(lookup, [x for kv in raw.items() for x in kv] if isinstance(raw, dict) else raw)
         return bytes(raw)
-
-    def near_hit(self, lookup: Lookup, kept: object) -> Any:
-        self.stats.add("near_hit")
-        if lookup.fmt == "h":
-            return dict(kept)  # type: ignore[call-overload]
-        return None if kept == NEGATIVE else orjson.loads(kept)  # type: ignore[arg-type]
 
     def _heartbeat_regressed(self, heartbeat: Any) -> None:
         if self.near is not None:

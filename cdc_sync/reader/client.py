@@ -58,7 +58,7 @@ from cdc_sync.config import Config
 from cdc_sync.core.codec import json_default
 from cdc_sync.errors import CacheUnavailable
 from cdc_sync.reader import flow
-from cdc_sync.reader.base import ColumnInfos, Dependency, Epochs, Loaded, ReaderStats, _ReaderBase
+from cdc_sync.reader.base import NEAR_MISS, ColumnInfos, Dependency, Epochs, Loaded, ReaderStats, _ReaderBase
 from cdc_sync.reader.protocol import (
     NEGATIVE,
     Lookup,
@@ -141,6 +141,8 @@ class CacheReader(_ReaderBase):
         return result
 
     def _get(self, lookup: Lookup, load: Callable[[Epochs], Loaded]) -> Any:
+        if self.near is not None and (kept := self.near_first(lookup)) is not NEAR_MISS:
+            return kept
         return self._run(flow.lookup(self, lookup, time.monotonic()), load)
 
     def _run(self, steps: flow.Flow, load: Callable[[Epochs], Loaded] | None = None) -> Any:
@@ -166,9 +168,7 @@ class CacheReader(_ReaderBase):
         finally:
             steps.close()  # (a flow left mid-way, by an error here, ends now, not at garbage collection)
 
-    def _perform(self, step: flow.PlainGet | flow.Script | flow.Batch | flow.Unlink | flow.NearGet) -> flow.Reply:
-        if isinstance(step, flow.NearGet):
-            return flow.Reply(self.near.get(step.key) if self.near is not None and self.near_ready() else None)
+    def _perform(self, step: flow.PlainGet | flow.Script | flow.Batch | flow.Unlink) -> flow.Reply:
         sent = time.monotonic()
         try:
             value: Any
@@ -288,6 +288,8 @@ class AsyncCacheReader(_ReaderBase):
         return result
 
     async def _get(self, lookup: Lookup, load: Callable[[Epochs], Awaitable[Loaded]]) -> Any:
+        if self.near is not None and (kept := self.near_first(lookup)) is not NEAR_MISS:
+            return kept  # (no await: one non-blocking check of the tracking connection, then memory)
         return await self._run(flow.lookup(self, lookup, time.monotonic()), load)
 
     async def _run(self, steps: flow.Flow, load: Callable[[Epochs], Awaitable[Loaded]] | None = None) -> Any:
@@ -313,9 +315,7 @@ class AsyncCacheReader(_ReaderBase):
         finally:
             steps.close()  # (a flow left mid-way, by an error here, ends now, not at garbage collection)
 
-    async def _perform(self, step: flow.PlainGet | flow.Script | flow.Batch | flow.Unlink | flow.NearGet) -> flow.Reply:
-        if isinstance(step, flow.NearGet):  # (no await: a non-blocking check of the tracking connection)
-            return flow.Reply(self.near.get(step.key) if self.near is not None and self.near_ready() else None)
+    async def _perform(self, step: flow.PlainGet | flow.Script | flow.Batch | flow.Unlink) -> flow.Reply:
         sent = time.monotonic()
         try:
             value: Any

@@ -11,9 +11,11 @@ A flow yields one of:
 * ``Load``: call the lookup's loader with the lease's schema epochs; reply value its ``Loaded``. A loader that
   raises is thrown into the flow (it gives a held lease back, then the error goes on to the caller);
 * ``Sleep``: wait that long (a lease holder's fill is awaited);
-* ``Unlink``: delete keys, each group in one slot (a Redis Cluster: a fill its gate refused is deleted again);
-* ``NearGet``: the near cache's value of a key (``[reader] near_cache_size``), asked only inside the window; reply
-  value it, or None.
+* ``Unlink``: delete keys, each group in one slot (a Redis Cluster: a fill its gate refused is deleted again).
+
+With a near cache (``[reader] near_cache_size``) the driver asks it first (``_ReaderBase.near_first``: the
+invalidations that have arrived applied, then a local hit where a plain GET would be allowed); the flow then marks
+the near cache before each read and offers it the hits.
 
 On a Redis Cluster a lookup and a fill are each two scripts in one pipeline (reader/cluster.py), whose replies are
 combined into the one-node replies before the flow goes on.
@@ -79,17 +81,11 @@ class Sleep:
 
 
 @dataclass(frozen=True, slots=True)
-class NearGet:
-    key: str  # the near cache's value (reader/nearcache.py), once the invalidations that arrived are applied; None:
-    # not there, or no tracking connection
-
-
-@dataclass(frozen=True, slots=True)
 class Unlink:
     groups: list[list[str]]  # each group's keys in one slot
 
 
-Step = PlainGet | Script | Batch | Load | Sleep | Unlink | NearGet
+Step = PlainGet | Script | Batch | Load | Sleep | Unlink
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,13 +109,7 @@ def lookup(core: _ReaderBase, lk: Lookup, now: float) -> Flow:
     written = core.written()
     if written is not None and not written.covered and not (yield from _await_write(core, written, now)):
         return (yield from _bypass(core, lk, "behind_write"))
-    near = core.near if core.near is not None and not lk.stamped and lk.key.startswith(core.near_prefixes) else None
-    if near is not None:
-        # the driver first applies the invalidations that have arrived (so the mark below is past them); the
-        # value is served only where a plain GET would be
-        reply = yield NearGet(lk.key)
-        if reply.value is not None and core.window.is_open(now):
-            return core.near_hit(lk, reply.value)
+    near = core.near if core.near_keeps(lk) else None  # (the driver asked it first: base.near_first)
     if not core.cluster and core.window.is_open(now):
         mark = near.mark() if near is not None else 0
         reply = yield PlainGet(lk.key, core.plain_keys(lk), lk.fmt == "h")

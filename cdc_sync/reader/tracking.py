@@ -10,6 +10,7 @@ the near cache is emptied.
 
 from __future__ import annotations
 
+import select
 import threading
 import time
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ class Tracker:
         self._client = make_client(cfg, protocol=3, max_connections=1)
         self._lock = threading.Lock()
         self._conn: Any = None
+        self._poll: Any = None  # select.poll of the tracking connection's socket
         self._ping_sent: float | None = None
         self._next_ping = 0.0
         self._retry_at = 0.0
@@ -55,9 +57,12 @@ class Tracker:
                         return False
                     self._connect()
                 conn = self._conn
-                while conn.can_read(timeout=0):
-                    if conn.read_response(push_request=True) in (b"PONG", "PONG"):
-                        self._ping_sent = None
+                # (after a drain the parser's buffer is empty: new pushes can only be on the socket, and one
+                # poll of it is a tenth of redis-py's can_read)
+                if self._poll is None or self._poll.poll(0):
+                    while conn.can_read(timeout=0):
+                        if conn.read_response(push_request=True) in (b"PONG", "PONG"):
+                            self._ping_sent = None
                 now = time.monotonic()
                 if self._ping_sent is not None and now - self._ping_sent > PONG_WITHIN_S:
                     raise redis.ConnectionError(f"no PONG within {PONG_WITHIN_S} s on the tracking connection")
@@ -88,6 +93,11 @@ class Tracker:
         # is, since from now on any change of its key is pushed.
         self.near.clear(live=True)
         self._ping_sent, self._next_ping = None, time.monotonic() + PING_EVERY_S
+        sock = getattr(conn, "_sock", None)  # (redis-py's socket; without it, can_read every time)
+        self._poll = None
+        if sock is not None and hasattr(select, "poll"):
+            self._poll = select.poll()
+            self._poll.register(sock.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
         log.info("reader.near_cache_tracking", prefixes=self.prefixes)
 
     def _pushed(self, push: Sequence[Any]) -> None:
@@ -109,7 +119,7 @@ class Tracker:
         self.near.clear(live=False)
         m.READER_NEAR_CACHE_RESETS.labels(reason="tracking_lost").inc()
         log.warning("reader.near_cache_tracking_lost", error=repr(exc)[:300], action="near cache emptied")
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._poll = self._conn, None, None
         self._retry_at = time.monotonic() + RETRY_AFTER_S
         if conn is not None:
             conn.disconnect()
