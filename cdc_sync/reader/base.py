@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
 import itertools
 import os
 import random
@@ -25,7 +26,7 @@ from cdc_sync import metrics as m
 from cdc_sync.adapters.mysql import COLUMN_INFO_MAX_AGE_S, RowLoader, translate_error
 from cdc_sync.config import Config, TableRule
 from cdc_sync.core.canonical import ColumnInfo
-from cdc_sync.core.codec import encode_hash, encode_json
+from cdc_sync.core.codec import encode_hash, encode_json, json_default
 from cdc_sync.core.keys import KeyTemplate
 from cdc_sync.errors import CacheUnavailable, CdcSyncError
 from cdc_sync.reader.nearcache import NearCache
@@ -236,6 +237,31 @@ class _ReaderBase:
         fmt = "h" if rule.format == "hash" else "j"
         digests = (self._digests[rule.name],)
         return Lookup(key, fmt, (rule.name,), (), rule.ttl * 1000, rule.columns, rule.exclude, digests)
+
+    @staticmethod
+    def cached_call_key(
+        fn: Callable[..., Any], prefix: str | None, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> str:
+        """The key ``@reader.cached`` stores a call's result under: ``<prefix>:<digest of the arguments>``
+        (prefix: ``cached:<module>.<qualname>``). Arguments must be JSON-serialisable (orjson: str, int, float,
+        bool, None, lists, dicts, dates, Decimal...); keyword order does not matter."""
+        try:
+            text = orjson.dumps([list(args), kwargs], default=json_default, option=orjson.OPT_SORT_KEYS)
+        except TypeError as exc:
+            raise TypeError(
+                f"reader.cached: the arguments of {fn.__qualname__} must be JSON-serialisable: {exc}"
+            ) from None
+        head = prefix if prefix is not None else f"cached:{fn.__module__}.{fn.__qualname__}"
+        return f"{head}:{hashlib.blake2b(text, digest_size=16).hexdigest()}"
+
+    @staticmethod
+    def call_dependencies(
+        depends_on: Sequence[Dependency] | Callable[..., Sequence[Dependency]],
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+    ) -> Sequence[Dependency]:
+        """``@reader.cached``'s dependencies of one call: a list, or a function of the call's arguments."""
+        return depends_on(*args, **kwargs) if callable(depends_on) else depends_on
 
     def cached_fetch_lookup(self, key: str, ttl: float, depends_on: Sequence[Dependency]) -> tuple[Any, Any]:
         """(cache key, the cached FetchLookup or None)."""

@@ -41,10 +41,11 @@ MySQL connection; redis-py replaces inherited Redis connections itself.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 import redis
@@ -68,6 +69,7 @@ from cdc_sync.reader.protocol import (
 __all__ = ["NEGATIVE", "AsyncCacheReader", "CacheReader", "CacheUnavailable", "Lookup", "ReaderStats"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class CacheReader(_ReaderBase):
@@ -105,6 +107,28 @@ class CacheReader(_ReaderBase):
 
         result: T = self._get(fetch.lookup, load)
         return result
+
+    def cached(
+        self,
+        ttl: float,
+        depends_on: Sequence[Dependency] | Callable[..., Sequence[Dependency]] = (),
+        key: str | None = None,
+    ) -> Callable[[Callable[P, T]], Callable[P, T]]:
+        """A decorator: the function's result is ``fetch``-ed under a key built from its arguments (``key``: the
+        key's prefix, default ``cached:<module>.<qualname>``), evicted when a dependency changes. ``depends_on``: a
+        list as for ``fetch``, or a function of the same arguments returning one (``lambda user_id:
+        [("shop.orders", {"user_id": user_id})]``)."""
+
+        def decorate(fn: Callable[P, T]) -> Callable[P, T]:
+            @functools.wraps(fn)
+            def call(*args: P.args, **kwargs: P.kwargs) -> T:
+                name = self.cached_call_key(fn, key, args, kwargs)
+                deps = self.call_dependencies(depends_on, args, kwargs)
+                return self.fetch(name, lambda: fn(*args, **kwargs), ttl, deps)
+
+            return call
+
+        return decorate
 
     def column_info_at(self, tables: Sequence[str]) -> tuple[ColumnInfos, dict[str, str]]:
         """Column info of ``tables`` and the schema epoch each was read at: what is remembered, else the epochs
@@ -270,6 +294,26 @@ class AsyncCacheReader(_ReaderBase):
 
         result: T = await self._get(fetch.lookup, load)
         return result
+
+    def cached(
+        self,
+        ttl: float,
+        depends_on: Sequence[Dependency] | Callable[..., Sequence[Dependency]] = (),
+        key: str | None = None,
+    ) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
+        """``CacheReader.cached`` for coroutine functions."""
+
+        def decorate(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+            @functools.wraps(fn)
+            async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+                name = self.cached_call_key(fn, key, args, kwargs)
+                deps = self.call_dependencies(depends_on, args, kwargs)
+                result: T = await self.fetch(name, lambda: fn(*args, **kwargs), ttl, deps)
+                return result
+
+            return call
+
+        return decorate
 
     async def schema_epochs(self, tables: Sequence[str]) -> dict[str, str]:
         """The tables' schema epochs now (``UNKNOWN_EPOCH`` when Redis fails: nothing is then filled)."""

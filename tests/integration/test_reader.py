@@ -707,3 +707,71 @@ def test_read_your_writes_sees_a_write_the_worker_has_not_applied_yet(
     with sql.cursor() as cur:
         cur.execute("SELECT 1")
     assert last_gtid(sql) == gtid  # (a read writes nothing: the session's last GTID stays)
+
+
+def test_the_cached_decorator_keys_by_arguments_and_follows_dependencies(
+    start_worker: StartWorker,
+    mysql_server: MySQLTarget,
+    db: str,
+    schema: None,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    """``@reader.cached``: one load per distinct arguments, the result evicted when a row it depends on (chosen
+    from the arguments) changes; the same with AsyncCacheReader on a coroutine function."""
+    import asyncio
+
+    from cdc_sync import AsyncCacheReader
+
+    w = start_worker(_tables(db), extra=READER_DEFAULTS)
+    _heartbeat(r)
+    reader = CacheReader(load(tmp_path / "w.toml"))
+    calls: list[int] = []
+    loader_db = connect(mysql_server, db)
+
+    def orders_total(user_id: int) -> int:
+        with loader_db.cursor() as cur:
+            cur.execute("SELECT COALESCE(SUM(total), 0) FROM orders WHERE user_id = %s", (user_id,))
+            return int(cur.fetchone()[0])
+
+    @reader.cached(ttl=60, depends_on=lambda user_id: [(f"{db}.orders", {"user_id": user_id})])
+    def total(user_id: int) -> int:
+        calls.append(user_id)
+        return orders_total(user_id)
+
+    try:
+        assert (total(5), total(5), total(6)) == (10, 10, 0) and calls == [5, 6]
+        assert total.__name__ == "total"
+        with sql.cursor() as cur:
+            cur.execute("INSERT INTO orders VALUES (2, 5, 7), (3, 8, 1)")
+        wait_caught_up(r, sql, mysql_server.flavor, w)
+        assert (total(5), total(6)) == (17, 0) and calls == [5, 6, 5], "only user 5's result was evicted"
+        with pytest.raises(TypeError, match="JSON-serialisable"):
+            total(object())  # type: ignore[arg-type]
+
+        async def scenario() -> None:
+            areader = AsyncCacheReader(load(tmp_path / "w.toml"))
+            acalls: list[int] = []
+
+            @areader.cached(ttl=60, depends_on=lambda user_id: [(f"{db}.orders", {"user_id": user_id})], key="t")
+            async def atotal(user_id: int) -> int:
+                acalls.append(user_id)
+                return await asyncio.to_thread(orders_total, user_id)
+
+            # (user 5's tag is held off for holdoff_ms after the change above: user 9 instead)
+            assert (await atotal(9), await atotal(9)) == (0, 0) and acalls == [9], dict(areader.stats.counts)
+            assert [k for k in r.scan_iter("t:*")], "stored under the given key prefix"
+            await asyncio.to_thread(_insert_more)
+            assert await atotal(9) == 3 and acalls == [9, 9]
+            await areader.close()
+
+        def _insert_more() -> None:
+            with sql.cursor() as cur:
+                cur.execute("INSERT INTO orders VALUES (4, 9, 3)")
+            wait_caught_up(r, sql, mysql_server.flavor, w)
+
+        asyncio.run(scenario())
+    finally:
+        reader.close()
+        loader_db.close()
