@@ -35,7 +35,7 @@ sysbench:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,examples]'
 	touch $(STAMP)
 
 test: setup
@@ -45,9 +45,9 @@ unit: setup
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check cdc_sync tests tools bench
-	$(BIN)/ruff format --check cdc_sync tests tools bench
-	$(BIN)/mypy --strict cdc_sync
+	$(BIN)/ruff check cdc_sync tests tools bench examples
+	$(BIN)/ruff format --check cdc_sync tests tools bench examples
+	$(BIN)/mypy --strict cdc_sync examples
 
 demo: setup
 	$(BIN)/python tools/demo.py
