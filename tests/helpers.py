@@ -252,7 +252,7 @@ class AsyncDriven:
     plain ``fetch`` loader runs in a worker thread (``asyncio.to_thread``), as an asyncio application would run
     blocking work; other attributes are the async reader's own."""
 
-    _CALLS = ("get_row", "fetch", "fill_rows", "schema_epochs", "close")
+    _CALLS = ("get_row", "get_rows", "fetch", "fill_rows", "schema_epochs", "close")
 
     def __init__(self, reader: Any) -> None:
         import asyncio

@@ -59,7 +59,16 @@ from cdc_sync.config import Config
 from cdc_sync.core.codec import json_default
 from cdc_sync.errors import CacheUnavailable
 from cdc_sync.reader import flow
-from cdc_sync.reader.base import NEAR_MISS, ColumnInfos, Dependency, Epochs, Loaded, ReaderStats, _ReaderBase
+from cdc_sync.reader.base import (
+    NEAR_MISS,
+    ColumnInfos,
+    Dependency,
+    Epochs,
+    Loaded,
+    ReaderStats,
+    RowLookup,
+    _ReaderBase,
+)
 from cdc_sync.reader.protocol import (
     NEGATIVE,
     Lookup,
@@ -91,6 +100,24 @@ class CacheReader(_ReaderBase):
         row_lookup = self.row_lookup(table, where)
         result = self._get(row_lookup.lookup, lambda epochs: self.load_row(row_lookup, where, epochs))
         return None if result is None else dict(result)
+
+    def get_rows(self, table: str, wheres: Sequence[Mapping[str, object]]) -> list[dict[str, Any] | None]:
+        """``get_row`` for many rows of one table, in order: the near cache first, then every lookup script in one
+        round trip (one pipeline; on a cluster, one per node), then a load and fill for each row not cached."""
+        lookups = [self.row_lookup(table, where) for where in wheres]
+        out: list[Any] = [self.near_first(rl.lookup) if self.near is not None else NEAR_MISS for rl in lookups]
+        todo = [i for i, got in enumerate(out) if got is NEAR_MISS]
+        if todo:
+            now = time.monotonic()
+            verdicts = self._run(flow.lookup_batch(self, [lookups[i].lookup for i in todo], now))
+            for i, verdict in zip(todo, verdicts, strict=True):
+                rl, where = lookups[i], wheres[i]
+
+                def load(epochs: Epochs, rl: RowLookup = rl, where: Mapping[str, object] = where) -> Loaded:
+                    return self.load_row(rl, where, epochs)
+
+                out[i] = self._run(flow.after_verdict(self, rl.lookup, verdict, now), load)
+        return [None if row is None else dict(row) for row in out]
 
     def fetch(self, key: str, loader: Callable[[], T], ttl: float, depends_on: Sequence[Dependency] = ()) -> T:
         """Any JSON-serialisable result, cached under ``key`` and evicted when a dependency changes."""
@@ -268,6 +295,23 @@ class AsyncCacheReader(_ReaderBase):
 
         result = await self._get(row_lookup.lookup, load)
         return None if result is None else dict(result)
+
+    async def get_rows(self, table: str, wheres: Sequence[Mapping[str, object]]) -> list[dict[str, Any] | None]:
+        """``CacheReader.get_rows``, awaited (the loads one after another, each in a worker thread)."""
+        lookups = [self.row_lookup(table, where) for where in wheres]
+        out: list[Any] = [self.near_first(rl.lookup) if self.near is not None else NEAR_MISS for rl in lookups]
+        todo = [i for i, got in enumerate(out) if got is NEAR_MISS]
+        if todo:
+            now = time.monotonic()
+            verdicts = await self._run(flow.lookup_batch(self, [lookups[i].lookup for i in todo], now))
+            for i, verdict in zip(todo, verdicts, strict=True):
+                rl, where = lookups[i], wheres[i]
+
+                async def load(epochs: Epochs, rl: RowLookup = rl, where: Mapping[str, object] = where) -> Loaded:
+                    return await asyncio.to_thread(self.load_row, rl, where, epochs)
+
+                out[i] = await self._run(flow.after_verdict(self, rl.lookup, verdict, now), load)
+        return [None if row is None else dict(row) for row in out]
 
     async def fetch(
         self,

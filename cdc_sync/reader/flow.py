@@ -152,6 +152,50 @@ def lookup(core: _ReaderBase, lk: Lookup, now: float) -> Flow:
         yield Sleep(min(0.01, deadline - now) * (0.5 + random.random()))
 
 
+Verdict = tuple[str, Any, str]  # (kind, detail, lease token) of one lookup of a batch
+
+
+def lookup_batch(core: _ReaderBase, lks: Sequence[Lookup], now: float) -> Generator[Step, Reply, list[Verdict]]:
+    """Many lookups' scripts in one round trip (``get_rows``): each one's verdict, to go on with ``after_verdict``
+    one by one (the loads are each lookup's own). A Redis error, or a write not covered in time inside
+    ``reader.after``: every lookup bypasses."""
+    written = core.written()
+    if written is not None and not written.covered and not (yield from _await_write(core, written, now)):
+        return [(scripts.BYPASS, "behind_write", "") for _ in lks]
+    tokens = [core.token() for _ in lks]
+    near = core.near
+    mark = near.mark() if near is not None else 0
+    if core.cluster:
+        reply = yield from _cluster_lookups(core, list(zip(lks, tokens, strict=True)))
+    else:
+        reply = yield Batch(
+            [Script("lookup", *core.lookup_plan(lk, token)) for lk, token in zip(lks, tokens, strict=True)]
+        )
+    if reply.error is not None:
+        core._redis_failed(reply.error, lks[0].key)
+        return [(scripts.BYPASS, "redis_error", "") for _ in lks]
+    out: list[Verdict] = []
+    for lk, token, one in zip(lks, tokens, reply.value, strict=True):
+        kind, detail = core.verdict(lk, one, reply.sent, reply.received)
+        if kind == scripts.HIT and near is not None and core.near_keeps(lk):
+            near.put(lk.key, core.near_value(lk, one[1]), mark)
+        out.append((kind, detail, token))
+    return out
+
+
+def after_verdict(core: _ReaderBase, lk: Lookup, verdict: Verdict, now: float) -> Flow:
+    """One lookup of a batch, from its verdict: a hit's value, a bypass's or a lease's load (and fill), or, when
+    another reader holds the lease, the whole lookup again (it waits as ``lookup`` does)."""
+    kind, detail, token = verdict
+    if kind == scripts.HIT:
+        return detail
+    if kind == scripts.BYPASS:
+        return (yield from _bypass(core, lk, detail))
+    if kind == scripts.LEASE:
+        return (yield from _load_and_fill(core, lk, token, detail))
+    return (yield from lookup(core, lk, now))
+
+
 def _await_write(core: _ReaderBase, written: Written, now: float) -> Generator[Step, Reply, bool]:
     """Read-your-writes: read the worker's checkpoint until it covers the write, for up to ``written.wait_s``
     from the block's first lookup (later lookups of a block that waited in vain read it once each)."""

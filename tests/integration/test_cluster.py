@@ -284,6 +284,13 @@ def test_the_reader_on_a_cluster(
         assert reader.get_row(f"{db}.users", id=3) == {"id": 3, "name": "v1"}  # from MySQL
         assert reader.stats["bypass:slot_behind"] == before + 1
         assert reader.stats["hit"] == 3  # (not a hit)
+
+        # many rows at once: the gates and slot scripts of all in one pipeline, user:3 still behind, user:6 absent
+        rc.delete("user:6")
+        rows = reader.get_rows(f"{db}.users", [{"id": 1}, {"id": 3}, {"id": 6}, {"id": 99}])
+        assert rows == [{"id": 1, "name": "v1"}, {"id": 3, "name": "v1"}, {"id": 6, "name": "v1"}, None]
+        assert reader.stats["hit"] == 4 and reader.stats["bypass:slot_behind"] == before + 2
+        assert json.loads(rc.get("user:6"))["name"] == "v1", "the miss filled in its slot"
     finally:
         reader.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import signal
 import threading
@@ -775,3 +776,45 @@ def test_the_cached_decorator_keys_by_arguments_and_follows_dependencies(
     finally:
         reader.close()
         loader_db.close()
+
+
+def test_get_rows_looks_up_many_rows_in_one_round_trip(
+    start_worker: StartWorker,
+    make_reader: Callable[..., CacheReader],
+    db: str,
+    schema: None,
+    sql: pymysql.Connection,  # type: ignore[type-arg]
+    r: redis.Redis,
+) -> None:
+    """Cached rows are hits, a missing one is loaded and filled, an absent one is None, in the order asked; the
+    lookup scripts of all go in one pipeline (Redis counts one EVALSHA per row, and no other command)."""
+    with sql.cursor() as cur:
+        cur.execute("INSERT INTO users VALUES (2, 'two'), (3, 'three')")
+    start_worker(_tables(db, mode="update"), extra="[reader]\nfreshness_check_ms = 0\n")
+    _heartbeat(r)
+    reader = make_reader()
+    users = f"{db}.users"
+    assert reader.get_row(users, id=1) == {"id": 1, "name": "old"}
+    assert reader.get_row(users, id=2) == {"id": 2, "name": "two"}
+    inner: Any = reader.__dict__.get("_reader", reader)  # (the async reader behind AsyncDriven)
+    steps: list[str] = []
+    perform = inner._perform
+
+    if inspect.iscoroutinefunction(perform):
+
+        async def counted(step: Any) -> Any:
+            steps.append(type(step).__name__)
+            return await perform(step)
+    else:
+
+        def counted(step: Any) -> Any:
+            steps.append(type(step).__name__)
+            return perform(step)
+
+    inner._perform = counted
+    rows = reader.get_rows(users, [{"id": 2}, {"id": 3}, {"id": 9}, {"id": 1}])
+    assert rows == [{"id": 2, "name": "two"}, {"id": 3, "name": "three"}, None, {"id": 1, "name": "old"}]
+    # one pipeline of the four lookups; then user:3's fill, and user:9's lease given back (nothing to fill)
+    assert steps == ["Batch", "Script", "Script"], steps
+    assert json.loads(r.get("user:3") or b"") == {"id": 3, "name": "three"}
+    assert reader.get_rows(users, []) == []
