@@ -190,11 +190,14 @@ class _ReaderBase:
         near, tracker = self.near, self.tracker
         if near is None or tracker is None or not self.near_keeps(lookup) or not tracker.ready():
             return NEAR_MISS
-        written = self._written.get()
-        if (written is not None and not written.covered) or not self.window.is_open(time.monotonic()):
+        if not self.window.is_open(time.monotonic()):
             return NEAR_MISS
-        kept = near.get(lookup.key)
-        if kept is None:
+        entry = near.entry(lookup.key)
+        if entry is None:
+            return NEAR_MISS
+        kept, read_at = entry
+        written = self._written.get()
+        if written is not None and read_at < written.covered_at:  # (not covered yet, or read before it was)
             return NEAR_MISS
         self.stats.add("near_hit")
         if lookup.fmt == "h":

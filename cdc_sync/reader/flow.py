@@ -120,7 +120,7 @@ def lookup(core: _ReaderBase, lk: Lookup, now: float) -> Flow:
         hit, value = core.plain_hit(lk, raw, seen, reply.sent, reply.received)
         if hit:
             if near is not None:
-                near.put(lk.key, core.near_value(lk, raw), mark)
+                near.put(lk.key, core.near_value(lk, raw), mark, reply.sent)
             return value
     token = core.token()
     keys, args = core.lookup_plan(lk, token)
@@ -137,7 +137,7 @@ def lookup(core: _ReaderBase, lk: Lookup, now: float) -> Flow:
         kind, detail = core.verdict(lk, reply.value, reply.sent, reply.received)
         if kind == scripts.HIT:
             if near is not None:
-                near.put(lk.key, core.near_value(lk, reply.value[1]), mark)
+                near.put(lk.key, core.near_value(lk, reply.value[1]), mark, reply.sent)
             return detail
         if kind == scripts.BYPASS:
             return (yield from _bypass(core, lk, detail))
@@ -178,7 +178,7 @@ def lookup_batch(core: _ReaderBase, lks: Sequence[Lookup], now: float) -> Genera
     for lk, token, one in zip(lks, tokens, reply.value, strict=True):
         kind, detail = core.verdict(lk, one, reply.sent, reply.received)
         if kind == scripts.HIT and near is not None and core.near_keeps(lk):
-            near.put(lk.key, core.near_value(lk, one[1]), mark)
+            near.put(lk.key, core.near_value(lk, one[1]), mark, reply.sent)
         out.append((kind, detail, token))
     return out
 
@@ -208,6 +208,7 @@ def _await_write(core: _ReaderBase, written: Written, now: float) -> Generator[S
             core._redis_failed(reply.error, core.keys.checkpoint)
             return False
         if written.seen(reply.value[0]):
+            written.covered_at = reply.received  # (a near-cache value counts only if read after this)
             return True
         if not waited:
             core.stats.add("write_wait")

@@ -22,7 +22,7 @@ class NearCache:
     def __init__(self, size: int) -> None:
         self.size = size
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, object] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[object, float]] = OrderedDict()  # key → (value, read_at)
         self._seq = 0  # invalidations processed so far
         self._recent: OrderedDict[str, int] = OrderedDict()  # key → the sequence number of its last invalidation
         self._floor = 0  # every key counts as invalidated at this sequence number (a clear, a forgotten recent one)
@@ -33,19 +33,24 @@ class NearCache:
         return self._seq
 
     def get(self, key: str) -> object | None:
-        with self._lock:
-            value = self._entries.get(key)
-            if value is not None:
-                self._entries.move_to_end(key)
-            return value
+        entry = self.entry(key)
+        return None if entry is None else entry[0]
 
-    def put(self, key: str, value: object, mark: int) -> bool:
-        """Keep ``value``, read from Redis after ``mark()`` gave ``mark``, unless its key (or every key) was
-        invalidated since."""
+    def entry(self, key: str) -> tuple[object, float] | None:
+        """(value, when its read was sent: the reader's monotonic clock), or None."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def put(self, key: str, value: object, mark: int, read_at: float = 0.0) -> bool:
+        """Keep ``value``, read from Redis after ``mark()`` gave ``mark`` (the read sent at monotonic ``read_at``),
+        unless its key (or every key) was invalidated since."""
         with self._lock:
             if not self._live or self._floor > mark or self._recent.get(key, 0) > mark:
                 return False
-            self._entries[key] = value
+            self._entries[key] = (value, read_at)
             self._entries.move_to_end(key)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)

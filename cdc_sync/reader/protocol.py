@@ -289,6 +289,9 @@ class Written:
     wait_s: float
     deadline: float | None = None  # monotonic: set by the first lookup that waits
     covered: bool = False
+    # monotonic: when the checkpoint read that showed it covered was in hand; a near-cache value read before
+    # then may predate the write (its invalidation still on the way), so it is not served inside the block
+    covered_at: float = float("inf")
 
     def __post_init__(self) -> None:
         try:

@@ -233,3 +233,37 @@ def test_read_your_writes_refuses_what_is_not_a_gtid() -> None:
         d = Driver(flow.lookup(core, _lookup(core), now=0.0))
         with pytest.raises(ValueError, match="cannot be compared"):
             d.send(flow.Reply((b"0-1-100@1:bin.000001:4/7", []), sent=0.0, received=0.0))
+
+
+class _Heard:
+    """A tracking connection with nothing pending (the near cache's decisions alone are under test)."""
+
+    def ready(self) -> bool:
+        return True
+
+
+def test_a_near_value_read_before_the_write_was_covered_is_not_served_inside_after() -> None:
+    """Inside after(gtid): the near cache serves only values read after the checkpoint read that showed the write
+    covered (an older one may predate it, its invalidation still on the way); outside, the window decides."""
+    import time
+
+    from cdc_sync.reader.base import NEAR_MISS
+    from cdc_sync.reader.nearcache import NearCache
+
+    core = _reader(freshness_check_ms=60_000)
+    core.near, core.tracker = NearCache(10), _Heard()  # type: ignore[assignment]
+    core.near.clear(live=True)
+    lk = _lookup(core)
+    t = time.monotonic()  # (near_first reads the real clock)
+    d = Driver(flow.lookup(core, lk, now=t))
+    d.send(flow.Reply([b"HIT", b'{"id":5}', 50_000, b"1000"], sent=t, received=t + 0.001))  # kept, read at t
+    assert core.near.entry("user:5") == (b'{"id":5}', t)
+    assert core.near_first(lk) == {"id": 5}
+    with core.after("0-1-120"):
+        assert core.near_first(lk) is NEAR_MISS, "not covered yet"
+        d = Driver(flow.lookup(core, lk, now=t + 0.002))
+        d.send(flow.Reply((b"0-1-120", []), sent=t + 0.002, received=t + 0.003))  # covered, seen at t + 0.003
+        assert isinstance(d.step, flow.PlainGet) and d.step.key == "user:5"
+        assert core.near_first(lk) is NEAR_MISS, "read at t, before the coverage was seen"
+        d.send(flow.Reply((b'{"id":5,"v":2}', [b"1000", None]), sent=t + 0.004, received=t + 0.005))
+        assert d.done and core.near_first(lk) == {"id": 5, "v": 2}
