@@ -212,8 +212,25 @@ class Service:
             self.worker.close()
 
 
+def _build_info() -> dict[str, str]:
+    """``cdc_sync_build_info``'s labels: this package's version and those it runs on."""
+    import platform
+    from importlib import metadata
+
+    from cdc_sync import __version__
+
+    info = {"version": __version__, "python": platform.python_version()}
+    for label, dist in (("mysql_replication", "mysql-replication"), ("redis_py", "redis"), ("pymysql", "PyMySQL")):
+        try:
+            info[label] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            info[label] = "unknown"
+    return info
+
+
 def run(config: Config) -> int:
     """Run the worker until SIGTERM/SIGINT; return the process exit code."""
+    m.BUILD.info(_build_info())
     # The doctor's checks first: a FAIL that configuration must fix stops here, with the same message.
     refusals = doctor.blocking_failures(doctor.run(config))
     for check in refusals:

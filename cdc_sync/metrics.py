@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 CHANGES_APPLIED = Counter("cdc_sync_changes_applied", "Row changes applied to Redis", ["table", "op"])
 TRANSACTIONS_APPLIED = Counter("cdc_sync_transactions_applied", "Transactions applied (checkpoint moved past them)")
@@ -102,3 +102,16 @@ STATUS_REFRESH_ERRORS = Counter(
 )
 HA_TRANSITIONS = Counter("cdc_sync_ha_transitions", "Leader lease transitions of this worker", ["to"])
 HA_LEADER = Gauge("cdc_sync_ha_leader", "1 while this worker holds the leader lease (or HA is off)")
+BUILD = Info("cdc_sync_build", "The worker's version and those of the libraries it runs on")
+QUEUE_ITEMS = Gauge("cdc_sync_queue_transactions", "Transactions (and heartbeats) read but not yet applied")
+QUEUE_ROWS = Gauge("cdc_sync_queue_rows", "Row changes of mapped tables read but not yet applied")
+CONNECTED = Gauge(
+    "cdc_sync_connected",
+    "1 while the side answers: mysql (the binlog stream delivers), redis (no step failing)",
+    ["side"],
+)
+TABLE_LAG_SECONDS = Gauge(
+    "cdc_sync_table_lag_seconds",
+    "Per table: apply time minus the binlog time of the newest transaction of the step that last changed it",
+    ["table"],
+)

@@ -94,6 +94,8 @@ class Applier:
         self._rule_by_table = by_table
 
     def start(self) -> None:
+        m.QUEUE_ITEMS.set_function(self.queue.qsize)
+        m.QUEUE_ROWS.set_function(lambda: self._queued_rows)
         self._thread.start()
 
     def put(self, item: StreamItem, give_up: Callable[[], bool] | None = None) -> None:
@@ -379,6 +381,8 @@ class Applier:
             self.lag_s = max(0.0, time.time() - stamp)
             m.LAST_APPLIED_TIMESTAMP.set(stamp)
             m.LAG_SECONDS.set(self.lag_s)
+            for table in {table for table, _op in tally}:
+                m.TABLE_LAG_SECONDS.labels(table=table).set(self.lag_s)
         log.debug("sync.batch_applied", transactions=len(txns), rows=rows, ops=len(ops), checkpoint=self.expected)
         self._applied_since += rows
         now = time.monotonic()

@@ -112,6 +112,8 @@ class Worker:
         self.applier.on_checkpoint_lost = self._republish
         self.notifier: NotifyPort = notifier if notifier is not None else Silent()
         self.streaming = False  # the binlog stream is connected and delivering events
+        m.CONNECTED.labels(side="mysql").set_function(lambda: 1.0 if self.streaming else 0.0)
+        m.CONNECTED.labels(side="redis").set_function(lambda: 0.0 if getattr(sink, "failing", None) else 1.0)
         self.last_tick = time.monotonic()
         self._ready_sent = False
         self._watchdog_at = -1.0  # monotonic time the watchdog was last looked at

@@ -291,6 +291,11 @@ def test_metrics_and_health_endpoints(
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'cdc_sync_changes_applied_total{op="update",table=' in body
     assert "cdc_sync_apply_seconds_bucket" in body and "cdc_sync_heartbeats_total" in body
+    # the gauges operators ask for: the build, the queue, each side's connection, each table's lag
+    assert 'cdc_sync_build_info{mysql_replication="' in body and 'version="' in body
+    assert "cdc_sync_queue_transactions " in body and "cdc_sync_queue_rows " in body
+    assert 'cdc_sync_connected{side="mysql"} 1.0' in body and 'cdc_sync_connected{side="redis"} 1.0' in body
+    assert 'cdc_sync_table_lag_seconds{table="' in body
     health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read())
     assert health["alive"] is True
     ready = wait_for(lambda: _get_json(f"http://127.0.0.1:{port}/readyz"), 30, "readiness")
