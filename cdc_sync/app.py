@@ -29,6 +29,7 @@ from cdc_sync.worker.heartbeat import Prober
 from cdc_sync.worker.loop import Worker
 from cdc_sync.worker.notify import Notifier
 from cdc_sync.worker.statusreport import StatusReporter
+from cdc_sync.worker.verifier import SampledVerifier
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -49,6 +50,7 @@ class Service:
         self.notifier = Notifier()  # (one per process: its watchdog pings are rate-limited across HA terms)
         self.worker = self._new_worker()
         self.prober: Prober | None = None
+        self.verifier: SampledVerifier | None = None  # [verify] sample_rate > 0: started with the prober
         self.lease = LeaderLease(self.sink.client, config.redis.names, config.ha.lease_ttl_ms)
         self._stop = threading.Event()
         self.role = "leader" if not config.ha.enabled else "standby"
@@ -104,6 +106,10 @@ class Service:
         )
         worker.applier.on_progress = self.prober.nudge
         self.prober.start()
+        if self.config.verify.sample_rate > 0:
+            self.verifier = SampledVerifier(self.config)
+            worker.applier.on_applied = self.verifier.offer
+            self.verifier.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -209,6 +215,9 @@ class Service:
             if self.prober is not None:
                 self.prober.stop()
                 self.prober = None
+            if self.verifier is not None:
+                self.verifier.stop()
+                self.verifier = None
             self.worker.close()
 
 

@@ -201,6 +201,15 @@ class HAConfig:
 
 
 @dataclass(frozen=True)
+class VerifyConfig:
+    """The worker's continuous sampled verifier (worker/verifier.py): off unless ``sample_rate`` > 0."""
+
+    sample_rate: float = _bound(0.0, 0.0)  # the share of keys each apply step writes or evicts checked (0..1)
+    max_checks_per_s: int = _bound(50, 1, 100_000)  # keys compared with MySQL at most this often
+    repair: bool = True  # evict a confirmed inconsistent key (the next reader fills it from MySQL)
+
+
+@dataclass(frozen=True)
 class DoctorConfig:
     # binlogs must be kept at least this long (a worker down longer loses its place)
     max_downtime_s: int = _bound(86400, 0, 10 * 365 * 86400)
@@ -224,6 +233,7 @@ class Config:
     ha: HAConfig = HAConfig()
     log: LogConfig = LogConfig()
     path: str = ""
+    verify: VerifyConfig = VerifyConfig()
 
     def rule_for(self, schema: str, table: str) -> TableRule | None:
         for rule in self.tables:
@@ -623,6 +633,9 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path
             raise ConfigError(f"metrics.listen: must be host:port (or empty to turn it off); got {metrics.listen!r}")
     doctor = _read_section(DoctorConfig, top, "doctor")
     ha = _read_section(HAConfig, top, "ha")
+    verify = _read_section(VerifyConfig, top, "verify")
+    if verify.sample_rate > 1:
+        raise ConfigError(f"verify.sample_rate: a share of the keys, from 0 to 1; got {verify.sample_rate}")
     top.finish()
     return Config(
         mysql=mysql,
@@ -635,6 +648,7 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, path
         ha=ha,
         log=log,
         path=path,
+        verify=verify,
     )
 
 

@@ -115,3 +115,15 @@ TABLE_LAG_SECONDS = Gauge(
     "Per table: apply time minus the binlog time of the newest transaction of the step that last changed it",
     ["table"],
 )
+VERIFY_CHECKS = Counter("cdc_sync_verify_checks", "Keys the sampled verifier compared with MySQL", ["table"])
+VERIFY_INCONSISTENT = Counter(
+    "cdc_sync_verify_inconsistencies",
+    "Keys the sampled verifier found wrong, confirmed against an unchanged row",
+    ["table"],
+)
+VERIFY_DROPPED = Counter("cdc_sync_verify_samples_dropped", "Samples dropped: the verifier was behind its rate bound")
+VERIFY_CONSISTENCY = Gauge(
+    "cdc_sync_verify_consistency_ratio",
+    "Share of the verifier's checks found consistent over the last window (1m, 5m, 10m; 1 with no checks)",
+    ["window"],
+)

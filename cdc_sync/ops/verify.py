@@ -615,3 +615,74 @@ def _evict(client: redis.Redis, names: Namespace, holdoff: int, keys: Sequence[s
             pipe.set(names.inv(key), "1", px=holdoff)
     pipe.execute()
     return len(keys)
+
+
+class KeyChecker:
+    """Given keys of any mapped tables, compared with MySQL as ``verify`` compares them (the worker's sampled
+    verifier, worker/verifier.py): each key's rule and template found from its shape, the rows read in batches,
+    and a mismatch confirmed only if, after the heartbeat passed, the row read again is unchanged and the cache
+    still differs. Column types are read again every ``refresh_s`` (a DDL may have changed them)."""
+
+    def __init__(self, config: Config, client: redis.Redis, refresh_s: float = 60.0) -> None:
+        self.config = config
+        self.client = client
+        self.rows = _Rows(config.mysql)
+        self._refresh_s = refresh_s
+        self._checkers: dict[str, _Checker] = {}
+        self._made = 0.0
+
+    def _checker(self, rule: TableRule) -> _Checker:
+        if time.monotonic() - self._made > self._refresh_s:
+            self._checkers.clear()
+            self._made = time.monotonic()
+        checker = self._checkers.get(rule.name)
+        if checker is None:
+            checker = self._checkers[rule.name] = _Checker(self.client, self.rows, rule)
+        return checker
+
+    def locate(self, keys: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Table → {key: template index} for the keys a rule renders (others are left out)."""
+        out: dict[str, dict[str, int]] = {}
+        for key in dict.fromkeys(keys):
+            for rule in self.config.tables:
+                checker = self._checker(rule)
+                index = next((i for i in range(len(rule.templates)) if checker.params(i, key) is not None), None)
+                if index is not None:
+                    out.setdefault(rule.name, {})[key] = index
+                    break
+        return out
+
+    def check(
+        self, keys: Sequence[str], recheck_timeout_s: float = 30.0
+    ) -> tuple[dict[str, int], list[tuple[str, Divergence]], bool]:
+        """(keys checked per table, the confirmed divergences with their table, whether the re-check waited for
+        the heartbeat: False when the worker was not fresh, and then nothing is confirmed)."""
+        counts: dict[str, int] = {}
+        suspects: dict[str, tuple[TableRule, dict[str, int]]] = {}
+        rules = {r.name: r for r in self.config.tables}
+        for table, keyed in self.locate(keys).items():
+            rule = rules[table]
+            counts[table] = len(keyed)
+            found = _compare(self._checker(rule), rule, keyed, BATCH)
+            if found:
+                suspects[table] = (rule, {d.key: keyed[d.key] for d in found})
+        if not suspects:
+            return counts, [], True
+        first = {
+            table: {d.key: d.database for d in _compare(self._checker(rule), rule, keyed, BATCH)}
+            for table, (rule, keyed) in suspects.items()
+        }
+        at = _redis_ms(self.client, self.config.redis.names)
+        if not _wait_for_heartbeat(self.client, self.config.redis.names, at, recheck_timeout_s):
+            return counts, [], False
+        divergent: list[tuple[str, Divergence]] = []
+        for table, (rule, keyed) in suspects.items():
+            again = _compare(self._checker(rule), rule, {k: keyed[k] for k in first[table]}, BATCH)
+            divergent += [(table, d) for d in again if first[table].get(d.key) == d.database]
+        return counts, divergent, True
+
+    def evict(self, keys: Sequence[str]) -> int:
+        return _evict(self.client, self.config.redis.names, self.config.reader.holdoff_ms, keys)
+
+    def close(self) -> None:
+        self.rows.close()

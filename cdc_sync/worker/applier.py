@@ -71,6 +71,7 @@ class Applier:
         # fingerprints, server identity) is written again, so the next start does not flush for nothing.
         self.on_checkpoint_lost: Callable[[], None] | None = None
         self.on_progress: Callable[[], None] | None = None  # after every step applied (the heartbeat follows)
+        self.on_applied: Callable[[Sequence[RedisOp]], None] | None = None  # a step's operations (the verifier)
 
     # ---- called from the reading (main) thread -----------------------------------------------------
 
@@ -361,6 +362,8 @@ class Applier:
         self.last_applied = time.monotonic()
         if self.on_progress is not None:
             self.on_progress()
+        if self.on_applied is not None:
+            self.on_applied(ops)
         self._record(ops, txns, tally, time.perf_counter() - started)
 
     def _record(

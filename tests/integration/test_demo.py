@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,5 +27,7 @@ def test_demo_shows_live_sync_and_cleans_up(topology: str) -> None:
     assert "final: in sync" in proc.stdout
     assert "demo stopped: worker and servers are down" in proc.stdout
     assert "cache == database" in proc.stdout
+    verified = re.search(r"sampled verifier: (\d+) keys checked against MariaDB, (\d+) inconsistent", proc.stdout)
+    assert verified is not None and int(verified.group(1)) > 0 and verified.group(2) == "0", proc.stdout[-2000:]
     if topology == "sentinel":
         assert "failing the master over" in proc.stdout
