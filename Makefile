@@ -68,6 +68,7 @@ bench: setup sysbench
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/verifier.py
 	$(BIN)/python bench/sysbench.py
 	$(BIN)/python bench/cluster.py
 	$(BIN)/python bench/summary.py

@@ -31,12 +31,18 @@ def reached_end(checkpoint: bytes | None, end: str) -> bool:
     return (checkpoint or b"").decode().partition("@")[0] == end
 
 
-def worker_config(workdir: Path, mysql_port: int, redis_port: int, table: str, mode: str, name: str = "") -> Path:
-    """A worker configuration for one mapped table (key ``k:{id}``), quiet logs, no metrics port."""
-    return tables_config(workdir / f"{name or mode}.toml", mysql_port, redis_port, [(table, "k:{id}", mode)])
+def worker_config(
+    workdir: Path, mysql_port: int, redis_port: int, table: str, mode: str, name: str = "", extra: str = ""
+) -> Path:
+    """A worker configuration for one mapped table (key ``k:{id}``), quiet logs, no metrics port; ``extra``: more
+    TOML sections."""
+    path = workdir / f"{name or mode}.toml"
+    return tables_config(path, mysql_port, redis_port, [(table, "k:{id}", mode)], extra)
 
 
-def tables_config(path: Path, mysql_port: int, redis_port: int, tables: list[tuple[str, str, str]]) -> Path:
+def tables_config(
+    path: Path, mysql_port: int, redis_port: int, tables: list[tuple[str, str, str]], extra: str = ""
+) -> Path:
     """A worker configuration for ``tables`` ((table, key template, mode) each), quiet logs, no metrics port."""
     rules = "".join(f'[[tables]]\ntable = "{t}"\nkey = "{k}"\nmode = "{m}"\n' for t, k, m in tables)
     path.write_text(f"""
@@ -50,7 +56,7 @@ level = "warning"
 format = "json"
 [metrics]
 listen = ""
-""")
+{extra}""")
     return path
 
 
@@ -85,15 +91,17 @@ def catch_up(
     end: str,
     workdir: Path,
     prefix: tuple[str, ...] = (),
+    extra: str = "",
 ) -> tuple[float, float]:
-    """``cdc-sync run`` from checkpoint ``start`` until it reaches ``end``: (seconds, peak RSS in MB).
+    """``cdc-sync run`` from checkpoint ``start`` until it reaches ``end``: (seconds, peak RSS in MB); ``extra``:
+    more TOML sections for the worker's configuration.
 
     The time includes the process start-up; the worker is stopped afterwards.
     """
     r = redis.Redis(port=redis_port)
     r.flushall()
     r.set("cdc:checkpoint", start)
-    cfg = worker_config(workdir, mysql_port, redis_port, table, mode)
+    cfg = worker_config(workdir, mysql_port, redis_port, table, mode, name=f"{mode}{len(extra)}", extra=extra)
     t0 = time.perf_counter()
     proc = start_worker(cfg, prefix)
     while not reached_end(r.get("cdc:checkpoint"), end):

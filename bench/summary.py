@@ -46,6 +46,14 @@ def rows(s: dict[str, Any]) -> list[tuple[str, float | None, str, bool | None]]:
             )
             c2c = res["commit_to_cache_ms"]["p99"]
             out.append((f"{label}: commit-to-cache p99 (ms)", c2c, "(no target)", None))
+    if "verifier" in s:
+        ratio = s["verifier"]["ratio_on_off"]
+        out.append(("catch-up with the sampled verifier on vs off", ratio, ">= 0.95x", ratio >= 0.95))
+        steady = s["verifier"]["steady"]["on"]
+        out.append(("sampled verifier: keys checked/s under steady load", steady["checks_per_s"], "(measured)", None))
+        out.append(
+            ("sampled verifier: inconsistencies found", steady["inconsistencies"], "0", steady["inconsistencies"] == 0)
+        )
     if "reader" in s:
         hit = s["reader"]["ratios"]["hit_vs_raw_get"]
         out.append(("reader hit vs raw GET", hit, "<= 1.15x", hit <= 1.15))
