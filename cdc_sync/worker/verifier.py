@@ -11,7 +11,8 @@ logged (``verify.inconsistency``: key, table, the checkpoint, both values' diges
 (``repair``), so the next reader fills it from MySQL. A key evicted meanwhile has nothing to compare: it counts as
 checked and consistent (a reader's later fill is what the next sample checks).
 
-Metrics: ``cdc_sync_verify_checks_total{table}``, ``cdc_sync_verify_inconsistencies_total{table}``,
+``verify.progress`` (at most every 10 s) logs the keys checked and inconsistencies since the last one. Metrics:
+``cdc_sync_verify_checks_total{table}``, ``cdc_sync_verify_inconsistencies_total{table}``,
 ``cdc_sync_verify_samples_dropped_total`` (the queue full: the rate bound held), and
 ``cdc_sync_verify_consistency_ratio{window=1m|5m|10m}``.
 """
@@ -41,6 +42,7 @@ log = logs.get("cdc_sync.verify")
 WINDOWS = {"1m": 60.0, "5m": 300.0, "10m": 600.0}
 TICK_S = 0.5  # how often the thread looks for samples
 HEARTBEAT_WAIT_S = 10.0  # a sample the heartbeat does not pass within this is dropped (the worker is behind)
+PROGRESS_S = 10.0  # verify.progress at most this often: keys checked and inconsistencies since the last one
 
 
 def _digest(value: Any) -> str:
@@ -60,6 +62,7 @@ class SampledVerifier:
         self._history: deque[tuple[float, int, int]] = deque()  # (monotonic, checked, inconsistent) per round
         self.checked = 0
         self.inconsistent = 0
+        self._progress, self._progress_at = (0, 0), time.monotonic()  # what verify.progress last reported
         for name, seconds in WINDOWS.items():
             m.VERIFY_CONSISTENCY.labels(window=name).set_function(functools.partial(self.ratio, seconds))
 
@@ -166,3 +169,10 @@ class SampledVerifier:
             self._history.append((now, checked, bad))
             while self._history and self._history[0][0] < now - max(WINDOWS.values()):
                 self._history.popleft()
+            if now - self._progress_at >= PROGRESS_S:
+                done = (self.checked - self._progress[0], self.inconsistent - self._progress[1])
+                self._progress, self._progress_at = (self.checked, self.inconsistent), now
+            else:
+                done = None
+        if done is not None:
+            log.info("verify.progress", checked=done[0], inconsistent=done[1], consistency_5m=round(self.ratio(300), 6))

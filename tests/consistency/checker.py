@@ -107,6 +107,7 @@ GPARENTS_PER_WRITER = 4
 GROUPS = 4
 MAX_STALENESS_MS = 2000
 FRESHNESS_CHECK_MS = 750  # readers' plain-GET window: below the bound, open most of the time
+VERIFY_SAMPLE_RATE = 0.2  # the worker's sampled verifier checks this share of the keys it applies (none may fail)
 ODD_IDS = range(12)  # rows read with non-canonical spellings (few, so they are read again and again)
 FILLER_KEYS = 100_000  # checkpoint_reset: another application's keys in Redis, which the flush has to SCAN past
 GTID_JUMP = 10_000_000  # gtid_ooo: each domain jumps here once; lower numbers come from the gap below
@@ -198,13 +199,22 @@ class Report:
     topology: str = "single"  # --topology
     near_cache: int = 0  # --near-cache: the readers' near_cache_size
     near_hits: int = 0  # ... lookups they served from it
+    verify_checks: int = 0  # keys the worker's sampled verifier checked (verify.progress; a killed run's tail lost)
+    verify_inconsistent: int = 0  # ... and found wrong, confirmed (verify.inconsistency): any fails the run
     evicted: Counter[str] = field(default_factory=Counter)  # keys Redis evicted, by kind (evicted_kind)
     pressure_bursts: int = 0
     eviction_flushes: int = 0  # the worker's flushes of every table after evictions (sync.keys_evicted)
 
     @property
     def ok(self) -> bool:
-        return not (self.divergent or self.stale or self.phantom or self.worker_crashes or self.errors)
+        return not (
+            self.divergent
+            or self.stale
+            or self.phantom
+            or self.worker_crashes
+            or self.errors
+            or self.verify_inconsistent
+        )
 
     def line(self) -> str:
         def pct(p: float) -> float:
@@ -223,6 +233,7 @@ class Report:
             + (f" compress=on compressed_events={self.compressed_events}" if self.compress else "")
             + (f" topology={self.topology}" if self.topology != "single" else "")
             + (f" near_cache={self.near_cache} near_hits={self.near_hits}" if self.near_cache else "")
+            + f" verify_checks={self.verify_checks} verify_inconsistent={self.verify_inconsistent}"
         )
 
     def _memory_line(self) -> str:
@@ -390,6 +401,9 @@ freshness_check_ms = {FRESHNESS_CHECK_MS}
 near_cache_size = {self.near_cache}
 holdoff_ms = 500
 lease_wait_ms = 300
+[verify]
+sample_rate = {VERIFY_SAMPLE_RATE}
+max_checks_per_s = 200
 [log]
 format = "json"
 [metrics]
@@ -1532,6 +1546,11 @@ def run(
     finally:
         checker.close()
     report.eviction_flushes = len(worker_events(workdir, ("sync.keys_evicted",)))
+    report.verify_checks = sum(int(e.get("checked", 0)) for _, e in worker_events(workdir, ("verify.progress",)))
+    found = worker_events(workdir, ("verify.inconsistency",))
+    report.verify_inconsistent = len(found)
+    for run_name, entry in found[:20]:
+        print(f"VERIFY: {run_name}: {entry}", file=sys.stderr)
     for note in [*report.notes, *resume_notes(workdir)]:
         print(f"NOTE: {note}", file=sys.stderr)
     for label, items in (("DIVERGENT", report.divergent), ("PHANTOM", report.phantom), ("ERROR", report.errors)):
