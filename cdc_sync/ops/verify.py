@@ -621,7 +621,9 @@ class KeyChecker:
     """Given keys of any mapped tables, compared with MySQL as ``verify`` compares them (the worker's sampled
     verifier, worker/verifier.py): each key's rule and template found from its shape, the rows read in batches,
     and a mismatch confirmed only if, after the heartbeat passed, the row read again is unchanged and the cache
-    still differs. Column types are read again every ``refresh_s`` (a DDL may have changed them)."""
+    still differs. Keys of a table being flushed (its marker set, at the check or at the re-check) are left out:
+    no reader trusts them, and the flush is deleting them. Column types are read again every ``refresh_s`` (a DDL
+    may have changed them)."""
 
     def __init__(self, config: Config, client: redis.Redis, refresh_s: float = 60.0) -> None:
         self.config = config
@@ -660,7 +662,11 @@ class KeyChecker:
         counts: dict[str, int] = {}
         suspects: dict[str, tuple[TableRule, dict[str, int]]] = {}
         rules = {r.name: r for r in self.config.tables}
-        for table, keyed in self.locate(keys).items():
+        located = self.locate(keys)
+        flushing = self._flushing(list(located))
+        for table, keyed in located.items():
+            if table in flushing:
+                continue  # (being flushed: readers trust none of its keys, and they are on their way out)
             rule = rules[table]
             counts[table] = len(keyed)
             found = _compare(self._checker(rule), rule, keyed, BATCH)
@@ -676,10 +682,23 @@ class KeyChecker:
         if not _wait_for_heartbeat(self.client, self.config.redis.names, at, recheck_timeout_s):
             return counts, [], False
         divergent: list[tuple[str, Divergence]] = []
+        flushing = self._flushing(list(suspects))
         for table, (rule, keyed) in suspects.items():
+            if table in flushing:
+                continue  # (a flush began meanwhile: a DDL, a reset; nothing of it is trusted)
             again = _compare(self._checker(rule), rule, {k: keyed[k] for k in first[table]}, BATCH)
             divergent += [(table, d) for d in again if first[table].get(d.key) == d.database]
         return counts, divergent, True
+
+    def _flushing(self, tables: Sequence[str]) -> set[str]:
+        """The tables whose flush marker is set (readers bypass them; their keys are being deleted)."""
+        names = self.config.redis.names
+        if not tables:
+            return set()
+        pipe = self.client.pipeline(transaction=False)
+        for table in tables:
+            pipe.exists(names.flushing(table))
+        return {t for t, n in zip(tables, pipe.execute(), strict=True) if int(n)}
 
     def evict(self, keys: Sequence[str]) -> int:
         return _evict(self.client, self.config.redis.names, self.config.reader.holdoff_ms, keys)
