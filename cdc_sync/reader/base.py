@@ -254,6 +254,11 @@ class _ReaderBase:
             raise TypeError(
                 f"reader.cached: the arguments of {fn.__qualname__} must be JSON-serialisable: {exc}"
             ) from None
+        if prefix is None and "<locals>" in fn.__qualname__:
+            raise ValueError(
+                f"reader.cached: {fn.__qualname__} is defined inside a function (functions made by one factory "
+                'share that name, and would share their results): pass key="..."'
+            )
         head = prefix if prefix is not None else f"cached:{fn.__module__}.{fn.__qualname__}"
         return f"{head}:{hashlib.blake2b(text, digest_size=16).hexdigest()}"
 

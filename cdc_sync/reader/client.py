@@ -147,6 +147,8 @@ class CacheReader(_ReaderBase):
         [("shop.orders", {"user_id": user_id})]``)."""
 
         def decorate(fn: Callable[P, T]) -> Callable[P, T]:
+            self.cached_call_key(fn, key, (), {})  # (refuses a nested function without a key, now)
+
             @functools.wraps(fn)
             def call(*args: P.args, **kwargs: P.kwargs) -> T:
                 name = self.cached_call_key(fn, key, args, kwargs)
@@ -348,6 +350,8 @@ class AsyncCacheReader(_ReaderBase):
         """``CacheReader.cached`` for coroutine functions."""
 
         def decorate(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+            self.cached_call_key(fn, key, (), {})  # (refuses a nested function without a key, now)
+
             @functools.wraps(fn)
             async def call(*args: P.args, **kwargs: P.kwargs) -> T:
                 name = self.cached_call_key(fn, key, args, kwargs)

@@ -2,10 +2,12 @@
 ``CLIENT TRACKING on BCAST`` for the prefixes of the keys it may keep, so Redis pushes the name of every such key
 that changes, expires or is evicted, whoever changed it (the worker's steps, flushes, other readers' fills).
 
-``ready()`` runs before every local hit: it reads what has arrived (one non-blocking check when nothing has), and
-says whether the connection is there. A connection lost, refused or made anew (its pushes before are unknown),
-a PING unanswered for a second (a silent network), a flush marker, rule or schema epoch of the namespace changed:
-the near cache is emptied.
+``ready()`` runs before every local hit and, from a thread of its own, every 0.1 s (so an idle reader's pushes do
+not pile up in Redis, and its PINGs keep going): it reads what has arrived (one non-blocking check when nothing
+has), and says whether the near cache may serve: the connection is there and a PONG came within 1.5 s. A
+connection lost, refused or made anew (by redis-py itself too: tracking was on the old socket), a PING unanswered
+for a second (a silent network, a NAT), on Sentinel a master other than the one the Sentinels name, a push that
+cannot be read, a flush marker, rule or schema epoch of the namespace changed: the near cache is emptied.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from cdc_sync.reader.nearcache import NearCache, tracking_prefixes
 
 log = logs.get("cdc_sync.reader")
 
-PING_EVERY_S = 1.0  # a PING on the tracking connection this often ...
+PING_EVERY_S = 0.5  # a PING on the tracking connection this often (by the drain thread, lookups or not) ...
 PONG_WITHIN_S = 1.0  # ... answered within this, or the connection counts as lost
+PROVEN_FOR_S = PING_EVERY_S + PONG_WITHIN_S  # a local hit needs a PONG this recent (a silent network, a NAT)
+DRAIN_EVERY_S = 0.1  # the drain thread: an idle reader's pushes do not pile up in Redis's output buffer
 RETRY_AFTER_S = 1.0  # after a failed connect, lookups skip the near cache this long
 
 
@@ -40,12 +44,22 @@ class Tracker:
         self.prefixes = tracking_prefixes([*prefixes, *resets])
         self._resets = tuple(resets)
         self._client = make_client(cfg, protocol=3, max_connections=1)
+        self._sentinel = bool(cfg.sentinels)
         self._lock = threading.Lock()
         self._conn: Any = None
         self._poll: Any = None  # select.poll of the tracking connection's socket
         self._ping_sent: float | None = None
         self._next_ping = 0.0
+        self._pong_at = 0.0  # monotonic: the last PONG, the proof that pushes still arrive
         self._retry_at = 0.0
+        self._reconnected = False  # redis-py connected the socket again by itself: tracking is off on it
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._drain_loop, name="cdc-sync-tracking", daemon=True)
+        self._thread.start()
+
+    def _drain_loop(self) -> None:
+        while not self._stop.wait(DRAIN_EVERY_S):
+            self.ready()
 
     def ready(self) -> bool:
         """Apply every invalidation that has arrived; False when there is no tracking connection (the near cache
@@ -62,14 +76,18 @@ class Tracker:
                 if self._poll is None or self._poll.poll(0):
                     while conn.can_read(timeout=0):
                         if conn.read_response(push_request=True) in (b"PONG", "PONG"):
-                            self._ping_sent = None
+                            self._ping_sent, self._pong_at = None, time.monotonic()
+                if self._reconnected:
+                    raise redis.ConnectionError("the tracking connection was made again without CLIENT TRACKING")
                 now = time.monotonic()
                 if self._ping_sent is not None and now - self._ping_sent > PONG_WITHIN_S:
                     raise redis.ConnectionError(f"no PONG within {PONG_WITHIN_S} s on the tracking connection")
                 if self._ping_sent is None and now >= self._next_ping:
-                    conn.send_command("PING")
+                    if self._sentinel:
+                        self._check_master(conn)
+                    conn.send_command("PING", check_health=False)
                     self._ping_sent, self._next_ping = now, now + PING_EVERY_S
-                return True
+                return now - self._pong_at <= PROVEN_FOR_S
             except (*REDIS_ERRORS, OSError) as exc:
                 self._lost(exc)
                 return False
@@ -81,14 +99,17 @@ class Tracker:
             self._client.connection_pool.release(conn)
             raise ConfigError("reader.near_cache_size: needs redis-py's RESP3 push handling (redis-py 5.1 or later)")
         setter(self._pushed)
+        self._reconnected = False
+        conn.register_connect_callback(self._on_reconnect)
         self._conn = conn
         args: list[str] = ["CLIENT", "TRACKING", "on", "BCAST"]
         for prefix in self.prefixes:
             args += ["PREFIX", prefix]
-        conn.send_command(*args)
+        conn.send_command(*args, check_health=False)
         reply = conn.read_response()
         if reply not in (b"OK", "OK"):
             raise redis.ResponseError(f"CLIENT TRACKING answered {reply!r}")
+        self._pong_at = time.monotonic()  # (the reply proves the connection as a PONG would)
         # Only now: a value read before this point (marked before the clear) is never kept; one read after it
         # is, since from now on any change of its key is pushed.
         self.near.clear(live=True)
@@ -100,16 +121,33 @@ class Tracker:
             self._poll.register(sock.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
         log.info("reader.near_cache_tracking", prefixes=self.prefixes)
 
+    def _on_reconnect(self, _conn: Any) -> None:
+        """redis-py connected this connection again by itself (a health check, a retry): CLIENT TRACKING was
+        on the old socket only."""
+        self._reconnected = True
+
+    def _check_master(self, conn: Any) -> None:
+        """Sentinel: the tracking connection must be on the master the Sentinels name now (the data connections
+        move there; the old master may keep this one for seconds before it is demoted)."""
+        host, port = self._client.connection_pool.get_master_address()  # type: ignore[attr-defined]
+        if (str(host), int(port)) != (str(conn.host), int(conn.port)):
+            raise redis.ConnectionError(f"the Sentinels name another master ({host}:{port})")
+
     def _pushed(self, push: Sequence[Any]) -> None:
-        keys = push[1] if len(push) > 1 else None
-        if keys is None:  # FLUSHALL, FLUSHDB
-            self._reset("redis_flushed")
-            return
-        names = [k.decode() if isinstance(k, bytes) else str(k) for k in keys]
-        if any(n.startswith(self._resets) for n in names):
-            self._reset("namespace_changed")  # a flush began, a rule or a schema epoch changed
-        else:
-            self.near.invalidate(names)
+        """An invalidation push (redis-py calls this while reading; an error here would be logged and dropped by
+        redis-py, so none may escape: anything unreadable empties the near cache)."""
+        try:
+            keys = push[1] if len(push) > 1 else None
+            if keys is None:  # FLUSHALL, FLUSHDB
+                self._reset("redis_flushed")
+                return
+            names = [k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k) for k in keys]
+            if any(n.startswith(self._resets) for n in names):
+                self._reset("namespace_changed")  # a flush began, a rule or a schema epoch changed
+            else:
+                self.near.invalidate(names)
+        except Exception:  # noqa: BLE001 - (see above: never lose an invalidation silently)
+            self._reset("unreadable_push")
 
     def _reset(self, reason: str) -> None:
         self.near.clear()
@@ -126,6 +164,7 @@ class Tracker:
             self._client.connection_pool.release(conn)
 
     def close(self) -> None:
+        self._stop.set()
         self.near.clear(live=False)
         with self._lock:
             if self._conn is not None:

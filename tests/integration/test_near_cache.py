@@ -5,6 +5,7 @@ real worker and Redis."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 
 import pymysql
@@ -154,3 +155,32 @@ def test_a_flush_marker_or_a_flushall_empties_the_near_cache(
     wait_for(refilled, 15, "the near cache filled again")
     r.flushdb()
     wait_for(lambda: tracker.ready() and len(near) == 0, 10, "the near cache emptied by FLUSHDB")
+
+
+def test_an_unreadable_push_or_a_silent_reconnect_never_leaves_a_value_unheard(
+    start_worker: StartWorker, reader_for: Callable[..., CacheReader], db: str, users: None, r: redis.Redis
+) -> None:
+    """A push naming a key that is not UTF-8 still invalidates the others in it; redis-py connecting the socket
+    again by itself (a health check, a retry: tracking was on the old socket) counts as a lost connection; a
+    connection that has not answered a PING lately does not serve."""
+    start_worker(_tables(db), extra=READER)
+    wait_for(lambda: r.get("cdc:heartbeat"), 30, "a heartbeat")
+    inner = _inner(reader_for())
+    near, tracker = inner.near, inner.tracker
+    assert near is not None and tracker is not None and tracker.ready()
+    near.put("user:1", b'"x"', near.mark())
+    tracker._pushed([b"invalidate", [b"user:\xff", b"user:1"]])
+    assert near.get("user:1") is None, "the readable name in the push was invalidated"
+    near.put("user:1", b'"x"', near.mark())
+    with tracker._lock:
+        tracker._conn.disconnect()
+        tracker._conn.connect()  # (as redis-py's health check does when a PING times out)
+    assert not tracker.ready() and len(near) == 0
+    assert not near.put("user:1", b'"x"', near.mark()), "nothing is kept until tracking is on again"
+    wait_for(lambda: tracker.ready(), 10, "tracking again")
+    with tracker._lock:  # no PONG heard for a minute, none asked for (a silent network, say)
+        tracker._pong_at, tracker._ping_sent, tracker._next_ping = time.monotonic() - 60, None, float("inf")
+    assert not tracker.ready(), "not proven lately: no local hit"
+    with tracker._lock:
+        tracker._next_ping = 0.0
+    wait_for(lambda: tracker.ready(), 10, "a PONG again")

@@ -736,7 +736,13 @@ def test_the_cached_decorator_keys_by_arguments_and_follows_dependencies(
             cur.execute("SELECT COALESCE(SUM(total), 0) FROM orders WHERE user_id = %s", (user_id,))
             return int(cur.fetchone()[0])
 
-    @reader.cached(ttl=60, depends_on=lambda user_id: [(f"{db}.orders", {"user_id": user_id})])
+    with pytest.raises(ValueError, match="pass key="):  # (closures of one factory would share results)
+
+        @reader.cached(ttl=60)
+        def nested() -> int:
+            return 1
+
+    @reader.cached(ttl=60, depends_on=lambda user_id: [(f"{db}.orders", {"user_id": user_id})], key="total")
     def total(user_id: int) -> int:
         calls.append(user_id)
         return orders_total(user_id)

@@ -267,3 +267,13 @@ def test_a_near_value_read_before_the_write_was_covered_is_not_served_inside_aft
         assert core.near_first(lk) is NEAR_MISS, "read at t, before the coverage was seen"
         d.send(flow.Reply((b'{"id":5,"v":2}', [b"1000", None]), sent=t + 0.004, received=t + 0.005))
         assert d.done and core.near_first(lk) == {"id": 5, "v": 2}
+
+
+def test_read_your_writes_never_takes_another_servers_gtid_in_the_domain_as_applied() -> None:
+    """Two servers writing one domain: their sequence numbers say nothing about order (the checkpoint's 0-1-100
+    does not cover 0-2-5)."""
+    from cdc_sync.reader.protocol import Written
+
+    assert not Written("0-2-5", 1.0).seen(b"0-1-100@1:bin.000001:4/7")
+    assert Written("0-1-5", 1.0).seen(b"0-1-100@1:bin.000001:4/7")
+    assert not Written("0-1-5,1-3-2", 1.0).seen(b"0-1-100,1-4-9")
