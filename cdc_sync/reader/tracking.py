@@ -34,6 +34,7 @@ PONG_WITHIN_S = 1.0  # ... answered within this, or the connection counts as los
 PROVEN_FOR_S = PING_EVERY_S + PONG_WITHIN_S  # a local hit needs a PONG this recent (a silent network, a NAT)
 DRAIN_EVERY_S = 0.1  # the drain thread: an idle reader's pushes do not pile up in Redis's output buffer
 RETRY_AFTER_S = 1.0  # after a failed connect, lookups skip the near cache this long
+MASTER_CHECK_S = 1.0  # Sentinel: the master the Sentinels name, asked this often
 
 
 class Tracker:
@@ -52,6 +53,7 @@ class Tracker:
         self._next_ping = 0.0
         self._pong_at = 0.0  # monotonic: the last PONG, the proof that pushes still arrive
         self._retry_at = 0.0
+        self._next_master_check = 0.0
         self._reconnected = False  # redis-py connected the socket again by itself: tracking is off on it
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._drain_loop, name="cdc-sync-tracking", daemon=True)
@@ -83,7 +85,8 @@ class Tracker:
                 if self._ping_sent is not None and now - self._ping_sent > PONG_WITHIN_S:
                     raise redis.ConnectionError(f"no PONG within {PONG_WITHIN_S} s on the tracking connection")
                 if self._ping_sent is None and now >= self._next_ping:
-                    if self._sentinel:
+                    if self._sentinel and now >= self._next_master_check:
+                        self._next_master_check = now + MASTER_CHECK_S
                         self._check_master(conn)
                     conn.send_command("PING", check_health=False)
                     self._ping_sent, self._next_ping = now, now + PING_EVERY_S
