@@ -622,8 +622,9 @@ class KeyChecker:
     verifier, worker/verifier.py): each key's rule and template found from its shape, the rows read in batches,
     and a mismatch confirmed only if, after the heartbeat passed, the row read again is unchanged and the cache
     still differs. Keys of a table being flushed (its marker set, at the check or at the re-check) are left out:
-    no reader trusts them, and the flush is deleting them. Column types are read again every ``refresh_s`` (a DDL
-    may have changed them)."""
+    no reader trusts them, and the flush is deleting them. A table's columns are read again when its schema epoch
+    moved (every DDL flushes and bumps it), and every ``refresh_s``; a suspect whose table's epoch moved between the
+    check and the re-check is left to later samples."""
 
     def __init__(self, config: Config, client: redis.Redis, refresh_s: float = 60.0) -> None:
         self.config = config
@@ -632,6 +633,7 @@ class KeyChecker:
         self._refresh_s = refresh_s
         self._checkers: dict[str, _Checker] = {}
         self._made = 0.0
+        self._seen_epochs: dict[str, str | None] = {}  # table → the schema epoch its columns were read at
 
     def _checker(self, rule: TableRule) -> _Checker:
         if time.monotonic() - self._made > self._refresh_s:
@@ -664,6 +666,12 @@ class KeyChecker:
         rules = {r.name: r for r in self.config.tables}
         located = self.locate(keys)
         flushing = self._flushing(list(located))
+        epochs = self._epochs(list(located))
+        for table in located:
+            if self._seen_epochs.get(table, epochs[table]) != epochs[table]:  # a DDL, say: columns read again
+                self.rows._kinds.pop(table, None)
+                self._checkers.pop(table, None)
+            self._seen_epochs[table] = epochs[table]
         for table, keyed in located.items():
             if table in flushing:
                 continue  # (being flushed: readers trust none of its keys, and they are on their way out)
@@ -683,12 +691,23 @@ class KeyChecker:
             return counts, [], False
         divergent: list[tuple[str, Divergence]] = []
         flushing = self._flushing(list(suspects))
+        now_epochs = self._epochs(list(suspects))
         for table, (rule, keyed) in suspects.items():
-            if table in flushing:
-                continue  # (a flush began meanwhile: a DDL, a reset; nothing of it is trusted)
+            if table in flushing or now_epochs[table] != epochs[table]:
+                continue  # (a flush began meanwhile, or is over: a DDL, a reset; judged again by later samples)
             again = _compare(self._checker(rule), rule, {k: keyed[k] for k in first[table]}, BATCH)
             divergent += [(table, d) for d in again if first[table].get(d.key) == d.database]
         return counts, divergent, True
+
+    def _epochs(self, tables: Sequence[str]) -> dict[str, str | None]:
+        """Each table's schema epoch (``ns:schema:<table>``: bumped whenever the worker marks it as flushing)."""
+        if not tables:
+            return {}
+        names = self.config.redis.names
+        pipe = self.client.pipeline(transaction=False)
+        for table in tables:
+            pipe.get(names.schema(table))
+        return {t: (v.decode() if isinstance(v, bytes) else v) for t, v in zip(tables, pipe.execute(), strict=True)}
 
     def _flushing(self, tables: Sequence[str]) -> set[str]:
         """The tables whose flush marker is set (readers bypass them; their keys are being deleted)."""

@@ -109,6 +109,14 @@ def test_the_worker_verifies_samples_of_what_it_applies(
 
     # (a key offered several times while its samples wait is checked once)
     wait_for(lambda: metric("cdc_sync_verify_checks_total") >= 20, 60, "every key verified")
+    # a DDL: the verifier reads the table's columns again (else every row would look wrong to it)
+    with sql.cursor() as cur:
+        cur.execute("ALTER TABLE users ADD COLUMN extra INT DEFAULT 7")
+        time.sleep(1.5)  # (past the flush's hold-off: the keys below are checked, not left out)
+        for i in range(1, 21):
+            cur.execute("UPDATE users SET name = %s WHERE id = %s", (f"after-ddl-{i}", i))
+    wait_caught_up(r, sql, mysql_server.flavor, w)
+    wait_for(lambda: metric("cdc_sync_verify_checks_total") >= 40, 60, "the keys after the DDL verified")
     assert metric("cdc_sync_verify_inconsistencies_total") == 0
     assert metric("cdc_sync_verify_consistency_ratio", re.escape('{window="1m"}')) == 1.0
     assert "verify.started" in w.event_names() and "verify.inconsistency" not in w.event_names()
