@@ -665,8 +665,7 @@ class KeyChecker:
         suspects: dict[str, tuple[TableRule, dict[str, int]]] = {}
         rules = {r.name: r for r in self.config.tables}
         located = self.locate(keys)
-        flushing = self._flushing(list(located))
-        epochs = self._epochs(list(located))
+        flushing, epochs = self._table_state(list(located))
         for table in located:
             if self._seen_epochs.get(table, epochs[table]) != epochs[table]:  # a DDL, say: columns read again
                 self.rows._kinds.pop(table, None)
@@ -690,8 +689,7 @@ class KeyChecker:
         if not _wait_for_heartbeat(self.client, self.config.redis.names, at, recheck_timeout_s):
             return counts, [], False
         divergent: list[tuple[str, Divergence]] = []
-        flushing = self._flushing(list(suspects))
-        now_epochs = self._epochs(list(suspects))
+        flushing, now_epochs = self._table_state(list(suspects))
         for table, (rule, keyed) in suspects.items():
             if table in flushing or now_epochs[table] != epochs[table]:
                 continue  # (a flush began meanwhile, or is over: a DDL, a reset; judged again by later samples)
@@ -699,25 +697,21 @@ class KeyChecker:
             divergent += [(table, d) for d in again if first[table].get(d.key) == d.database]
         return counts, divergent, True
 
-    def _epochs(self, tables: Sequence[str]) -> dict[str, str | None]:
-        """Each table's schema epoch (``ns:schema:<table>``: bumped whenever the worker marks it as flushing)."""
+    def _table_state(self, tables: Sequence[str]) -> tuple[set[str], dict[str, str | None]]:
+        """In one round trip: the tables whose flush marker is set (readers bypass them; their keys are being
+        deleted), and each table's schema epoch (``ns:schema:<table>``: bumped whenever the worker marks it as
+        flushing)."""
         if not tables:
-            return {}
+            return set(), {}
         names = self.config.redis.names
-        pipe = self.client.pipeline(transaction=False)
-        for table in tables:
-            pipe.get(names.schema(table))
-        return {t: (v.decode() if isinstance(v, bytes) else v) for t, v in zip(tables, pipe.execute(), strict=True)}
-
-    def _flushing(self, tables: Sequence[str]) -> set[str]:
-        """The tables whose flush marker is set (readers bypass them; their keys are being deleted)."""
-        names = self.config.redis.names
-        if not tables:
-            return set()
         pipe = self.client.pipeline(transaction=False)
         for table in tables:
             pipe.exists(names.flushing(table))
-        return {t for t, n in zip(tables, pipe.execute(), strict=True) if int(n)}
+            pipe.get(names.schema(table))
+        replies = pipe.execute()
+        flushing = {t for t, n in zip(tables, replies[0::2], strict=True) if int(n)}
+        epochs = {t: (v.decode() if isinstance(v, bytes) else v) for t, v in zip(tables, replies[1::2], strict=True)}
+        return flushing, epochs
 
     def evict(self, keys: Sequence[str]) -> int:
         return _evict(self.client, self.config.redis.names, self.config.reader.holdoff_ms, keys)
