@@ -10,12 +10,10 @@ Prints a table and writes bench/verifier.json.
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pymysql
@@ -26,17 +24,13 @@ sys.path.insert(0, str(ROOT))
 from bench.catchup import _load  # noqa: E402
 from bench.common import catch_up, shutdown, start_worker, worker_config, write_results  # noqa: E402
 from tools.devservers import free_port, start_mariadb, start_redis  # noqa: E402
+from tools.scrape import metric  # noqa: E402
 
 
 def _selects(conn: pymysql.Connection) -> int:  # type: ignore[type-arg]
     with conn.cursor() as cur:
         cur.execute("SHOW GLOBAL STATUS LIKE 'Com_select'")
         return int(cur.fetchone()[1])
-
-
-def _metric(port: int, name: str) -> float:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return sum(float(v) for v in re.findall(rf"^{name}(?:\{{[^}}]*\}})? ([0-9.e+-]+)$", body, re.M))
 
 
 def _steady(mysql_port: int, redis_port: int, workdir: Path, extra: str, args: argparse.Namespace) -> dict[str, float]:
@@ -51,7 +45,7 @@ def _steady(mysql_port: int, redis_port: int, workdir: Path, extra: str, args: a
     try:
         time.sleep(3)
         before, t0 = _selects(conn), time.perf_counter()
-        checks0 = _metric(port, "cdc_sync_verify_checks_total")
+        checks0 = metric(port, "cdc_sync_verify_checks_total")
         n = 0
         with conn.cursor() as cur:
             while (elapsed := time.perf_counter() - t0) < args.seconds:
@@ -64,9 +58,9 @@ def _steady(mysql_port: int, redis_port: int, workdir: Path, extra: str, args: a
         seconds = time.perf_counter() - t0
         return {
             "selects_per_s": (_selects(conn) - before - 2) / seconds,  # (less this function's own two)
-            "checks_per_s": (_metric(port, "cdc_sync_verify_checks_total") - checks0) / seconds,
-            "inconsistencies": _metric(port, "cdc_sync_verify_inconsistencies_total"),
-            "dropped": _metric(port, "cdc_sync_verify_samples_dropped_total"),
+            "checks_per_s": (metric(port, "cdc_sync_verify_checks_total") - checks0) / seconds,
+            "inconsistencies": metric(port, "cdc_sync_verify_inconsistencies_total"),
+            "dropped": metric(port, "cdc_sync_verify_samples_dropped_total"),
         }
     finally:
         conn.close()

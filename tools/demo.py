@@ -16,14 +16,12 @@ import argparse
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +40,7 @@ from tools.devservers import (
     start_redis,
     start_sentinel_set,
 )
+from tools.scrape import metric
 
 NAMES = ["ada", "linus", "grace", "alan", "barbara", "ken", "margaret", "dennis", "edsger", "frances"]
 
@@ -92,12 +91,7 @@ def _verifier_figures(log_path: Path) -> tuple[float, float]:
             port = json.loads(line).get("port")
     if port is None:
         return 0.0, 0.0
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-
-    def total(name: str) -> float:
-        return sum(float(v) for v in re.findall(rf"^{name}(?:\{{[^}}]*\}})? ([0-9.e+-]+)$", body, re.M))
-
-    return total("cdc_sync_verify_checks_total"), total("cdc_sync_verify_inconsistencies_total")
+    return metric(port, "cdc_sync_verify_checks_total"), metric(port, "cdc_sync_verify_inconsistencies_total")
 
 
 def _writer(port: int, stop: threading.Event, stats: dict[str, int]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import time
-import urllib.request
 from dataclasses import replace
 
 import pymysql
@@ -18,6 +17,8 @@ from tests.helpers import wait_caught_up, wait_for
 from tests.integration.conftest import StartWorker
 from tests.integration.test_ops import _http_port
 from tests.servers import MySQLTarget
+from tools.scrape import ANY_LABELS
+from tools.scrape import metric as scrape_metric
 
 
 def _tables(db: str) -> str:
@@ -103,9 +104,8 @@ def test_the_worker_verifies_samples_of_what_it_applies(
     wait_caught_up(r, sql, mysql_server.flavor, w)
     port = _http_port(w)
 
-    def metric(name: str, labels: str = r"(?:\{[^}]*\})?") -> float:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        return sum(float(v) for v in re.findall(rf"^{re.escape(name)}{labels} ([0-9.e+-]+)$", body, re.M))
+    def metric(name: str, labels: str = ANY_LABELS) -> float:
+        return scrape_metric(port, name, labels)
 
     # (a key offered several times while its samples wait is checked once)
     wait_for(lambda: metric("cdc_sync_verify_checks_total") >= 20, 60, "every key verified")
